@@ -1,0 +1,58 @@
+"""The Hydra application behind ``python -m harness``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from harness.config import ConfigError, HarnessConfig, validate
+
+log = logging.getLogger("harness")
+# conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
+# reading it as a Python module name.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def resolved(hc: HarnessConfig) -> dict:
+    """The full config as run: YAML values plus every schema default, so a run folder says everything."""
+    out = {k: dataclasses.asdict(getattr(hc, k)) for k in
+           ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")}
+    out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads)
+    for k, v in hc.raw.items():  # anything else the experiment carries (e.g. its name)
+        out.setdefault(k, v)
+    return out
+
+
+def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None) -> dict:
+    """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here."""
+    import torch
+
+    from harness.run import RunContext
+    from pipelines.registry import runner
+
+    hc = validate(cfg)
+    hc.raw = resolved(hc)
+    if hc.threads > 0:
+        torch.set_num_threads(hc.threads)
+    torch.manual_seed(hc.seed)
+    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name)
+    return runner(hc.pipeline.name)(ctx)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
+    try:
+        return run_job(cfg, folder, sweep)
+    except ConfigError as e:
+        # One line, naming the key and the fix; nothing has been trained yet (validation and data checks come first).
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,236 @@
+"""Configuration schemas: declared once here, composed by Hydra from ``conf/``, validated before any work.
+
+Every group in ``conf/`` maps onto one dataclass below. ``validate(cfg)`` turns the composed OmegaConf tree into
+these dataclasses; each ``__post_init__`` raises :class:`ConfigError` with a one-line message that names the key
+and says how to fix it, so a bad sweep dies before the first tensor is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid. The message is one line: key, problem, fix."""
+
+
+def _require(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}; {fix}")
+
+
+def _positive(obj: Any, prefix: str, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _require(v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>")
+
+
+def _in_unit(obj: Any, prefix: str, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _require(0.0 <= v <= 1.0, f"{prefix}.{n}", f"must lie in [0, 1] (got {v})", f"set {prefix}.{n} between 0 and 1")
+
+
+# ----------------------------------------------------------------------------------------------------------- task
+TASKS = ("reviews", "imdb", "local")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "reviews"  # reviews (embedded generator) | imdb (HF datasets, by name or path) | local (jsonl/csv file)
+    n_train: int = 12000  # training reviews (SFT corpus; training prompts come from these)
+    n_heldout: int = 1000  # held-out reviews: evaluation prompts and perplexity, never trained on
+    n_train_prompts: int = 1200  # prompts for the preference set and for PPO rollouts
+    n_eval_prompts: int = 128  # held-out prompts the evaluator samples from
+    prompt_min_tokens: int = 2  # prompts are prefixes of 2..8 whitespace tokens, as in the DPO paper §6.1
+    prompt_max_tokens: int = 8
+    seed: int = 0  # the data seed; shared by every method so they see the same reviews and prompts
+    path: str | None = None  # imdb: dataset name or local path; local: a .jsonl/.csv file with a `text` column
+    text_column: str = "text"
+
+    def __post_init__(self) -> None:
+        _require(self.name in TASKS, "task.name", f"unknown task '{self.name}'", f"choose one of {', '.join(TASKS)}")
+        _positive(self, "task", "n_train", "n_heldout", "n_train_prompts", "n_eval_prompts")
+        _require(
+            1 <= self.prompt_min_tokens <= self.prompt_max_tokens,
+            "task.prompt_min_tokens",
+            f"invalid prompt-length range [{self.prompt_min_tokens}, {self.prompt_max_tokens}]",
+            "set 1 <= task.prompt_min_tokens <= task.prompt_max_tokens",
+        )
+        if self.name == "local":
+            _require(bool(self.path), "task.path", "task 'local' needs a file", "set task.path=/path/to/reviews.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # tiny (GPT-2-style from config) | a hub name (gpt2, gpt2-large, EleutherAI/pythia-...) | a path
+    n_layer: int = 4  # tiny only
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 96
+    vocab_size: int = 1024  # tiny only: size of the BPE tokenizer trained on the task corpus
+    dtype: str = "float32"  # training dtype; fp32 on CPU
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
+        _positive(self, "model", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
+        _require(self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown '{self.dtype}'", "use float32")
+
+
+# ----------------------------------------------------------------------------------------------------------- gold
+GOLD_KINDS = ("vader", "hf_classifier")
+
+
+@dataclass
+class GoldConfig:
+    kind: str = "vader"  # vader (embedded) | hf_classifier (e.g. siebert/sentiment-roberta-large-english)
+    name_or_path: str | None = None  # hf_classifier: hub name or local folder
+    label: str = "POSITIVE"  # hf_classifier: the label whose probability is the reward
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
+        if self.kind == "hf_classifier":
+            _require(bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>")
+        _positive(self, "gold", "batch_size")
+
+
+# --------------------------------------------------------------------------------------------------------- stages
+@dataclass
+class SFTStageConfig:
+    epochs: float = 2.0
+    learning_rate: float = 2e-3  # from scratch for `tiny`; use ~5e-5 for pretrained models
+    batch_size: int = 64
+    max_length: int = 64  # tokens per training review (the reviews are shorter)
+    warmup_ratio: float = 0.05  # passed as a fraction of all steps (transformers 5: warmup_steps < 1)
+
+    def __post_init__(self) -> None:
+        _positive(self, "sft", "epochs", "learning_rate", "batch_size", "max_length")
+
+
+PREFERENCE_LABELS = ("deterministic", "bradley_terry")
+
+
+@dataclass
+class PreferencesConfig:
+    samples_per_prompt: int = 4  # 4 completions -> all 6 pairs per prompt
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    min_margin: float = 0.0  # pairs whose gold scores differ by less than this are dropped (ties always are)
+    labels: str = "deterministic"  # deterministic: chosen = higher gold; bradley_terry: sampled from σ((r_a-r_b)/τ)
+    bt_temperature: float = 0.1  # τ of the Bradley–Terry labels
+    eval_fraction: float = 0.1  # share of prompts held out as a validation split (reward-model accuracy)
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", f"needs >= 2 (got {self.samples_per_prompt})", "set it to 4")
+        _positive(self, "preferences", "max_new_tokens", "temperature", "bt_temperature", "batch_size")
+        _require(self.min_margin >= 0, "preferences.min_margin", f"must be >= 0 (got {self.min_margin})", "set 0 to keep all non-tied pairs")
+        _require(self.labels in PREFERENCE_LABELS, "preferences.labels", f"unknown '{self.labels}'", f"choose one of {', '.join(PREFERENCE_LABELS)}")
+        _require(0 < self.eval_fraction < 1, "preferences.eval_fraction", f"must lie in (0, 1) (got {self.eval_fraction})", "set 0.1")
+
+
+@dataclass
+class RewardModelConfig:
+    epochs: float = 1.0
+    learning_rate: float = 5e-4
+    batch_size: int = 64
+    max_length: int = 64
+    center_rewards_coefficient: float | None = 0.01  # TRL's auxiliary (r_w + r_l)^2 term (Eisenstein et al. 2023)
+
+    def __post_init__(self) -> None:
+        _positive(self, "reward_model", "epochs", "learning_rate", "batch_size", "max_length")
+
+
+# ----------------------------------------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    every: int = 10  # evaluate every this many optimizer updates (and at step 0 and at the end)
+    samples_per_prompt: int = 2  # k samples per held-out prompt at temperature 1
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    batch_size: int = 256
+    seed: int = 1234  # the sampling seed, the same at every evaluation so points differ by the policy only
+
+    def __post_init__(self) -> None:
+        _positive(self, "eval", "every", "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
+
+
+# --------------------------------------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "offline"  # offline (no account) | online | disabled
+    project: str = "rlhf-vs-dpo"
+    entity: str | None = None
+    group: str | None = None  # one group per sweep; defaults to the sweep folder's name
+
+    def __post_init__(self) -> None:
+        _require(self.wandb_mode in ("offline", "online", "disabled"), "logger.wandb_mode", f"unknown '{self.wandb_mode}'", "use offline, online or disabled")
+
+
+# ------------------------------------------------------------------------------------------------------ top level
+@dataclass
+class HarnessConfig:
+    task: TaskConfig
+    model: ModelConfig
+    gold: GoldConfig
+    sft: SFTStageConfig
+    preferences: PreferencesConfig
+    reward_model: RewardModelConfig
+    eval: EvalConfig
+    logger: LoggerConfig
+    pipeline: Any  # a pipeline's own dataclass, picked by pipeline.name (see pipelines.registry)
+    seed: int = 0  # the method's seed (stages are seeded by task.seed so every job shares them)
+    cache_dir: str = ".cache/harness"
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    raw: dict = field(default_factory=dict)  # the resolved config as plain data, saved with the run
+
+
+def _build(cls: type, node: Any, prefix: str) -> Any:
+    """Instantiate ``cls`` from a mapping; unknown keys are a ConfigError naming them."""
+    data = dict(node or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    _require(not unknown, f"{prefix}.{unknown[0] if unknown else ''}", "unknown key", f"valid keys: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """Resolve every interpolation; a ``???`` left in the tree becomes a one-line ConfigError naming its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:  # message like "Missing mandatory value: pipeline.beta"
+        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{key}: required value is missing (???); set it on the command line, e.g. {key}=<value>") from None
+
+
+def validate(cfg: DictConfig | dict) -> HarnessConfig:
+    """Compose-time tree -> typed, validated config. Raises ConfigError before any work starts."""
+    from pipelines.schemas import pipeline_schema  # late import: pipelines depend on harness, not the reverse
+
+    raw = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    pipe = dict(raw.get("pipeline") or {})
+    _require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
+    schema = pipeline_schema(pipe["name"])
+    sections = dict(
+        task=TaskConfig, model=ModelConfig, gold=GoldConfig, sft=SFTStageConfig, preferences=PreferencesConfig,
+        reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
+    )
+    built = {k: _build(cls, raw.get(k), k) for k, cls in sections.items()}
+    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads") if k in raw}
+    return HarnessConfig(pipeline=_build(schema, pipe, "pipeline"), raw=raw, **built, **top)
+
+
+def stage_fingerprint(*parts: Any) -> dict:
+    """The plain-data identity of a stage artifact: the dataclasses (or dicts) that determine it."""
+    out = []
+    for p in parts:
+        out.append(dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p)
+    return {"parts": out}

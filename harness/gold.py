@@ -1,0 +1,66 @@
+"""Gold rewards: the real scorer that is not ours, behind one interface ``list[str] -> np.ndarray in [0, 1]``.
+
+The DPO paper's gold reward is a sentiment classifier's p(positive). Here the default is VADER (its lexicon ships
+with the package, so it runs with no hub); a Hugging Face sequence classifier is a config choice.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from harness.config import ConfigError, GoldConfig
+
+
+class GoldReward(Protocol):
+    name: str
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+
+class VaderGold:
+    """VADER's compound score c ∈ [-1, 1] mapped to (c + 1) / 2 ∈ [0, 1]."""
+
+    name = "vader"
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.array([(self._analyzer.polarity_scores(t)["compound"] + 1.0) / 2.0 for t in texts], dtype=np.float64)
+
+
+class ClassifierGold:
+    """p(label | text) from a Hugging Face sequence classifier given by hub name or local path (the paper's
+    ``siebert/sentiment-roberta-large-english`` with label ``POSITIVE``)."""
+
+    def __init__(self, name_or_path: str, label: str = "POSITIVE", batch_size: int = 64, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = f"hf:{name_or_path}"
+        self._tok = AutoTokenizer.from_pretrained(name_or_path)
+        self._model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(device).eval()
+        labels = {str(v): int(k) for k, v in self._model.config.id2label.items()}
+        if label not in labels:
+            raise ConfigError(f"gold.label: '{label}' is not a label of {name_or_path} ({', '.join(labels)}); set gold.label to one of them")
+        self._index, self._bs, self._device, self._torch = labels[label], batch_size, device, torch
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self._bs):
+                enc = self._tok(texts[i:i + self._bs], padding=True, truncation=True, return_tensors="pt").to(self._device)
+                probs = self._model(**enc).logits.float().softmax(-1)[:, self._index]
+                out.append(probs.cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def load_gold(cfg: GoldConfig, device: str = "cpu") -> GoldReward:
+    if cfg.kind == "vader":
+        return VaderGold()
+    return ClassifierGold(cfg.name_or_path, cfg.label, cfg.batch_size, device)

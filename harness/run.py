@@ -1,0 +1,53 @@
+"""What one job hands to its pipeline: the validated config, its folder, device, and lazily built shared parts."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.config import HarnessConfig
+from harness.gold import load_gold
+from harness.models import pick_device
+from harness.tasks import TaskData, load_task
+from harness.tracking import Tracker
+
+log = logging.getLogger("harness")
+
+
+@dataclass
+class RunContext:
+    cfg: HarnessConfig
+    folder: Path  # this job's output folder (Hydra's run or sweep sub-folder)
+    sweep_name: str | None = None  # the W&B group
+
+    @property
+    def device(self) -> torch.device:
+        return pick_device(self.cfg.device)
+
+    @functools.cached_property
+    def task(self) -> TaskData:
+        return load_task(self.cfg.task)
+
+    @functools.cached_property
+    def gold(self):
+        return load_gold(self.cfg.gold, "cpu" if self.device.type == "cpu" else str(self.device))
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cfg.cache_dir)
+
+    @property
+    def method(self) -> str:
+        return self.cfg.pipeline.name
+
+    @property
+    def setting(self) -> str:
+        return self.cfg.pipeline.setting()
+
+    def tracker(self) -> Tracker:
+        name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"
+        return Tracker(self.folder, self.cfg.logger, self.cfg.raw, method=self.method, name=name, group=self.sweep_name)

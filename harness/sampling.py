@@ -1,0 +1,130 @@
+"""Batched sampling with a KV cache, and the forward passes that score what was sampled.
+
+Our own loop rather than ``generate``: per step it is one cached forward and one multinomial draw, which matters for
+small models on CPU where ``generate``'s per-step bookkeeping costs as much as the model; and it returns exactly the
+record every consumer needs (left-padded queries, right-padded responses, masks that stop after EOS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Samples:
+    """Prompts and sampled responses, B = prompts × samples per prompt, P = longest prompt, T = longest response."""
+
+    query: torch.Tensor  # (B, P) long, left-padded with pad id
+    query_mask: torch.Tensor  # (B, P) 1 on prompt tokens
+    response: torch.Tensor  # (B, T) long, right-padded with pad id after EOS / at truncation
+    response_mask: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
+    ended: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
+    prompt_index: torch.Tensor  # (B,) long, which prompt each row came from
+
+    @property
+    def sequences(self) -> torch.Tensor:  # (B, P + T)
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, P + T)
+        return torch.cat([self.query_mask, self.response_mask.to(self.query_mask.dtype)], dim=1)
+
+    def lengths(self) -> torch.Tensor:  # (B,) response tokens incl. EOS
+        return self.response_mask.sum(-1)
+
+    def subset(self, idx: torch.Tensor) -> "Samples":
+        return Samples(*(getattr(self, f)[idx] for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")))
+
+
+def encode_prompts(tok, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask, so every row's next token is at the same column."""
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(i) for i in ids)
+    query = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, row in enumerate(ids):
+        if row:
+            query[r, width - len(row):] = torch.tensor(row)
+            mask[r, width - len(row):] = 1
+    return query.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: the first real token is position 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tok,
+    prompts: list[str],
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Draw ``samples_per_prompt`` responses per prompt from ``model`` at ``temperature`` (pure sampling: no
+    top-k/top-p, as the paper's evaluation), stopping each row at EOS, all rows at ``max_new_tokens``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    query, qmask = encode_prompts(tok, prompts, device)
+    query = query.repeat_interleave(samples_per_prompt, 0)
+    qmask = qmask.repeat_interleave(samples_per_prompt, 0)
+    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
+    B = query.shape[0]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+
+    # transformers 5 names the KV cache `cache` (argument and output); logits_to_keep=1 skips the prompt's logits.
+    out = model(input_ids=query, attention_mask=qmask, position_ids=positions(qmask), use_cache=True, logits_to_keep=1)
+    past, logits = out.cache, out.logits[:, -1]
+    attn = qmask
+    next_pos = qmask.sum(-1, keepdim=True)  # (B, 1) position of the first response token
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, masks = [], []
+    for t in range(max_new_tokens):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        alive = ~done
+        tokens.append(torch.where(alive, nxt, torch.full_like(nxt, pad)))
+        masks.append(alive.float())
+        done = done | (nxt == eos)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, alive.long().unsqueeze(-1)], dim=1)
+        out = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
+                    cache=past, use_cache=True)
+        past, logits = out.cache, out.logits[:, -1]
+        next_pos = next_pos + 1
+    response = torch.stack(tokens, 1)
+    rmask = torch.stack(masks, 1)
+    ended = ((response == eos) & (rmask > 0)).any(-1)
+    if was_training:
+        model.train()
+    return Samples(query, qmask, response, rmask, ended, prompt_index)
+
+
+def response_logits(model, s: Samples, batch_size: int | None = None) -> torch.Tensor:
+    """Logits that predicted each response token: (B, T, V). One forward over prompt + response."""
+    P = s.query.shape[1]
+    T = s.response.shape[1]
+    chunks = []
+    step = batch_size or s.query.shape[0]
+    seq, attn = s.sequences, s.attention_mask
+    for i in range(0, seq.shape[0], step):
+        a = attn[i:i + step]
+        logits = model(input_ids=seq[i:i + step], attention_mask=a, position_ids=positions(a)).logits
+        chunks.append(logits[:, P - 1:P - 1 + T])
+    return torch.cat(chunks, 0)
+
+
+def response_texts(tok, s: Samples) -> list[str]:
+    """Decoded responses (EOS and padding dropped)."""
+    out = []
+    for row, m in zip(s.response.tolist(), s.response_mask.tolist()):
+        ids = [t for t, keep in zip(row, m) if keep and t != tok.eos_token_id]
+        out.append(tok.decode(ids))
+    return out

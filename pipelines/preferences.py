@@ -1,0 +1,108 @@
+"""Stage 2: the preference set. 4 completions per training prompt from π_SFT, scored by the gold reward, all 6 pairs
+per prompt; the preferred one is the higher gold score (or a Bradley–Terry draw). Cached; shared by the reward model,
+DPO and every baseline, so the two sides of the comparison learn from the very same pairs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.cache import Artifact, build_or_load
+from harness.config import PreferencesConfig, stage_fingerprint
+from harness.run import RunContext
+from harness.sampling import response_texts, sample
+from pipelines.sft import ensure_sft, load_sft
+
+log = logging.getLogger("harness.preferences")
+
+
+def make_pairs(scores: np.ndarray, cfg: PreferencesConfig, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """All pairs per prompt as (prompt, chosen, rejected) indices into ``scores`` (n_prompts, k).
+
+    deterministic: chosen = higher gold score; ties and pairs closer than ``min_margin`` are dropped.
+    bradley_terry: a after the same filter, a is chosen over b with probability σ((r_a − r_b)/τ), so labels are
+    noisy the way human labels are, and more so for close pairs.
+    """
+    out = []
+    for p in range(scores.shape[0]):
+        for a, b in itertools.combinations(range(scores.shape[1]), 2):
+            gap = scores[p, a] - scores[p, b]
+            if gap == 0 or abs(gap) < cfg.min_margin:
+                continue
+            if cfg.labels == "bradley_terry":
+                a_wins = rng.random() < 1.0 / (1.0 + np.exp(-gap / cfg.bt_temperature))
+            else:
+                a_wins = gap > 0
+            out.append((p, a, b) if a_wins else (p, b, a))
+    return out
+
+
+def preferences_identity(ctx: RunContext) -> dict:
+    t = ctx.cfg.task
+    prompts = {k: getattr(t, k) for k in ("n_train_prompts", "prompt_min_tokens", "prompt_max_tokens", "seed")}
+    return stage_fingerprint("preferences", ensure_sft(ctx).key, prompts, ctx.cfg.preferences, ctx.cfg.gold)
+
+
+@torch.no_grad()
+def _build(ctx: RunContext, out: Path) -> dict:
+    from datasets import Dataset, DatasetDict
+
+    cfg = ctx.cfg.preferences
+    policy, tok, _ = load_sft(ctx)
+    prompts = ctx.task.train_prompts
+    k = cfg.samples_per_prompt
+    gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.task.seed)
+    per_batch = max(1, cfg.batch_size // k)
+    completions: list[str] = []
+    for i in tqdm(range(0, len(prompts), per_batch), desc="preferences: sampling π_SFT", unit="batch"):
+        s = sample(policy, tok, prompts[i:i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
+        completions += response_texts(tok, s)
+    texts = [prompts[i // k] + c for i, c in enumerate(completions)]
+    scores = np.asarray(ctx.gold(texts)).reshape(len(prompts), k)
+    rng = np.random.default_rng(ctx.cfg.task.seed)
+    pairs = make_pairs(scores, cfg, rng)
+    comp = np.array(completions, dtype=object).reshape(len(prompts), k)
+    # Split by prompt, so the validation pairs (reward-model accuracy) share no prompt with the training pairs.
+    order = rng.permutation(len(prompts))
+    held = set(order[: max(1, int(round(cfg.eval_fraction * len(prompts))))].tolist())
+    cols = {name: {"prompt": [], "chosen": [], "rejected": [], "chosen_score": [], "rejected_score": []} for name in ("train", "test")}
+    for p, c, r in pairs:
+        d = cols["test" if p in held else "train"]
+        d["prompt"].append(prompts[p])
+        d["chosen"].append(comp[p, c])
+        d["rejected"].append(comp[p, r])
+        d["chosen_score"].append(float(scores[p, c]))
+        d["rejected_score"].append(float(scores[p, r]))
+    DatasetDict({k2: Dataset.from_dict(v) for k2, v in cols.items()}).save_to_disk(str(out / "pairs"))
+    # π_SFT samples on the training prompts with their gold scores: the reward model normalises against these.
+    Dataset.from_dict({"text": texts, "gold": scores.reshape(-1).tolist()}).save_to_disk(str(out / "sft_samples"))
+    n_train, n_test = len(cols["train"]["prompt"]), len(cols["test"]["prompt"])
+    correct = np.mean([scores[p, c] > scores[p, r] for p, c, r in pairs]) if pairs else float("nan")
+    return {"pairs_train": n_train, "pairs_test": n_test, "prompts": len(prompts), "gold_mean": float(scores.mean()),
+            "gold_std": float(scores.std()), "label_agreement_with_gold": float(correct)}
+
+
+def ensure_preferences(ctx: RunContext) -> Artifact:
+    art = build_or_load(ctx.cache_root, "preferences", preferences_identity(ctx), lambda out: _build(ctx, out))
+    log.info("preference set %s: %s", "reused from cache" if art.reused else "built", art.path)
+    return art
+
+
+def load_pairs(art: Artifact):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(art.path / "pairs"))
+
+
+def run(ctx: RunContext) -> dict:
+    art = ensure_preferences(ctx)
+    facts = art.manifest()["facts"]
+    print(f"preference set: {art.path}  ({'reused' if art.reused else 'built'})")
+    print(f"pairs: {facts['pairs_train']} train + {facts['pairs_test']} validation from {facts['prompts']} prompts; "
+          f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs")
+    return {**facts, "path": str(art.path), "reused": art.reused}

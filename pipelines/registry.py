@@ -1,0 +1,24 @@
+"""Pipeline name -> the function that runs it. Imported lazily so that validation never loads a trainer."""
+
+from __future__ import annotations
+
+import importlib
+
+RUNNERS = {
+    "sft": "pipelines.sft:run",
+    "preferences": "pipelines.preferences:run",
+    "reward_model": "pipelines.reward_model:run",
+    "ppo": "pipelines.ppo:run",
+    "ppo_gt": "pipelines.ppo:run",
+    "dpo": "pipelines.dpo:run",
+    "ipo": "pipelines.dpo:run",
+    "cdpo": "pipelines.dpo:run",
+    "preferred_ft": "pipelines.baselines:run_preferred_ft",
+    "unlikelihood": "pipelines.baselines:run_unlikelihood",
+    "best_of_n": "pipelines.baselines:run_best_of_n",
+}
+
+
+def runner(name: str):
+    module, fn = RUNNERS[name].split(":")
+    return getattr(importlib.import_module(module), fn)

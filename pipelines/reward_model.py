@@ -1,0 +1,117 @@
+"""Stage 3 of RLHF: the Bradley–Terry reward model r_φ, trained with TRL's RewardTrainer on the preference set.
+
+Loss −log σ(r_φ(x, y_w) − r_φ(x, y_l)) (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1), initialised from π_SFT's
+backbone with a fresh scalar head. Cached. Stored with it: held-out pair accuracy and the mean/std of its scores on
+π_SFT samples, so PPO can normalise the score (Huang et al. 2024, detail "reward normalisation").
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.cache import Artifact, build_or_load
+from harness.config import stage_fingerprint
+from harness.models import load_scalar_model
+from harness.run import RunContext
+from harness.sampling import Samples, positions
+from pipelines.preferences import ensure_preferences, load_pairs
+from pipelines.sft import ensure_sft
+
+log = logging.getLogger("harness.reward_model")
+
+
+@torch.no_grad()
+def score_samples(model, s: Samples, batch_size: int = 256) -> torch.Tensor:
+    """r_φ(prompt + response) for sampled token tensors, read at the last non-pad token (the EOS of a finished
+    response, as in training, where TRL appends EOS). -> (B,) float"""
+    out = []
+    seq, attn = s.sequences, s.attention_mask
+    for i in range(0, seq.shape[0], batch_size):
+        a = attn[i:i + batch_size]
+        out.append(model(input_ids=seq[i:i + batch_size], attention_mask=a, position_ids=positions(a)).logits[:, 0].float())
+    return torch.cat(out)
+
+
+class TextScorer:
+    """r_φ on texts (prompt + response), EOS appended as in training: ``list[str] -> np.ndarray``."""
+
+    def __init__(self, model, tok, batch_size: int = 256) -> None:
+        self.model, self.tok, self.batch_size = model.eval(), tok, batch_size
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tok([t + self.tok.eos_token for t in texts[i:i + self.batch_size]], return_tensors="pt",
+                           padding=True, truncation=True, max_length=self.model.config.max_position_embeddings).to(device)
+            out.append(self.model(**enc).logits[:, 0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def reward_model_identity(ctx: RunContext) -> dict:
+    return stage_fingerprint("reward_model", ensure_preferences(ctx).key, ctx.cfg.reward_model)
+
+
+def _build(ctx: RunContext, out: Path) -> dict:
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    cfg = ctx.cfg.reward_model
+    sft = ensure_sft(ctx)
+    prefs = ensure_preferences(ctx)
+    tok = AutoTokenizer.from_pretrained(str(sft.path))
+    model = load_scalar_model(sft.path, tok)
+    pairs = load_pairs(prefs)
+    cols = ["prompt", "chosen", "rejected"]
+    args = RewardConfig(
+        output_dir=str(out / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length,
+        center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False, report_to=[],
+        save_strategy="no", logging_steps=25, seed=ctx.cfg.task.seed, use_cpu=ctx.device.type == "cpu",
+        dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=pairs["train"].select_columns(cols), processing_class=tok)
+    result = trainer.train()
+    model = trainer.model.eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    scorer = TextScorer(model, tok)
+    test = pairs["test"]
+    acc = float(np.mean(scorer([p + c for p, c in zip(test["prompt"], test["chosen"])])
+                        > scorer([p + r for p, r in zip(test["prompt"], test["rejected"])]))) if len(test) else float("nan")
+    sft_scores = scorer(load_from_disk(str(prefs.path / "sft_samples"))["text"])
+    return {"train_loss": result.training_loss, "heldout_accuracy": acc, "heldout_pairs": len(test),
+            "sft_score_mean": float(sft_scores.mean()), "sft_score_std": float(sft_scores.std())}
+
+
+def ensure_reward_model(ctx: RunContext) -> Artifact:
+    art = build_or_load(ctx.cache_root, "reward_model", reward_model_identity(ctx), lambda out: _build(ctx, out))
+    log.info("reward model %s: %s", "reused from cache" if art.reused else "trained", art.path)
+    return art
+
+
+def load_reward_model(ctx: RunContext):
+    """(r_φ on the job's device in eval mode, tokenizer, facts incl. sft_score_mean / sft_score_std)."""
+    from transformers import AutoTokenizer
+
+    art = ensure_reward_model(ctx)
+    tok = AutoTokenizer.from_pretrained(str(art.path))
+    model = load_scalar_model(art.path, tok).to(ctx.device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok, art.manifest()["facts"]
+
+
+def run(ctx: RunContext) -> dict:
+    art = ensure_reward_model(ctx)
+    facts = art.manifest()["facts"]
+    print(f"reward model: {art.path}  ({'reused' if art.reused else 'trained'})")
+    print(f"held-out pair accuracy {facts['heldout_accuracy']:.3f} on {facts['heldout_pairs']} pairs; "
+          f"score on π_SFT samples {facts['sft_score_mean']:.3f} ± {facts['sft_score_std']:.3f}")
+    return {**facts, "path": str(art.path), "reused": art.reused}

@@ -1,0 +1,105 @@
+"""Stage 1: supervised fine-tuning. π_SFT is trained once per (task, model, sft) config and cached; it is also
+π_ref, the frozen anchor of every method's KL."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.cache import Artifact, build_or_load
+from harness.config import stage_fingerprint
+from harness.evaluator import Evaluator
+from harness.models import count_parameters, load_causal_lm, load_pretrained_lm, load_tokenizer
+from harness.run import RunContext
+
+log = logging.getLogger("harness.sft")
+
+
+def sft_identity(ctx: RunContext) -> dict:
+    t = ctx.cfg.task
+    task_part = {k: getattr(t, k) for k in ("name", "n_train", "n_heldout", "seed", "path", "text_column")}
+    return stage_fingerprint("sft", task_part, ctx.cfg.model, ctx.cfg.sft)
+
+
+@torch.no_grad()
+def perplexity(model, tok, texts: list[str], batch_size: int = 128, max_length: int = 128) -> float:
+    """exp(mean NLL per token) of ``texts`` + EOS, the tokens SFT was trained to predict."""
+    device = next(model.parameters()).device
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+    model.eval()
+    nll, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        enc = tok([t + tok.eos_token for t in texts[i:i + batch_size]], return_tensors="pt", padding=True,
+                  truncation=True, max_length=max_length).to(device)
+        logits = model(**enc).logits[:, :-1].float()
+        target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        nll -= float((lp * mask).sum())
+        count += int(mask.sum())
+    return math.exp(nll / max(count, 1))
+
+
+def _build(ctx: RunContext, out: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg, task = ctx.cfg, ctx.task
+    tok = load_tokenizer(cfg.model, task.train_texts)
+    model = load_causal_lm(cfg.model, tok, seed=cfg.task.seed)
+    log.info("SFT: %s with %.2fM parameters on %d reviews", cfg.model.name, count_parameters(model) / 1e6, len(task.train_texts))
+    args = SFTConfig(
+        output_dir=str(out / "_trainer"), num_train_epochs=cfg.sft.epochs, per_device_train_batch_size=cfg.sft.batch_size,
+        learning_rate=cfg.sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.sft.warmup_ratio,
+        max_length=cfg.sft.max_length, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=25,
+        seed=cfg.task.seed, dataset_text_field="text", packing=False, use_cpu=ctx.device.type == "cpu",
+        dataloader_num_workers=0, weight_decay=0.0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": task.train_texts}), processing_class=tok)
+    result = trainer.train()
+    model = trainer.model
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ppl = perplexity(model, tok, task.heldout_texts)
+    return {"train_loss": result.training_loss, "heldout_perplexity": ppl, "parameters": count_parameters(model),
+            "train_reviews": len(task.train_texts)}
+
+
+def ensure_sft(ctx: RunContext) -> Artifact:
+    art = build_or_load(ctx.cache_root, "sft", sft_identity(ctx), lambda out: _build(ctx, out))
+    log.info("π_SFT %s: %s", "reused from cache" if art.reused else "trained", art.path)
+    return art
+
+
+def load_sft(ctx: RunContext):
+    """(π_SFT model on the job's device, its tokenizer, the artifact)."""
+    from transformers import AutoTokenizer
+
+    art = ensure_sft(ctx)
+    tok = AutoTokenizer.from_pretrained(str(art.path))
+    model = load_pretrained_lm(art.path, tok).to(ctx.device)
+    return model, tok, art
+
+
+def run(ctx: RunContext) -> dict:
+    """Train (or reuse) π_SFT, then evaluate it on held-out prompts: the frontier's origin."""
+    policy, tok, art = load_sft(ctx)
+    reference = load_pretrained_lm(art.path, tok).to(ctx.device)
+    tracker = ctx.tracker()
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval)
+    point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
+    tracker.log_point(point.row())
+    gold = np.asarray(ctx.gold(evaluator.last_texts))
+    facts = {**art.manifest()["facts"], "checkpoint": str(art.path), "gold_mean": float(gold.mean()),
+             "gold_std": float(gold.std()), "kl_to_self": point.kl, "reused": art.reused}
+    tracker.summary(facts)
+    tracker.finish()
+    print(f"π_SFT checkpoint: {art.path}  ({'reused' if art.reused else 'trained'})")
+    print(f"held-out perplexity {facts['heldout_perplexity']:.2f}; gold reward of samples on held-out prompts: "
+          f"mean {facts['gold_mean']:.3f}, std {facts['gold_std']:.3f}; KL(π_SFT‖π_ref) = {point.kl:.2e}")
+    for text in evaluator.last_texts[: ctx.cfg.pipeline.show_samples]:
+        print(f"  sample: {text}")
+    return facts
