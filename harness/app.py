@@ -11,12 +11,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from harness.config import ConfigError, HarnessConfig, validate
+from harness.config import ConfigError, HarnessConfig, register_configs, validate
 
 log = logging.getLogger("harness")
 # conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
 # reading it as a Python module name.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_configs()
 
 
 def resolved(hc: HarnessConfig) -> dict:

@@ -234,3 +234,36 @@ def stage_fingerprint(*parts: Any) -> dict:
     for p in parts:
         out.append(dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p)
     return {"parts": out}
+
+
+@dataclass
+class _Schema:
+    """What ``conf/config.yaml`` is merged onto: every section typed, so a misspelt key or a wrong type fails at
+    composition and every knob can be overridden without ``+``. (``pipeline`` is typed by its own group schema.)"""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    pipeline: Any = None
+    seed: int = 0
+    cache_dir: str = ".cache/harness"
+    device: str = "auto"
+    threads: int = 0
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore: ``harness_schema`` (top level) and ``pipeline/<name>_schema``
+    for each pipeline, which ``conf/pipeline/<name>.yaml`` lists first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    from pipelines.schemas import SCHEMAS
+
+    cs = ConfigStore.instance()
+    cs.store(name="harness_schema", node=_Schema)
+    for name, cls in SCHEMAS.items():
+        cs.store(group="pipeline", name=f"{name}_schema", node=cls(name=name))

@@ -95,43 +95,66 @@ class PPOPipeline(PipelineBase):
 
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
+# Each DPO-family method's own loss; `loss_type: null` in a config means "the method's own".
+DPO_METHOD_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "sigmoid"}
+CDPO_LABEL_SMOOTHING = 0.1  # cDPO's ε when none is given (Mitchell 2023 uses 0.1-0.3 for noisy labels)
 
 
 @dataclass
 class DPOPipeline(PipelineBase):
-    """DPO and its variants with TRL's DPOTrainer: ``dpo`` (sigmoid), ``ipo``, ``cdpo`` (label smoothing)."""
+    """DPO and its variants with TRL's DPOTrainer: ``dpo`` (sigmoid), ``ipo``, ``cdpo`` (sigmoid + label smoothing).
+
+    ``loss_type`` / ``label_smoothing`` left null take the method's own values (dpo: sigmoid, ε=0; ipo: ipo, ε=0;
+    cdpo: sigmoid, ε=0.1). ``dpo`` also takes ``loss_type=robust`` (Chowdhury et al. 2024) with its ε.
+    """
 
     name: str = "dpo"
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    learning_rate: float = 5e-4
-    batch_size: int = 64
+    beta: float = 0.1  # β: strength of the KL constraint (τ for IPO); the frontier sweeps 0.05, 0.1, 1, 5
+    loss_type: str | None = None  # sigmoid | ipo | robust; null = the method's own (see above)
+    label_smoothing: float | None = None  # ε, the assumed label-flip rate (cdpo, robust); null = the method's own
+    learning_rate: float = 1e-3  # tuned on the embedded tiny model (from-scratch π_SFT); ~5e-7 for gpt2-large
+    batch_size: int = 64  # preference pairs per optimizer step
     epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    max_length: int = 64
-    precompute_ref_log_probs: bool = False
-    warmup_ratio: float = 0.1
+    max_steps: int = 60  # > 0 overrides epochs; 60 steps x 64 pairs keeps one job near 30 s on 2 CPU cores
+    max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
+    precompute_ref_log_probs: bool = False  # one reference pass over the data before training instead of per step
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate
 
     setting_keys = ("beta",)
 
     def __post_init__(self) -> None:
-        _require(self.name in ("dpo", "ipo", "cdpo"), "pipeline.name", f"'{self.name}' is not a DPO pipeline", "use dpo, ipo or cdpo")
+        _require(self.name in DPO_METHOD_LOSS, "pipeline.name", f"'{self.name}' is not a DPO pipeline", "use dpo, ipo or cdpo")
+        if self.loss_type is None:
+            self.loss_type = DPO_METHOD_LOSS[self.name]
+        if self.label_smoothing is None:
+            self.label_smoothing = CDPO_LABEL_SMOOTHING if self.name == "cdpo" else 0.0
         _positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
         _require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
         _require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
+        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        # The method name labels the frontier points, so the loss must be the one the name says.
+        if self.name == "ipo":
+            _require(self.loss_type == "ipo", "pipeline.loss_type", f"pipeline ipo trains the IPO loss, not '{self.loss_type}'", "drop pipeline.loss_type or use pipeline=dpo")
+            _require(self.label_smoothing == 0, "pipeline.label_smoothing", "IPO takes no label smoothing", "drop pipeline.label_smoothing")
+        elif self.name == "cdpo":
+            _require(self.loss_type == "sigmoid", "pipeline.loss_type", f"pipeline cdpo is the sigmoid loss with label smoothing, not '{self.loss_type}'", "drop pipeline.loss_type")
+            _require(self.label_smoothing > 0, "pipeline.label_smoothing", "cDPO needs ε > 0", "set pipeline.label_smoothing=0.1, or use pipeline=dpo for ε = 0")
+        else:
+            _require(self.loss_type != "ipo", "pipeline.loss_type", "IPO runs under its own name", "use pipeline=ipo")
+            _require(self.loss_type == "robust" or self.label_smoothing == 0, "pipeline.label_smoothing",
+                     f"dpo with ε={self.label_smoothing} is conservative DPO", "use pipeline=cdpo, or pipeline.loss_type=robust")
 
 
 @dataclass
 class PreferredFTPipeline(PipelineBase):
-    """Supervised fine-tuning of π_SFT on (prompt, chosen) only."""
+    """Supervised fine-tuning of π_SFT on (prompt, chosen) only: each distinct preferred completion once."""
 
     name: str = "preferred_ft"
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     batch_size: int = 64
     epochs: float = 1.0
-    max_steps: int = -1
-    max_length: int = 64
+    max_steps: int = 60  # > 0 overrides epochs
+    max_length: int = 64  # tokens of prompt + completion (+ EOS)
 
     def __post_init__(self) -> None:
         _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
@@ -142,17 +165,18 @@ class UnlikelihoodPipeline(PipelineBase):
     """Raise log π(y_w|x), push down rejected tokens with −α Σ_t log(1 − π(y_l,t|·)) (Welleck et al. 2019)."""
 
     name: str = "unlikelihood"
-    alpha: float = 0.5
-    learning_rate: float = 5e-4
-    batch_size: int = 64
+    alpha: float = 0.5  # weight of the unlikelihood term; the DPO paper sweeps 0.05, 0.1, 0.5, 1
+    learning_rate: float = 1e-3
+    batch_size: int = 64  # preference pairs per optimizer step
     epochs: float = 1.0
-    max_steps: int = -1
-    max_length: int = 64
+    max_steps: int = 60  # > 0 overrides epochs
+    max_length: int = 64  # tokens of prompt + completion (+ EOS)
+    max_grad_norm: float = 1.0
 
     setting_keys = ("alpha",)
 
     def __post_init__(self) -> None:
-        _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
+        _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
         _require(self.alpha >= 0, "pipeline.alpha", f"must be >= 0 (got {self.alpha})", "set pipeline.alpha=0.5")
 
 

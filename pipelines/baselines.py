@@ -1,0 +1,277 @@
+"""The DPO paper's baselines (Rafailov et al. 2023, §6.1, Fig. 2), on the same preference set, π_SFT and evaluator.
+
+* **Preferred-FT** (:func:`run_preferred_ft`): supervised fine-tuning of π_SFT on (prompt, chosen) with TRL's
+  ``SFTTrainer`` in prompt/completion format, so the loss is on the completion tokens (+ EOS) only. Each distinct
+  (prompt, chosen) is trained on once: in the all-pairs preference set the best of 4 samples is "chosen" in 3 pairs,
+  and repeating it would weight completions by their rank rather than treat them as the SFT targets they are.
+* **Unlikelihood** (:func:`run_unlikelihood`): our own loop over the pairs with ``losses.unlikelihood_loss``:
+  token-mean NLL of y_w plus α × the token-mean −log(1 − π(y_l,t | x, y_l,<t)) of y_l (Welleck et al. 2019, eq. 4).
+* **Best-of-N** (:func:`run_best_of_n`): N samples from π_SFT per held-out prompt, keep the one the learned reward
+  model scores highest (or the gold reward: an oracle), report the gold reward of the kept ones. No training.
+
+The trained baselines write their frontier points with the same :class:`pipelines.dpo.FrontierEvaluation` as DPO (at
+step 0, every ``eval.every`` optimizer steps and at the end) and run the same data checks first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.evaluator import EvalPoint, Evaluator, sem, texts_of
+from harness.run import RunContext
+from harness.sampling import sample
+from pipelines.dpo import (
+    EvaluationCallback,
+    FrontierEvaluation,
+    TrackerCallback,
+    check_max_length,
+    check_pairs,
+    load_frozen_reference,
+    parameter_change,
+)
+from pipelines.losses import sequence_logps, unlikelihood_loss
+from pipelines.preferences import ensure_preferences, load_pairs
+from pipelines.sft import load_sft
+
+log = logging.getLogger("harness.baselines")
+
+
+def _start(ctx: RunContext, columns: tuple[str, ...]):
+    """What every trained baseline needs: π_SFT (trained), a frozen π_ref, checked pairs, tracker, evaluation."""
+    cfg = ctx.cfg.pipeline
+    policy, tok, sft = load_sft(ctx)
+    check_max_length(cfg.max_length, policy)
+    train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
+    reference = load_frozen_reference(sft.path, tok, ctx.device)
+    tracker = ctx.tracker()
+    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
+                                    method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    return policy, reference, tok, train, tracker, evaluation
+
+
+def _finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict) -> dict:
+    policy.save_pretrained(ctx.folder / "policy")
+    tok.save_pretrained(ctx.folder / "policy")
+    first, final = evaluation.rows[0], evaluation.rows[-1]
+    facts = {"method": ctx.method, "setting": ctx.setting, **facts, "parameter_change": parameter_change(policy, reference),
+             "gold_sft": first["gold_reward"], "gold_final": final["gold_reward"], "kl_final": final["kl"],
+             "points": len(evaluation.rows), "policy": str(ctx.folder / "policy")}
+    tracker.summary(facts)
+    tracker.finish()
+    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
+          f"KL {final['kl']:.3f} after {facts['steps']} steps")
+    return facts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preferred-FT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_preferred_ft(ctx: RunContext) -> dict:
+    """SFT of π_SFT on the distinct (prompt, chosen) pairs, loss on the completion only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = ctx.cfg.pipeline
+    policy, reference, tok, train, tracker, evaluation = _start(ctx, columns=("prompt", "chosen"))
+    seen: dict[tuple[str, str], None] = dict.fromkeys(zip(train["prompt"], train["chosen"]))  # ordered, distinct
+    data = Dataset.from_dict({"prompt": [p for p, _ in seen], "completion": [c for _, c in seen]})
+    args = SFTConfig(
+        output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=0.1, weight_decay=0.0, bf16=False, fp16=False,
+        activation_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10, seed=ctx.cfg.seed,
+        use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
+    )
+    logs = TrackerCallback(tracker)
+    trainer = SFTTrainer(model=policy, args=args, train_dataset=data, processing_class=tok,
+                         callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+    log.info("Preferred-FT on %d distinct (prompt, chosen) of %d pairs", len(data), len(train))
+    result = trainer.train()
+    facts = {"steps": trainer.state.global_step, "train_examples": len(data), "train_loss": result.training_loss,
+             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss])}
+    return _finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unlikelihood
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def encode_completion(tok, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + EOS (cut at ``max_length``) and where the completion starts.
+
+    As TRL does, the completion starts where the ids of the prompt alone and of prompt + completion diverge (a
+    byte-level BPE can merge across the boundary); ``check_pairs`` has made sure the prompt leaves room for it.
+    """
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(prompt + completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    start = 0
+    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+        start += 1
+    return ids[:max_length], start
+
+
+def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str], max_length: int, device) -> dict:
+    """B pairs as one right-padded batch of 2B sequences, rows [chosen; rejected].
+
+    Returns input_ids and attention_mask (2B, L), and labels / completion_mask (2B, L-1) aligned with the logits
+    that predict them (logits[:, t] predicts input_ids[:, t+1]); completion_mask is 1 on completion tokens and EOS.
+    """
+    encoded = [encode_completion(tok, p, c, max_length) for p, c in zip(prompts, chosen)]
+    encoded += [encode_completion(tok, p, r, max_length) for p, r in zip(prompts, rejected)]
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    completion = torch.zeros((len(encoded), width), dtype=torch.float32)
+    for row, (ids, start) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        completion[row, start: len(ids)] = 1.0
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+            "labels": input_ids[:, 1:].to(device), "completion_mask": completion[:, 1:].to(device)}
+
+
+def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Unlikelihood loss of one pair batch (see ``losses.unlikelihood_loss``): (loss, nll_chosen, ul_rejected)."""
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (2B, L-1, V)
+    logps = sequence_logps(logits, batch["labels"], batch["completion_mask"])  # (2B, L-1), 0 off the completion
+    chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+    chosen_mask, rejected_mask = batch["completion_mask"].chunk(2, dim=0)
+    return unlikelihood_loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, alpha)
+
+
+def run_unlikelihood(ctx: RunContext) -> dict:
+    """Adam on the Unlikelihood loss over shuffled pair batches; the shared evaluator every ``eval.every`` steps."""
+    cfg = ctx.cfg.pipeline
+    policy, reference, tok, train, tracker, evaluation = _start(ctx, columns=("prompt", "chosen", "rejected"))
+    prompts, chosen, rejected = train["prompt"], train["chosen"], train["rejected"]
+    batches_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    rng = np.random.default_rng(ctx.cfg.seed)
+    log.info("Unlikelihood (α=%s) on %d pairs for %d steps", cfg.alpha, len(prompts), total_steps)
+
+    policy.train()
+    evaluation(policy, step=0)
+    losses: list[float] = []
+    step = 0
+    with tqdm(total=total_steps, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
+        while step < total_steps:
+            order = rng.permutation(len(prompts))  # a fresh shuffle every epoch
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start: start + cfg.batch_size]
+                batch = pair_batch(tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
+                                   cfg.max_length, ctx.device)
+                loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                step += 1
+                losses.append(loss.item())
+                tracker.log({"objective/loss": losses[-1], "objective/nll_chosen": nll_chosen.item(),
+                             "objective/ul_rejected": ul_rejected.item(), "policy/grad_norm": grad_norm.item()}, step=step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", nll=f"{nll_chosen.item():.3f}", ul=f"{ul_rejected.item():.3f}")
+                if step % ctx.cfg.eval.every == 0:
+                    evaluation(policy, step=step)
+                if step == total_steps:
+                    break
+    if evaluation.last_step != step:
+        evaluation(policy, step=step)
+    facts = {"alpha": cfg.alpha, "steps": step, "train_pairs": len(prompts),
+             "train_loss": float(np.mean(losses)) if losses else float("nan"),
+             "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses)}
+    return _finish(ctx, policy, reference, tok, tracker, evaluation, facts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Best-of-N
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(π_BoN ‖ π_SFT) = log N − (N−1)/N, the analytic value the DPO paper plots (Stiennon et al. 2020, App. G.3;
+    Beirami et al. 2024 show it is an upper bound on the true KL, tight when rewards have no ties)."""
+    return math.log(n) - (n - 1) / n
+
+
+def pick_best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Index (along the last axis) of the highest score among the first ``n`` samples of each group.
+
+    Args:
+        scores: (..., N_max) scores of N_max i.i.d. samples per group.
+        n: how many of them to choose from (a prefix, so Best-of-n and Best-of-m share samples).
+    Returns:
+        (...) long indices in [0, n).
+    """
+    return np.argmax(scores[..., :n], axis=-1)
+
+
+def run_best_of_n(ctx: RunContext) -> dict:
+    """One draw of max(N) samples per held-out prompt (× eval.samples_per_prompt groups), each N using a prefix.
+
+    Prefixes make the picks nested: the best of the first 2N is never worse (by the scorer) than the best of the
+    first N, so the reported reward is monotone in N in expectation, and different N differ by N alone.
+    Rows: one per N, step 0, setting "N=<N>", kl = log N − (N−1)/N (kl_sem 0: it is not estimated), kl_sample null
+    (π_BoN has no per-sample density to take a log-ratio of), proxy_reward = the reward model's mean score of the
+    kept samples (null when the scorer is gold and no reward model is loaded).
+    """
+    from pipelines.reward_model import load_reward_model, score_samples
+
+    cfg, ev = ctx.cfg.pipeline, ctx.cfg.eval
+    policy, tok, _ = load_sft(ctx)
+    reward_model = load_reward_model(ctx)[0] if cfg.scorer == "reward_model" else None  # may train it (cached)
+    tracker = ctx.tracker()
+    ns = sorted({int(n) for n in cfg.ns})
+    prompts, groups, n_max = ctx.task.eval_prompts, ev.samples_per_prompt, ns[-1]
+    shape = (len(prompts), groups, n_max)  # prompt, group, sample: each prompt's samples are consecutive rows
+    rows_prompts = [p for p in prompts for _ in range(groups * n_max)]
+    gen = torch.Generator(device=ctx.device).manual_seed(ev.seed)
+    texts, lengths, rm_scores = [], [], []
+    for i in tqdm(range(0, len(rows_prompts), ev.batch_size), desc=f"best-of-{n_max}: sampling π_SFT", unit="batch"):
+        chunk = rows_prompts[i: i + ev.batch_size]
+        s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
+        texts += texts_of(tok, chunk, s)
+        lengths.append(s.lengths().cpu())
+        if reward_model is not None:
+            rm_scores.append(score_samples(reward_model, s).cpu())  # no_grad inside
+    lengths = torch.cat(lengths).numpy().reshape(shape)
+    proxy = torch.cat(rm_scores).numpy().reshape(shape) if rm_scores else None
+
+    if cfg.scorer == "gold":
+        gold = np.asarray(ctx.gold(texts), dtype=np.float64).reshape(shape)
+        scores = gold
+    else:  # the gold reward only of the samples that some N keeps (a few per group instead of max(N))
+        scores = proxy
+        picked = np.concatenate([np.arange(len(prompts) * groups) * n_max + pick_best(scores, n).ravel() for n in ns])
+        kept = np.unique(picked)
+        gold = np.full(len(texts), np.nan)
+        gold[kept] = np.asarray(ctx.gold([texts[k] for k in kept]), dtype=np.float64)
+        gold = gold.reshape(shape)
+
+    rows = []
+    for n in ns:
+        pick = pick_best(scores, n)[..., None]  # (P, groups, 1)
+        gold_kept = np.take_along_axis(gold, pick, -1).ravel()
+        point = EvalPoint(
+            method=ctx.method, setting=f"N={n}", seed=ctx.cfg.seed, step=0, kl=best_of_n_kl(n), kl_sem=0.0, kl_sample=None,
+            gold_reward=float(gold_kept.mean()), gold_reward_sem=sem(gold_kept),
+            proxy_reward=float(np.take_along_axis(proxy, pick, -1).mean()) if proxy is not None else None,
+            response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()), wall_s=0.0, run_id=tracker.run_id,
+        )
+        rows.append(tracker.log_point(point.row()))
+        print(f"best-of-{n:<3d} KL {point.kl:6.3f}  gold {point.gold_reward:.3f} ± {point.gold_reward_sem:.3f}"
+              + (f"  RM {point.proxy_reward:.3f}" if point.proxy_reward is not None else ""))
+    facts = {"method": ctx.method, "scorer": cfg.scorer, "ns": ns, "samples": len(texts),
+             "gold_by_n": {r["setting"]: r["gold_reward"] for r in rows}, "points": len(rows)}
+    tracker.summary(facts)
+    tracker.finish()
+    return facts

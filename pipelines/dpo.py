@@ -1,0 +1,317 @@
+"""DPO, IPO and conservative DPO (cDPO) with TRL's ``DPOTrainer``, on the shared preference set.
+
+One stage: the policy starts at π_SFT and the reference is a *separately loaded*, frozen copy of π_SFT, passed to the
+trainer explicitly (TRL would otherwise reload it by ``model.config._name_or_path``). The loss on a pair (x, y_w, y_l)
+is a function of h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x) (log-probs summed over the completion
+tokens, EOS included):
+
+  dpo   (sigmoid)  −log σ(βh)                                    Rafailov et al. 2023, eq. 7
+  ipo   (ipo)      (h̄ − 1/(2β))², h̄ from length-averaged logps   Azar et al. 2023, eq. 17 (TRL's normalisation)
+  cdpo  (sigmoid, ε > 0)  −(1−ε) log σ(βh) − ε log σ(−βh)        Mitchell 2023, "DPO with noisy preferences"
+  robust (dpo with loss_type=robust)                             Chowdhury et al. 2024, eq. 8
+
+TRL 1.16 computes the first, second and fourth itself. Its ``sigmoid`` ignores ``label_smoothing``, so cDPO would
+silently train plain DPO; :class:`HarnessDPOTrainer` overrides the one loss hook TRL has (``_compute_loss``) for that
+case only and takes the loss from ``pipelines.losses.dpo_family_loss``.
+
+Everything shared with the other trainer-based methods lives here too: the data checks every preference-trained
+method runs before training (:func:`check_pairs`), and the two callbacks that put a TRL/transformers trainer on the
+frontier (:class:`EvaluationCallback`: the shared evaluator at step 0, every ``eval.every`` optimizer steps and at the
+end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from transformers import TrainerCallback
+
+from harness.config import ConfigError
+from harness.evaluator import Evaluator
+from harness.models import load_pretrained_lm
+from harness.run import RunContext
+from harness.tracking import Tracker
+from pipelines.losses import dpo_family_loss
+from pipelines.preferences import ensure_preferences, load_pairs
+from pipelines.schemas import DPOPipeline
+from pipelines.sft import load_sft
+
+log = logging.getLogger("harness.dpo")
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data checks (shared with Preferred-FT and Unlikelihood)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_pairs(data, tok, max_length: int, columns: tuple[str, ...] = PAIR_COLUMNS, where: str = "preferences.train"):
+    """Stop bad preference data before training, with a one-line :class:`ConfigError` naming what is wrong.
+
+    Checks, in order: the columns are there; the set is not empty; no text is empty (or whitespace only); not every
+    pair has chosen == rejected (nothing to learn); no prompt fills ``max_length`` tokens (TRL would silently drop
+    such pairs, and our own loop would have no completion token to train on).
+
+    Args:
+        data: a ``datasets.Dataset`` with (at least) ``columns``.
+        tok: the policy's tokenizer (prompt lengths are counted in its tokens).
+        max_length: the pipeline's maximum prompt + completion length in tokens.
+        columns: the columns the method reads; chosen == rejected is checked only when both are among them.
+        where: how the data is named in messages.
+    Returns:
+        An in-memory ``Dataset`` of just ``columns`` (so trainers' ``map`` caches never write into the shared
+        stage-artifact folder).
+    """
+    from datasets import Dataset
+
+    have = list(data.column_names)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ConfigError(f"{where}: missing column(s) {', '.join(missing)} (has: {', '.join(have) or 'none'}); "
+                          f"the pairs need columns {', '.join(columns)}, rebuild them with pipeline=preferences")
+    if len(data) == 0:
+        raise ConfigError(f"{where}: no pairs; rebuild the preference set (pipeline=preferences) or lower preferences.min_margin")
+    cols = {c: list(data[c]) for c in columns}
+    for c in columns:
+        empty = [i for i, t in enumerate(cols[c]) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise ConfigError(f"{where}: {len(empty)} of {len(data)} pairs have an empty {c} text (first at row {empty[0]}); "
+                              "drop those rows or rebuild the preference set")
+    if "chosen" in cols and "rejected" in cols and all(c == r for c, r in zip(cols["chosen"], cols["rejected"])):
+        raise ConfigError(f"{where}: every one of the {len(data)} pairs has chosen == rejected, so there is nothing to learn; "
+                          "check how the pairs were labelled (preferences.labels, preferences.min_margin)")
+    if "prompt" in cols:
+        lengths = [len(ids) for ids in tok(cols["prompt"], add_special_tokens=False)["input_ids"]]
+        too_long = [n for n in lengths if n >= max_length]
+        if too_long:
+            raise ConfigError(f"pipeline.max_length: {len(too_long)} of {len(data)} prompts have >= {max_length} tokens "
+                              f"(longest {max(too_long)}), leaving no room for a completion; set pipeline.max_length "
+                              f"above {max(too_long)} or use shorter prompts")
+    return Dataset.from_dict(cols)
+
+
+def check_max_length(max_length: int, policy) -> None:
+    """The model cannot attend past its position embeddings."""
+    n_pos = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
+    if n_pos is not None and max_length > n_pos:
+        raise ConfigError(f"pipeline.max_length: {max_length} exceeds the model's {n_pos} positions; set pipeline.max_length<={n_pos}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Putting a trainer on the frontier (shared with Preferred-FT and Unlikelihood)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FrontierEvaluation:
+    """Evaluate a policy with the shared evaluator and write the result row: one point on the frontier."""
+
+    def __init__(self, evaluator: Evaluator, tracker: Tracker, *, method: str, setting: str, seed: int) -> None:
+        self.evaluator, self.tracker = evaluator, tracker
+        self.method, self.setting, self.seed = method, setting, seed
+        self.rows: list[dict] = []
+        self.last_step: int | None = None
+
+    def __call__(self, policy, step: int) -> dict:
+        point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
+                               run_id=self.tracker.run_id)
+        row = self.tracker.log_point(point.row())
+        self.rows.append(row)
+        self.last_step = step
+        log.info("step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", step, row["gold_reward"], row["gold_reward_sem"],
+                 row["kl"], row["kl_sem"])
+        return row
+
+
+class EvaluationCallback(TrainerCallback):
+    """Runs a :class:`FrontierEvaluation` on ``trainer.model`` at step 0, every ``every`` optimizer steps, and at the
+    end (unless the last step was just evaluated). Steps are the trainer's ``global_step``: optimizer updates."""
+
+    def __init__(self, evaluation: FrontierEvaluation, every: int) -> None:
+        self.evaluation, self.every = evaluation, every
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.evaluation(model, step=0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.evaluation(model, step=state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.evaluation.last_step != state.global_step:
+            self.evaluation(model, step=state.global_step)
+
+
+# The trainer's un-namespaced log keys -> our namespaces (objective/, policy/, train/); keys with a "/" (TRL's
+# rewards/*, logps/*, logits/*) are kept as they are.
+_LOG_KEYS = {"loss": "objective/loss", "grad_norm": "policy/grad_norm", "learning_rate": "policy/learning_rate",
+             "entropy": "policy/entropy", "mean_token_accuracy": "policy/mean_token_accuracy"}
+
+
+def namespaced(logs: dict) -> dict:
+    out = {}
+    for k, v in logs.items():
+        if not isinstance(v, (int, float)):
+            continue
+        if k.startswith("eval_"):
+            k = "val/" + k[len("eval_"):]
+        out[k if "/" in k else _LOG_KEYS.get(k, f"train/{k}")] = v
+    return out
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards every trainer log (TRL's rewards/chosen, rewards/margins, logps/*, the loss ...) to the tracker and
+    keeps the training losses so the run can report whether they stayed finite."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = namespaced(logs or {})
+        if "objective/loss" in logs:
+            self.losses.append(float(logs["objective/loss"]))
+        self.tracker.log(logs, step=state.global_step)
+
+
+def parameter_change(policy, reference) -> float:
+    """‖θ − θ_ref‖₂ over all parameters: 0 means training did not move the policy."""
+    with torch.no_grad():
+        sq = sum(float(((p.float() - r.float()) ** 2).sum()) for p, r in zip(policy.parameters(), reference.parameters()))
+    return math.sqrt(sq)
+
+
+def load_frozen_reference(path, tok, device):
+    """π_ref: its own copy of π_SFT, in eval mode, with no gradients."""
+    reference = load_pretrained_lm(path, tok).to(device).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class HarnessDPOTrainer(DPOTrainer):
+        """TRL's ``DPOTrainer`` with conservative DPO taken from ``losses.dpo_family_loss``.
+
+        TRL 1.16's ``_compute_loss`` is the one place its loss is computed (the loss types are an inline ``elif``
+        chain), and its ``sigmoid`` branch ignores ``label_smoothing``. For ``sigmoid`` with ε > 0 we therefore
+        compute the loss here: the same policy forward as TRL (its fused LM head: per-token log-probs of the
+        completion tokens, summed), the reference log-probs from TRL's own ``compute_ref_log_probs`` (or the
+        precomputed ones), then −(1−ε) log σ(βh) − ε log σ(−βh), and TRL's pair metrics (rewards/*, logps/*).
+        Every other case is TRL's code, untouched.
+        """
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            if not (self.loss_types == ["sigmoid"] and self.label_smoothing > 0):
+                return super()._compute_loss(model, inputs, return_outputs)
+            if return_outputs:
+                raise NotImplementedError("conservative DPO does not return model outputs")
+            return self._conservative_dpo_loss(model, inputs)
+
+        def _conservative_dpo_loss(self, model, inputs):
+            mode = "train" if self.model.training else "eval"
+            completion_mask = inputs["completion_mask"]  # (2B, L): 1 on completion tokens; rows = [chosen; rejected]
+            model_kwargs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+            outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+            seq_len = completion_mask.shape[1] - 1
+            logps = outputs.log_probs[:, -seq_len:].sum(dim=1)  # (2B,): 0 on non-completion positions
+            chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+            if self.precompute_ref_logps:
+                ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model, inputs)
+            losses, chosen_rewards, rejected_rewards = dpo_family_loss(
+                chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, self.beta, "sigmoid", self.label_smoothing)
+            metrics = self._metrics[mode]
+            metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+            metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+            metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+            metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+            metrics["logps/chosen"].append(chosen_logps.detach().mean().item())
+            metrics["logps/rejected"].append(rejected_logps.detach().mean().item())
+            return losses.mean()
+
+    return HarnessDPOTrainer
+
+
+def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10):
+    """TRL's DPOConfig from our pipeline config: fp32, no checkpoints, no TRL reporting (our tracker does that)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=output_dir, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
+        bf16=False, fp16=False, activation_checkpointing=False, report_to="none", save_strategy="no",
+        logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
+        prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
+    )
+
+
+def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, output_dir: str, *, seed: int = 0,
+                  use_cpu: bool = True, callbacks: list | None = None, eval_dataset=None, logging_steps: int = 10):
+    """A :class:`HarnessDPOTrainer` on ``train_dataset`` (columns prompt, chosen, rejected) with π_ref = ``reference``."""
+    trainer_cls = _dpo_trainer_class()
+    args = dpo_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps)
+    return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=train_dataset,
+                       eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks or [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(ctx: RunContext) -> dict:
+    """Train π_θ from π_SFT with the DPO-family loss on the preference set; evaluate along the way."""
+    cfg: DPOPipeline = ctx.cfg.pipeline
+    policy, tok, sft = load_sft(ctx)
+    check_max_length(cfg.max_length, policy)
+    pairs = load_pairs(ensure_preferences(ctx))
+    train = check_pairs(pairs["train"], tok, cfg.max_length)
+    test = check_pairs(pairs["test"], tok, cfg.max_length, where="preferences.test") if len(pairs["test"]) else None
+    reference = load_frozen_reference(sft.path, tok, ctx.device)
+
+    tracker = ctx.tracker()
+    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
+                                    method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    logs = TrackerCallback(tracker)
+    trainer = build_trainer(policy, reference, tok, train, cfg, str(ctx.folder / "_trainer"), seed=ctx.cfg.seed,
+                            use_cpu=ctx.device.type == "cpu", eval_dataset=test,
+                            callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+    log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
+    result = trainer.train()
+    val = trainer.evaluate() if test is not None else {}  # held-out pairs: val/rewards/accuracies, val/loss ...
+    tracker.log(namespaced(val), step=trainer.state.global_step)
+
+    policy = trainer.model
+    policy.save_pretrained(ctx.folder / "policy")
+    tok.save_pretrained(ctx.folder / "policy")
+    first, final = evaluation.rows[0], evaluation.rows[-1]
+    facts = {
+        "method": ctx.method, "setting": ctx.setting, "loss_type": cfg.loss_type, "beta": cfg.beta,
+        "label_smoothing": cfg.label_smoothing, "steps": trainer.state.global_step, "train_pairs": len(train),
+        "train_loss": result.training_loss, "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+        "val_rewards_accuracy": val.get("eval_rewards/accuracies"), "val_loss": val.get("eval_loss"),
+        "parameter_change": parameter_change(policy, reference), "gold_sft": first["gold_reward"],
+        "gold_final": final["gold_reward"], "kl_final": final["kl"], "points": len(evaluation.rows),
+        "train_seconds": result.metrics.get("train_runtime"), "policy": str(ctx.folder / "policy"),
+    }
+    tracker.summary(facts)
+    tracker.finish()
+    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
+          f"KL {final['kl']:.3f} after {facts['steps']} steps ({facts['train_seconds']:.1f} s); "
+          f"held-out pair accuracy {facts['val_rewards_accuracy']}")
+    return facts
