@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from harness.cache import key_of
 from harness.config import ConfigError, HarnessConfig, register_configs, validate
 
 log = logging.getLogger("harness")
+DONE = "done.json"  # written when a job finished; holds its config key and result
 # conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
 # reading it as a Python module name.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -25,8 +28,8 @@ def resolved(hc: HarnessConfig) -> dict:
     out = {k: dataclasses.asdict(getattr(hc, k)) for k in
            ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")}
     out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads)
-    for k, v in hc.raw.items():  # anything else the experiment carries (e.g. its name)
-        out.setdefault(k, v)
+    out["experiment_name"] = hc.raw.get("experiment_name")
+    # (the study's job list and seed list are the sweep's, not the job's: a job stays "finished" when the study grows)
     return out
 
 
@@ -39,11 +42,19 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None) -> dic
 
     hc = validate(cfg)
     hc.raw = resolved(hc)
+    done = folder / DONE
+    key = key_of(hc.raw)
+    if done.exists() and json.loads(done.read_text()).get("key") == key:
+        # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
+        print(f"reusing finished job {folder}")
+        return json.loads(done.read_text())["result"]
     if hc.threads > 0:
         torch.set_num_threads(hc.threads)
     torch.manual_seed(hc.seed)
     ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name)
-    return runner(hc.pipeline.name)(ctx)
+    result = runner(hc.pipeline.name)(ctx)
+    done.write_text(json.dumps({"key": key, "result": result}, default=str, indent=2))
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

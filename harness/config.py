@@ -254,6 +254,9 @@ class _Schema:
     cache_dir: str = ".cache/harness"
     device: str = "auto"
     threads: int = 0
+    experiment_name: str | None = None  # set by experiment files; names the sweep folder and the W&B group
+    study: Any = None  # experiment files: a list of jobs, each a list of overrides (hydra_plugins/harness_study)
+    seeds: Any = None  # experiment files: the seeds every study entry runs with
 
 
 def register_configs() -> None:

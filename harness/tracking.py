@@ -32,6 +32,7 @@ class Tracker:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.points_path = self.folder / "points.jsonl"
+        self.points_path.unlink(missing_ok=True)  # a job that starts again starts its rows again (no duplicates)
         self.start = time.time()
         self.run = None
         self.run_id = name

@@ -1,0 +1,344 @@
+"""Stage 4 of RLHF: PPO against a frozen reward, with a separate critic and a per-token KL penalty to π_ref.
+
+Four roles, each its own model (Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
+
+* ``policy``    π_θ, starts as π_SFT and is trained;
+* ``reference`` π_ref = π_SFT, frozen: the anchor of the KL penalty;
+* ``reward``    the frozen scorer of whole responses: the Bradley–Terry r_φ for ``ppo``, the gold reward on the
+                decoded prompt + response for ``ppo_gt``;
+* ``critic``    V_ψ, a scalar-head model evaluated at *every* response position; initialised from r_φ for ``ppo``
+                and from π_SFT's backbone (fresh head) for ``ppo_gt``; trained with its own optimiser.
+
+One update (``PPO.step``):
+
+1. rollout, all under ``no_grad`` and each model run once over the batch: sample one response per prompt from π_θ
+   (temperature, ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each
+   response position; the score (r_φ − its mean on π_SFT samples, minus ``missing_eos_penalty`` if no EOS);
+   per-token rewards r_t = −β·KL_t, plus the score at the last response token; GAE; whitened advantages;
+2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
+   loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
+3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``).
+
+All the math is in ``pipelines/losses.py``; this module only moves tensors between the roles. ``PPO`` needs no
+Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same update on its own models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from harness.evaluator import Evaluator, texts_of
+from harness.models import load_pretrained_lm, load_scalar_model
+from harness.run import RunContext
+from harness.sampling import Samples, positions, sample
+from pipelines import losses as L
+from pipelines.schemas import PPOPipeline
+
+log = logging.getLogger("harness.ppo")
+
+# (samples, the prompt strings they were sampled from) -> (B,) raw scores. The reward role.
+RewardFn = Callable[[Samples, list[str]], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Roles and the rollout record
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RewardModelScore:
+    """The ``ppo`` reward role: frozen r_φ(prompt + response), read at the last non-pad token (the EOS of a
+    finished response, where the RM was trained to put its score)."""
+
+    def __init__(self, model) -> None:
+        self.model = freeze(model)
+
+    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
+        from pipelines.reward_model import score_samples
+
+        return score_samples(self.model, s)
+
+
+class GoldScore:
+    """The ``ppo_gt`` reward role: the gold scorer (VADER by default) on the decoded prompt + response."""
+
+    def __init__(self, gold, tok) -> None:
+        self.gold, self.tok = gold, tok
+
+    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:
+        scores = np.asarray(self.gold(texts_of(self.tok, prompts, s)), dtype=np.float32)
+        return torch.from_numpy(scores).to(s.response.device)
+
+
+@dataclass
+class Rollout:
+    """What one rollout hands to the update. B = episodes (one per prompt), T = longest response."""
+
+    samples: Samples  # query (B, P) left-padded, response (B, T) right-padded, ended (B,)
+    logprobs: torch.Tensor  # (B, T) log π_old(y_t | s_t) of the sampled tokens, at the sampling temperature
+    ref_logprobs: torch.Tensor  # (B, T) log π_ref(y_t | s_t)
+    values: torch.Tensor  # (B, T) V_old(s_t), the critic at the position that predicts y_t
+    scores: torch.Tensor  # (B,) reward-role score, normalised, minus the missing-EOS penalty
+    kl: torch.Tensor  # (B, T) per-token KL estimate in the reward (k1 or k3), 0 on padding
+    rewards: torch.Tensor  # (B, T) −β·KL_t, plus the score at the last real token; 0 on padding
+    advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch; 0 on padding
+    returns: torch.Tensor  # (B, T) λ-returns, the critic's targets; 0 on padding
+    masks: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
+
+    def minibatch(self, idx: torch.Tensor) -> "Rollout":
+        return Rollout(self.samples.subset(idx), *(getattr(self, f)[idx] for f in (
+            "logprobs", "ref_logprobs", "values", "scores", "kl", "rewards", "advantages", "returns", "masks")))
+
+
+def freeze(model):
+    """Eval mode (no dropout) and no gradients: the reference and reward roles."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward passes over prompt + response (one per role, batched)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
+    """Logits at the positions that predict each response token, divided by the sampling temperature: (B, T, V).
+
+    The LM head runs only on the last T + 1 positions (``logits_to_keep``), not on the prompt.
+    """
+    attn = s.attention_mask
+    T = s.response.shape[1]
+    logits = model(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn), logits_to_keep=T + 1).logits
+    logits = logits[:, :-1].float()  # position P-1+t predicts response token t; the last position predicts nothing
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def critic_values(critic, s: Samples) -> torch.Tensor:
+    """V(s_t) at every response position: the scalar head applied to each hidden state, not only the last: (B, T).
+
+    A ``*ForSequenceClassification`` model pools its head at the last non-pad token; the critic needs the head's
+    value at the position that predicts each response token, so we run its backbone and head ourselves.
+    """
+    attn = s.attention_mask
+    P, T = s.query.shape[1], s.response.shape[1]
+    backbone = getattr(critic, critic.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
+    hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
+    return critic.score(hidden[:, P - 1:P - 1 + T]).squeeze(-1).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The algorithm
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PPO:
+    """PPO for RLHF over the four roles; ``step(prompts)`` = one rollout + one update + one KL-controller step.
+
+    Args:
+        policy: causal LM π_θ (trained).
+        reference: causal LM π_ref (frozen here).
+        critic: ``*ForSequenceClassification`` model with ``num_labels=1`` (trained).
+        reward: the reward role, ``(samples, prompts) -> (B,)`` raw scores.
+        tok: tokenizer with distinct pad and EOS.
+        cfg: the PPO knobs (``pipelines.schemas.PPOPipeline``).
+        score_baseline: subtracted from every raw score (r_φ's mean on π_SFT samples when normalising); None =
+            the mean raw score of the first rollout, i.e. of π_SFT's own samples (for scorers with no stored mean).
+        seed: seeds token sampling and minibatch shuffling.
+    """
+
+    def __init__(self, policy, reference, critic, reward: RewardFn, tok, cfg: PPOPipeline, *,
+                 score_baseline: float | None = 0.0, seed: int = 0) -> None:
+        self.policy, self.reference, self.critic, self.reward, self.tok, self.cfg = policy, freeze(reference), critic, reward, tok, cfg
+        self.score_baseline = score_baseline
+        # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
+        # the ratio is noise. Eval mode does not stop gradients.
+        self.policy.eval()
+        self.critic.eval()
+        self.device = next(policy.parameters()).device
+        # Adam's eps=1e-5 as in OpenAI's RLHF code (Huang et al. 2024); no weight decay.
+        self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
+        self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, weight_decay=0.0)
+        self.kl_ctl = (L.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.horizon) if cfg.target_kl is not None
+                       else L.FixedKLController(cfg.kl_coef))
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.shuffle_gen = torch.Generator().manual_seed(seed + 1)
+
+    # ------------------------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> tuple[Rollout, dict]:
+        """Sample one response per prompt and compute everything the update needs (each role runs once)."""
+        cfg = self.cfg
+        s = sample(self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen)
+        mask = s.response_mask
+        logits = response_logits(self.policy, s, cfg.temperature)  # (B, T, V)
+        logprobs = L.sequence_logps(logits, s.response, mask)
+        entropy = L.masked_sum(L.entropy_from_logits(logits), mask, dim=-1)  # (B,) exact, summed over tokens
+        del logits
+        ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
+        values = critic_values(self.critic, s) * mask
+
+        raw = self.reward(s, prompts).float()  # (B,)
+        if self.score_baseline is None:
+            self.score_baseline = raw.mean().item()
+        # Score normalisation and the missing-EOS penalty (Huang et al. 2024): a response cut at max_new_tokens
+        # is scored as if it were worse, so the policy learns to finish.
+        scores = raw - self.score_baseline - cfg.missing_eos_penalty * (~s.ended).float()
+
+        beta = self.kl_ctl.value
+        kl = L.kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+        rewards = L.per_token_rewards(scores, kl, beta, mask)
+        if cfg.whiten_rewards:
+            rewards = L.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = L.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = L.masked_whiten(advantages, mask)
+
+        seq_kl = L.masked_sum(logprobs - ref_logprobs, mask, dim=-1)  # (B,) k1 sequence KL, what target_kl refers to
+        stats = {
+            "objective/kl": seq_kl.mean().item(),
+            "objective/scores": scores.mean().item(),
+            "objective/rlhf_reward": (scores - beta * kl.sum(-1)).mean().item(),
+            "objective/non_score_reward": (-beta * kl.sum(-1)).mean().item(),
+            "objective/entropy": entropy.mean().item(),
+            "rewards/raw_score": raw.mean().item(),
+            "rewards/missing_eos_frac": (~s.ended).float().mean().item(),
+            "rewards/response_tokens": mask.sum(-1).mean().item(),
+            "val/explained_variance": L.explained_variance(values, returns, mask).item(),
+            "val/mean": L.masked_mean(values, mask).item(),
+            "kl_coef": beta,
+        }
+        ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask)
+        return ro, stats
+
+    # -------------------------------------------------------------------------------------------------- update
+    def update(self, ro: Rollout) -> dict:
+        """``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches of the rollout."""
+        cfg = self.cfg
+        B = ro.masks.shape[0]
+        size = B // cfg.num_minibatches
+        acc: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
+                                                        "val/clipfrac", "policy/entropy")}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+            for start in range(0, B - size + 1, size):
+                mb = ro.minibatch(order[start:start + size])
+
+                logits = response_logits(self.policy, mb.samples, cfg.temperature)
+                new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
+                pg_loss, clipfrac, approxkl = L.clipped_policy_loss(new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange)
+                loss = pg_loss
+                if cfg.ent_coef > 0:
+                    entropy = L.masked_mean(L.entropy_from_logits(logits), mb.masks)
+                    loss = loss - cfg.ent_coef * entropy
+                    acc["policy/entropy"].append(entropy.item())
+                self.policy_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.policy_opt.step()
+
+                new_values = critic_values(self.critic, mb.samples)
+                vf_loss, vf_clipfrac = L.clipped_value_loss(new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value)
+                self.critic_opt.zero_grad(set_to_none=True)
+                (cfg.vf_coef * vf_loss).backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                self.critic_opt.step()
+
+                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
+                             ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
+                    acc[k].append(v.item())
+        return {k: float(np.mean(v)) for k, v in acc.items() if v}
+
+    def step(self, prompts: list[str]) -> dict:
+        """One PPO iteration on ``prompts`` (one episode each); returns the metrics of this update."""
+        t0 = time.perf_counter()
+        ro, stats = self.rollout(prompts)
+        stats.update(self.update(ro))
+        # target_kl is a sequence KL, so the controller sees the batch's mean sequence KL; n_steps = episodes.
+        self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
+        stats["charts/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
+        return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_roles(ctx: RunContext):
+    """(policy, reference, critic, reward role, tokenizer, score baseline, proxy scorer or None)."""
+    from pipelines.sft import load_sft
+
+    cfg = ctx.cfg.pipeline
+    policy, tok, sft = load_sft(ctx)
+    reference = load_pretrained_lm(sft.path, tok).to(ctx.device)
+    if cfg.name == "ppo":
+        from pipelines.reward_model import TextScorer, ensure_reward_model, load_reward_model
+
+        rm, _, facts = load_reward_model(ctx)
+        critic = load_scalar_model(ensure_reward_model(ctx).path, tok)  # Huang et al.: critic initialised from r_φ
+        baseline = facts["sft_score_mean"] if cfg.normalize_scores else 0.0
+        reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
+    else:
+        critic = load_scalar_model(sft.path, tok)  # π_SFT's backbone, fresh scalar head
+        # The gold scorer has no stored mean on π_SFT samples: the first rollout (π_SFT's own samples) gives it.
+        baseline, reward, proxy = (None if cfg.normalize_scores else 0.0), GoldScore(ctx.gold, tok), None
+    return policy, reference, critic.to(ctx.device), reward, tok, baseline, proxy
+
+
+def run(ctx: RunContext) -> dict:
+    """Train π_θ with PPO (``ppo``: against r_φ; ``ppo_gt``: against the gold reward) and evaluate it on the way."""
+    from tqdm.auto import tqdm
+
+    cfg = ctx.cfg.pipeline
+    policy, reference, critic, reward, tok, baseline, proxy = build_roles(ctx)
+    prompts = ctx.task.train_prompts
+    prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
+
+    def next_prompts() -> list[str]:
+        return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[:cfg.batch_size].tolist()]
+
+    ppo = PPO(policy, reference, critic, reward, tok, cfg, score_baseline=baseline, seed=ctx.cfg.seed)
+
+    tracker = ctx.tracker()
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy)
+    point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
+    points = [tracker.log_point(evaluator(policy, step=0, **point_args).row())]
+    log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
+
+    t0 = time.time()
+    bar = tqdm(range(1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update", mininterval=1.0)
+    for update in bar:
+        stats = ppo.step(next_prompts())
+        tracker.log(stats, step=update)
+        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
+                        beta=f"{stats['kl_coef']:.3g}", refresh=False)
+        if not all(np.isfinite(stats[k]) for k in ("loss/policy", "loss/value")):
+            raise FloatingPointError(f"{ctx.method}: non-finite loss at update {update}: {stats}")
+        if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
+            points.append(tracker.log_point(evaluator(policy, step=update, **point_args).row()))
+    bar.close()
+    train_s = time.time() - t0
+
+    out = ctx.folder / "policy"
+    policy.save_pretrained(out)
+    tok.save_pretrained(out)
+    first, last = points[0], points[-1]
+    summary = {
+        "method": ctx.method, "setting": ctx.setting, "updates": cfg.updates, "episodes": cfg.updates * cfg.batch_size,
+        "gold_reward_sft": first["gold_reward"], "gold_reward": last["gold_reward"],
+        "gold_gain": last["gold_reward"] - first["gold_reward"], "kl": last["kl"], "proxy_reward": last["proxy_reward"],
+        "final_kl_coef": ppo.kl_ctl.value, "train_s": train_s, "policy": str(out),
+        "last_update": {k: v for k, v in stats.items()},
+    }
+    tracker.summary(summary)
+    tracker.finish()
+    print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
+          f"(+{summary['gold_gain']:.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
+          f"policy saved to {out}")
+    return summary
