@@ -138,8 +138,8 @@ class PreferencesConfig:
 
 @dataclass
 class RewardModelConfig:
-    epochs: float = 1.0
-    learning_rate: float = 5e-4
+    epochs: float = 3.0  # ~300 steps on the default preference set: held-out pair accuracy plateaus there
+    learning_rate: float = 1e-3
     batch_size: int = 64
     max_length: int = 64
     center_rewards_coefficient: float | None = 0.01  # TRL's auxiliary (r_w + r_l)^2 term (Eisenstein et al. 2023)

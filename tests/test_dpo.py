@@ -139,8 +139,12 @@ def _bad_pairs(kind: str):
     data = {k: list(v) for k, v in good.items()}
     if kind == "missing":
         del data["rejected"]
-    elif kind == "empty":
-        data["chosen"][1] = "  "
+    elif kind == "empty_prompt":
+        data["prompt"][1] = "  "
+    elif kind == "empty_chosen":
+        data["chosen"] = ["", ""]
+    elif kind == "none":
+        data["rejected"][0] = None
     elif kind == "identical":
         data["rejected"] = list(data["chosen"])
     elif kind == "long_prompt":
@@ -150,7 +154,9 @@ def _bad_pairs(kind: str):
 
 @pytest.mark.parametrize("kind, match", [
     ("missing", r"missing column\(s\) rejected"),
-    ("empty", r"empty chosen text"),
+    ("empty_prompt", r"1 of 2 pairs have an empty prompt text"),
+    ("empty_chosen", r"every one of the 2 chosen texts is empty"),
+    ("none", r"1 of 2 pairs have no rejected text"),
     ("identical", r"chosen == rejected"),
     ("long_prompt", r"pipeline.max_length: 1 of 2 prompts"),
 ])

@@ -303,7 +303,7 @@ def test_cli_prints_the_paths(sweep_dir):
 
 
 def test_log_report_to_wandb_logs_table_scatter_and_image(sweep_dir):
-    wandb = pytest.importorskip("wandb")
+    import wandb
     logged = []
 
     class FakeRun:                                        # records what a live run would receive
@@ -323,11 +323,12 @@ def test_log_report_to_wandb_logs_table_scatter_and_image(sweep_dir):
 # The notebook, headless
 # ---------------------------------------------------------------------------------------------------------
 
-def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
-    """Execute notebooks/frontier.ipynb in a kernel started by *this* interpreter (sys.executable), through a
-    kernelspec written into tmp_path: the installed 'python3' spec runs whatever `python` is on PATH."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+def execute_notebook(sweep, tmp_path, monkeypatch):
+    """Execute notebooks/frontier.ipynb against ``sweep`` in a kernel started by *this* interpreter
+    (sys.executable), through a kernelspec written into tmp_path: the installed 'python3' spec runs whatever
+    `python` is on PATH. Returns the executed notebook."""
+    import nbclient
+    import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
@@ -336,7 +337,7 @@ def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
     (spec_dir / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (test)", "language": "python"}))
-    monkeypatch.setenv("FRONTIER_SWEEP_DIR", str(sweep_dir))
+    monkeypatch.setenv("FRONTIER_SWEEP_DIR", str(sweep))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     km = KernelManager(kernel_name="python3",
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
@@ -347,6 +348,11 @@ def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
                for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
     nbclient.NotebookClient(nb, km=km, timeout=120,
                             resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
+    nb = execute_notebook(sweep_dir, tmp_path, monkeypatch)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "dpo" in text and "beta=0.05" in text

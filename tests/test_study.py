@@ -1,0 +1,70 @@
+"""The smoke study end to end through the CLI: every method as one Hydra multirun, the report, W&B offline, the
+notebook, and a rerun that reuses every finished job."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = {"sft", "ppo", "ppo_gt", "dpo", "unlikelihood", "preferred_ft", "best_of_n"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "harness", "experiment=smoke", f"cache_dir={tmp / 'cache'}",
+           f"hydra.sweep.dir={tmp / 'sweep'}", "logger.wandb_mode=offline"]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp / "sweep", first, cmd, env
+
+
+def test_smoke_study_writes_the_report(smoke):
+    sweep, first, _, _ = smoke
+    assert "=== job 1/9" in first.stdout and "=== job 9/9" in first.stdout  # progress: which job, how many
+    assert f"frontier plot: {sweep / 'frontier.png'}" in first.stdout
+    assert (sweep / "frontier.png").stat().st_size > 10_000
+    rows = list(csv.DictReader((sweep / "points.csv").open()))
+    assert {r["method"] for r in rows} == METHODS
+    for method in METHODS - {"sft", "best_of_n"}:
+        steps = {int(r["step"]) for r in rows if r["method"] == method}
+        assert len(steps) >= 2 and 0 in steps  # step 0 and at least one later evaluation
+    assert {r["setting"] for r in rows if r["method"] == "best_of_n"} == {"N=1", "N=2", "N=4"}
+    summary = (sweep / "summary.md").read_text()
+    for label in ("PPO (learned RM)", "DPO", "Best of N", "Unlikelihood", "Preferred-FT"):
+        assert label in summary
+    assert "DPO" in summary and ("lies above PPO" in summary or "does not lie above PPO" in summary)
+
+
+def test_wandb_offline_runs_hold_the_frontier_table(smoke):
+    sweep, *_ = smoke
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/frontier/points*.table.json"))
+    assert tables, "the report run logged no frontier table"
+    table = json.loads(tables[0].read_text())
+    assert "kl" in table["columns"] and "gold_reward" in table["columns"] and len(table["data"]) > 10
+    job_runs = list(sweep.glob("*/wandb/offline-run-*"))
+    assert len(job_runs) >= 8  # one W&B run per job, in the job's folder
+
+
+def test_rerun_reuses_every_finished_job(smoke):
+    sweep, first, cmd, env = smoke
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("reusing finished job") == 9
+    assert (sweep / "summary.md").exists()
+
+
+def test_notebook_executes_against_the_smoke_sweep(smoke, tmp_path, monkeypatch):
+    from tests.test_report import execute_notebook
+
+    sweep, *_ = smoke
+    nb = execute_notebook(sweep, tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
