@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):  # alternate which goes first
             seconds, steps, evals = one_run(mode == "on", r)
             results[mode].append({"seconds": seconds, "steps": steps, "evaluations": evals, "steps_per_s": steps / seconds})
+            load = os.getloadavg()[0]  # a contended number shows here (the box is shared)
+            results[mode][-1]["load_1min"] = load
             print(f"round {r} eval {mode:3s}: {steps} steps in {seconds:6.2f} s = {steps / seconds:6.2f} steps/s"
-                  + (f" ({evals} evaluations)" if evals else ""), flush=True)
+                  + (f" ({evals} evaluations)" if evals else "") + f"  [load {load:.2f}]", flush=True)
 
     on = statistics.median(x["steps_per_s"] for x in results["on"])
     off = statistics.median(x["steps_per_s"] for x in results["off"])

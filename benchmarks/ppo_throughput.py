@@ -101,7 +101,7 @@ def run_ours(args) -> dict:
                       max_new_tokens=24, temperature=1.0, missing_eos_penalty=1.0, kl_coef=0.05, kl_estimator="k1",
                       learning_rate=3e-6, critic_learning_rate=3e-6, vf_coef=0.1, cliprange=0.2, cliprange_value=0.2,
                       gamma=1.0, lam=0.95, normalize_scores=False)
-    ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, score_baseline=0.0, seed=args.seed)
+    ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, score_norm=(0.0, 1.0), seed=args.seed)
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     ends, logs = [], []

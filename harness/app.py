@@ -33,7 +33,17 @@ def resolved(hc: HarnessConfig) -> dict:
     return out
 
 
-def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None) -> dict:
+def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:
+    """``pipeline.cliprange=0.2`` -> ``cliprange``: the pipeline knobs a job's overrides set."""
+    keys = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith("pipeline.") and key.count(".") == 1:
+            keys.append(key.split(".", 1)[1])
+    return tuple(dict.fromkeys(keys))
+
+
+def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept: tuple[str, ...] = ()) -> dict:
     """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here."""
     import torch
 
@@ -42,6 +52,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None) -> dic
 
     hc = validate(cfg)
     hc.raw = resolved(hc)
+    folder.mkdir(parents=True, exist_ok=True)
     done = folder / DONE
     key = key_of(hc.raw)
     if done.exists() and json.loads(done.read_text()).get("key") == key:
@@ -51,7 +62,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None) -> dic
     if hc.threads > 0:
         torch.set_num_threads(hc.threads)
     torch.manual_seed(hc.seed)
-    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name)
+    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept)
     result = runner(hc.pipeline.name)(ctx)
     done.write_text(json.dumps({"key": key, "result": result}, default=str, indent=2))
     return result
@@ -63,7 +74,7 @@ def main(cfg: DictConfig) -> dict | None:
     folder = Path(hydra_cfg.runtime.output_dir)
     sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
     try:
-        return run_job(cfg, folder, sweep)
+        return run_job(cfg, folder, sweep, swept_pipeline_keys(list(hydra_cfg.overrides.task)))
     except ConfigError as e:
         # One line, naming the key and the fix; nothing has been trained yet (validation and data checks come first).
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ class RunContext:
     cfg: HarnessConfig
     folder: Path  # this job's output folder (Hydra's run or sweep sub-folder)
     sweep_name: str | None = None  # the W&B group
+    swept: tuple[str, ...] = ()  # pipeline knobs set on the command line / by the study (they label the points)
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +47,12 @@ class RunContext:
 
     @property
     def setting(self) -> str:
-        return self.cfg.pipeline.setting()
+        """The method's knob(s) as "beta=0.1": its declared knob plus any other pipeline knob this job set
+        (so a clip ablation's points read "kl_coef=0.05,cliprange=0.2")."""
+        base = self.cfg.pipeline.setting()
+        have = {part.split("=")[0] for part in base.split(",") if part}
+        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept if k not in have and k != "name"]
+        return ",".join([p for p in [base] if p] + extra)
 
     def tracker(self) -> Tracker:
         name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"

@@ -33,6 +33,7 @@ from pipelines.dpo import (
     check_pairs,
     load_frozen_reference,
     parameter_change,
+    remove_if_empty,
 )
 from pipelines.losses import sequence_logps, unlikelihood_loss
 from pipelines.preferences import ensure_preferences, load_pairs
@@ -85,7 +86,8 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     args = SFTConfig(
         output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=0.1, weight_decay=0.0, bf16=False, fp16=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
+        weight_decay=0.0, bf16=False, fp16=False,
         activation_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10, seed=ctx.cfg.seed,
         use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
     )
@@ -94,6 +96,7 @@ def run_preferred_ft(ctx: RunContext) -> dict:
                          callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
     log.info("Preferred-FT on %d distinct (prompt, chosen) of %d pairs", len(data), len(train))
     result = trainer.train()
+    remove_if_empty(ctx.folder / "_trainer")
     facts = {"steps": trainer.state.global_step, "train_examples": len(data), "train_loss": result.training_loss,
              "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss])}
     return _finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)

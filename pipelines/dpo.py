@@ -135,7 +135,7 @@ class FrontierEvaluation:
         row = self.tracker.log_point(point.row())
         self.rows.append(row)
         self.last_step = step
-        log.info("step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", step, row["gold_reward"], row["gold_reward_sem"],
+        logging.getLogger("harness.frontier").info("%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", self.method, self.setting, step, row["gold_reward"], row["gold_reward_sem"],
                  row["kl"], row["kl_sem"])
         return row
 
@@ -189,6 +189,14 @@ class TrackerCallback(TrainerCallback):
         if "objective/loss" in logs:
             self.losses.append(float(logs["objective/loss"]))
         self.tracker.log(logs, step=state.global_step)
+
+
+def remove_if_empty(folder) -> None:
+    """The trainers' output_dir stays empty (no checkpoints are saved); do not leave it in the run folder."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def parameter_change(policy, reference) -> float:
@@ -260,7 +268,13 @@ def _dpo_trainer_class():
 
 
 def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10):
-    """TRL's DPOConfig from our pipeline config: fp32, no checkpoints, no TRL reporting (our tracker does that)."""
+    """TRL's DPOConfig from our pipeline config: fp32, no checkpoints, no TRL reporting (our tracker does that).
+
+    TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
+    which is wrong on CPU and wasted time on small models, so both are off. The learning rate warms up linearly over
+    ``warmup_ratio`` of the steps (transformers 5 reads warmup_steps < 1 as a fraction) and then stays constant, as
+    in the DPO paper's reference code.
+    """
     from trl import DPOConfig
 
     return DPOConfig(
@@ -296,7 +310,6 @@ def run(ctx: RunContext) -> dict:
     check_max_length(cfg.max_length, policy)
     pairs = load_pairs(ensure_preferences(ctx))
     train = check_pairs(pairs["train"], tok, cfg.max_length)
-    test = check_pairs(pairs["test"], tok, cfg.max_length, where="preferences.test") if len(pairs["test"]) else None
     reference = load_frozen_reference(sft.path, tok, ctx.device)
 
     tracker = ctx.tracker()
@@ -304,12 +317,10 @@ def run(ctx: RunContext) -> dict:
                                     method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     logs = TrackerCallback(tracker)
     trainer = build_trainer(policy, reference, tok, train, cfg, str(ctx.folder / "_trainer"), seed=ctx.cfg.seed,
-                            use_cpu=ctx.device.type == "cpu", eval_dataset=test,
-                            callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+                            use_cpu=ctx.device.type == "cpu", callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
     log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
     result = trainer.train()
-    val = trainer.evaluate() if test is not None else {}  # held-out pairs: val/rewards/accuracies, val/loss ...
-    tracker.log(namespaced(val), step=trainer.state.global_step)
+    remove_if_empty(ctx.folder / "_trainer")
 
     policy = trainer.model
     policy.save_pretrained(ctx.folder / "policy")
@@ -319,7 +330,6 @@ def run(ctx: RunContext) -> dict:
         "method": ctx.method, "setting": ctx.setting, "loss_type": cfg.loss_type, "beta": cfg.beta,
         "label_smoothing": cfg.label_smoothing, "steps": trainer.state.global_step, "train_pairs": len(train),
         "train_loss": result.training_loss, "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-        "val_rewards_accuracy": val.get("eval_rewards/accuracies"), "val_loss": val.get("eval_loss"),
         "parameter_change": parameter_change(policy, reference), "gold_sft": first["gold_reward"],
         "gold_final": final["gold_reward"], "kl_final": final["kl"], "points": len(evaluation.rows),
         "train_seconds": result.metrics.get("train_runtime"), "policy": str(ctx.folder / "policy"),
@@ -327,6 +337,5 @@ def run(ctx: RunContext) -> dict:
     tracker.summary(facts)
     tracker.finish()
     print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps ({facts['train_seconds']:.1f} s); "
-          f"held-out pair accuracy {facts['val_rewards_accuracy']}")
+          f"KL {final['kl']:.3f} after {facts['steps']} steps ({facts['train_seconds']:.1f} s)")
     return facts

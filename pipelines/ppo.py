@@ -11,10 +11,11 @@ Four roles, each its own model (Huang et al. 2024, "The N+ Implementation Detail
 
 One update (``PPO.step``):
 
-1. rollout, all under ``no_grad`` and each model run once over the batch: sample one response per prompt from π_θ
-   (temperature, ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each
-   response position; the score (r_φ − its mean on π_SFT samples, minus ``missing_eos_penalty`` if no EOS);
-   per-token rewards r_t = −β·KL_t, plus the score at the last response token; GAE; whitened advantages;
+1. rollout, each model run once over the batch: sample one response per prompt from π_θ (temperature,
+   ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each response position;
+   the score ((r_φ − mean) / std of r_φ on π_SFT samples, minus ``missing_eos_penalty`` if no EOS); per-token
+   rewards r_t = −β·KL_t, plus the score at the last response token; GAE; whitened advantages. Only the
+   first minibatch of epoch 0 keeps its autograd graph (``FirstPass``): the update starts from it;
 2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``).
@@ -25,6 +26,7 @@ Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ log = logging.getLogger("harness.ppo")
 
 # (samples, the prompt strings they were sampled from) -> (B,) raw scores. The reward role.
 RewardFn = Callable[[Samples, list[str]], torch.Tensor]
+# A floor on the std that normalises scores, so a near-constant first rollout cannot blow the scores up.
+_MIN_SCORE_STD = 1e-2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -56,7 +60,7 @@ class RewardModelScore:
     finished response, where the RM was trained to put its score)."""
 
     def __init__(self, model) -> None:
-        self.model = freeze(model)
+        self.model = use_fused_gelu(freeze(model))
 
     def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
         from pipelines.reward_model import score_samples
@@ -76,23 +80,55 @@ class GoldScore:
 
 
 @dataclass
+class FirstPass:
+    """The policy's and critic's forward over the first minibatch of epoch 0, run during the rollout WITH autograd.
+
+    That minibatch is evaluated at the rollout's own parameters, so its training forward equals the rollout forward:
+    keeping the graph lets the update start from it instead of running both models over it a second time.
+    """
+
+    logits: torch.Tensor  # (b, T, V) policy logits / temperature, carries the graph
+    logprobs: torch.Tensor  # (b, T) log π_θ of the sampled tokens, carries the graph
+    values: torch.Tensor  # (b, T) critic values, carries the graph
+
+
+@dataclass
 class Rollout:
     """What one rollout hands to the update. B = episodes (one per prompt), T = longest response."""
 
     samples: Samples  # query (B, P) left-padded, response (B, T) right-padded, ended (B,)
     logprobs: torch.Tensor  # (B, T) log π_old(y_t | s_t) of the sampled tokens, at the sampling temperature
     ref_logprobs: torch.Tensor  # (B, T) log π_ref(y_t | s_t)
-    values: torch.Tensor  # (B, T) V_old(s_t), the critic at the position that predicts y_t
+    values: torch.Tensor  # (B, T) V_old(s_t), the critic at the position that predicts y_t; 0 on padding
     scores: torch.Tensor  # (B,) reward-role score, normalised, minus the missing-EOS penalty
     kl: torch.Tensor  # (B, T) per-token KL estimate in the reward (k1 or k3), 0 on padding
     rewards: torch.Tensor  # (B, T) −β·KL_t, plus the score at the last real token; 0 on padding
     advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch; 0 on padding
     returns: torch.Tensor  # (B, T) λ-returns, the critic's targets; 0 on padding
     masks: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
+    epoch0_order: torch.Tensor | None = None  # (B,) long, the order of epoch 0's minibatches
+    first_pass: FirstPass | None = None  # graphs over epoch0_order[:b], used once by the update
 
     def minibatch(self, idx: torch.Tensor) -> "Rollout":
         return Rollout(self.samples.subset(idx), *(getattr(self, f)[idx] for f in (
             "logprobs", "ref_logprobs", "values", "scores", "kl", "rewards", "advantages", "returns", "masks")))
+
+
+def use_fused_gelu(model):
+    """Swap GPT-2's ``gelu_new`` (eight elementwise kernels, forward and backward) for PyTorch's fused tanh-GELU.
+
+    The same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — transformers ships it as ``gelu_pytorch_tanh``,
+    "a faster equivalent of gelu_new"; they differ by < 3e-7 in fp32. Only the in-memory modules change (weights and
+    config stay as they are, so saved checkpoints are untouched). On the tiny models the activation was ~20% of a
+    forward-backward on CPU.
+    """
+    from transformers.activations import NewGELUActivation
+
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+    return model
 
 
 def freeze(model):
@@ -111,12 +147,15 @@ def freeze(model):
 def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
     """Logits at the positions that predict each response token, divided by the sampling temperature: (B, T, V).
 
-    The LM head runs only on the last T + 1 positions (``logits_to_keep``), not on the prompt.
+    The backbone runs over prompt + response; the LM head only over the T positions P-1 .. P+T-2 (position P-1+t
+    predicts response token t). Slicing the (B, ·, hidden) states rather than the (B, ·, V) logits keeps the head
+    off the prompt and keeps the slice's backward small.
     """
     attn = s.attention_mask
-    T = s.response.shape[1]
-    logits = model(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn), logits_to_keep=T + 1).logits
-    logits = logits[:, :-1].float()  # position P-1+t predicts response token t; the last position predicts nothing
+    P, T = s.query.shape[1], s.response.shape[1]
+    backbone = getattr(model, model.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
+    hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, P - 1:P - 1 + T]).float()
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -148,15 +187,20 @@ class PPO:
         reward: the reward role, ``(samples, prompts) -> (B,)`` raw scores.
         tok: tokenizer with distinct pad and EOS.
         cfg: the PPO knobs (``pipelines.schemas.PPOPipeline``).
-        score_baseline: subtracted from every raw score (r_φ's mean on π_SFT samples when normalising); None =
-            the mean raw score of the first rollout, i.e. of π_SFT's own samples (for scorers with no stored mean).
+        score_norm: (mean, std) of the reward role's raw scores on π_SFT samples; scores become (raw − mean) / std.
+            None: estimated from the first rollout, i.e. π_SFT's own samples (for scorers with no stored statistics).
         seed: seeds token sampling and minibatch shuffling.
+        reuse_first_pass: run the first minibatch's training forward during the rollout (see ``FirstPass``); the
+            result is the same either way, this only skips a duplicate forward of policy and critic per update.
     """
 
     def __init__(self, policy, reference, critic, reward: RewardFn, tok, cfg: PPOPipeline, *,
-                 score_baseline: float | None = 0.0, seed: int = 0) -> None:
+                 score_norm: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, reuse_first_pass: bool = True) -> None:
         self.policy, self.reference, self.critic, self.reward, self.tok, self.cfg = policy, freeze(reference), critic, reward, tok, cfg
-        self.score_baseline = score_baseline
+        self.score_norm = score_norm
+        self.reuse_first_pass = reuse_first_pass
+        for m in (policy, reference, critic):
+            use_fused_gelu(m)
         # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
         # the ratio is noise. Eval mode does not stop gradients.
         self.policy.eval()
@@ -177,19 +221,37 @@ class PPO:
         cfg = self.cfg
         s = sample(self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen)
         mask = s.response_mask
-        logits = response_logits(self.policy, s, cfg.temperature)  # (B, T, V)
-        logprobs = L.sequence_logps(logits, s.response, mask)
-        entropy = L.masked_sum(L.entropy_from_logits(logits), mask, dim=-1)  # (B,) exact, summed over tokens
-        del logits
+        B, T = mask.shape
+        # Epoch 0's minibatch order is drawn now, so that its first minibatch can be run with autograd right here.
+        order = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+        first, rest = order[:B // cfg.num_minibatches], order[B // cfg.num_minibatches:]
+        logprobs = torch.zeros(B, T, device=self.device)
+        values = torch.zeros(B, T, device=self.device)
+        entropy = torch.zeros(B, device=self.device)
+        first_pass = None
+        for idx, grad in ((first, self.reuse_first_pass), (rest, False)):
+            if len(idx) == 0:
+                continue
+            part = s.subset(idx)
+            with torch.set_grad_enabled(grad):
+                logits = response_logits(self.policy, part, cfg.temperature)  # (b, T, V)
+                part_logprobs = L.sequence_logps(logits, part.response, part.response_mask)
+                part_values = critic_values(self.critic, part)
+            if grad:
+                first_pass = FirstPass(logits, part_logprobs, part_values)
+            logprobs[idx] = part_logprobs.detach()
+            values[idx] = part_values.detach() * part.response_mask
+            entropy[idx] = L.masked_sum(L.entropy_from_logits(logits.detach()), part.response_mask, dim=-1)  # exact
+            del logits
         ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
-        values = critic_values(self.critic, s) * mask
 
         raw = self.reward(s, prompts).float()  # (B,)
-        if self.score_baseline is None:
-            self.score_baseline = raw.mean().item()
-        # Score normalisation and the missing-EOS penalty (Huang et al. 2024): a response cut at max_new_tokens
+        if self.score_norm is None:
+            self.score_norm = (raw.mean().item(), max(raw.std().item(), _MIN_SCORE_STD))
+        # Score normalisation, then the missing-EOS penalty (Huang et al. 2024): a response cut at max_new_tokens
         # is scored as if it were worse, so the policy learns to finish.
-        scores = raw - self.score_baseline - cfg.missing_eos_penalty * (~s.ended).float()
+        mean, std = self.score_norm
+        scores = (raw - mean) / std - cfg.missing_eos_penalty * (~s.ended).float()
 
         beta = self.kl_ctl.value
         kl = L.kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
@@ -213,7 +275,7 @@ class PPO:
             "val/mean": L.masked_mean(values, mask).item(),
             "kl_coef": beta,
         }
-        ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask)
+        ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass)
         return ro, stats
 
     # -------------------------------------------------------------------------------------------------- update
@@ -224,13 +286,20 @@ class PPO:
         size = B // cfg.num_minibatches
         acc: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
                                                         "val/clipfrac", "policy/entropy")}
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+        for epoch in range(cfg.ppo_epochs):
+            order = ro.epoch0_order if epoch == 0 and ro.epoch0_order is not None else \
+                torch.randperm(B, generator=self.shuffle_gen).to(self.device)
             for start in range(0, B - size + 1, size):
                 mb = ro.minibatch(order[start:start + size])
+                first_pass = None
+                if epoch == 0 and start == 0:
+                    first_pass, ro.first_pass = ro.first_pass, None  # used once; the backward frees its graph
 
-                logits = response_logits(self.policy, mb.samples, cfg.temperature)
-                new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
+                if first_pass is not None:  # the rollout already ran this forward, at these parameters
+                    logits, new_logprobs = first_pass.logits, first_pass.logprobs
+                else:
+                    logits = response_logits(self.policy, mb.samples, cfg.temperature)
+                    new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
                 pg_loss, clipfrac, approxkl = L.clipped_policy_loss(new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange)
                 loss = pg_loss
                 if cfg.ent_coef > 0:
@@ -242,7 +311,7 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.policy_opt.step()
 
-                new_values = critic_values(self.critic, mb.samples)
+                new_values = first_pass.values if first_pass is not None else critic_values(self.critic, mb.samples)
                 vf_loss, vf_clipfrac = L.clipped_value_loss(new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (cfg.vf_coef * vf_loss).backward()
@@ -270,8 +339,25 @@ class PPO:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_roles(ctx: RunContext):
-    """(policy, reference, critic, reward role, tokenizer, score baseline, proxy scorer or None)."""
+@dataclass
+class Roles:
+    """The four models of a PPO run and what goes with them."""
+
+    policy: torch.nn.Module  # π_θ, a copy of π_SFT (trained)
+    reference: torch.nn.Module  # π_ref = π_SFT (frozen)
+    critic: torch.nn.Module  # V_ψ, scalar head (trained)
+    reward: RewardFn  # r_φ (ppo) or gold (ppo_gt)
+    tok: object
+    score_norm: tuple[float, float] | None  # (mean, std) of raw scores on π_SFT samples; None = first rollout's
+    proxy: Callable[[list[str]], np.ndarray] | None  # r_φ on texts for the evaluator's proxy_reward (ppo only)
+
+    def ppo(self, cfg: PPOPipeline, seed: int = 0) -> "PPO":
+        return PPO(self.policy, self.reference, self.critic, self.reward, self.tok, cfg, score_norm=self.score_norm, seed=seed)
+
+
+def build_roles(ctx: RunContext) -> Roles:
+    """Load the four roles for ``ctx.cfg.pipeline`` (``ppo`` or ``ppo_gt``) from the stage cache (building stages
+    that are missing)."""
     from pipelines.sft import load_sft
 
     cfg = ctx.cfg.pipeline
@@ -282,13 +368,14 @@ def build_roles(ctx: RunContext):
 
         rm, _, facts = load_reward_model(ctx)
         critic = load_scalar_model(ensure_reward_model(ctx).path, tok)  # Huang et al.: critic initialised from r_φ
-        baseline = facts["sft_score_mean"] if cfg.normalize_scores else 0.0
+        # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
+        norm = (facts["sft_score_mean"], facts["sft_score_std"])
         reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
     else:
         critic = load_scalar_model(sft.path, tok)  # π_SFT's backbone, fresh scalar head
-        # The gold scorer has no stored mean on π_SFT samples: the first rollout (π_SFT's own samples) gives it.
-        baseline, reward, proxy = (None if cfg.normalize_scores else 0.0), GoldScore(ctx.gold, tok), None
-    return policy, reference, critic.to(ctx.device), reward, tok, baseline, proxy
+        # The gold scorer has no stored statistics: the first rollout (π_SFT's own samples) gives them.
+        norm, reward, proxy = None, GoldScore(ctx.gold, tok), None
+    return Roles(policy, reference, critic.to(ctx.device), reward, tok, norm if cfg.normalize_scores else (0.0, 1.0), proxy)
 
 
 def run(ctx: RunContext) -> dict:
@@ -296,33 +383,37 @@ def run(ctx: RunContext) -> dict:
     from tqdm.auto import tqdm
 
     cfg = ctx.cfg.pipeline
-    policy, reference, critic, reward, tok, baseline, proxy = build_roles(ctx)
+    roles = build_roles(ctx)
+    policy, reference, tok = roles.policy, roles.reference, roles.tok
     prompts = ctx.task.train_prompts
     prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
 
     def next_prompts() -> list[str]:
         return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[:cfg.batch_size].tolist()]
 
-    ppo = PPO(policy, reference, critic, reward, tok, cfg, score_baseline=baseline, seed=ctx.cfg.seed)
+    ppo = roles.ppo(cfg, seed=ctx.cfg.seed)
 
     tracker = ctx.tracker()
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy)
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     points = [tracker.log_point(evaluator(policy, step=0, **point_args).row())]
     log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
 
     t0 = time.time()
-    bar = tqdm(range(1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update", mininterval=1.0)
-    for update in bar:
-        stats = ppo.step(next_prompts())
-        tracker.log(stats, step=update)
-        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                        beta=f"{stats['kl_coef']:.3g}", refresh=False)
-        if not all(np.isfinite(stats[k]) for k in ("loss/policy", "loss/value")):
-            raise FloatingPointError(f"{ctx.method}: non-finite loss at update {update}: {stats}")
-        if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
-            points.append(tracker.log_point(evaluator(policy, step=update, **point_args).row()))
-    bar.close()
+    # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
+    with (ctx.folder / "updates.jsonl").open("a") as update_log:
+        bar = tqdm(range(1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update", mininterval=1.0)
+        for update in bar:
+            stats = ppo.step(next_prompts())
+            tracker.log(stats, step=update)
+            update_log.write(json.dumps({"update": update, **stats}) + "\n")
+            bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
+                            beta=f"{stats['kl_coef']:.3g}", refresh=False)
+            if not all(np.isfinite(stats[k]) for k in ("loss/policy", "loss/value")):
+                raise FloatingPointError(f"{ctx.method}: non-finite loss at update {update}: {stats}")
+            if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
+                points.append(tracker.log_point(evaluator(policy, step=update, **point_args).row()))
+        bar.close()
     train_s = time.time() - t0
 
     out = ctx.folder / "policy"
@@ -339,6 +430,6 @@ def run(ctx: RunContext) -> dict:
     tracker.summary(summary)
     tracker.finish()
     print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
-          f"(+{summary['gold_gain']:.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
+          f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
           f"policy saved to {out}")
     return summary

@@ -72,7 +72,9 @@ def _build(ctx: RunContext, out: Path) -> dict:
     args = RewardConfig(
         output_dir=str(out / "_trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length,
-        center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False, report_to=[],
+        center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False,
+        activation_checkpointing=False,  # TRL defaults it on: pure cost here
+        report_to=[],
         save_strategy="no", logging_steps=25, seed=ctx.cfg.task.seed, use_cpu=ctx.device.type == "cpu",
         dataloader_num_workers=0,
     )

@@ -54,7 +54,8 @@ def _build(ctx: RunContext, out: Path) -> dict:
     args = SFTConfig(
         output_dir=str(out / "_trainer"), num_train_epochs=cfg.sft.epochs, per_device_train_batch_size=cfg.sft.batch_size,
         learning_rate=cfg.sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.sft.warmup_ratio,
-        max_length=cfg.sft.max_length, bf16=False, fp16=False, report_to=[], save_strategy="no", logging_steps=25,
+        max_length=cfg.sft.max_length, bf16=False, fp16=False, activation_checkpointing=False,  # TRL defaults it on: pure cost here
+        report_to=[], save_strategy="no", logging_steps=25,
         seed=cfg.task.seed, dataset_text_field="text", packing=False, use_cpu=ctx.device.type == "cpu",
         dataloader_num_workers=0, weight_decay=0.0,
     )

@@ -92,6 +92,7 @@ def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
         ref_c, ref_r = _summed_logps(reference, batch)
     n_c, n_r = batch["completion_mask"].sum(-1).chunk(2)
     expected = _by_hand(name, beta, eps, *(t.tolist() for t in (pi_c, pi_r, ref_c, ref_r, n_c, n_r)))
+    assert trainer.ref_model is reference  # π_ref is the model we passed, not a reload by name
     assert loss.requires_grad and abs(loss.item() - expected) < 1e-6
     if name == "cdpo":  # and it is not TRL's plain sigmoid, which ignores the label smoothing
         assert abs(_by_hand("dpo", beta, 0, *(t.tolist() for t in (pi_c, pi_r, ref_c, ref_r, n_c, n_r))) - expected) > 1e-4
@@ -115,14 +116,15 @@ def _rows(folder):
     return [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("method, extra", [("dpo", []), ("ipo", []), ("cdpo", ["pipeline.precompute_ref_log_probs=true"])])
-def test_dpo_variants_train_and_write_rows(method, extra, run_pipeline, tiny_cache):
+@pytest.mark.parametrize("method, extra, setting", [("dpo", [], "beta=0.1"), ("ipo", [], "beta=0.5"),
+                                                    ("cdpo", ["pipeline.precompute_ref_log_probs=true"], "beta=0.1")])
+def test_dpo_variants_train_and_write_rows(method, extra, setting, run_pipeline, tiny_cache):
     facts, folder = run_pipeline(method, *TRAINING, *extra, cache=tiny_cache, folder=method)
     assert facts["steps"] == 4 and facts["losses_finite"] and math.isfinite(facts["train_loss"])
     assert facts["parameter_change"] > 0  # the policy moved away from π_SFT = π_ref
     rows = _rows(folder)
     assert [r["step"] for r in rows] == [0, 2, 4]
-    assert {r["method"] for r in rows} == {method} and {r["setting"] for r in rows} == {"beta=0.1"}
+    assert {r["method"] for r in rows} == {method} and {r["setting"] for r in rows} == {setting}
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] > 0
     assert (folder / "policy" / "config.json").exists() and (folder / "policy" / "tokenizer.json").exists()
 

@@ -60,6 +60,8 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
         assert math.isfinite(r["kl"]) and 0 <= r["gold_reward"] <= 1
         assert (r["proxy_reward"] is not None) == (pipeline == "ppo")  # the RM's score, only where there is an RM
     assert rows[0]["kl"] == 0.0  # π_θ = π_SFT before the first update
+    updates = [json.loads(line) for line in (folder / "updates.jsonl").read_text().splitlines()]
+    assert [u["update"] for u in updates] == [1, 2, 3] and all("objective/kl" in u for u in updates)
 
     for k in ("loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/clipfrac", "val/clipfrac"):
         assert math.isfinite(summary["last_update"][k]), k
@@ -74,12 +76,13 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
 # ------------------------------------------------------------------------------------------ one update, every role
 @pytest.mark.parametrize("pipeline", ["ppo", "ppo_gt"])
 def test_one_update_trains_policy_and_critic_only(pipeline, cache, tmp_path):
-    from pipelines.ppo import PPO, build_roles
+    from pipelines.ppo import build_roles
 
     ctx = context(pipeline, cache, tmp_path)
-    policy, reference, critic, reward, tok, baseline, _ = build_roles(ctx)
-    ppo = PPO(policy, reference, critic, reward, tok, ctx.cfg.pipeline, score_baseline=baseline)
-    frozen = [reference] + ([reward.model] if pipeline == "ppo" else [])
+    roles = build_roles(ctx)
+    policy, critic = roles.policy, roles.critic
+    ppo = roles.ppo(ctx.cfg.pipeline)
+    frozen = [roles.reference] + ([roles.reward.model] if pipeline == "ppo" else [])
     before = {"policy": snapshot(policy), "critic": snapshot(critic), **{f"frozen{i}": snapshot(m) for i, m in enumerate(frozen)}}
 
     stats = ppo.step(ctx.task.train_prompts[:16])
@@ -89,9 +92,32 @@ def test_one_update_trains_policy_and_critic_only(pipeline, cache, tmp_path):
     assert changed(critic, before["critic"]), "the critic did not move"
     for i, m in enumerate(frozen):
         assert not changed(m, before[f"frozen{i}"]), "a frozen role moved"
-    assert all(not m.training for m in (policy, critic, reference)), "dropout must stay off"
-    if pipeline == "ppo_gt":  # the gold scores are centred on π_SFT's first rollout
-        assert ppo.score_baseline is not None and 0 <= ppo.score_baseline <= 1
+    assert all(not m.training for m in (policy, critic, roles.reference)), "dropout must stay off"
+    if pipeline == "ppo_gt":  # the gold scores are standardised with π_SFT's first rollout
+        mean, std = ppo.score_norm
+        assert 0 <= mean <= 1 and 0 < std <= 1
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_path):
+    """The first minibatch's forward, run during the rollout, gives the same update as running it again."""
+    from pipelines.ppo import build_roles
+
+    ctx = context("ppo", cache, tmp_path, f"pipeline.num_minibatches={minibatches}")
+    runs = []
+    for reuse in (True, False):
+        roles = build_roles(ctx)
+        ppo = roles.ppo(ctx.cfg.pipeline, seed=3)
+        ppo.reuse_first_pass = reuse
+        stats = [ppo.step(ctx.task.train_prompts[i:i + 16]) for i in (0, 16)]
+        runs.append((stats, roles.policy.state_dict(), roles.critic.state_dict()))
+    (stats_a, pol_a, crit_a), (stats_b, pol_b, crit_b) = runs
+    for a, b in zip(stats_a, stats_b):
+        for k in ("loss/policy", "loss/value", "policy/approxkl", "objective/kl", "objective/scores"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    for a, b in ((pol_a, pol_b), (crit_a, crit_b)):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
 def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
@@ -100,7 +126,8 @@ def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
     from pipelines.ppo import build_roles, critic_values
 
     ctx = context("ppo", cache, tmp_path)
-    _, _, critic, _, tok, _, _ = build_roles(ctx)
+    roles = build_roles(ctx)
+    critic, tok = roles.critic, roles.tok
     ids = tok("The plot was great and the cast", add_special_tokens=False)["input_ids"]
     P = 3
     s = Samples(query=torch.tensor([ids[:P]]), query_mask=torch.ones(1, P, dtype=torch.long),
@@ -115,17 +142,18 @@ def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
 
 # --------------------------------------------------------------------------------- rewards inside a real rollout
 def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, tmp_path):
-    from pipelines.ppo import PPO, build_roles
+    from pipelines.ppo import build_roles
 
     ctx = context("ppo", cache, tmp_path, "pipeline.kl_coef=0.3")
-    policy, reference, critic, reward, tok, baseline, _ = build_roles(ctx)
+    roles = build_roles(ctx)
+    policy, reference, reward, tok = roles.policy, roles.reference, roles.reward, roles.tok
     # Make EOS likely (the same bias in π_θ and π_ref, so they stay equal) so the batch mixes finished responses,
     # right-padded after EOS, with truncated ones.
     for m in (policy, reference):
         bias = torch.zeros(m.config.vocab_size)
         bias[tok.eos_token_id] = 4.0
         m.lm_head.bias = torch.nn.Parameter(bias, requires_grad=m is policy)
-    ppo = PPO(policy, reference, critic, reward, tok, ctx.cfg.pipeline, score_baseline=baseline)
+    ppo = roles.ppo(ctx.cfg.pipeline)
     with torch.no_grad():  # move π_θ off π_ref so the KL term is not 0
         for p in policy.transformer.h.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -136,13 +164,15 @@ def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, 
     assert s.ended.any() and (~s.ended).any() and (lengths < T).any(), "need finished, padded and truncated rows"
     beta = ctx.cfg.pipeline.kl_coef
 
-    # The score: r_φ read at the last non-pad token of prompt + response, normalised, minus the missing-EOS penalty.
+    # The score: r_φ read at the last non-pad token of prompt + response, standardised with its statistics on π_SFT
+    # samples, minus the missing-EOS penalty.
+    mean, std = roles.score_norm
     for b in range(len(lengths)):
         q = s.query[b][s.query_mask[b].bool()]
         seq = torch.cat([q, s.response[b, :lengths[b]]]).unsqueeze(0)
         with torch.no_grad():
             rm_at_last = reward.model(input_ids=seq).logits[0, 0]
-        expected = rm_at_last - baseline - ctx.cfg.pipeline.missing_eos_penalty * (not s.ended[b])
+        expected = (rm_at_last - mean) / std - ctx.cfg.pipeline.missing_eos_penalty * (not s.ended[b])
         torch.testing.assert_close(ro.scores[b], expected, atol=1e-5, rtol=1e-5)
 
     # Per-token reward: −β·KL_t on every response token, + score on the last one, 0 on padding.
@@ -166,11 +196,10 @@ def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, 
 
 
 def test_adaptive_controller_moves_beta_towards_target(cache, tmp_path):
-    from pipelines.ppo import PPO, build_roles
+    from pipelines.ppo import build_roles
 
     ctx = context("ppo", cache, tmp_path, "pipeline.target_kl=1000", "pipeline.horizon=100")
-    policy, reference, critic, reward, tok, baseline, _ = build_roles(ctx)
-    ppo = PPO(policy, reference, critic, reward, tok, ctx.cfg.pipeline, score_baseline=baseline)
+    ppo = build_roles(ctx).ppo(ctx.cfg.pipeline)
     stats = ppo.step(ctx.task.train_prompts[:16])
     # KL far below the target: error clipped to −0.2, β ← β (1 − 0.2 · 16/100)
     assert stats["kl_coef"] == 0.05 and ppo.kl_ctl.value == pytest.approx(0.05 * (1 - 0.2 * 16 / 100))

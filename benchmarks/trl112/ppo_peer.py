@@ -137,6 +137,15 @@ def build_models(tokenizer, vocab_size: int, n_positions: int):
     return policy, ref_policy, reward_model, value_model
 
 
+def cpu_pressure_avg10():
+    """'some avg10' of /proc/pressure/cpu (percent of the last 10 s that a task waited for a CPU), or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -241,6 +250,7 @@ def run(args) -> dict:
         # 1-min load average around the run: on a shared 2-core box a value well above the thread
         # count means another process competed for the CPUs and the rate is not trustworthy.
         "loadavg_1m": [load_start, os.getloadavg()[0]],
+        "cpu_pressure_avg10_end": cpu_pressure_avg10(),  # Linux PSI; > ~10 means CPU contention
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
 
