@@ -16,6 +16,8 @@ from harness.tasks import TaskData, load_task
 from harness.tracking import Tracker
 
 log = logging.getLogger("harness")
+# Pipeline keys that set a job's budget, not the method's setting: they never label a point.
+NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns"})
 
 
 @dataclass
@@ -51,7 +53,7 @@ class RunContext:
         (so a clip ablation's points read "kl_coef=0.05,cliprange=0.2")."""
         base = self.cfg.pipeline.setting()
         have = {part.split("=")[0] for part in base.split(",") if part}
-        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept if k not in have and k != "name"]
+        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept if k not in have and k not in NOT_A_SETTING]
         return ",".join([p for p in [base] if p] + extra)
 
     def tracker(self) -> Tracker:

@@ -39,7 +39,7 @@ def test_smoke_study_writes_the_report(smoke):
     summary = (sweep / "summary.md").read_text()
     for label in ("PPO (learned RM)", "DPO", "Best of N", "Unlikelihood", "Preferred-FT"):
         assert label in summary
-    assert "DPO" in summary and ("lies above PPO" in summary or "does not lie above PPO" in summary)
+    assert "DPO vs PPO" in summary  # the plain sentence on the paper's claim (whatever this tiny run says)
 
 
 def test_wandb_offline_runs_hold_the_frontier_table(smoke):
