@@ -195,8 +195,10 @@ class PPO:
     """
 
     def __init__(self, policy, reference, critic, reward: RewardFn, tok, cfg: PPOPipeline, *,
-                 score_norm: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, reuse_first_pass: bool = True) -> None:
-        self.policy, self.reference, self.critic, self.reward, self.tok, self.cfg = policy, freeze(reference), critic, reward, tok, cfg
+                 score_norm: tuple[float, float] | None = (0.0, 1.0), seed: int = 0,
+                 reuse_first_pass: bool = True) -> None:
+        self.policy, self.reference, self.critic = policy, freeze(reference), critic
+        self.reward, self.tok, self.cfg = reward, tok, cfg
         self.score_norm = score_norm
         self.reuse_first_pass = reuse_first_pass
         for m in (policy, reference, critic):

@@ -244,3 +244,21 @@ def test_bad_config_stops_before_any_rollout(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"^pipeline\.cliprange"):
         run_job(cfg, tmp_path / "job")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "job").exists()  # nothing built, nothing written
+
+
+# ------------------------------------------------------------------------------------------------------- benchmark
+def test_throughput_benchmark_drives_the_same_ppo():
+    """Our side of benchmarks/ppo_throughput.py still builds and steps (2 updates), so the script cannot rot."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ppo_throughput.py"
+    spec = importlib.util.spec_from_file_location("ppo_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        record = bench.run_ours(bench.parse_args(["--updates", "2", "--threads", "1"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert record["episodes_per_s"] > 0 and len(record["kl"]) == len(record["scores"]) == 2
+    assert all(math.isfinite(x) for x in record["kl"] + record["scores"])
