@@ -23,10 +23,10 @@ Rules chosen here (also stated in ``summary.md``):
 - **Common KL range** for areas: ``[lo, hi]`` with ``hi`` the smallest max-envelope-KL over the per-seed
   envelopes of the *range-setting* methods, and ``lo`` the largest min-envelope-KL over them (0 whenever
   each run has its step-0 evaluation, which the evaluator always makes).  SFT never sets the range (it is
-  the reference policy, a single point at KL 0).  Best-of-N sets it unless its envelope ends below
-  ``MIN_COMMON_KL`` (2 nats) while the other methods reach further: with small N (N ≤ 16 gives at most
-  1.8 nats) it would squeeze every comparison into a sliver, so it is then left out of the range and its
-  own area is "—".  Any method whose envelope does not cover the range gets "—" for its area.
+  the reference policy, a single point at KL 0).  Nor does a method whose envelope ends below
+  ``MIN_COMMON_KL`` (2 nats) while another method reaches that far — Best-of-N with small N (N ≤ 16 gives at
+  most 1.8 nats), Preferred-FT's single setting: it would squeeze every comparison into a sliver, so it is
+  left out of the range and its own area is "—".  Any method whose envelope does not cover the range gets "—" for its area.
 - **Gao fits** use every point of a method (all settings, steps and seeds) and the reward at KL = 0
   measured on the same reference policy: the method's own KL≈0 points if it has any, else those of any
   method in the sweep (every step-0 evaluation is of π_SFT = π_ref), else 0 (stated in the table).
@@ -68,7 +68,7 @@ METHOD_STYLE = {
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
 
-MIN_COMMON_KL = 2.0     # nats; Best-of-N below this does not set the common KL range (module docstring)
+MIN_COMMON_KL = 2.0     # nats; a method whose envelope ends below this does not set the common KL range
 ZERO_KL = 1e-6          # nats; points below this are evaluations of the reference policy itself
 DEFAULT_KLS = (2.0, 5.0, 10.0)
 GRID_POINTS = 50        # KL grid for the DPO-vs-PPO comparison and the plotted mean envelopes
@@ -351,8 +351,8 @@ def seed_envelopes(rows: Sequence[dict]) -> dict[str, dict[int, tuple[np.ndarray
 def common_kl_range(envelopes: dict[str, dict[int, tuple]], min_kl: float = MIN_COMMON_KL) -> dict:
     """The KL range ``[lo, hi]`` over which every range-setting method's every seed has an envelope.
 
-    SFT never sets the range; Best-of-N does unless its envelope ends below ``min_kl`` nats while the other
-    methods reach beyond that (module docstring).  Returns ``dict(lo, hi, limited_by, excluded)``, where
+    SFT never sets the range; nor does a method whose envelope ends below ``min_kl`` nats while some other
+    method reaches that far (module docstring).  Returns ``dict(lo, hi, limited_by, excluded)``, where
     ``limited_by`` is the method whose envelope ends first and ``excluded`` maps left-out methods to the
     reason; ``lo = hi = NaN`` when no method can set the range.
     """
@@ -365,13 +365,15 @@ def common_kl_range(envelopes: dict[str, dict[int, tuple]], min_kl: float = MIN_
     setters = [m for m in envelopes if m != "sft"]
     if "sft" in envelopes:
         excluded["sft"] = "the reference policy, a single point at KL 0"
-    if "best_of_n" in setters and len(setters) > 1:
+    if len(setters) > 1:
+        # A method whose envelope ends below ``min_kl`` (Best-of-N with small N, Preferred-FT's one setting) would
+        # squeeze every comparison into a sliver; it does not set the range while others reach ``min_kl``.
         _, his = ends(setters)
-        others_hi = min(h for m, h in his.items() if m != "best_of_n")
-        if his["best_of_n"] < min_kl and others_hi > his["best_of_n"]:
-            setters.remove("best_of_n")
-            excluded["best_of_n"] = (f"its envelope ends at {his['best_of_n']:.2f} nats, below "
-                                     f"{min_kl:g}, while the other methods reach further")
+        if any(h >= min_kl for h in his.values()):
+            for m in [m for m in setters if his[m] < min_kl]:
+                setters.remove(m)
+                excluded[m] = (f"its envelope ends at {his[m]:.2f} nats, below {min_kl:g}, while other methods "
+                               "reach further")
     if not setters:
         return dict(lo=float("nan"), hi=float("nan"), limited_by=None, excluded=excluded)
     los, his = ends(setters)
