@@ -52,7 +52,6 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
 
     hc = validate(cfg)
     hc.raw = resolved(hc)
-    folder.mkdir(parents=True, exist_ok=True)
     done = folder / DONE
     key = key_of(hc.raw)
     if done.exists() and json.loads(done.read_text()).get("key") == key:
@@ -64,6 +63,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     torch.manual_seed(hc.seed)
     ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept)
     result = runner(hc.pipeline.name)(ctx)
+    folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
     done.write_text(json.dumps({"key": key, "result": result}, default=str, indent=2))
     return result
 
