@@ -107,18 +107,19 @@ def sample(
     return Samples(query, qmask, response, rmask, ended, prompt_index)
 
 
-def response_logits(model, s: Samples, batch_size: int | None = None) -> torch.Tensor:
-    """Logits that predicted each response token: (B, T, V). One forward over prompt + response."""
-    P = s.query.shape[1]
-    T = s.response.shape[1]
-    chunks = []
-    step = batch_size or s.query.shape[0]
-    seq, attn = s.sequences, s.attention_mask
-    for i in range(0, seq.shape[0], step):
-        a = attn[i:i + step]
-        logits = model(input_ids=seq[i:i + step], attention_mask=a, position_ids=positions(a)).logits
-        chunks.append(logits[:, P - 1:P - 1 + T])
-    return torch.cat(chunks, 0)
+def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
+    """Logits at the positions that predict each response token, divided by the sampling temperature: (B, T, V).
+
+    The backbone runs over prompt + response; the LM head only over the T positions P-1 .. P+T-2 (position P-1+t
+    predicts response token t). Slicing the (B, ·, hidden) states rather than the (B, ·, V) logits keeps the head
+    off the prompt and keeps the slice's backward small.
+    """
+    attn = s.attention_mask
+    P, T = s.query.shape[1], s.response.shape[1]
+    backbone = getattr(model, model.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
+    hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, P - 1:P - 1 + T]).float()
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def response_texts(tok, s: Samples) -> list[str]:

@@ -38,7 +38,7 @@ import torch
 from harness.evaluator import Evaluator, texts_of
 from harness.models import load_pretrained_lm, load_scalar_model
 from harness.run import RunContext
-from harness.sampling import Samples, positions, sample
+from harness.sampling import Samples, positions, response_logits, sample
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
 
@@ -142,21 +142,6 @@ def freeze(model):
 # ----------------------------------------------------------------------------------------------------------------
 # Forward passes over prompt + response (one per role, batched)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
-    """Logits at the positions that predict each response token, divided by the sampling temperature: (B, T, V).
-
-    The backbone runs over prompt + response; the LM head only over the T positions P-1 .. P+T-2 (position P-1+t
-    predicts response token t). Slicing the (B, ·, hidden) states rather than the (B, ·, V) logits keeps the head
-    off the prompt and keeps the slice's backward small.
-    """
-    attn = s.attention_mask
-    P, T = s.query.shape[1], s.response.shape[1]
-    backbone = getattr(model, model.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
-    hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, P - 1:P - 1 + T]).float()
-    return logits / temperature if temperature != 1.0 else logits
 
 
 def critic_values(critic, s: Samples) -> torch.Tensor:
