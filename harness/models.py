@@ -120,6 +120,14 @@ def load_scalar_model(path: str | Path, tok) -> PreTrainedModel:
     return model
 
 
+def freeze(model):
+    """Eval mode (no dropout) and no gradients: the frozen roles (reference, reward model)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -22,37 +22,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.evaluator import EvalPoint, Evaluator, sem, texts_of
+from harness.evaluator import EvalPoint, sem, texts_of
 from harness.run import RunContext
 from harness.sampling import sample
 from pipelines.dpo import (
     EvaluationCallback,
     FrontierEvaluation,
     TrackerCallback,
-    check_max_length,
-    check_pairs,
-    load_frozen_reference,
     parameter_change,
+    prepare,
     remove_if_empty,
 )
 from pipelines.losses import sequence_logps, unlikelihood_loss
-from pipelines.preferences import ensure_preferences, load_pairs
 from pipelines.sft import load_sft
 
 log = logging.getLogger("harness.baselines")
-
-
-def _start(ctx: RunContext, columns: tuple[str, ...]):
-    """What every trained baseline needs: π_SFT (trained), a frozen π_ref, checked pairs, tracker, evaluation."""
-    cfg = ctx.cfg.pipeline
-    policy, tok, sft = load_sft(ctx)
-    check_max_length(cfg.max_length, policy)
-    train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
-    reference = load_frozen_reference(sft.path, tok, ctx.device)
-    tracker = ctx.tracker()
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
-                                    method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
-    return policy, reference, tok, train, tracker, evaluation
 
 
 def _finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict) -> dict:
@@ -80,7 +64,7 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     cfg = ctx.cfg.pipeline
-    policy, reference, tok, train, tracker, evaluation = _start(ctx, columns=("prompt", "chosen"))
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"))
     seen: dict[tuple[str, str], None] = dict.fromkeys(zip(train["prompt"], train["chosen"]))  # ordered, distinct
     data = Dataset.from_dict({"prompt": [p for p, _ in seen], "completion": [c for _, c in seen]})
     args = SFTConfig(
@@ -153,7 +137,7 @@ def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, 
 def run_unlikelihood(ctx: RunContext) -> dict:
     """Adam on the Unlikelihood loss over shuffled pair batches; the shared evaluator every ``eval.every`` steps."""
     cfg = ctx.cfg.pipeline
-    policy, reference, tok, train, tracker, evaluation = _start(ctx, columns=("prompt", "chosen", "rejected"))
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen", "rejected"))
     prompts, chosen, rejected = train["prompt"], train["chosen"], train["rejected"]
     batches_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)

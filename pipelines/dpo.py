@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 from harness.config import ConfigError
 from harness.evaluator import Evaluator
-from harness.models import load_pretrained_lm
+from harness.models import freeze, load_pretrained_lm
 from harness.run import RunContext
 from harness.tracking import Tracker
 from pipelines.losses import dpo_family_loss
@@ -208,10 +208,7 @@ def parameter_change(policy, reference) -> float:
 
 def load_frozen_reference(path, tok, device):
     """π_ref: its own copy of π_SFT, in eval mode, with no gradients."""
-    reference = load_pretrained_lm(path, tok).to(device).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    return reference
+    return freeze(load_pretrained_lm(path, tok).to(device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,18 +300,25 @@ def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, outpu
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run(ctx: RunContext) -> dict:
-    """Train π_θ from π_SFT with the DPO-family loss on the preference set; evaluate along the way."""
-    cfg: DPOPipeline = ctx.cfg.pipeline
+def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS):
+    """What every method trained on the preference set needs (DPO family, Preferred-FT, Unlikelihood): π_SFT to
+    train, checked pairs, a frozen π_ref, the tracker and the evaluation — in that order, so bad data stops the job
+    before a tracker or run folder exists."""
+    cfg = ctx.cfg.pipeline
     policy, tok, sft = load_sft(ctx)
     check_max_length(cfg.max_length, policy)
-    pairs = load_pairs(ensure_preferences(ctx))
-    train = check_pairs(pairs["train"], tok, cfg.max_length)
+    train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
     reference = load_frozen_reference(sft.path, tok, ctx.device)
-
     tracker = ctx.tracker()
     evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
                                     method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    return policy, reference, tok, train, tracker, evaluation
+
+
+def run(ctx: RunContext) -> dict:
+    """Train π_θ from π_SFT with the DPO-family loss on the preference set; evaluate along the way."""
+    cfg: DPOPipeline = ctx.cfg.pipeline
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx)
     logs = TrackerCallback(tracker)
     trainer = build_trainer(policy, reference, tok, train, cfg, str(ctx.folder / "_trainer"), seed=ctx.cfg.seed,
                             use_cpu=ctx.device.type == "cpu", callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])

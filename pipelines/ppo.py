@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from harness.evaluator import Evaluator, texts_of
-from harness.models import load_pretrained_lm, load_scalar_model
+from harness.models import freeze, load_pretrained_lm, load_scalar_model
 from harness.run import RunContext
 from harness.sampling import Samples, positions, response_logits, sample
 from pipelines import losses as L
@@ -128,14 +128,6 @@ def use_fused_gelu(model):
         for name, child in module.named_children():
             if isinstance(child, NewGELUActivation):
                 setattr(module, name, torch.nn.GELU(approximate="tanh"))
-    return model
-
-
-def freeze(model):
-    """Eval mode (no dropout) and no gradients: the reference and reward roles."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model
 
 

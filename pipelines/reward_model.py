@@ -15,7 +15,7 @@ import torch
 
 from harness.cache import Artifact, build_or_load
 from harness.config import stage_fingerprint
-from harness.models import load_scalar_model
+from harness.models import freeze, load_scalar_model
 from harness.run import RunContext
 from harness.sampling import Samples, positions
 from pipelines.preferences import ensure_preferences, load_pairs
@@ -104,9 +104,7 @@ def load_reward_model(ctx: RunContext):
 
     art = ensure_reward_model(ctx)
     tok = AutoTokenizer.from_pretrained(str(art.path))
-    model = load_scalar_model(art.path, tok).to(ctx.device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = freeze(load_scalar_model(art.path, tok).to(ctx.device))
     return model, tok, art.manifest()["facts"]
 
 

@@ -79,9 +79,9 @@ def _pairs(**change):
     ("preferred_ft", _pairs(chosen=["", " "]), r"every one of the 2 chosen texts is empty"),
 ])
 def test_baselines_check_the_data_before_training(method, pairs, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
-    import pipelines.baselines
+    import pipelines.dpo
 
-    monkeypatch.setattr(pipelines.baselines, "load_pairs", lambda art: pairs)
+    monkeypatch.setattr(pipelines.dpo, "load_pairs", lambda art: pairs)  # baselines read pairs through dpo.prepare
     with pytest.raises(ConfigError, match=match) as e:
         run_pipeline(method, *TRAINING, cache=tiny_cache, folder="bad")
     assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
