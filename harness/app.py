@@ -27,7 +27,7 @@ def resolved(hc: HarnessConfig) -> dict:
     """The full config as run: YAML values plus every schema default, so a run folder says everything."""
     out = {k: dataclasses.asdict(getattr(hc, k)) for k in
            ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")}
-    out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads)
+    out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads, stages_per_seed=hc.stages_per_seed)
     out["experiment_name"] = hc.raw.get("experiment_name")
     # (the study's job list and seed list are the sweep's, not the job's: a job stays "finished" when the study grows)
     return out

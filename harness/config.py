@@ -35,6 +35,10 @@ def _in_unit(obj: Any, prefix: str, *names: str) -> None:
         _require(0.0 <= v <= 1.0, f"{prefix}.{n}", f"must lie in [0, 1] (got {v})", f"set {prefix}.{n} between 0 and 1")
 
 
+# Tokens sampled per response, the same for the preference set, PPO's rollouts and the evaluator: every method is
+# judged on responses of the same maximum length. 32 lets π_SFT finish > 95% of its samples on the embedded task.
+MAX_NEW_TOKENS = 32
+
 # ----------------------------------------------------------------------------------------------------------- task
 TASKS = ("reviews", "imdb", "local")
 
@@ -120,7 +124,7 @@ PREFERENCE_LABELS = ("deterministic", "bradley_terry")
 @dataclass
 class PreferencesConfig:
     samples_per_prompt: int = 4  # 4 completions -> all 6 pairs per prompt
-    max_new_tokens: int = 24
+    max_new_tokens: int = MAX_NEW_TOKENS  # a completion cut off here enters the pairs as its text, EOS appended
     temperature: float = 1.0
     min_margin: float = 0.0  # pairs whose gold scores differ by less than this are dropped (ties always are)
     labels: str = "deterministic"  # deterministic: chosen = higher gold; bradley_terry: sampled from σ((r_a-r_b)/τ)
@@ -152,11 +156,12 @@ class RewardModelConfig:
 @dataclass
 class EvalConfig:
     every: int = 10  # evaluate every this many optimizer updates (and at step 0 and at the end)
-    samples_per_prompt: int = 2  # k samples per held-out prompt at temperature 1
-    max_new_tokens: int = 24
-    temperature: float = 1.0
+    samples_per_prompt: int = 2  # k samples per held-out prompt
+    max_new_tokens: int = MAX_NEW_TOKENS
+    temperature: float = 1.0  # sampling temperature; the KL is computed between both models at this temperature
     batch_size: int = 256
-    seed: int = 1234  # the sampling seed, the same at every evaluation so points differ by the policy only
+    seed: int = 1234  # with the run's seed, sets the sampling seed: fixed within a run (points differ by the policy
+    # only), shared by all methods of one run seed (paired draws), different for another run seed
 
     def __post_init__(self) -> None:
         _positive(self, "eval", "every", "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
@@ -190,7 +195,16 @@ class HarnessConfig:
     cache_dir: str = ".cache/harness"
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # false: one preference set and reward model for all seeds (seeded by task.seed); true: each run seed builds its
+    # own (sampling, labels, split, reward-model training), so seed-to-seed intervals include the variance of the
+    # data and reward model, RLHF's largest. π_SFT (= π_ref) and the prompts stay shared either way.
+    stages_per_seed: bool = False
     raw: dict = field(default_factory=dict)  # the resolved config as plain data, saved with the run
+
+    @property
+    def stage_seed(self) -> int:
+        """The seed of the preference set and reward model (see ``stages_per_seed``)."""
+        return self.seed if self.stages_per_seed else self.task.seed
 
 
 def _build(cls: type, node: Any, prefix: str) -> Any:
@@ -224,7 +238,7 @@ def validate(cfg: DictConfig | dict) -> HarnessConfig:
         reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
     )
     built = {k: _build(cls, raw.get(k), k) for k, cls in sections.items()}
-    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads") if k in raw}
+    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads", "stages_per_seed") if k in raw}
     return HarnessConfig(pipeline=_build(schema, pipe, "pipeline"), raw=raw, **built, **top)
 
 
@@ -254,6 +268,7 @@ class _Schema:
     cache_dir: str = ".cache/harness"
     device: str = "auto"
     threads: int = 0
+    stages_per_seed: bool = False
     experiment_name: str | None = None  # set by experiment files; names the sweep folder and the W&B group
     study: Any = None  # experiment files: a list of jobs, each a list of overrides (hydra_plugins/harness_study)
     seeds: Any = None  # experiment files: the seeds every study entry runs with

@@ -1,15 +1,25 @@
 """The one evaluator every method uses: a point on the KL-vs-reward frontier.
 
-On held-out prompts (never trained on), k samples each from π_θ at temperature 1 with a fixed sampling seed, then:
-gold reward of prompt + response (mean ± SEM), exact sequence KL(π_θ ‖ π_ref) (mean ± SEM), the sampled log-ratio
-estimate, and the mean response length. The same seed at every evaluation makes points differ by the policy only.
+On held-out prompts (never trained on), k samples each from π_θ at ``eval.temperature``, then: gold reward of
+prompt + response (mean ± SEM), exact sequence KL(π_θ ‖ π_ref) between the two models at that same temperature
+(mean ± SEM), the sampled log-ratio estimate, the mean response length and the fraction of responses cut off at
+``max_new_tokens``. SEMs treat the prompt as the unit (the k samples of one prompt are not independent).
+
+Seeds: the sampling seed is derived from ``eval.seed`` and the run's seed. Within a run every evaluation uses the
+same one, so its points differ by the policy only; across methods with the same run seed the draws are common
+random numbers (paired comparisons); different run seeds draw different samples, so seed-to-seed intervals include
+the evaluation's own sampling noise.
+
+Per-prompt evidence (each prompt's mean gold reward, KL and truncation) goes with every point: the frontier report's
+paired bootstrap resamples prompts from it (``harness/frontier_stats.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -36,13 +46,62 @@ class EvalPoint:
     response_tokens: float
     wall_s: float
     run_id: str
+    truncated_frac: float | None = None  # share of responses that reached max_new_tokens without EOS
+    # Training compute spent before this evaluation (the report's compute axis): tokens sampled during training,
+    # tokens through a forward+backward pass of a trained model (policy, and PPO's critic), training seconds
+    # (evaluations excluded).
+    compute_tokens_generated: int = 0
+    compute_tokens_trained: int = 0
+    compute_wall_s: float = 0.0
+    evidence: dict | None = field(default=None, repr=False)  # per-prompt means, see ``prompt_evidence``
 
     def row(self) -> dict:
-        return asdict(self)
+        """The result row (points.jsonl); the per-prompt evidence goes to its own file."""
+        out = asdict(self)
+        del out["evidence"]
+        return out
 
 
 def sem(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def per_prompt_means(values: np.ndarray, prompt_index: np.ndarray, n_prompts: int) -> np.ndarray:
+    """Mean of ``values`` (B,) over the samples of each prompt -> (n_prompts,); NaN for a prompt with no sample."""
+    sums = np.bincount(prompt_index, weights=values, minlength=n_prompts)
+    counts = np.bincount(prompt_index, minlength=n_prompts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+def clustered_sem(values: np.ndarray, prompt_index: np.ndarray, n_prompts: int) -> float:
+    """SEM of the mean of ``values`` with the prompt as the unit: the SEM of the per-prompt means.
+
+    The k samples of one prompt share it, so they are correlated; treating them as independent understates the
+    SEM. With a single prompt there is no between-prompt spread to estimate, and the sample SEM is returned.
+    """
+    means = per_prompt_means(values, prompt_index, n_prompts)
+    means = means[np.isfinite(means)]
+    return sem(means) if len(means) > 1 else sem(values)
+
+
+def prompts_key(prompts: list[str]) -> str:
+    """A short hash of the evaluation prompts: runs of one sweep must share it to be compared prompt by prompt."""
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
+def prompt_evidence(prompts: list[str], prompt_index: np.ndarray, **per_sample: np.ndarray) -> dict:
+    """Per-prompt means (index p = the p-th evaluation prompt) of each per-sample array (gold, kl, truncated), with
+    the prompts' hash: what the report's paired bootstrap resamples."""
+    n = len(prompts)
+    return {"prompts_key": prompts_key(prompts),
+            **{name: [round(float(v), 6) for v in per_prompt_means(np.asarray(x, dtype=np.float64), prompt_index, n)]
+               for name, x in per_sample.items()}}
+
+
+def sampling_seed(eval_seed: int, run_seed: int) -> int:
+    """The evaluation's sampling seed, derived from both: a new run seed draws new samples."""
+    return int(np.random.SeedSequence([int(eval_seed), int(run_seed)]).generate_state(1)[0])
 
 
 def texts_of(tok, prompts: list[str], s: Samples) -> list[str]:
@@ -51,45 +110,68 @@ def texts_of(tok, prompts: list[str], s: Samples) -> list[str]:
 
 
 @torch.no_grad()
-def kl_stats(policy, reference, s: Samples, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample exact and sampled sequence KL, in chunks so (B, T, V) logits stay small."""
+def kl_stats(policy, reference, s: Samples, batch_size: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample exact and sampled sequence KL, in chunks so (B, T, V) logits stay small.
+
+    Both models' logits are divided by ``temperature``: the samples come from π_θ at that temperature, and the KL is
+    between the distributions that were sampled from and the reference at the same temperature (as PPO's penalty).
+    """
     exact, sampled = [], []
     for i in range(0, s.query.shape[0], batch_size):
         part = s.subset(torch.arange(i, min(i + batch_size, s.query.shape[0]), device=s.query.device))
-        lp, lr = response_logits(policy, part), response_logits(reference, part)
+        lp, lr = response_logits(policy, part, temperature), response_logits(reference, part, temperature)
         exact.append(sequence_kl_exact(lp, lr, part.response_mask))
         sampled.append(sequence_kl_sample(token_logprobs(lp, part.response), token_logprobs(lr, part.response), part.response_mask))
     return torch.cat(exact).cpu().numpy(), torch.cat(sampled).cpu().numpy()
 
 
 class Evaluator:
-    """Holds what stays fixed across a run's evaluations: prompts, reference, gold reward, config."""
+    """Holds what stays fixed across a run's evaluations: prompts, reference, gold reward, config.
+
+    It also keeps the run's clock: ``compute_wall_s`` of a point is the time since the evaluator was made, less the
+    time spent in evaluations (so it counts training only, whatever ``eval.every`` is).
+    """
 
     def __init__(self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None) -> None:
         self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = reference, tok, prompts, gold, cfg, proxy
         self.reference.eval()
         self.last_samples: Samples | None = None
         self.last_texts: list[str] = []
+        self.started = time.time()
+        self.eval_seconds = 0.0
+
+    def training_seconds(self) -> float:
+        return max(0.0, time.time() - self.started - self.eval_seconds)
 
     @torch.no_grad()
-    def __call__(self, policy, *, method: str, setting: str, seed: int, step: int, run_id: str) -> EvalPoint:
+    def __call__(self, policy, *, method: str, setting: str, seed: int, step: int, run_id: str,
+                 tokens_generated: int = 0, tokens_trained: int = 0) -> EvalPoint:
+        """Evaluate ``policy``; ``tokens_*`` are the training compute the caller has spent so far."""
         t0 = time.time()
+        train_s = self.training_seconds()
         was_training = policy.training
         policy.eval()
         device = next(policy.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
-        s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens,
-                   self.cfg.temperature, generator=gen)
-        exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size)
+        gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
+        T = self.cfg.temperature
+        s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T, generator=gen)
+        exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
         texts = texts_of(self.tok, self.prompts, s)
         gold = np.asarray(self.gold(texts), dtype=np.float64)
         proxy = float(np.mean(self.proxy(texts))) if self.proxy is not None else None
         if was_training:
             policy.train()
         self.last_samples, self.last_texts = s, texts
-        return EvalPoint(
+        idx, n = s.prompt_index.cpu().numpy(), len(self.prompts)
+        truncated = (~s.ended).cpu().numpy().astype(np.float64)
+        point = EvalPoint(
             method=method, setting=setting, seed=seed, step=step,
-            kl=float(exact.mean()), kl_sem=sem(exact), kl_sample=float(sampled.mean()),
-            gold_reward=float(gold.mean()), gold_reward_sem=sem(gold), proxy_reward=proxy,
+            kl=float(exact.mean()), kl_sem=clustered_sem(exact, idx, n), kl_sample=float(sampled.mean()),
+            gold_reward=float(gold.mean()), gold_reward_sem=clustered_sem(gold, idx, n), proxy_reward=proxy,
             response_tokens=float(s.lengths().float().mean()), wall_s=time.time() - t0, run_id=run_id,
+            truncated_frac=float(truncated.mean()), compute_tokens_generated=int(tokens_generated),
+            compute_tokens_trained=int(tokens_trained), compute_wall_s=round(train_s, 3),
+            evidence=prompt_evidence(self.prompts, idx, gold=gold, kl=exact, truncated=truncated),
         )
+        self.eval_seconds += time.time() - t0
+        return point

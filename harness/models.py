@@ -128,6 +128,24 @@ def freeze(model):
     return model
 
 
+def disable_dropout(model):
+    """Dropout off for good in a model that is trained: every ``nn.Dropout`` gets p = 0, and so does every
+    ``*dropout`` / ``*pdrop`` probability on its config, so a checkpoint saved from it loads without dropout too.
+
+    Every method trains its policy under the same conditions (TRL's DPOTrainer does this by default; our PPO runs in
+    eval mode; Preferred-FT and Unlikelihood train in train mode, which would otherwise add dropout noise only
+    there). Unlike ``eval()`` this survives the ``train()`` call of a trainer. Returns the model.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for key, value in (list(vars(config).items()) if config is not None else ()):
+        if (key.endswith("dropout") or key.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return model
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

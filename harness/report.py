@@ -1,35 +1,34 @@
-"""The frontier report: expected gold reward vs KL(π‖π_ref), one curve per method.
+"""The frontier report: expected gold reward vs KL(π‖π_ref), one curve per method, with uncertainty.
 
-Every evaluation of every run is one *result row* (see ``REQUIRED_KEYS``), appended to a
-``points.jsonl`` in the run's folder.  This module reads the rows of a whole sweep and writes, into the
-sweep folder:
+Every evaluation of every run is one *result row* (see ``REQUIRED_KEYS``), appended to a ``points.jsonl`` in
+the run's folder; beside it an ``evidence.jsonl`` keeps the same evaluation's per-prompt means (gold reward,
+exact KL, truncation; see ``load_evidence``).  This module reads a whole sweep and writes, into the sweep folder:
 
 - ``points.csv``      all rows, one per line;
-- ``frontier.png``    the DPO paper's Fig. 2 (left): every evaluation as a point, one colour and marker
-                      per method, and each method's upper envelope (the Pareto frontier);
+- ``frontier.png``    every evaluation as a point, one colour and marker per method, and each method's
+                      cross-fitted curve with its 95% bootstrap band; with training-compute fields in the rows
+                      a second panel, gold reward vs training tokens;
 - ``ablations.png``   (only when some method was swept over a knob) final KL and reward vs the knob;
-- ``summary.md``      per method: runs, points, area under the envelope over a common KL range, reward
-                      at fixed KLs, max reward (mean ± 95% CI across seeds), the ordering by area, whether
-                      DPO lies above PPO, and the Gao et al. (2022) scaling-law fits.
+- ``summary.md``      per method: area over a common KL range, reward at fixed KLs, max reward, each as
+                      ``estimate [95% interval]``; the ordering by area; DPO − PPO and DPO − PPO-GT with a
+                      verdict on where DPO is above, indistinguishable, below; the Gao et al. (2022) fits; the
+                      commit that made the numbers.
 
-The math is in small pure functions (numpy only, no I/O); plotting and writing sit on top of them.
+The statistics live in ``harness.frontier_stats`` (numpy only; its docstring gives the method): a method's
+curve is the cross-fitted unimodal upper envelope of its points (selected on one half of the prompts, reported
+on the other), averaged over seeds, with intervals from a paired bootstrap over prompts (and seeds) shared by
+all methods.  This module joins rows to evidence, renders and writes.
 
 Rules chosen here (also stated in ``summary.md``):
 
-- **Envelope per seed.**  A method's envelope pools all its settings and steps *within one seed*; every
-  number in the summary is computed per seed and reported as mean ± 95% CI across seeds.  On the plot, a
-  method with one seed shows its envelope; a method with several seeds shows the mean of its per-seed
-  envelopes with a shaded 95% CI band, over the KL range that every seed's envelope covers.
-- **Common KL range** for areas: ``[lo, hi]`` with ``hi`` the smallest max-envelope-KL over the per-seed
-  envelopes of the *range-setting* methods, and ``lo`` the largest min-envelope-KL over them (0 whenever
-  each run has its step-0 evaluation, which the evaluator always makes).  SFT never sets the range (it is
-  the reference policy, a single point at KL 0).  Nor does a method whose envelope ends below
-  ``MIN_COMMON_KL`` (2 nats) while another method reaches that far — Best-of-N with small N (N ≤ 16 gives at
-  most 1.8 nats), Preferred-FT's single setting: it would squeeze every comparison into a sliver, so it is
-  left out of the range and its own area is "—".  Any method whose envelope does not cover the range gets "—" for its area.
-- **Gao fits** use every point of a method (all settings, steps and seeds) and the reward at KL = 0
-  measured on the same reference policy: the method's own KL≈0 points if it has any, else those of any
-  method in the sweep (every step-0 evaluation is of π_SFT = π_ref), else 0 (stated in the table).
+- **Rows without evidence** (older sweeps) enter with their aggregate ``kl`` and ``gold_reward`` as fixed
+  values: prompt resampling does not move them.
+- **Common KL range** for areas: the overlap of the range-setting methods' curves.  SFT never sets it; nor
+  does a method whose curve ends below ``MIN_COMMON_KL`` (2 nats) while another reaches that far (Best-of-N with
+  small N, Preferred-FT): it would squeeze every comparison into a sliver.  A method whose curve does not cover
+  the range gets "—" for its area.
+- **Gao fits** use every point of a method (all settings, steps and seeds) and the reward at KL = 0 measured
+  on the reference policy: the method's own KL≈0 points if any, else those of any method, else 0.
 """
 
 from __future__ import annotations
@@ -38,11 +37,19 @@ import argparse
 import csv
 import json
 import math
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from harness import frontier_stats as fstats
+from harness.frontier_stats import (  # noqa: F401  (re-exported: report.<name> keeps working)
+    DEFAULT_KLS, MIN_COMMON_KL, N_BOOT, ZERO_KL, common_kl_range, compare_envelopes, envelope_area,
+    envelope_at, fit_gao, gao_curve, higher_intervals, mean_ci95, t_quantile_975, unimodal_envelope,
+    upper_envelope,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Row schema and display conventions
@@ -68,18 +75,14 @@ METHOD_STYLE = {
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
 
-MIN_COMMON_KL = 2.0     # nats; a method whose envelope ends below this does not set the common KL range
-ZERO_KL = 1e-6          # nats; points below this are evaluations of the reference policy itself
-DEFAULT_KLS = (2.0, 5.0, 10.0)
-GRID_POINTS = 50        # KL grid for the DPO-vs-PPO comparison and the plotted mean envelopes
+# Optional row fields (new rows carry them, old rows may not; REQUIRED_KEYS is unchanged).
+OPTIONAL_KEYS = ("truncated_frac", "compute_tokens_generated", "compute_tokens_trained", "compute_wall_s")
+# One line of evidence.jsonl per evaluation row, joined to the row on (run_id, setting, step).
+EVIDENCE_KEYS = ("run_id", "method", "setting", "seed", "step", "prompts_key", "gold", "kl", "truncated")
+GRID_POINTS = fstats.GRID_POINTS
+COMPARISONS = (("dpo", "ppo"), ("dpo", "ppo_gt"))
 KL_LABEL = "KL(π‖π_ref)  [nats]"
 REWARD_LABEL = "Expected gold reward"
-
-# Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30; beyond 30 we use the normal 1.96
-# (at df = 40 the exact value is 2.021, so the band is then at most 3% too narrow).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def method_label(method: str) -> str:
@@ -153,181 +156,73 @@ def parse_setting(setting: str) -> dict[str, str]:
     return knobs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Pure math: envelopes, areas, fits, confidence intervals
-# ---------------------------------------------------------------------------------------------------------
-
-def upper_envelope(kl: Sequence[float], reward: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The upper envelope (Pareto frontier) of reward vs KL.
-
-    A point is kept when no other point has KL <= its KL and reward >= its reward (of exact duplicates one
-    is kept).  Non-finite points are ignored.
-
-    Returns:
-        ``(kl_env, reward_env)``, both shape (M,), with KL strictly increasing and reward strictly
-        increasing: each frontier point buys more reward with more KL.
-    """
-    kl = np.asarray(kl, dtype=float).ravel()
-    reward = np.asarray(reward, dtype=float).ravel()
-    ok = np.isfinite(kl) & np.isfinite(reward)
-    kl, reward = kl[ok], reward[ok]
-    order = np.lexsort((-reward, kl))          # by KL, ties: highest reward first
-    keep_kl, keep_r, best = [], [], -np.inf
-    for i in order:
-        if reward[i] > best:                   # strictly better than everything at lower or equal KL
-            keep_kl.append(kl[i])
-            keep_r.append(reward[i])
-            best = reward[i]
-    return np.asarray(keep_kl, dtype=float), np.asarray(keep_r, dtype=float)
 
 
-def envelope_at(kl_env: np.ndarray, reward_env: np.ndarray, x) -> np.ndarray | float:
-    """Reward of the envelope at KL ``x`` by linear interpolation; NaN outside ``[kl_env[0], kl_env[-1]]``.
-
-    ``x`` may be a scalar (a float is returned) or an array.  An empty envelope gives NaN everywhere.
-    """
-    kl_env = np.asarray(kl_env, dtype=float)
-    reward_env = np.asarray(reward_env, dtype=float)
-    x_arr = np.asarray(x, dtype=float)
-    if kl_env.size == 0:
-        out = np.full(x_arr.shape, np.nan)
-    else:
-        out = np.interp(x_arr, kl_env, reward_env)
-        out = np.where((x_arr < kl_env[0]) | (x_arr > kl_env[-1]), np.nan, out)
-    return float(out) if out.ndim == 0 else out
+def evidence_key(run_id, setting, step) -> tuple[str, str, int]:
+    """The join key of a row and its evidence: ``(run_id, setting, step)``."""
+    return str(run_id), str(setting or ""), int(step)
 
 
-def envelope_area(kl_env: np.ndarray, reward_env: np.ndarray, lo: float, hi: float) -> float:
-    """Area under the linearly interpolated envelope over ``[lo, hi]`` (reward × nats).
+def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
+    """Read every ``evidence.jsonl`` under ``folder`` (any depth, sorted path order).
 
-    Exact for the piecewise-linear envelope: the trapezoid rule on the envelope's own vertices inside the
-    range plus the two interpolated end points.  NaN when the envelope does not cover ``[lo, hi]`` (we do not
-    extrapolate) or when ``hi < lo``; 0 when ``lo == hi``.  Divide by ``hi - lo`` for the mean reward over
-    the range.
-    """
-    kl_env = np.asarray(kl_env, dtype=float)
-    reward_env = np.asarray(reward_env, dtype=float)
-    if kl_env.size == 0 or not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-        return float("nan")
-    if lo < kl_env[0] or hi > kl_env[-1]:
-        return float("nan")
-    inner = (kl_env > lo) & (kl_env < hi)
-    xs = np.concatenate([[lo], kl_env[inner], [hi]])
-    ys = np.concatenate([[envelope_at(kl_env, reward_env, lo)], reward_env[inner],
-                         [envelope_at(kl_env, reward_env, hi)]])
-    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0))
-
-
-def fit_gao(kl: Sequence[float], reward: Sequence[float], kind: str, baseline: float | None = None) -> dict:
-    """Least-squares fit of the Gao et al. (2022) scaling laws, with d = sqrt(KL) (KL in nats).
-
-    - ``kind="rl"``:  R(d) = d · (alpha − beta · log d)   (RL against a reward model)
-    - ``kind="bon"``: R(d) = d · (alpha − beta · d)       (best-of-N sampling)
-
-    R is the gain over the reference policy, ``reward − R0``.  The baseline R0 is ``baseline`` when given,
-    else the mean reward of the points with KL < 1e-6 (evaluations of the reference itself), else 0 — in
-    which case the curve is forced through the origin on the raw reward, which only makes sense if rewards
-    are already gains.  Both laws are linear in (alpha, beta), so the fit is one ``lstsq`` on all points
-    (d·log d → 0 at d = 0).
+    Each line is one evaluation: ``{"run_id", "method", "setting", "seed", "step", "prompts_key", "gold": [P],
+    "kl": [P], "truncated": [P]}``, index p being the p-th evaluation prompt of the sweep.
 
     Returns:
-        ``dict(alpha, beta, r2, n, baseline)``: r2 = 1 − SS_res/SS_tot of the gain (NaN if the gains do
-        not vary), n the number of finite points used.  alpha, beta, r2 are NaN with fewer than two points
-        at KL > 0.
+        ``{(run_id, setting, step): record}`` with ``gold``, ``kl``, ``truncated`` as float arrays (P,); the
+        first record of a key is kept (a copied run folder repeats it).  Empty when there is no evidence.
+
+    Raises:
+        ValueError: one line, ``<file>:<line>: ...``, for a line that is not a JSON object, lacks a key, has
+            lists of different lengths or non-numbers; or when runs were evaluated on different prompts
+            (different ``prompts_key`` or prompt counts).
     """
-    if kind not in ("rl", "bon"):
-        raise ValueError(f"kind must be 'rl' or 'bon', got {kind!r}")
-    kl = np.asarray(kl, dtype=float).ravel()
-    reward = np.asarray(reward, dtype=float).ravel()
-    ok = np.isfinite(kl) & np.isfinite(reward)
-    kl, reward = np.clip(kl[ok], 0.0, None), reward[ok]   # exact KL is >= 0; clip float noise below 0
-    if baseline is None:
-        at_zero = kl < ZERO_KL
-        baseline = float(reward[at_zero].mean()) if at_zero.any() else 0.0
-    nan = float("nan")
-    result = dict(alpha=nan, beta=nan, r2=nan, n=int(kl.size), baseline=float(baseline))
-    d = np.sqrt(kl)
-    if np.count_nonzero(d > np.sqrt(ZERO_KL)) < 2:
-        return result
-    gain = reward - baseline
-    if kind == "rl":
-        d_log_d = np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
-        design = np.stack([d, -d_log_d], axis=1)
-    else:
-        design = np.stack([d, -d * d], axis=1)
-    (alpha, beta), *_ = np.linalg.lstsq(design, gain, rcond=None)
-    ss_res = float(np.sum((gain - design @ np.array([alpha, beta])) ** 2))
-    ss_tot = float(np.sum((gain - gain.mean()) ** 2))
-    result.update(alpha=float(alpha), beta=float(beta), r2=1.0 - ss_res / ss_tot if ss_tot > 0 else nan)
-    return result
-
-
-def gao_curve(d: np.ndarray, alpha: float, beta: float, kind: str) -> np.ndarray:
-    """The fitted gain R(d) of ``fit_gao`` evaluated at d = sqrt(KL)."""
-    d = np.asarray(d, dtype=float)
-    if kind == "rl":
-        return d * alpha - beta * np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
-    return d * (alpha - beta * d)
-
-
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile: the table for df 1..30, the normal 1.96 beyond (NaN for df < 1)."""
-    if df < 1:
-        return float("nan")
-    return _T975[df - 1] if df <= len(_T975) else 1.96
-
-
-def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95% confidence interval, ``t_{0.975, n−1} · s / sqrt(n)``.
-
-    Non-finite values are dropped first (callers report how many remained).  ``s`` is the sample standard
-    deviation (ddof = 1); the t quantile comes from a table for df 1..30 and is 1.96 beyond.  With one value
-    the half-width is NaN (no spread to estimate); with none both are NaN.
-    """
-    v = np.asarray(list(values), dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    if v.size == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(t_quantile_975(v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-
-
-def higher_intervals(grid: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
-    """Maximal runs of consecutive grid points where ``mask`` is True, as ``[(start, end), ...]`` in KL."""
-    runs, start = [], None
-    for i, flag in enumerate(mask):
-        if flag and start is None:
-            start = i
-        if start is not None and (not flag or i == len(mask) - 1):
-            end = i if flag else i - 1
-            runs.append((float(grid[start]), float(grid[end])))
-            start = None
-    return runs
-
-
-def compare_envelopes(kl_a, reward_a, kl_b, reward_b, n_grid: int = GRID_POINTS) -> dict | None:
-    """Compare curve A with curve B on ``n_grid`` KLs spread evenly over the overlap of their KL ranges.
-
-    Returns ``None`` when the ranges do not overlap (or meet in a single point), else
-    ``dict(lo, hi, grid, a, b, b_higher)`` with ``b_higher`` the list of KL intervals (grid points) where B
-    is strictly above A, and ``ties`` the number of grid points where they are equal.
-    """
-    kl_a, kl_b = np.asarray(kl_a, float), np.asarray(kl_b, float)
-    if kl_a.size == 0 or kl_b.size == 0:
-        return None
-    lo, hi = max(kl_a[0], kl_b[0]), min(kl_a[-1], kl_b[-1])
-    if not hi > lo:
-        return None
-    grid = np.linspace(lo, hi, n_grid)
-    a = envelope_at(kl_a, reward_a, grid)
-    b = envelope_at(kl_b, reward_b, grid)
-    return dict(lo=float(lo), hi=float(hi), grid=grid, a=a, b=b,
-                b_higher=higher_intervals(grid, b > a), ties=int(np.sum(np.isclose(a, b, rtol=0, atol=1e-12))))
+    out: dict[tuple[str, str, int], dict] = {}
+    first = None                                    # (prompts_key, P, where) of the first record
+    for path in sorted(Path(folder).rglob("evidence.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{where}: bad JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+                missing = [k for k in EVIDENCE_KEYS if k not in rec]
+                if missing:
+                    raise ValueError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+                arrays = {}
+                for k in ("gold", "kl", "truncated"):
+                    v = rec[k]
+                    if not isinstance(v, list) or not v or not all(
+                            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                        raise ValueError(f"{where}: {k!r} must be a non-empty list of numbers")
+                    arrays[k] = np.asarray(v, dtype=float)
+                sizes = {k: a.size for k, a in arrays.items()}
+                if len(set(sizes.values())) > 1:
+                    raise ValueError(f"{where}: gold, kl, truncated have different lengths {sizes}")
+                n = arrays["gold"].size
+                if first is None:
+                    first = (rec["prompts_key"], n, where)
+                elif (rec["prompts_key"], n) != first[:2]:
+                    raise ValueError(f"{where}: the runs were evaluated on different prompts (prompts_key "
+                                     f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
+                                     f"{first[1]} prompts)")
+                try:
+                    key = evidence_key(rec["run_id"], rec["setting"], rec["step"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: step must be an integer, got {rec['step']!r}") from None
+                if key not in out:
+                    out[key] = {**rec, **arrays}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
-# From rows to per-method, per-seed envelopes and summary numbers
+# From rows (and evidence) to the statistics of the report
 # ---------------------------------------------------------------------------------------------------------
 
 def _by(rows: Iterable[dict], *keys: str) -> dict:
@@ -337,124 +232,119 @@ def _by(rows: Iterable[dict], *keys: str) -> dict:
     return groups
 
 
-def seed_envelopes(rows: Sequence[dict]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """``{method: {seed: (kl_env, reward_env)}}``: each method's envelope over all its settings and steps,
-    one per seed."""
-    out: dict[str, dict] = {}
-    for (method, seed), group in sorted(_by(rows, "method", "seed").items(), key=lambda kv: str(kv[0])):
-        env = upper_envelope([r["kl"] for r in group], [r["gold_reward"] for r in group])
-        if env[0].size:
-            out.setdefault(method, {})[seed] = env
-    return out
+def _finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
-def common_kl_range(envelopes: dict[str, dict[int, tuple]], min_kl: float = MIN_COMMON_KL) -> dict:
-    """The KL range ``[lo, hi]`` over which every range-setting method's every seed has an envelope.
+def evidence_points(rows: Sequence[dict], evidence: dict | None = None):
+    """Per-prompt point arrays for ``frontier_stats.analyse``.
 
-    SFT never sets the range; nor does a method whose envelope ends below ``min_kl`` nats while some other
-    method reaches that far (module docstring).  Returns ``dict(lo, hi, limited_by, excluded)``, where
-    ``limited_by`` is the method whose envelope ends first and ``excluded`` maps left-out methods to the
-    reason; ``lo = hi = NaN`` when no method can set the range.
+    Args:
+        rows: result rows; rows with a non-finite ``kl`` or ``gold_reward`` are left out.
+        evidence: ``load_evidence`` output (or None).
+
+    Returns:
+        ``(points, info)``: ``points = {method: {seed: (gold (M, P), kl (M, P))}}``; a row without (finite)
+        evidence gets its aggregate values as constant rows.  ``info = dict(n_prompts, with_evidence,
+        without_evidence, prompts_key)`` (counts of rows).
+
+    Raises:
+        ValueError: when the joined evidence comes from different prompts.
     """
-    def ends(methods):
-        his = {m: min(e[0][-1] for e in envelopes[m].values()) for m in methods}
-        los = {m: max(e[0][0] for e in envelopes[m].values()) for m in methods}
-        return los, his
+    evidence = evidence or {}
+    keys, sizes = set(), set()
+    joined = []
+    for r in rows:
+        if not (_finite(r.get("kl")) and _finite(r.get("gold_reward"))):
+            continue
+        ev = evidence.get(evidence_key(r["run_id"], r["setting"], r["step"]))
+        if ev is not None and not (np.isfinite(ev["gold"]).all() and np.isfinite(ev["kl"]).all()):
+            ev = None
+        if ev is not None:
+            keys.add(ev["prompts_key"])
+            sizes.add(ev["gold"].size)
+        joined.append((r, ev))
+    if len(keys) > 1 or len(sizes) > 1:
+        raise ValueError(f"the runs were evaluated on different prompts (prompts_key {sorted(map(str, keys))}, "
+                         f"prompt counts {sorted(sizes)})")
+    n_prompts = sizes.pop() if sizes else 2
+    grouped: dict[str, dict] = {}
+    n_with = 0
+    for r, ev in joined:
+        if ev is not None:
+            gold, kl = ev["gold"], ev["kl"]
+            n_with += 1
+        else:
+            gold, kl = fstats.constant_evidence(r["kl"], r["gold_reward"], n_prompts)
+        grouped.setdefault(r["method"], {}).setdefault(r["seed"], []).append((gold, kl))
+    points = {m: {s: (np.stack([g for g, _ in pts]), np.stack([k for _, k in pts])) for s, pts in per_seed.items()}
+              for m, per_seed in grouped.items()}
+    info = dict(n_prompts=n_prompts if n_with else 0, with_evidence=n_with, without_evidence=len(joined) - n_with,
+                prompts_key=keys.pop() if keys else None)
+    return points, info
 
-    excluded = {}
-    setters = [m for m in envelopes if m != "sft"]
-    if "sft" in envelopes:
-        excluded["sft"] = "the reference policy, a single point at KL 0"
-    if len(setters) > 1:
-        # A method whose envelope ends below ``min_kl`` (Best-of-N with small N, Preferred-FT's one setting) would
-        # squeeze every comparison into a sliver; it does not set the range while others reach ``min_kl``.
-        _, his = ends(setters)
-        if any(h >= min_kl for h in his.values()):
-            for m in [m for m in setters if his[m] < min_kl]:
-                setters.remove(m)
-                excluded[m] = (f"its envelope ends at {his[m]:.2f} nats, below {min_kl:g}, while other methods "
-                               "reach further")
-    if not setters:
-        return dict(lo=float("nan"), hi=float("nan"), limited_by=None, excluded=excluded)
-    los, his = ends(setters)
-    limited_by = min(his, key=his.get)
-    return dict(lo=float(max(los.values())), hi=float(his[limited_by]), limited_by=limited_by,
-                excluded=excluded)
 
+def summarize(rows: Sequence[dict], kls: Sequence[float] = DEFAULT_KLS, evidence: dict | None = None,
+              n_boot: int = N_BOOT, min_kl: float = MIN_COMMON_KL, seed: int = fstats.BOOT_SEED,
+              n_grid: int = GRID_POINTS) -> dict:
+    """All numbers of the report (no I/O).
 
-def mean_envelope(per_seed: dict[int, tuple[np.ndarray, np.ndarray]], n_grid: int = 200):
-    """Mean and 95% CI half-width across seeds of the per-seed envelopes.
+    Args:
+        rows: result rows; evidence: ``load_evidence`` output (None: every row enters with fixed values).
+        kls: KLs (nats) at which each curve's reward is reported; n_boot, seed: the bootstrap.
 
-    Evaluated on ``n_grid`` KLs over the range that every seed covers.  Returns ``(grid, mean, half_width)``
-    (half-width NaN with one seed), or ``None`` when the seeds' ranges do not overlap.
+    Returns:
+        A dict with ``methods`` (display order), ``range`` (``common_kl_range``), ``kls``, ``per_method``
+        ``{method: dict(runs, points, seeds, area, at_kl {kl: ...}, max_reward)}`` (each statistic a dict
+        ``est, lo, hi``: estimate and 95% percentile bootstrap interval), ``ordering`` (methods by area, best
+        first; without an area left out), ``comparisons`` ``{rival: compare_curves dict | None | {"missing"}}``
+        for DPO − rival, ``fits`` (Gao), ``analysis`` (``frontier_stats.analyse``), ``evidence`` (join counts),
+        ``n_boot``, ``n_rows``, ``seeds``, ``truncated`` ``{method: mean truncated_frac}`` where rows have it.
     """
-    envs = list(per_seed.values())
-    if len(envs) == 1:
-        kl_env, r_env = envs[0]
-        return kl_env, r_env, np.full(kl_env.shape, np.nan)
-    lo, hi = max(e[0][0] for e in envs), min(e[0][-1] for e in envs)
-    if not hi > lo:
-        return None
-    grid = np.linspace(lo, hi, n_grid)
-    curves = np.stack([envelope_at(k, r, grid) for k, r in envs])
-    stats = [mean_ci95(col) for col in curves.T]
-    return grid, np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-
-
-def summarize(rows: Sequence[dict], kls: Sequence[float] = DEFAULT_KLS,
-              min_kl: float = MIN_COMMON_KL) -> dict:
-    """All numbers of the report, computed from the rows (no I/O).
-
-    Returns a dict with ``methods`` (display order), ``range`` (``common_kl_range``), ``kls``, ``per_method``
-    ``{method: dict(runs, points, seeds, area, at_kl{kl: values}, max_reward)}`` where each statistic is the
-    list of per-seed values, ``ordering`` (methods by mean area, best first, methods without an area
-    left out), ``comparisons`` (DPO vs PPO and vs PPO-GT, see ``compare_envelopes``) and ``fits``.
-    """
-    envs = seed_envelopes(rows)
-    rng = common_kl_range(envs, min_kl)
+    points, info = evidence_points(rows, evidence)
+    analysis = fstats.analyse(points, kls=kls, pairs=COMPARISONS, n_boot=n_boot, seed=seed, n_grid=n_grid,
+                              min_kl=min_kl)
     methods = ordered_methods(r["method"] for r in rows)
     by_method = _by(rows, "method")
+    nan_stat = dict(est=float("nan"), lo=float("nan"), hi=float("nan"))
     per_method = {}
     for m in methods:
         group = by_method[m]
-        seeds = envs.get(m, {})
+        st = analysis["stats"].get(m)
         per_method[m] = dict(
             runs=len({r["run_id"] for r in group}),
             points=len(group),
-            seeds=sorted(seeds, key=str),
-            area=[envelope_area(k, r, rng["lo"], rng["hi"]) if m not in rng["excluded"] else float("nan")
-                  for k, r in seeds.values()],
-            at_kl={x: [envelope_at(k, r, x) for k, r in seeds.values()] for x in kls},
-            max_reward=[float(r[-1]) for _, r in seeds.values()],
+            seeds=analysis["seeds"].get(m, []),
+            area=st["area"] if st else nan_stat,
+            at_kl={x: (st["at_kl"][x] if st else nan_stat) for x in kls},
+            max_reward=st["max_reward"] if st else nan_stat,
         )
-    area_mean = {m: mean_ci95(per_method[m]["area"])[0] for m in methods}
-    ordering = sorted((m for m in methods if np.isfinite(area_mean[m])), key=lambda m: -area_mean[m])
+    ordering = sorted((m for m in methods if np.isfinite(per_method[m]["area"]["est"])),
+                      key=lambda m: -per_method[m]["area"]["est"])
+    comparisons = {b: analysis["comparisons"][(a, b)] for a, b in COMPARISONS}
 
-    comparisons = {}
-    for rival in ("ppo", "ppo_gt"):
-        missing = [m for m in ("dpo", rival) if m not in envs]
-        if missing:
-            comparisons[rival] = {"missing": missing}
-            continue
-        a, b = mean_envelope(envs["dpo"]), mean_envelope(envs[rival])
-        comparisons[rival] = None if a is None or b is None else compare_envelopes(a[0], a[1], b[0], b[1])
-
-    reference = [r["gold_reward"] for r in rows if r["kl"] < ZERO_KL and np.isfinite(r["gold_reward"])]
+    reference = [r["gold_reward"] for r in rows if _finite(r["kl"]) and r["kl"] < ZERO_KL and _finite(r["gold_reward"])]
     fits = {}
     for m in methods:
         if m == "sft":
             continue
         group = by_method[m]
-        own = [r["gold_reward"] for r in group if r["kl"] < ZERO_KL]
+        own = [r["gold_reward"] for r in group if _finite(r["kl"]) and r["kl"] < ZERO_KL]
         baseline = float(np.mean(own)) if own else (float(np.mean(reference)) if reference else None)
         kind = "bon" if m == "best_of_n" else "rl"
         fit = fit_gao([r["kl"] for r in group], [r["gold_reward"] for r in group], kind, baseline=baseline)
         fit.update(kind=kind, baseline_from="own KL≈0 points" if own else
                    ("other methods' KL≈0 points" if reference else "none (R0 = 0)"))
         fits[m] = fit
-    return dict(methods=methods, range=rng, kls=tuple(kls), per_method=per_method, ordering=ordering,
-                area_mean=area_mean, comparisons=comparisons, fits=fits, n_rows=len(rows),
-                seeds=sorted({r["seed"] for r in rows}, key=str))
+    truncated = {m: float(np.mean([r["truncated_frac"] for r in by_method[m] if _finite(r.get("truncated_frac"))]))
+                 for m in methods if any(_finite(r.get("truncated_frac")) for r in by_method[m])}
+    return dict(methods=methods, range=analysis["range"], kls=tuple(kls), per_method=per_method,
+                ordering=ordering, comparisons=comparisons, fits=fits, analysis=analysis, evidence=info,
+                n_boot=n_boot, n_rows=len(rows), seeds=sorted({r["seed"] for r in rows}, key=str),
+                truncated=truncated)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -468,73 +358,123 @@ def fmt_num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def fmt_stat(values: Sequence[float], digits: int = 3) -> str:
-    """Per-seed values as "mean ± CI95" (just the value with one seed), with "(k/n seeds)" when some
-    seeds have no value (e.g. their envelope does not reach that KL)."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    if not finite:
+def fmt_ci(s: dict, digits: int = 3) -> str:
+    """A statistic ``dict(est, lo, hi)`` as ``"est [lo, hi]"``; "—" when not defined."""
+    if not np.isfinite(s["est"]):
         return "—"
-    mean, hw = mean_ci95(finite)
-    text = fmt_num(mean, digits) if len(values) == 1 or not np.isfinite(hw) else \
-        f"{fmt_num(mean, digits)} ± {fmt_num(hw, digits)}"
-    if len(finite) < len(values):
-        text += f" ({len(finite)}/{len(values)} seeds)"
+    if not (np.isfinite(s["lo"]) and np.isfinite(s["hi"])):
+        return fmt_num(s["est"], digits)
+    return f"{fmt_num(s['est'], digits)} [{fmt_num(s['lo'], digits)}, {fmt_num(s['hi'], digits)}]"
+
+
+def _spans(spans: Sequence[tuple[float, float]]) -> str:
+    """KL intervals in words: "on [a, b], [c, d] nats", "at x nats" for a single grid point, or "nowhere"."""
+    if not spans:
+        return "nowhere"
+    parts = [f"{a:.2f}" if a == b else f"[{a:.2f}, {b:.2f}]" for a, b in spans]
+    return ("at " if len(spans) == 1 and spans[0][0] == spans[0][1] else "on ") + ", ".join(parts) + " nats"
+
+
+def comparison_sentence(comparison, rival: str = "ppo", method: str = "dpo") -> str:
+    """The verdict in plain words on ``method`` − ``rival`` (a ``compare_curves`` result, None, or
+    ``{"missing": [...]}``): the area difference with its interval, and the KL intervals where ``method`` is
+    above with 95% confidence, indistinguishable, below."""
+    name = "PPO" if rival == "ppo" else method_label(rival)
+    me = "DPO" if method == "dpo" else method_label(method)
+    head = f"{me} vs {name}"
+    if isinstance(comparison, dict) and "missing" in comparison:
+        absent = " and ".join(me if m == method else name for m in comparison["missing"])
+        return f"{head}: not compared, this sweep has no {absent} rows."
+    if comparison is None:
+        return f"{head}: not compared, their curves do not overlap in KL."
+    runs = comparison["runs"]
+    return (f"{head} over their KL overlap [{comparison['lo']:.2f}, {comparison['hi']:.2f}] nats: area difference "
+            f"{me} − {name} = {fmt_ci(comparison['area'])} (mean reward difference {fmt_ci(comparison['mean'])}). "
+            f"{me} is above {name} with 95% confidence {_spans(runs['above'])}; indistinguishable "
+            f"{_spans(runs['indistinguishable'])}; below {_spans(runs['below'])}. These are pointwise 95% "
+            f"intervals on a {comparison['n_grid']}-point KL grid (not a simultaneous band; interval ends are "
+            "grid points).")
+
+
+def method_paragraph(summary: dict) -> str:
+    """The "Method" paragraph of summary.md: how the curves and intervals were made, what they include."""
+    info, an = summary["evidence"], summary["analysis"]
+    seed_counts = sorted({len(s) for m, s in an["seeds"].items() if m != "sft"}) or [1]
+    n_seeds = max(seed_counts)
+    text = ("Each method's curve is a cross-fitted unimodal upper envelope: the evaluation prompts are split once "
+            "into two fixed halves; the points on the envelope (the smallest curve above all points that rises "
+            "then falls, so a decline at high KL stays visible) are selected with their means over one half and "
+            "drawn at their means over the other, and the two folds are averaged. This removes the upward bias of "
+            "taking the best of noisy points. ")
+    if n_seeds > 1:
+        text += (f"A method's curve is the mean of its per-seed curves ({'/'.join(map(str, seed_counts))} seeds) "
+                 "over the KL range all its seeds cover. ")
+    if info["with_evidence"]:
+        text += (f"Intervals are 95% percentile intervals of a paired bootstrap ({summary['n_boot']} replicates) "
+                 f"over the {info['n_prompts']} evaluation prompts, resampled within each half, one draw shared by "
+                 "all methods")
+    else:
+        text += f"Intervals are 95% percentile intervals of a bootstrap ({summary['n_boot']} replicates)"
+    if n_seeds > 1:
+        text += (f", and over training seeds ({n_seeds} seeds resampled with replacement, seed s of one method "
+                 "paired with seed s of another when they share the seed list)")
+    text += ". They include the sampling of prompts"
+    text += " and of training seeds" if n_seeds > 1 else ""
+    text += ("; they do NOT include " + ("training-seed variance (one seed) or " if n_seeds == 1 else "")
+             + "the sampling noise of the responses beyond what the prompt means carry, nor the choice of the "
+             "swept settings. They are conservative (the re-selection in each replicate adds spread).")
+    if info["without_evidence"]:
+        text += (f" {info['without_evidence']} of {info['with_evidence'] + info['without_evidence']} rows had no "
+                 "per-prompt evidence; they enter with their aggregate KL and reward as fixed values that do not "
+                 "vary under resampling" + (" (so every interval here reflects seed resampling only)."
+                                            if not info["with_evidence"] else "."))
+    else:
+        text += " Every row had per-prompt evidence."
     return text
 
 
-def comparison_sentence(comparison, rival: str = "ppo") -> str:
-    """The plain-words verdict on whether DPO's envelope lies above ``rival``'s (see ``summarize``)."""
-    name = "PPO" if rival == "ppo" else method_label(rival)
-    if isinstance(comparison, dict) and "missing" in comparison:
-        absent = " and ".join("DPO" if m == "dpo" else name for m in comparison["missing"])
-        return f"DPO vs {name}: not compared, this sweep has no {absent} rows."
-    if comparison is None:
-        return f"DPO vs {name}: not compared, their envelopes do not overlap in KL."
-    lo, hi, n = comparison["lo"], comparison["hi"], len(comparison["grid"])
-    if not comparison["b_higher"]:
-        ties = f" (equal at {comparison['ties']} of {n} grid points)" if comparison["ties"] else ""
-        return f"DPO lies above {name} at every KL in [{lo:.2f}, {hi:.2f}] nats{ties}."
-    spans = ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in comparison["b_higher"])
-    return (f"DPO does not lie above {name} everywhere: {name} is higher on {spans} nats "
-            f"(overlap [{lo:.2f}, {hi:.2f}], {n}-point grid).")
-
-
-def format_summary(summary: dict, title: str | None = None) -> str:
-    """The ``summary.md`` text for a ``summarize`` result."""
+def format_summary(summary: dict, title: str | None = None, commit: str | None = None) -> str:
+    """The ``summary.md`` text for a ``summarize`` result; ``commit`` (a git sha) is named at the top."""
     rng, kls, pm = summary["range"], summary["kls"], summary["per_method"]
     lo, hi = rng["lo"], rng["hi"]
     lines = [f"# Frontier report{': ' + title if title else ''}", ""]
+    if commit is not None:
+        lines += [f"Made by commit {commit}.", ""]
     n_seeds = len(summary["seeds"])
     lines.append(f"{summary['n_rows']} evaluation points, {len(summary['methods'])} methods, "
                  f"{n_seeds} seed{'s' if n_seeds != 1 else ''}. KL is the mean sequence KL(π‖π_ref) in nats; "
                  "reward is the expected gold reward.")
     lines.append("")
     if np.isfinite(lo):
-        limit = f"where the envelope of {method_label(rng['limited_by'])} ends"
+        limit = f"where the curve of {method_label(rng['limited_by'])} ends"
         lines.append(f"Common KL range for areas: [{lo:.2f}, {hi:.2f}] nats (the upper end is {limit}; "
-                     "every seed's envelope of every range-setting method covers it).")
+                     "every range-setting method's curve covers it).")
     else:
-        lines.append("Common KL range for areas: none (no method besides SFT has points).")
+        lines.append("Common KL range for areas: none (no method besides SFT has a curve).")
     for m, why in rng["excluded"].items():
         lines.append(f"- {method_label(m)} does not set the range: {why}.")
     lines.append("")
-    stat_note = "mean ± 95% CI across seeds, envelope per seed" if n_seeds > 1 else "one seed"
-    lines.append(f"Per method ({stat_note}; — = not defined, e.g. the envelope does not reach that KL):")
+    lines.append("Per method, estimate [95% bootstrap interval] (— = not defined, e.g. the curve does not reach "
+                 "that KL):")
     lines.append("")
     area_head = f"area KL∈[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "area"
     head = ["method", "runs", "points", area_head] + [f"reward @ KL={x:g}" for x in kls] + ["max reward"]
+    if summary.get("truncated"):
+        head.append("truncated")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for m in summary["methods"]:
         s = pm[m]
-        cells = [method_label(m), str(s["runs"]), str(s["points"]), fmt_stat(s["area"])]
-        cells += [fmt_stat(s["at_kl"][x]) for x in kls] + [fmt_stat(s["max_reward"])]
+        cells = [method_label(m), str(s["runs"]), str(s["points"]), fmt_ci(s["area"])]
+        cells += [fmt_ci(s["at_kl"][x]) for x in kls] + [fmt_ci(s["max_reward"])]
+        if summary.get("truncated"):
+            cells.append(f"{summary['truncated'][m]:.1%}" if m in summary["truncated"] else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if summary["ordering"]:
-        order = " > ".join(f"{method_label(m)} ({fmt_num(summary['area_mean'][m])})"
-                           for m in summary["ordering"])
-        lines.append(f"**Ordering** by area under the envelope (mean over seeds): {order}.")
+        order = " > ".join(f"{method_label(m)} ({fmt_ci(pm[m]['area'])})" for m in summary["ordering"])
+        lines.append(f"**Ordering** by area under the curve (estimate [95% interval]; overlapping intervals "
+                     f"do not separate two methods): {order}.")
         rest = [method_label(m) for m in summary["methods"] if m not in summary["ordering"]]
         if rest:
             lines.append(f"Without an area over the common range: {', '.join(rest)}.")
@@ -546,14 +486,15 @@ def format_summary(summary: dict, title: str | None = None) -> str:
         if rival == "ppo" or not (isinstance(comparison, dict) and rival in comparison.get("missing", [])):
             lines.append(comparison_sentence(comparison, rival))
             lines.append("")
-    lines.append("Curves compared: each method's envelope (the mean of its per-seed envelopes when there are "
-                 f"several seeds) on a {GRID_POINTS}-point KL grid over the overlap of the two curves.")
+    lines.append("## Method")
+    lines.append("")
+    lines.append(method_paragraph(summary))
     lines.append("")
     lines.append("## Gao et al. (2022) scaling-law fits")
     lines.append("")
     lines.append("d = sqrt(KL); RL-like methods: R(d) = d·(α − β·log d); Best of N: R(d) = d·(α − β·d); "
                  "R = gold reward − R0 (reward at KL = 0). Fitted by least squares on all points of the "
-                 "method (all settings, steps and seeds).")
+                 "method (all settings, steps and seeds); no intervals.")
     lines.append("")
     lines.append("| method | law | α | β | R² | n | R0 | R0 from |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---|")
@@ -574,59 +515,106 @@ def _new_axes(figsize):
     return fig, fig.add_subplot()
 
 
-def plot_frontier(rows: Sequence[dict], ax=None, title: str | None = None):
-    """Draw the frontier: every evaluation as a point, each method's envelope as a line, on ``ax``.
+def plot_frontier(rows: Sequence[dict], ax=None, title: str | None = None, evidence: dict | None = None,
+                  summary: dict | None = None, n_boot: int = N_BOOT):
+    """Draw the frontier on ``ax``: every evaluation as a point, each method's cross-fitted curve (running to
+    its largest KL) with its 95% bootstrap band shaded.
 
-    One colour and marker per method (``METHOD_STYLE``).  With several seeds a method's line is the mean of
-    its per-seed envelopes and the shaded band its 95% CI.  Creates a standalone figure when ``ax`` is None.
+    Args:
+        rows: result rows.  evidence: ``load_evidence`` output, used when ``summary`` is not given.
+        summary: a ``summarize`` result for these rows (computed when None, with ``n_boot`` replicates).
+        ax: the axes; a standalone figure is made when None.
 
     Returns:
         The axes.
     """
     if ax is None:
         _, ax = _new_axes((8.0, 5.2))
-    envs = seed_envelopes(rows)
+    if summary is None:
+        summary = summarize(rows, evidence=evidence, n_boot=n_boot)
+    an = summary["analysis"]
+    grid = an["grid"]
     by_method = _by(rows, "method")
-    seed_counts = {len(envs[m]) for m in envs if m != "sft"}
-    # one seed count for all curves goes into the legend title; mixed counts go into each label
-    shared_seeds = seed_counts.pop() if len(seed_counts) == 1 else None
-    # gold rewards live in [0, 1]; a mean's CI band beyond that says nothing, so clip it there
-    bounded = all(0.0 <= r["gold_reward"] <= 1.0 for r in rows if np.isfinite(r["gold_reward"]))
+    bounded = all(0.0 <= r["gold_reward"] <= 1.0 for r in rows if _finite(r["gold_reward"]))
     for m in ordered_methods(by_method):
         colour, marker = method_style(m)
-        group = by_method[m]
+        group = [r for r in by_method[m] if _finite(r["kl"]) and _finite(r["gold_reward"])]
         kl = np.array([r["kl"] for r in group], dtype=float)
         reward = np.array([r["gold_reward"] for r in group], dtype=float)
-        single = m == "sft" or len({(round(k, 9), round(v, 9)) for k, v in zip(kl, reward)}) == 1
+        curve = an["curves"].get(m)
+        defined = np.isfinite(curve["est"]) if curve is not None else np.zeros(grid.shape, bool)
+        single = m == "sft" or defined.sum() < 2
         ax.scatter(kl, reward, s=80 if single else 22, marker=marker, color=colour,
                    alpha=0.9 if single else 0.35, linewidths=0, zorder=5 if single else 2,
                    label=method_label(m) if single else None)
-        if single or m not in envs:
+        if single:
             continue
-        curve = mean_envelope(envs[m])
-        if curve is None:
-            continue
-        grid, mean, hw = curve
-        n_seeds = len(envs[m])
-        suffix = f" ({n_seeds} seeds)" if shared_seeds is None and n_seeds > 1 else ""
-        ax.plot(grid, mean, color=colour, lw=2.2, zorder=4, marker=marker if n_seeds == 1 else None,
-                markersize=10 if marker == "*" else 6, markeredgecolor="white", markeredgewidth=0.6,
-                label=method_label(m) + suffix)
-        if n_seeds > 1 and np.isfinite(hw).any():
-            low, high = mean - hw, mean + hw
-            if bounded:
-                low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
-            ax.fill_between(grid, low, high, color=colour, alpha=0.10, linewidth=0, zorder=1)
+        ax.plot(grid[defined], curve["est"][defined], color=colour, lw=2.2, zorder=4, label=method_label(m))
+        low, high = curve["band_lo"][defined], curve["band_hi"][defined]
+        if bounded:
+            low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+        ax.fill_between(grid[defined], low, high, color=colour, alpha=0.15, linewidth=0, zorder=1)
     ax.set_xlabel(KL_LABEL)
     ax.set_ylabel(REWARD_LABEL)
     ax.set_title(title or "Reward vs KL frontier")
     ax.grid(True, alpha=0.3)
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     if ax.get_legend_handles_labels()[0]:
-        legend_title = (f"mean of {shared_seeds} per-seed envelopes, band: 95% CI"
-                        if shared_seeds and shared_seeds > 1 else None)
-        ax.legend(loc="lower right", fontsize=8, title=legend_title, title_fontsize=8, framealpha=0.9)
+        ax.legend(loc="lower right", fontsize=8, title="line: cross-fitted envelope; band: 95% bootstrap",
+                  title_fontsize=8, framealpha=0.9)
     return ax
+
+
+def training_tokens(row: dict) -> float:
+    """Training tokens spent so far (generated + trained) of a row; NaN when the row has no compute fields."""
+    gen, trained = row.get("compute_tokens_generated"), row.get("compute_tokens_trained")
+    if not (_finite(gen) or _finite(trained)):
+        return float("nan")
+    return float(gen if _finite(gen) else 0.0) + float(trained if _finite(trained) else 0.0)
+
+
+def has_compute(rows: Sequence[dict]) -> bool:
+    """Whether some row carries training-compute fields with a positive token count."""
+    return any(training_tokens(r) > 0 for r in rows)
+
+
+COMPUTE_LABEL = "training tokens, generated + trained  [log scale; step-0 evaluations omitted]"
+
+
+def plot_compute(rows: Sequence[dict], ax=None, title: str | None = None):
+    """Gold reward vs training tokens (generated + trained, log x): one line per run through its evaluations,
+    coloured by method.  Rows without compute fields or with 0 tokens (step 0, Best-of-N) are omitted."""
+    if ax is None:
+        _, ax = _new_axes((7.0, 5.2))
+    for m in ordered_methods(r["method"] for r in rows):
+        colour, marker = method_style(m)
+        runs = _by([r for r in rows if r["method"] == m and training_tokens(r) > 0 and _finite(r["gold_reward"])],
+                   "run_id", "setting", "seed")
+        for i, (_, group) in enumerate(sorted(runs.items(), key=lambda kv: str(kv[0]))):
+            group = sorted(group, key=training_tokens)
+            ax.plot([training_tokens(r) for r in group], [r["gold_reward"] for r in group], color=colour,
+                    marker=marker, markersize=4, lw=1.2, alpha=0.7, label=method_label(m) if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel(COMPUTE_LABEL)
+    ax.set_ylabel(REWARD_LABEL)
+    ax.set_title(title or "Reward vs training compute")
+    ax.grid(True, alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    return ax
+
+
+def frontier_figure(rows: Sequence[dict], summary: dict, title: str | None = None):
+    """The ``frontier.png`` figure: reward vs KL, and beside it reward vs training tokens when the rows carry
+    compute fields (``has_compute``)."""
+    from matplotlib.figure import Figure
+    two = has_compute(rows)
+    fig = Figure(figsize=(15.0, 5.4) if two else (8.0, 5.2), layout="constrained")
+    axes = fig.subplots(1, 2 if two else 1, squeeze=False)[0]
+    plot_frontier(rows, ax=axes[0], title=title, summary=summary)
+    if two:
+        plot_compute(rows, ax=axes[1])
+    return fig
 
 
 def ablation_panels(rows: Sequence[dict]) -> list[tuple[str, str]]:
@@ -727,16 +715,35 @@ def write_points_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return Path(path)
 
 
+
+
+def git_commit(where: str | Path | None = None) -> str:
+    """``git rev-parse --short HEAD`` of the checkout holding ``where`` (default: this code); "unknown"
+    outside a git checkout."""
+    where = Path(where) if where is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else "unknown"
+
+
 def make_report(folder: str | Path, kls: Sequence[float] = DEFAULT_KLS, title: str | None = None,
-                rows: Sequence[dict] | None = None) -> dict[str, Path]:
+                rows: Sequence[dict] | None = None, evidence: dict | None = None, n_boot: int = N_BOOT,
+                commit: str | None = None) -> dict[str, Path]:
     """Write ``points.csv``, ``frontier.png``, ``summary.md`` (and ``ablations.png`` when some method was
     swept over a knob) into ``folder``.
 
     Args:
-        folder: the sweep folder; its ``points.jsonl`` files are read unless ``rows`` is given.
-        kls: KLs (nats) at which the summary interpolates each envelope.
+        folder: the sweep folder; its ``points.jsonl`` (and ``evidence.jsonl``) files are read unless ``rows``
+            (and ``evidence``) are given.
+        kls: KLs (nats) at which the summary reports each curve's reward.
         title: plot and summary title, e.g. the task name.
-        rows: result rows, if already loaded.
+        rows, evidence: result rows / per-prompt evidence, if already loaded.
+        n_boot: bootstrap replicates.
+        commit: the git sha named in summary.md ("Made by commit ..."); default ``git_commit()``.
 
     Returns:
         ``{"points_csv", "frontier_png", "summary_md"[, "ablations_png"]}`` -> paths.
@@ -748,10 +755,12 @@ def make_report(folder: str | Path, kls: Sequence[float] = DEFAULT_KLS, title: s
     rows = load_points(folder) if rows is None else list(rows)
     if not rows:
         raise ValueError(f"{folder}: no result rows (no points.jsonl with data below it)")
+    evidence = load_evidence(folder) if evidence is None else evidence
+    commit = git_commit() if commit is None else commit
+    summary = summarize(rows, kls, evidence=evidence, n_boot=n_boot)
     paths = {"points_csv": write_points_csv(rows, folder / "points.csv")}
 
-    fig, ax = _new_axes((8.0, 5.2))
-    plot_frontier(rows, ax=ax, title=title)
+    fig = frontier_figure(rows, summary, title=title)
     paths["frontier_png"] = folder / "frontier.png"
     fig.savefig(paths["frontier_png"], dpi=150)
 
@@ -761,7 +770,7 @@ def make_report(folder: str | Path, kls: Sequence[float] = DEFAULT_KLS, title: s
         abl.savefig(paths["ablations_png"], dpi=120)
 
     paths["summary_md"] = folder / "summary.md"
-    paths["summary_md"].write_text(format_summary(summarize(rows, kls), title), encoding="utf-8")
+    paths["summary_md"].write_text(format_summary(summary, title, commit=commit), encoding="utf-8")
     return paths
 
 
@@ -786,17 +795,24 @@ def log_report_to_wandb(folder: str | Path, rows: Sequence[dict], run, title: st
     })
 
 
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    """CLI: ``python -m harness.report <folder> [--title T] [--kl 2 5 10]``; prints the written paths."""
+    """CLI: ``python -m harness.report <folder> [--title T] [--kl 2 5 10] [--n-boot 1000] [--commit SHA]``;
+    prints the written paths."""
     import matplotlib
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="sweep folder; every points.jsonl below it is read")
+    parser.add_argument("folder", type=Path, help="sweep folder; every points.jsonl / evidence.jsonl below it is read")
     parser.add_argument("--title", default=None, help="plot and summary title (e.g. the task name)")
     parser.add_argument("--kl", type=float, nargs="+", default=list(DEFAULT_KLS),
-                        help="KLs (nats) at which to report each envelope's reward")
+                        help="KLs (nats) at which to report each curve's reward")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap replicates (default %(default)s)")
+    parser.add_argument("--commit", default=None, help="git sha to name in summary.md (default: this checkout's HEAD)")
     args = parser.parse_args(argv)
-    paths = make_report(args.folder, kls=args.kl, title=args.title)
+    if args.n_boot < 1:
+        parser.error("--n-boot must be >= 1")
+    paths = make_report(args.folder, kls=args.kl, title=args.title, n_boot=args.n_boot, commit=args.commit)
     print(paths["frontier_png"])
     print(paths["summary_md"])
     return paths

@@ -112,14 +112,18 @@ def _sentence(rng: random.Random, pol: str) -> str:
 
 def generate_reviews(n: int, seed: int) -> list[str]:
     """``n`` short reviews from the seeded generator. Each review has a leaning (positive, negative or mixed)
-    that sets the odds of each sentence's polarity, so reviews differ in overall sentiment and most mix both."""
+    that sets the odds of each sentence's polarity, so reviews differ in overall sentiment and many mix both.
+
+    One or two sentences (a compound sentence can turn within itself): short enough that π_SFT finishes > 95% of
+    its completions within ``max_new_tokens`` = 32 (the data's 99th percentile is 29 tokens after a 2–8-word
+    prompt), so that no method is judged on text cut off mid-review."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         leaning = rng.choice(["pos", "neg", "mixed", "mixed"])
         odds = {"pos": (0.55, 0.15), "neg": (0.15, 0.6), "mixed": (0.3, 0.4)}[leaning]
         sents = []
-        for _ in range(rng.randint(2, 4)):
+        for _ in range(rng.randint(1, 2)):
             r = rng.random()
             pol = "pos" if r < odds[0] else ("neg" if r < odds[0] + odds[1] else "neu")
             sents.append(_sentence(rng, pol))
@@ -170,15 +174,55 @@ def _load_imdb(path: str | None, column: str) -> tuple[list[str], list[str] | No
     return train, test
 
 
+def _prompt(text: str, lo: int, hi: int, rng: random.Random) -> str | None:
+    """A prefix of ``lo``..``hi`` whitespace tokens (the paper's 2–8-token prompts) that leaves at least one word to
+    complete; None for a review too short for that ("Avoid it.")."""
+    words = text.split()
+    if len(words) <= lo:
+        return None
+    return " ".join(words[: min(rng.randint(lo, hi), len(words) - 1)])
+
+
 def _prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Random) -> list[str]:
-    """Prefixes of ``lo``..``hi`` whitespace tokens (the paper's 2–8 token prompts), one per review, cycling
-    through the reviews if more prompts than reviews are asked for."""
+    """One prompt per review long enough to give one, cycling through the reviews if more prompts than reviews are
+    asked for."""
     out = []
-    for i in range(n):
-        words = texts[i % len(texts)].split()
-        k = min(rng.randint(lo, hi), max(1, len(words) - 1))  # leave at least one word to complete
-        out.append(" ".join(words[:k]))
-    return out
+    for i in range(20 * max(n, len(texts))):
+        prompt = _prompt(texts[i % len(texts)], lo, hi, rng)
+        if prompt is not None:
+            out.append(prompt)
+            if len(out) == n:
+                return out
+    raise ConfigError(f"task.prompt_min_tokens: no training review has more than {lo} words to make a prompt from; "
+                      "lower task.prompt_min_tokens or use longer reviews")
+
+
+def heldout_prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Random, exclude: set[str]) -> list[str]:
+    """``n`` distinct prompts from held-out reviews, none of them in ``exclude`` (the training prompts).
+
+    Short prefixes repeat across reviews ("The plot was"), so a held-out review can yield a prompt that training
+    also used; such candidates are skipped, and so are repeats, so that every evaluation prompt is new to every
+    method and the bootstrap over prompts resamples independent units. Raises ConfigError when the held-out
+    reviews cannot supply ``n`` of them.
+    """
+    out: list[str] = []
+    seen = set(exclude)
+    for i in range(20 * max(n, len(texts))):  # each review is tried with several prefix lengths
+        candidate = _prompt(texts[i % len(texts)], lo, hi, rng)
+        if candidate is not None and candidate not in seen:
+            seen.add(candidate)
+            out.append(candidate)
+            if len(out) == n:
+                return out
+    raise ConfigError(f"task.n_eval_prompts: the held-out reviews give only {len(out)} distinct prompts that no training "
+                      f"prompt equals (asked for {n}); lower task.n_eval_prompts or raise task.n_heldout")
+
+
+def check_heldout(data: "TaskData") -> None:
+    """Evaluation prompts must be disjoint from every training prompt (asserted whenever a task loads)."""
+    shared = set(data.eval_prompts) & set(data.train_prompts)
+    if shared:
+        raise AssertionError(f"{len(shared)} evaluation prompts are also training prompts, e.g. {sorted(shared)[0]!r}")
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
@@ -199,9 +243,12 @@ def load_task(cfg: TaskConfig) -> TaskData:
             test, train_all = train_all[:k], train_all[k:]
         train, held = train_all[: cfg.n_train], test[: cfg.n_heldout]
     lo, hi = cfg.prompt_min_tokens, cfg.prompt_max_tokens
-    return TaskData(
+    train_prompts = _prompts(train, cfg.n_train_prompts, lo, hi, rng)
+    data = TaskData(
         train_texts=train,
         heldout_texts=held,
-        train_prompts=_prompts(train, cfg.n_train_prompts, lo, hi, rng),
-        eval_prompts=_prompts(held, cfg.n_eval_prompts, lo, hi, rng),
+        train_prompts=train_prompts,
+        eval_prompts=heldout_prompts(held, cfg.n_eval_prompts, lo, hi, rng, exclude=set(train_prompts)),
     )
+    check_heldout(data)
+    return data

@@ -32,7 +32,9 @@ class Tracker:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.points_path = self.folder / "points.jsonl"
-        self.points_path.unlink(missing_ok=True)  # a job that starts again starts its rows again (no duplicates)
+        self.evidence_path = self.folder / "evidence.jsonl"  # per-prompt means, one line per row (the report's bootstrap)
+        for path in (self.points_path, self.evidence_path):
+            path.unlink(missing_ok=True)  # a job that starts again starts its rows again (no duplicates)
         self.start = time.time()
         self.run = None
         self.run_id = name
@@ -53,9 +55,14 @@ class Tracker:
         if self.run is not None:
             self.run.log({**metrics, "train/step": step})
 
-    def log_point(self, row: dict) -> dict:
-        """Append one evaluation row (wall_s = seconds since the run started) and mirror it to W&B."""
+    def log_point(self, row: dict, evidence: dict | None = None) -> dict:
+        """Append one evaluation row (wall_s = seconds since the run started) and, when given, its per-prompt
+        evidence (``evidence.jsonl``, keyed like the row by run_id, setting and step); mirror the row to W&B."""
         row = {**row, "wall_s": round(time.time() - self.start, 3), "run_id": self.run_id}
+        if evidence is not None:
+            keys = {k: row[k] for k in ("run_id", "method", "setting", "seed", "step")}
+            with self.evidence_path.open("a") as f:
+                f.write(json.dumps({**keys, **evidence}) + "\n")
         with self.points_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.run is not None:

@@ -1,9 +1,10 @@
 """The DPO paper's baselines (Rafailov et al. 2023, §6.1, Fig. 2), on the same preference set, π_SFT and evaluator.
 
 * **Preferred-FT** (:func:`run_preferred_ft`): supervised fine-tuning of π_SFT on (prompt, chosen) with TRL's
-  ``SFTTrainer`` in prompt/completion format, so the loss is on the completion tokens (+ EOS) only. Each distinct
-  (prompt, chosen) is trained on once: in the all-pairs preference set the best of 4 samples is "chosen" in 3 pairs,
-  and repeating it would weight completions by their rank rather than treat them as the SFT targets they are.
+  ``SFTTrainer`` in prompt/completion format, so the loss is on the completion tokens (+ EOS) only. One example per
+  training pair, its chosen completion y_w, as the DPO paper's Preferred-FT: a completion that is "chosen" in several
+  pairs (in the all-pairs preference set the best of 4 samples is chosen in 3) is trained on that many times, so
+  Preferred-FT sees the same pairs, as often, as DPO and Unlikelihood.
 * **Unlikelihood** (:func:`run_unlikelihood`): our own loop over the pairs with ``losses.unlikelihood_loss``:
   token-mean NLL of y_w plus α × the token-mean −log(1 − π(y_l,t | x, y_l,<t)) of y_l (Welleck et al. 2019, eq. 4).
 * **Best-of-N** (:func:`run_best_of_n`): N samples from π_SFT per held-out prompt, keep the one the learned reward
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.evaluator import EvalPoint, sem, texts_of
+from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
 from harness.run import RunContext
 from harness.sampling import sample
 from pipelines.dpo import (
@@ -59,14 +60,14 @@ def _finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: Fronti
 
 
 def run_preferred_ft(ctx: RunContext) -> dict:
-    """SFT of π_SFT on the distinct (prompt, chosen) pairs, loss on the completion only."""
+    """SFT of π_SFT on the chosen completion of every training pair (one example per pair, duplicates kept, as the
+    DPO paper's SFT on y_w), loss on the completion only."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     cfg = ctx.cfg.pipeline
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"))
-    seen: dict[tuple[str, str], None] = dict.fromkeys(zip(train["prompt"], train["chosen"]))  # ordered, distinct
-    data = Dataset.from_dict({"prompt": [p for p, _ in seen], "completion": [c for _, c in seen]})
+    data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
     args = SFTConfig(
         output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
@@ -74,14 +75,16 @@ def run_preferred_ft(ctx: RunContext) -> dict:
         weight_decay=0.0, bf16=False, fp16=False,
         activation_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10, seed=ctx.cfg.seed,
         use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
+        include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
     )
     logs = TrackerCallback(tracker)
     trainer = SFTTrainer(model=policy, args=args, train_dataset=data, processing_class=tok,
                          callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
-    log.info("Preferred-FT on %d distinct (prompt, chosen) of %d pairs", len(data), len(train))
+    log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
     result = trainer.train()
     remove_if_empty(ctx.folder / "_trainer")
-    facts = {"steps": trainer.state.global_step, "train_examples": len(data), "train_loss": result.training_loss,
+    facts = {"steps": trainer.state.global_step, "train_pairs": len(train), "train_examples": len(trainer.train_dataset),
+             "train_loss": result.training_loss,
              "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss])}
     return _finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)
 
@@ -145,10 +148,10 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     rng = np.random.default_rng(ctx.cfg.seed)
     log.info("Unlikelihood (α=%s) on %d pairs for %d steps", cfg.alpha, len(prompts), total_steps)
 
-    policy.train()
+    policy.train()  # dropout stays off (prepare set every p to 0), as for the other methods
     evaluation(policy, step=0)
     losses: list[float] = []
-    step = 0
+    step = tokens_trained = 0
     with tqdm(total=total_steps, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
         while step < total_steps:
             order = rng.permutation(len(prompts))  # a fresh shuffle every epoch
@@ -157,6 +160,7 @@ def run_unlikelihood(ctx: RunContext) -> dict:
                 batch = pair_batch(tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
                                    cfg.max_length, ctx.device)
                 loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
+                tokens_trained += int(batch["attention_mask"].sum())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -168,11 +172,11 @@ def run_unlikelihood(ctx: RunContext) -> dict:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", nll=f"{nll_chosen.item():.3f}", ul=f"{ul_rejected.item():.3f}")
                 if step % ctx.cfg.eval.every == 0:
-                    evaluation(policy, step=step)
+                    evaluation(policy, step=step, tokens_trained=tokens_trained)
                 if step == total_steps:
                     break
     if evaluation.last_step != step:
-        evaluation(policy, step=step)
+        evaluation(policy, step=step, tokens_trained=tokens_trained)
     facts = {"alpha": cfg.alpha, "steps": step, "train_pairs": len(prompts),
              "train_loss": float(np.mean(losses)) if losses else float("nan"),
              "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses)}
@@ -221,16 +225,19 @@ def run_best_of_n(ctx: RunContext) -> dict:
     prompts, groups, n_max = ctx.task.eval_prompts, ev.samples_per_prompt, ns[-1]
     shape = (len(prompts), groups, n_max)  # prompt, group, sample: each prompt's samples are consecutive rows
     rows_prompts = [p for p in prompts for _ in range(groups * n_max)]
-    gen = torch.Generator(device=ctx.device).manual_seed(ev.seed)
-    texts, lengths, rm_scores = [], [], []
+    gen = torch.Generator(device=ctx.device).manual_seed(sampling_seed(ev.seed, ctx.cfg.seed))  # varies with the seed
+    texts, lengths, cut, rm_scores = [], [], [], []
     for i in tqdm(range(0, len(rows_prompts), ev.batch_size), desc=f"best-of-{n_max}: sampling π_SFT", unit="batch"):
         chunk = rows_prompts[i: i + ev.batch_size]
         s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
         texts += texts_of(tok, chunk, s)
         lengths.append(s.lengths().cpu())
+        cut.append((~s.ended).cpu())
         if reward_model is not None:
             rm_scores.append(score_samples(reward_model, s).cpu())  # no_grad inside
     lengths = torch.cat(lengths).numpy().reshape(shape)
+    cut = torch.cat(cut).numpy().astype(np.float64).reshape(shape)
+    prompt_index = np.repeat(np.arange(len(prompts)), groups)  # the (P, groups) kept samples, flattened
     proxy = torch.cat(rm_scores).numpy().reshape(shape) if rm_scores else None
 
     if cfg.scorer == "gold":
@@ -248,13 +255,17 @@ def run_best_of_n(ctx: RunContext) -> dict:
     for n in ns:
         pick = pick_best(scores, n)[..., None]  # (P, groups, 1)
         gold_kept = np.take_along_axis(gold, pick, -1).ravel()
+        cut_kept = np.take_along_axis(cut, pick, -1).ravel()
         point = EvalPoint(
             method=ctx.method, setting=f"N={n}", seed=ctx.cfg.seed, step=0, kl=best_of_n_kl(n), kl_sem=0.0, kl_sample=None,
-            gold_reward=float(gold_kept.mean()), gold_reward_sem=sem(gold_kept),
+            gold_reward=float(gold_kept.mean()), gold_reward_sem=clustered_sem(gold_kept, prompt_index, len(prompts)),
             proxy_reward=float(np.take_along_axis(proxy, pick, -1).mean()) if proxy is not None else None,
             response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()), wall_s=0.0, run_id=tracker.run_id,
+            truncated_frac=float(cut_kept.mean()), compute_tokens_generated=int(lengths[..., :n].sum()),  # the N drawn
+            evidence=prompt_evidence(prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)),
+                                     truncated=cut_kept),
         )
-        rows.append(tracker.log_point(point.row()))
+        rows.append(tracker.log_point(point.row(), point.evidence))
         print(f"best-of-{n:<3d} KL {point.kl:6.3f}  gold {point.gold_reward:.3f} ± {point.gold_reward_sem:.3f}"
               + (f"  RM {point.proxy_reward:.3f}" if point.proxy_reward is not None else ""))
     facts = {"method": ctx.method, "scorer": cfg.scorer, "ns": ns, "samples": len(texts),

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 from harness.config import ConfigError
 from harness.evaluator import Evaluator
-from harness.models import freeze, load_pretrained_lm
+from harness.models import disable_dropout, freeze, load_pretrained_lm
 from harness.run import RunContext
 from harness.tracking import Tracker
 from pipelines.losses import dpo_family_loss
@@ -129,10 +129,11 @@ class FrontierEvaluation:
         self.rows: list[dict] = []
         self.last_step: int | None = None
 
-    def __call__(self, policy, step: int) -> dict:
+    def __call__(self, policy, step: int, tokens_trained: int = 0) -> dict:
+        """``tokens_trained``: tokens through the policy's forward+backward so far (the offline methods sample none)."""
         point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
-                               run_id=self.tracker.run_id)
-        row = self.tracker.log_point(point.row())
+                               run_id=self.tracker.run_id, tokens_trained=tokens_trained)
+        row = self.tracker.log_point(point.row(), point.evidence)
         self.rows.append(row)
         self.last_step = step
         logging.getLogger("harness.frontier").info("%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", self.method, self.setting, step, row["gold_reward"], row["gold_reward_sem"],
@@ -152,11 +153,11 @@ class EvaluationCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self.evaluation(model, step=state.global_step)
+            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.evaluation.last_step != state.global_step:
-            self.evaluation(model, step=state.global_step)
+            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
 
 
 # The trainer's un-namespaced log keys -> our namespaces (objective/, policy/, train/); keys with a "/" (TRL's
@@ -282,6 +283,7 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
         bf16=False, fp16=False, activation_checkpointing=False, report_to="none", save_strategy="no",
         logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
     )
 
@@ -303,9 +305,11 @@ def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, outpu
 def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS):
     """What every method trained on the preference set needs (DPO family, Preferred-FT, Unlikelihood): π_SFT to
     train, checked pairs, a frozen π_ref, the tracker and the evaluation — in that order, so bad data stops the job
-    before a tracker or run folder exists."""
+    before a tracker or run folder exists. The policy comes with dropout off (``disable_dropout``), as PPO's does:
+    every method trains π_SFT under the same conditions, whichever trainer puts it in train mode."""
     cfg = ctx.cfg.pipeline
     policy, tok, sft = load_sft(ctx)
+    policy = disable_dropout(policy)
     check_max_length(cfg.max_length, policy)
     train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
     reference = load_frozen_reference(sft.path, tok, ctx.device)

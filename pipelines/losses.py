@@ -58,7 +58,7 @@ __all__ = [
     "sequence_logps",
 ]
 
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("k1", "k3")  # estimates of the KL's value; only k1 may be a reward (see kl_penalty)
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
 
 # Added to a variance before taking its inverse square root, so that whitening a constant batch gives 0, not NaN.
@@ -167,7 +167,10 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     With p = pi(y_t | s_t), q = ref(y_t | s_t) and r = q / p (Schulman, "Approximating KL Divergence"):
       * ``"k1"``: log p - log q = -log r. Unbiased, can be negative on single tokens, high variance.
         This is the term Ziegler et al. 2019 / Huang et al. 2024 put in the PPO reward.
-      * ``"k3"``: (r - 1) - log r. Unbiased and >= 0 for every token (since log r <= r - 1), lower variance.
+      * ``"k3"``: (r - 1) - log r. An unbiased estimate of the KL's value, >= 0 for every token (since
+        log r <= r - 1), lower variance. A diagnostic only, never a reward: a reward's gradient is the score
+        function E[k ∇log pi], which is ∇KL for k1 but not for k3 (E[k3 ∇log pi] = ∇KL + E_ref[∇log pi]; verl
+        PR #2953, OpenRLHF PR #1309, arXiv:2512.21852; ``tests/test_losses.py`` checks both).
 
     Args:
         logprobs: (B, T) log pi of the sampled tokens.

@@ -7,15 +7,20 @@ Four roles, each its own model (Huang et al. 2024, "The N+ Implementation Detail
 * ``reward``    the frozen scorer of whole responses: the Bradley–Terry r_φ for ``ppo``, the gold reward on the
                 decoded prompt + response for ``ppo_gt``;
 * ``critic``    V_ψ, a scalar-head model evaluated at *every* response position; initialised from r_φ for ``ppo``
-                and from π_SFT's backbone (fresh head) for ``ppo_gt``; trained with its own optimiser.
+                (its head rescaled to the normalised score, ``normalised_head``) and from π_SFT's backbone (fresh
+                head) for ``ppo_gt``; trained with its own optimiser.
+
+Policy and critic train with dropout off, as every other method's policy (``harness.models.disable_dropout``).
 
 One update (``PPO.step``):
 
 1. rollout, each model run once over the batch: sample one response per prompt from π_θ (temperature,
    ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each response position;
-   the score ((r_φ − mean) / std of r_φ on π_SFT samples, minus ``missing_eos_penalty`` if no EOS); per-token
-   rewards r_t = −β·KL_t, plus the score at the last response token; GAE; whitened advantages. Only the
-   first minibatch of epoch 0 keeps its autograd graph (``FirstPass``): the update starts from it;
+   the score ((r_φ − mean) / std of r_φ on π_SFT samples, r_φ read at EOS, appended to a truncated response as
+   in r_φ's training; minus ``missing_eos_penalty``, 0 by default, if no EOS); per-token rewards r_t = −β·KL_t
+   (k1, the only estimator unbiased in a reward), plus the score at the last response token; GAE; whitened
+   advantages. Only the first minibatch of epoch 0 keeps its autograd graph (``FirstPass``): the update starts
+   from it;
 2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``).
@@ -36,7 +41,7 @@ import numpy as np
 import torch
 
 from harness.evaluator import Evaluator, texts_of
-from harness.models import freeze, load_pretrained_lm, load_scalar_model
+from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model
 from harness.run import RunContext
 from harness.sampling import Samples, positions, response_logits, sample
 from pipelines import losses as L
@@ -56,8 +61,9 @@ _MIN_SCORE_STD = 1e-2
 
 
 class RewardModelScore:
-    """The ``ppo`` reward role: frozen r_φ(prompt + response), read at the last non-pad token (the EOS of a
-    finished response, where the RM was trained to put its score)."""
+    """The ``ppo`` reward role: frozen r_φ(prompt + response + EOS), read at that EOS, where the RM was trained to put
+    its score. A finished response already ends in EOS; a truncated one gets it appended (``with_eos``), as TRL's
+    RewardTrainer and ``TextScorer`` append EOS to every completion, so r_φ never scores a sequence unlike its data."""
 
     def __init__(self, model) -> None:
         self.model = use_fused_gelu(freeze(model))
@@ -65,7 +71,20 @@ class RewardModelScore:
     def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
         from pipelines.reward_model import score_samples
 
-        return score_samples(self.model, s)
+        return score_samples(self.model, with_eos(s, self.model.config.eos_token_id, self.model.config.pad_token_id))
+
+
+def with_eos(s: Samples, eos_id: int, pad_id: int) -> Samples:
+    """``s`` with one more response column: EOS right after the last real token of each truncated row (``ended``
+    False), padding (mask 0) elsewhere. Finished rows keep their tokens, so their scores do not change. -> (B, T+1)"""
+    B = s.response.shape[0]
+    response = torch.cat([s.response, s.response.new_full((B, 1), pad_id)], dim=1)
+    mask = torch.cat([s.response_mask, s.response_mask.new_zeros(B, 1)], dim=1)
+    rows = (~s.ended).nonzero().squeeze(-1)
+    at = s.response_mask[rows].sum(-1).long()  # first column after the real tokens
+    response[rows, at] = eos_id
+    mask[rows, at] = 1
+    return Samples(s.query, s.query_mask, response, mask, s.ended, s.prompt_index)
 
 
 class GoldScore:
@@ -101,7 +120,7 @@ class Rollout:
     ref_logprobs: torch.Tensor  # (B, T) log π_ref(y_t | s_t)
     values: torch.Tensor  # (B, T) V_old(s_t), the critic at the position that predicts y_t; 0 on padding
     scores: torch.Tensor  # (B,) reward-role score, normalised, minus the missing-EOS penalty
-    kl: torch.Tensor  # (B, T) per-token KL estimate in the reward (k1 or k3), 0 on padding
+    kl: torch.Tensor  # (B, T) per-token KL estimate in the reward (k1), 0 on padding
     rewards: torch.Tensor  # (B, T) −β·KL_t, plus the score at the last real token; 0 on padding
     advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch; 0 on padding
     returns: torch.Tensor  # (B, T) λ-returns, the critic's targets; 0 on padding
@@ -181,9 +200,10 @@ class PPO:
         for m in (policy, reference, critic):
             use_fused_gelu(m)
         # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
-        # the ratio is noise. Eval mode does not stop gradients.
-        self.policy.eval()
-        self.critic.eval()
+        # the ratio is noise. Eval mode does not stop gradients; disable_dropout also keeps it off if anything calls
+        # train(), and in the saved policy's config, as for every other method (pipelines/dpo.py ``prepare``).
+        disable_dropout(self.policy).eval()
+        disable_dropout(self.critic).eval()
         self.device = next(policy.parameters()).device
         # Adam's eps=1e-5 as in OpenAI's RLHF code (Huang et al. 2024); no weight decay.
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
@@ -227,8 +247,8 @@ class PPO:
         raw = self.reward(s, prompts).float()  # (B,)
         if self.score_norm is None:
             self.score_norm = (raw.mean().item(), max(raw.std().item(), _MIN_SCORE_STD))
-        # Score normalisation, then the missing-EOS penalty (Huang et al. 2024): a response cut at max_new_tokens
-        # is scored as if it were worse, so the policy learns to finish.
+        # Score normalisation, then the optional missing-EOS penalty (Huang et al. 2024; 0 by default, see
+        # PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
         mean, std = self.score_norm
         scores = (raw - mean) / std - cfg.missing_eos_penalty * (~s.ended).float()
 
@@ -241,8 +261,11 @@ class PPO:
         advantages = L.masked_whiten(advantages, mask)
 
         seq_kl = L.masked_sum(logprobs - ref_logprobs, mask, dim=-1)  # (B,) k1 sequence KL, what target_kl refers to
+        # k3 (>= 0 per token, lower variance) only as a diagnostic of the same KL: as a reward it would be biased.
+        seq_kl_k3 = L.masked_sum(L.kl_penalty(logprobs, ref_logprobs, "k3"), mask, dim=-1)
         stats = {
             "objective/kl": seq_kl.mean().item(),
+            "objective/kl_k3": seq_kl_k3.mean().item(),
             "objective/scores": scores.mean().item(),
             "objective/rlhf_reward": (scores - beta * kl.sum(-1)).mean().item(),
             "objective/non_score_reward": (-beta * kl.sum(-1)).mean().item(),
@@ -250,6 +273,7 @@ class PPO:
             "rewards/raw_score": raw.mean().item(),
             "rewards/missing_eos_frac": (~s.ended).float().mean().item(),
             "rewards/response_tokens": mask.sum(-1).mean().item(),
+            "compute/tokens_generated": int(mask.sum().item()),
             "val/explained_variance": L.explained_variance(values, returns, mask).item(),
             "val/mean": L.masked_mean(values, mask).item(),
             "kl_coef": beta,
@@ -263,6 +287,7 @@ class PPO:
         cfg = self.cfg
         B = ro.masks.shape[0]
         size = B // cfg.num_minibatches
+        tokens_trained = 0
         acc: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
                                                         "val/clipfrac", "policy/entropy")}
         for epoch in range(cfg.ppo_epochs):
@@ -300,7 +325,9 @@ class PPO:
                 for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
                              ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
                     acc[k].append(v.item())
-        return {k: float(np.mean(v)) for k, v in acc.items() if v}
+                # policy and critic each run forward+backward over the minibatch's prompt + response tokens
+                tokens_trained += 2 * int(mb.samples.attention_mask.sum().item())
+        return {**{k: float(np.mean(v)) for k, v in acc.items() if v}, "compute/tokens_trained": tokens_trained}
 
     def step(self, prompts: list[str]) -> dict:
         """One PPO iteration on ``prompts`` (one episode each); returns the metrics of this update."""
@@ -334,6 +361,23 @@ class Roles:
         return PPO(self.policy, self.reference, self.critic, self.reward, self.tok, cfg, score_norm=self.score_norm, seed=seed)
 
 
+def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linear:
+    """A new scalar head that outputs (head(h) − mean) / std: weight w / std, bias (b − mean) / std.
+
+    The ``ppo`` critic starts as r_φ (Huang et al. 2024), but its targets are returns of the normalised score
+    (r_φ − mean) / std, and the raw head is on another scale (std 1.78 on the default RM, 0.03 on the tests' tiny
+    one): rescaled, the critic's first values are the normalised scores themselves. GPT-2's head has no bias, so the
+    new one always has one (same dtype and device as ``head``).
+    """
+    w = head.weight.detach()
+    b = head.bias.detach() if head.bias is not None else torch.zeros(head.out_features, dtype=w.dtype, device=w.device)
+    out = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        out.weight.copy_(w / std)
+        out.bias.copy_((b - mean) / std)
+    return out
+
+
 def build_roles(ctx: RunContext) -> Roles:
     """Load the four roles for ``ctx.cfg.pipeline`` (``ppo`` or ``ppo_gt``) from the stage cache (building stages
     that are missing)."""
@@ -349,6 +393,8 @@ def build_roles(ctx: RunContext) -> Roles:
         critic = load_scalar_model(ensure_reward_model(ctx).path, tok)  # Huang et al.: critic initialised from r_φ
         # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
         norm = (facts["sft_score_mean"], facts["sft_score_std"])
+        if cfg.normalize_scores:  # the critic predicts returns of the normalised score: start it on that scale
+            critic.score = normalised_head(critic.score, *norm)
         reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
     else:
         critic = load_scalar_model(sft.path, tok)  # π_SFT's backbone, fresh scalar head
@@ -375,7 +421,13 @@ def run(ctx: RunContext) -> dict:
     tracker = ctx.tracker()
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
-    points = [tracker.log_point(evaluator(policy, step=0, **point_args).row())]
+    compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
+
+    def evaluate(step: int) -> dict:
+        point = evaluator(policy, step=step, **point_args, **compute)
+        return tracker.log_point(point.row(), point.evidence)
+
+    points = [evaluate(0)]
     log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
 
     t0 = time.time()
@@ -384,6 +436,8 @@ def run(ctx: RunContext) -> dict:
         bar = tqdm(range(1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update", mininterval=1.0)
         for update in bar:
             stats = ppo.step(next_prompts())
+            compute["tokens_generated"] += stats["compute/tokens_generated"]
+            compute["tokens_trained"] += stats["compute/tokens_trained"]
             tracker.log(stats, step=update)
             update_log.write(json.dumps({"update": update, **stats}) + "\n")
             bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
@@ -391,7 +445,7 @@ def run(ctx: RunContext) -> dict:
             if not all(np.isfinite(stats[k]) for k in ("loss/policy", "loss/value")):
                 raise FloatingPointError(f"{ctx.method}: non-finite loss at update {update}: {stats}")
             if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
-                points.append(tracker.log_point(evaluator(policy, step=update, **point_args).row()))
+                points.append(evaluate(update))
         bar.close()
     train_s = time.time() - t0
 

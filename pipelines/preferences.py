@@ -1,6 +1,13 @@
 """Stage 2: the preference set. 4 completions per training prompt from π_SFT, scored by the gold reward, all 6 pairs
 per prompt; the preferred one is the higher gold score (or a Bradley–Terry draw). Cached; shared by the reward model,
-DPO and every baseline, so the two sides of the comparison learn from the very same pairs."""
+DPO and every baseline, so the two sides of the comparison learn from the very same pairs.
+
+A completion cut off at ``max_new_tokens`` enters the pairs as its text, like any other: the gold reward scores its
+text, TRL's reward and DPO trainers append EOS to it, and PPO scores its own truncated rollouts with EOS appended too
+(``pipelines.ppo.RewardModelScore``); the pairs record which completions were cut (``*_truncated``).
+
+Seeds: ``stage_seed`` (``task.seed``, or the run's seed with ``stages_per_seed=true``) seeds the sampling, the
+Bradley–Terry labels and the split, and is part of the cache key."""
 
 from __future__ import annotations
 
@@ -45,7 +52,8 @@ def make_pairs(scores: np.ndarray, cfg: PreferencesConfig, rng: np.random.Genera
 def preferences_identity(ctx: RunContext) -> dict:
     t = ctx.cfg.task
     prompts = {k: getattr(t, k) for k in ("n_train_prompts", "prompt_min_tokens", "prompt_max_tokens", "seed")}
-    return stage_fingerprint("preferences", ensure_sft(ctx).key, prompts, ctx.cfg.preferences, ctx.cfg.gold)
+    return stage_fingerprint("preferences", ensure_sft(ctx).key, prompts, ctx.cfg.preferences, ctx.cfg.gold,
+                             {"stage_seed": ctx.cfg.stage_seed})
 
 
 @torch.no_grad()
@@ -56,21 +64,27 @@ def _build(ctx: RunContext, out: Path) -> dict:
     policy, tok, _ = load_sft(ctx)
     prompts = ctx.task.train_prompts
     k = cfg.samples_per_prompt
-    gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.task.seed)
+    gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.stage_seed)
     per_batch = max(1, cfg.batch_size // k)
     completions: list[str] = []
+    truncated: list[bool] = []
     for i in tqdm(range(0, len(prompts), per_batch), desc="preferences: sampling π_SFT", unit="batch"):
         s = sample(policy, tok, prompts[i:i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
         completions += response_texts(tok, s)
+        truncated += (~s.ended).tolist()
     texts = [prompts[i // k] + c for i, c in enumerate(completions)]
     scores = np.asarray(ctx.gold(texts)).reshape(len(prompts), k)
-    rng = np.random.default_rng(ctx.cfg.task.seed)
+    cut = np.array(truncated).reshape(len(prompts), k)
+    rng = np.random.default_rng(ctx.cfg.stage_seed)
     pairs = make_pairs(scores, cfg, rng)
     comp = np.array(completions, dtype=object).reshape(len(prompts), k)
     # Split by prompt, so the validation pairs (reward-model accuracy) share no prompt with the training pairs.
-    order = rng.permutation(len(prompts))
-    held = set(order[: max(1, int(round(cfg.eval_fraction * len(prompts))))].tolist())
-    cols = {name: {"prompt": [], "chosen": [], "rejected": [], "chosen_score": [], "rejected_score": []} for name in ("train", "test")}
+    # Held-out prompts are drawn among those that gave a pair, so that neither split is empty when ties are common.
+    with_pairs = np.array(sorted({p for p, _, _ in pairs}), dtype=int)
+    n_held = max(1, int(round(cfg.eval_fraction * len(with_pairs)))) if len(with_pairs) > 1 else 0
+    held = set(rng.permutation(with_pairs)[:n_held].tolist())
+    names = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "chosen_truncated", "rejected_truncated")
+    cols = {split: {n: [] for n in names} for split in ("train", "test")}
     for p, c, r in pairs:
         d = cols["test" if p in held else "train"]
         d["prompt"].append(prompts[p])
@@ -78,13 +92,16 @@ def _build(ctx: RunContext, out: Path) -> dict:
         d["rejected"].append(comp[p, r])
         d["chosen_score"].append(float(scores[p, c]))
         d["rejected_score"].append(float(scores[p, r]))
+        d["chosen_truncated"].append(bool(cut[p, c]))
+        d["rejected_truncated"].append(bool(cut[p, r]))
     DatasetDict({k2: Dataset.from_dict(v) for k2, v in cols.items()}).save_to_disk(str(out / "pairs"))
     # π_SFT samples on the training prompts with their gold scores: the reward model normalises against these.
     Dataset.from_dict({"text": texts, "gold": scores.reshape(-1).tolist()}).save_to_disk(str(out / "sft_samples"))
     n_train, n_test = len(cols["train"]["prompt"]), len(cols["test"]["prompt"])
     correct = np.mean([scores[p, c] > scores[p, r] for p, c, r in pairs]) if pairs else float("nan")
     return {"pairs_train": n_train, "pairs_test": n_test, "prompts": len(prompts), "gold_mean": float(scores.mean()),
-            "gold_std": float(scores.std()), "label_agreement_with_gold": float(correct)}
+            "gold_std": float(scores.std()), "label_agreement_with_gold": float(correct),
+            "truncated_frac": float(cut.mean()), "stage_seed": ctx.cfg.stage_seed}
 
 
 def ensure_preferences(ctx: RunContext) -> Artifact:
@@ -104,5 +121,6 @@ def run(ctx: RunContext) -> dict:
     facts = art.manifest()["facts"]
     print(f"preference set: {art.path}  ({'reused' if art.reused else 'built'})")
     print(f"pairs: {facts['pairs_train']} train + {facts['pairs_test']} validation from {facts['prompts']} prompts; "
-          f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs")
+          f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs; "
+          f"{100 * facts['truncated_frac']:.1f}% of π_SFT's completions reached max_new_tokens without EOS")
     return {**facts, "path": str(art.path), "reused": art.reused}

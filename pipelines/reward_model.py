@@ -54,7 +54,8 @@ class TextScorer:
 
 
 def reward_model_identity(ctx: RunContext) -> dict:
-    return stage_fingerprint("reward_model", ensure_preferences(ctx).key, ctx.cfg.reward_model)
+    return stage_fingerprint("reward_model", ensure_preferences(ctx).key, ctx.cfg.reward_model,
+                             {"stage_seed": ctx.cfg.stage_seed})
 
 
 def _build(ctx: RunContext, out: Path) -> dict:
@@ -75,7 +76,7 @@ def _build(ctx: RunContext, out: Path) -> dict:
         center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False,
         activation_checkpointing=False,  # TRL defaults it on: pure cost here
         report_to=[],
-        save_strategy="no", logging_steps=25, seed=ctx.cfg.task.seed, use_cpu=ctx.device.type == "cpu",
+        save_strategy="no", logging_steps=25, seed=ctx.cfg.stage_seed, use_cpu=ctx.device.type == "cpu",
         dataloader_num_workers=0,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs["train"].select_columns(cols), processing_class=tok)

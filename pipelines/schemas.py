@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.config import ConfigError, _in_unit, _positive, _require
+from harness.config import MAX_NEW_TOKENS, ConfigError, _in_unit, _positive, _require
 
 
 @dataclass
@@ -43,7 +43,11 @@ class RewardModelPipeline(PipelineBase):
     name: str = "reward_model"
 
 
-KL_ESTIMATORS = ("k1", "k3")
+# The KL estimators PPO may put into the per-token reward. Only k1: a reward is differentiated through the score
+# function, E[k ∇log π], and that equals ∇KL(π‖π_ref) for k1 only; k3 is an unbiased estimate of the KL's *value*
+# but biased as a reward (tests/test_losses.py shows it; verl PR #2953, OpenRLHF PR #1309, arXiv:2512.21852), so it
+# is logged as objective/kl_k3 and never trained on. The field stays, for an estimator that is unbiased there.
+KL_ESTIMATORS = ("k1",)
 
 
 @dataclass
@@ -67,11 +71,14 @@ class PPOPipeline(PipelineBase):
     gamma: float = 1.0
     lam: float = 0.95
     kl_coef: float = 0.05  # β_KL; the initial value when target_kl is set
-    kl_estimator: str = "k1"
+    kl_estimator: str = "k1"  # of the KL in the reward; k1 only (see KL_ESTIMATORS: k3 is biased there)
     target_kl: float | None = None  # sequence-KL target of the adaptive controller (Ziegler et al. 2019); null = fixed β
     horizon: int = 256  # episodes; β moves ≤ 20% per horizon. Ziegler et al. used 10000 on far longer runs
-    missing_eos_penalty: float = 1.0  # subtracted from the score of responses with no EOS
-    max_new_tokens: int = 24
+    # Subtracted from the (normalised) score of responses with no EOS. 0 by default, so PPO optimises the same
+    # objective the other methods are compared on: the gold reward never penalises a truncated response and DPO never
+    # sees such a penalty; a truncated response is scored by r_φ with EOS appended, as r_φ was trained.
+    missing_eos_penalty: float = 0.0
+    max_new_tokens: int = MAX_NEW_TOKENS  # as the preference set and the evaluator
     temperature: float = 1.0
     whiten_rewards: bool = False
     normalize_scores: bool = True  # (score − mean) / std over π_SFT samples: stored with the RM; ppo_gt: first rollout
@@ -90,6 +97,9 @@ class PPOPipeline(PipelineBase):
         _in_unit(self, p, "gamma", "lam")
         _require(self.batch_size % self.num_minibatches == 0, "pipeline.num_minibatches",
                  f"{self.num_minibatches} minibatches do not divide pipeline.batch_size={self.batch_size}", "pick a divisor of the batch size")
+        _require(self.kl_estimator != "k3", "pipeline.kl_estimator",
+                 "k3 in the reward is biased (its score-function gradient is not ∇KL; only k1's is)",
+                 "use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
         _require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", f"choose one of {', '.join(KL_ESTIMATORS)}")
         if self.target_kl is not None:
             _positive(self, p, "target_kl")
@@ -155,7 +165,7 @@ class DPOPipeline(PipelineBase):
 
 @dataclass
 class PreferredFTPipeline(PipelineBase):
-    """Supervised fine-tuning of π_SFT on (prompt, chosen) only: each distinct preferred completion once."""
+    """Supervised fine-tuning of π_SFT on (prompt, chosen) of every preference pair (SFT on y_w, as the DPO paper)."""
 
     name: str = "preferred_ft"
     learning_rate: float = 3e-4

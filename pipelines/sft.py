@@ -92,15 +92,17 @@ def run(ctx: RunContext) -> dict:
     tracker = ctx.tracker()
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval)
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
-    tracker.log_point(point.row())
+    tracker.log_point(point.row(), point.evidence)
     gold = np.asarray(ctx.gold(evaluator.last_texts))
     facts = {**art.manifest()["facts"], "checkpoint": str(art.path), "gold_mean": float(gold.mean()),
-             "gold_std": float(gold.std()), "kl_to_self": point.kl, "reused": art.reused}
+             "gold_std": float(gold.std()), "kl_to_self": point.kl, "truncated_frac": point.truncated_frac,
+             "reused": art.reused}
     tracker.summary(facts)
     tracker.finish()
     print(f"π_SFT checkpoint: {art.path}  ({'reused' if art.reused else 'trained'})")
     print(f"held-out perplexity {facts['heldout_perplexity']:.2f}; gold reward of samples on held-out prompts: "
-          f"mean {facts['gold_mean']:.3f}, std {facts['gold_std']:.3f}; KL(π_SFT‖π_ref) = {point.kl:.2e}")
+          f"mean {facts['gold_mean']:.3f}, std {facts['gold_std']:.3f}; KL(π_SFT‖π_ref) = {point.kl:.2e}; "
+          f"{100 * point.truncated_frac:.1f}% of samples reached max_new_tokens without EOS")
     for text in evaluator.last_texts[: ctx.cfg.pipeline.show_samples]:
         print(f"  sample: {text}")
     return facts

@@ -15,10 +15,11 @@ def test_reviews_are_seeded_varied_and_split():
     t = load_task(TaskConfig(n_train=300, n_heldout=50, n_train_prompts=40, n_eval_prompts=20))
     assert len(t.train_texts) == 300 and len(t.heldout_texts) == 50
     assert not set(t.train_texts) & set(t.heldout_texts) or len(set(t.heldout_texts) - set(t.train_texts)) > 40
-    for p, src in ((t.eval_prompts, t.heldout_texts), (t.train_prompts, t.train_texts)):
-        for i, prompt in enumerate(p):
-            assert 2 <= len(prompt.split()) <= 8
-            assert src[i % len(src)].startswith(prompt)
+    for prompt in t.train_prompts:  # prefixes of training reviews that leave at least one word to complete
+        assert 2 <= len(prompt.split()) <= 8
+        assert any(r.startswith(prompt) and len(r.split()) > len(prompt.split()) for r in t.train_texts)
+    for prompt in t.eval_prompts:  # prefixes of held-out reviews (skipping those a training prompt equals)
+        assert 2 <= len(prompt.split()) <= 8 and any(h.startswith(prompt) for h in t.heldout_texts)
 
 
 def test_cache_builds_once_and_reuses(tmp_path):

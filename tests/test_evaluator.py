@@ -112,3 +112,24 @@ def test_evaluator_sampled_estimate_within_3_sem_and_self_kl_is_zero(tiny):
     assert 0 <= point.gold_reward <= 1 and 1 <= point.response_tokens <= T
     same = ev(copy.deepcopy(ref), method="test", setting="", seed=0, step=0, run_id="r")
     assert same.kl == 0.0 and same.kl_sample == 0.0
+
+
+def test_exact_kl_at_the_sampling_temperature_matches_brute_force(tiny):
+    """At T = 0.7 the evaluator samples from softmax(logits / T); its KL is between the tempered policy and the
+    tempered reference, equal to the whole-response KL of those two distributions."""
+    from harness.kl import token_logprobs
+    from harness.sampling import response_logits
+
+    tok, policy, ref = tiny
+    temp = 0.7
+    s = enumerated_samples(tok, "a b")
+    with torch.no_grad():
+        logp = (token_logprobs(response_logits(policy, s, temp), s.response) * s.response_mask).sum(-1)
+        logq = (token_logprobs(response_logits(ref, s, temp), s.response) * s.response_mask).sum(-1)
+    prob = logp.exp()
+    assert abs(float(prob.sum()) - 1.0) < 1e-5
+    brute = float((prob * (logp - logq)).sum())
+    exact, _ = kl_stats(policy, ref, s, batch_size=7, temperature=temp)
+    assert abs(float((prob.double() * torch.from_numpy(exact).double()).sum()) - brute) < 1e-5
+    exact_t1, _ = kl_stats(policy, ref, s, batch_size=7)
+    assert abs(float((prob.double() * torch.from_numpy(exact_t1).double()).sum()) - brute) > 1e-2  # T matters here

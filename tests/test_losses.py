@@ -97,6 +97,37 @@ def test_k3_is_never_negative():
     assert set(L.KL_ESTIMATORS) == {"k1", "k3"}
 
 
+def test_only_k1_is_an_unbiased_kl_reward():
+    """Why PPO puts only k1 into the reward (pipelines/schemas.py refuses kl_estimator=k3).
+
+    A reward k(y) is differentiated through the score function: the policy gradient of E_π[−β k] is −β E_π[k ∇log π].
+    On a 5-outcome softmax policy π_θ against a fixed reference q, every outcome enumerated (the exact expectation,
+    no sampling noise):
+      k1 = log π − log q:  E_π[k1 ∇log π] = Σ_y ∇π (log π − log q) = ∇KL(π‖q), since Σ_y π ∇log π = ∇Σ π = 0;
+      k3 = q/π − 1 − log(q/π):  E_π[k3 ∇log π] = Σ_y q ∇log π − 0 + ∇KL = ∇KL + E_q[∇log π], and for a softmax
+           ∇_θ log π(y) = e_y − π, so the bias E_q[e_y − π] = q − π is not 0 unless π = q.
+    Both are unbiased estimates of the KL's *value*: E_π[k1] = E_π[k3] = KL(π‖q).
+    """
+    theta = t([0.3, -1.2, 0.8, 0.1, -0.4]).requires_grad_(True)
+    logq = torch.log_softmax(t([-0.5, 0.9, 0.2, -1.0, 0.4]), -1)
+    logp = torch.log_softmax(theta, -1)
+    p, q = logp.exp(), logq.exp()
+    kl = (p * (logp - logq)).sum()
+    (exact,) = torch.autograd.grad(kl, theta, retain_graph=True)  # ∇_θ KL(π_θ‖q)
+
+    def score_function_gradient(estimator: str) -> torch.Tensor:
+        k = L.kl_penalty(logp.detach()[None], logq[None], estimator)[0]  # (5,) the reward's KL term, no gradient
+        (g,) = torch.autograd.grad((p.detach() * k * logp).sum(), theta, retain_graph=True)  # E_π[k ∇log π]
+        return g
+
+    close(score_function_gradient("k1"), exact, atol=1e-12)
+    k3_grad = score_function_gradient("k3")
+    close(k3_grad - exact, q - p, atol=1e-12)
+    assert (k3_grad - exact).abs().max() > 0.1  # not a rounding error: biased
+    for estimator in ("k1", "k3"):  # as estimates of the value, both are fine
+        close((p * L.kl_penalty(logp[None], logq[None], estimator)[0]).sum(), kl, atol=1e-12)
+
+
 def test_kl_unknown_estimator_raises():
     with pytest.raises(ValueError, match="estimator"):
         L.kl_penalty(t([[0.0]]), t([[0.0]]), "k2")

@@ -16,7 +16,7 @@ from harness.evaluator import EvalPoint
 from harness.run import RunContext
 from tests.conftest import compose
 
-ROW_KEYS = set(EvalPoint.__dataclass_fields__)
+ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence goes to evidence.jsonl
 # A few small updates: enough to move every trained role, seconds per run.
 SMALL = ["pipeline.updates=3", "pipeline.batch_size=16", "pipeline.max_new_tokens=12", "eval.every=2", "threads=1"]
 
@@ -140,6 +140,82 @@ def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
             torch.testing.assert_close(values[0, t], pooled, atol=1e-5, rtol=1e-5)
 
 
+def responses(tok, prompt: list[int], rows: list[list[int]], ended: list[bool]):
+    """``Samples`` of one prompt (token ids) and the given responses (+ EOS where ``ended``), right-padded."""
+    from harness.sampling import Samples
+
+    rows = [r + [tok.eos_token_id] * e for r, e in zip(rows, ended)]
+    T = max(len(r) for r in rows)
+    B, P = len(rows), len(prompt)
+    return Samples(query=torch.tensor([prompt] * B), query_mask=torch.ones(B, P, dtype=torch.long),
+                   response=torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows]),
+                   response_mask=torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in rows]),
+                   ended=torch.tensor(ended), prompt_index=torch.zeros(B, dtype=torch.long))
+
+
+def test_critic_starts_at_the_normalised_reward_model_score(cache, tmp_path):
+    """The ``ppo`` critic is r_φ with its head rescaled: at the EOS of a finished response (where r_φ puts its score)
+    and at every earlier position, its value is (r_φ − mean) / std, the scale of the returns it is trained on."""
+    from pipelines.ppo import build_roles, critic_values
+
+    ctx = context("ppo", cache, tmp_path)
+    roles = build_roles(ctx)
+    roles.ppo(ctx.cfg.pipeline)  # as in a run (fused GELU in every role, dropout off)
+    critic, rm, tok = roles.critic, roles.reward.model, roles.tok
+    mean, std = roles.score_norm
+    assert abs(std - 1.0) > 0.1, "the tiny RM's raw scale must differ from the normalised one for this test to bite"
+    ids = tok("The plot was great and the cast", add_special_tokens=False)["input_ids"]
+    s = responses(tok, ids[:3], [ids[3:]], ended=[True])
+    seq = s.sequences  # prompt + response + EOS
+    with torch.no_grad():
+        at_eos = critic(input_ids=seq).logits[0, 0]  # pooled at the last token: the EOS
+        expected = (rm(input_ids=seq).logits[0, 0] - mean) / std
+        torch.testing.assert_close(at_eos, expected, atol=1e-5, rtol=1e-5)
+        values = critic_values(critic, s)[0]  # V at the state before each response token
+        for t in range(s.response.shape[1]):
+            prefix = seq[:, :s.query.shape[1] + t]
+            torch.testing.assert_close(values[t], (rm(input_ids=prefix).logits[0, 0] - mean) / std, atol=1e-5, rtol=1e-5)
+
+
+def test_normalised_head_without_normalisation_is_the_same_head():
+    from pipelines.ppo import normalised_head
+
+    head = torch.nn.Linear(4, 1, bias=False)
+    h = torch.randn(3, 4)
+    same = normalised_head(head, 0.0, 1.0)
+    torch.testing.assert_close(same(h), head(h))
+    scaled = normalised_head(head, 0.5, 2.0)
+    torch.testing.assert_close(scaled(h), (head(h) - 0.5) / 2.0)
+    assert scaled.weight.dtype == head.weight.dtype and scaled.bias is not None
+
+
+def test_reward_model_scores_a_truncated_response_with_eos_appended(cache, tmp_path):
+    """r_φ was trained on completions + EOS (TRL's RewardTrainer appends it), so a truncated response (no EOS) is
+    scored with EOS appended; a finished one, in the same batch, is scored as before, at its own EOS."""
+    from pipelines.ppo import build_roles
+    from pipelines.reward_model import score_samples
+
+    ctx = context("ppo", cache, tmp_path)
+    roles = build_roles(ctx)
+    rm, tok = roles.reward.model, roles.tok
+    ids = tok("The plot was great and the cast", add_special_tokens=False)["input_ids"]
+    prompt, response = ids[:3], ids[3:]
+    assert len(response) > 3
+    # row 0: truncated, no EOS, fills the batch's width; row 1: finished after 2 tokens (+ EOS), then padding
+    s = responses(tok, prompt, [response, response[:2]], ended=[False, True])
+    eos = [tok.eos_token_id]
+
+    scores = roles.reward(s, [tok.decode(prompt)] * 2)
+    with torch.no_grad():
+        truncated_plus_eos = rm(input_ids=torch.tensor([prompt + response + eos])).logits[0, 0]
+        finished_at_eos = rm(input_ids=torch.tensor([prompt + response[:2] + eos])).logits[0, 0]
+        unchanged = score_samples(rm, s)  # the scores before: at the last non-pad token
+    torch.testing.assert_close(scores[0], truncated_plus_eos, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores[1], finished_at_eos, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores[1], unchanged[1], atol=1e-5, rtol=1e-5)
+    assert (scores[0] - unchanged[0]).abs() > 1e-5, "appending EOS must change what r_φ reads"
+
+
 # --------------------------------------------------------------------------------- rewards inside a real rollout
 def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, tmp_path):
     from pipelines.ppo import build_roles
@@ -164,12 +240,14 @@ def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, 
     assert s.ended.any() and (~s.ended).any() and (lengths < T).any(), "need finished, padded and truncated rows"
     beta = ctx.cfg.pipeline.kl_coef
 
-    # The score: r_φ read at the last non-pad token of prompt + response, standardised with its statistics on π_SFT
-    # samples, minus the missing-EOS penalty.
+    # The score: r_φ read at the EOS of prompt + response (appended to a truncated one, as in r_φ's training),
+    # standardised with its statistics on π_SFT samples, minus the missing-EOS penalty (0 by default).
     mean, std = roles.score_norm
+    assert ctx.cfg.pipeline.missing_eos_penalty == 0.0
+    eos = torch.tensor([tok.eos_token_id])
     for b in range(len(lengths)):
         q = s.query[b][s.query_mask[b].bool()]
-        seq = torch.cat([q, s.response[b, :lengths[b]]]).unsqueeze(0)
+        seq = torch.cat([q, s.response[b, :lengths[b]], eos[:int(not s.ended[b])]]).unsqueeze(0)
         with torch.no_grad():
             rm_at_last = reward.model(input_ids=seq).logits[0, 0]
         expected = (rm_at_last - mean) / std - ctx.cfg.pipeline.missing_eos_penalty * (not s.ended[b])
@@ -189,6 +267,9 @@ def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, 
         assert (s.response[b, n:] == tok.pad_token_id).all()
         assert (s.response[b, n - 1] == tok.eos_token_id) == bool(s.ended[b])
     assert abs(stats["objective/kl"] - k1.sum(-1).mean().item()) < 1e-5
+    # k3 is only logged: r − 1 − log r with r = π_ref / π_θ, summed over the response
+    log_r = (ro.ref_logprobs - ro.logprobs) * mask
+    assert abs(stats["objective/kl_k3"] - (torch.expm1(log_r) - log_r).sum(-1).mean().item()) < 1e-5
     assert abs(stats["objective/rlhf_reward"] - (ro.scores - beta * ro.kl.sum(-1)).mean().item()) < 1e-5
     # advantages are whitened over the real tokens
     adv = ro.advantages[mask.bool()]
@@ -220,6 +301,7 @@ def test_adaptive_controller_moves_beta_towards_target(cache, tmp_path):
         ("pipeline.gamma=-1", "pipeline.gamma"),
         ("pipeline.num_minibatches=3", "pipeline.num_minibatches"),  # 64 episodes do not split in 3
         ("pipeline.kl_estimator=k2", "pipeline.kl_estimator"),
+        ("pipeline.kl_estimator=k3", "pipeline.kl_estimator"),  # biased in the reward (tests/test_losses.py)
         ("pipeline.target_kl=0", "pipeline.target_kl"),
     ],
 )
@@ -230,6 +312,22 @@ def test_bad_config_is_one_line_naming_the_key(pipeline, override, key):
         validate(cfg)
     msg = str(e.value)
     assert msg.startswith(key) and "\n" not in msg, msg
+
+
+def test_k3_in_the_reward_is_refused_with_the_reason():
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["pipeline=ppo", "pipeline.kl_estimator=k3"]))
+    assert str(e.value) == ("pipeline.kl_estimator: k3 in the reward is biased (its score-function gradient is not ∇KL; "
+                            "only k1's is); use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
+    assert validate(compose(["pipeline=ppo"])).pipeline.kl_estimator == "k1"
+
+
+def test_no_missing_eos_penalty_by_default():
+    """A truncated response is neither penalised by the gold reward nor seen by DPO, so PPO does not penalise it
+    unless asked (the knob stays)."""
+    for pipeline in ("ppo", "ppo_gt"):
+        assert validate(compose([f"pipeline={pipeline}"])).pipeline.missing_eos_penalty == 0.0
+    assert validate(compose(["pipeline=ppo", "pipeline.missing_eos_penalty=1.0"])).pipeline.missing_eos_penalty == 1.0
 
 
 def test_bad_config_stops_before_any_rollout(monkeypatch, tmp_path):

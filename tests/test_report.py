@@ -210,30 +210,20 @@ def test_mean_ci95_by_hand():
 # Summary rules
 # ---------------------------------------------------------------------------------------------------------
 
-def test_common_range_excludes_short_best_of_n_and_sft():
-    envs = {"dpo": {0: (np.array([0.0, 6.0]), np.array([0.5, 0.9]))},
-            "ppo": {0: (np.array([0.0, 9.0]), np.array([0.5, 0.8])), 1: (np.array([0.0, 5.0]), np.array([0.5, 0.7]))},
-            "best_of_n": {0: (np.array([0.0, 1.83]), np.array([0.5, 0.6]))},
-            "sft": {0: (np.array([0.0]), np.array([0.5]))}}
-    rng = report.common_kl_range(envs)
-    assert (rng["lo"], rng["hi"], rng["limited_by"]) == (0.0, 5.0, "ppo")
-    assert set(rng["excluded"]) == {"sft", "best_of_n"}
-    envs["best_of_n"][0] = (np.array([0.0, 3.17]), np.array([0.5, 0.6]))    # N up to 64: sets the range
-    rng = report.common_kl_range(envs)
-    assert rng["hi"] == pytest.approx(3.17) and rng["limited_by"] == "best_of_n"
-
-
-def test_comparison_sentence_names_where_ppo_is_higher():
-    dpo = (np.array([0.0, 4.0, 8.0]), np.array([0.5, 0.8, 0.85]))
-    ppo = (np.array([0.0, 4.0, 10.0]), np.array([0.5, 0.7, 1.0]))
-    cmp_ = report.compare_envelopes(*dpo, *ppo)
+def test_comparison_sentence_names_above_indistinguishable_and_below():
+    grid = np.linspace(0.0, 8.0, 9)
+    est_a = 0.5 + 0.05 * grid
+    est_b = 0.5 + 0.05 * grid - 0.02 * (grid - 4.0)         # B is higher below KL 4, lower above it
+    noise = np.random.default_rng(0).normal(0.0, 0.005, (400, 1))
+    cmp_ = report.fstats.compare_curves(grid, est_a, est_a + noise, est_b, est_b + noise)
+    assert cmp_["runs"]["above"] == [(5.0, 8.0)] and cmp_["runs"]["below"] == [(0.0, 3.0)]
+    assert cmp_["runs"]["indistinguishable"] == [(4.0, 4.0)]
     text = report.comparison_sentence(cmp_, "ppo")
-    assert text.startswith("DPO does not lie above PPO everywhere: PPO is higher on [")
-    (a, b), = cmp_["b_higher"]
-    assert 6.66 < a < 6.9 and b == pytest.approx(8.0)     # the lines cross at KL = 4 + 0.1 / 0.0375 = 6.67
-    above = report.comparison_sentence(report.compare_envelopes(*dpo, dpo[0], dpo[1] - 0.1), "ppo")
-    assert above == "DPO lies above PPO at every KL in [0.00, 8.00] nats."
+    assert text.startswith("DPO vs PPO over their KL overlap [0.00, 8.00] nats: area difference DPO − PPO = 0.000 [")
+    assert ("DPO is above PPO with 95% confidence on [5.00, 8.00] nats; indistinguishable at 4.00 nats; "
+            "below on [0.00, 3.00] nats. These are pointwise 95% intervals") in text
     assert "no PPO rows" in report.comparison_sentence({"missing": ["ppo"]}, "ppo")
+    assert "do not overlap" in report.comparison_sentence(None, "ppo_gt")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,7 +231,7 @@ def test_comparison_sentence_names_where_ppo_is_higher():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_make_report_writes_csv_plot_and_summary(sweep_dir):
-    paths = report.make_report(sweep_dir, title="synthetic reviews")
+    paths = report.make_report(sweep_dir, title="synthetic reviews", commit="abc1234", n_boot=200)
     assert {"points_csv", "frontier_png", "summary_md", "ablations_png"} <= set(paths)
     for p in paths.values():
         assert p.parent == sweep_dir and p.stat().st_size > 0
@@ -254,31 +244,128 @@ def test_make_report_writes_csv_plot_and_summary(sweep_dir):
     for label in ("PPO (learned RM)", "DPO", "IPO", "Preferred-FT", "Best of N", "SFT"):
         assert f"| {label} |" in md
     # Best of N (N up to 64) reaches log 64 - 63/64 = 3.17 nats >= 2, so it sets the common range
-    assert "Common KL range for areas: [0.00, 3.17] nats (the upper end is where the envelope of Best of N" in md
+    assert md.startswith("# Frontier report: synthetic reviews\n\nMade by commit abc1234.\n")
+    assert "Common KL range for areas: [0.00, 3.17] nats (the upper end is where the curve of Best of N" in md
     assert "does not set the range: the reference policy" in md                  # SFT never does
-    order = md.split("**Ordering** by area under the envelope (mean over seeds): ")[1].split("\n")[0]
+    order = md.split("**Ordering** by area under the curve")[1].split("\n")[0]
     assert order.index("DPO") < order.index("IPO") < order.index("PPO (learned RM)") < order.index("Preferred-FT")
-    assert "DPO lies above PPO at every KL in [0.00, 12.00] nats" in md           # DPO's runs end at 12
-    assert " ± " in md and "—" in md and "nan" not in md.lower()
+    # no evidence files: rows are fixed values, the only uncertainty is the 2 seeds; DPO's curve is far above
+    assert "DPO vs PPO over their KL overlap [0.00, 12.00] nats: area difference DPO − PPO = " in md
+    assert "DPO is above PPO with 95% confidence on [" in md and "below nowhere" in md
+    assert "rows had no per-prompt evidence" in md and "(2 seeds resampled with replacement" in md
+    dpo_row = next(line for line in md.splitlines() if line.startswith("| DPO | "))
+    assert dpo_row.count(" [") == 5                                              # area, 3 KLs, max: est [lo, hi]
+    assert "—" in md and "nan" not in md.lower()
     assert "| DPO | rl |" in md and "| Best of N | bon |" in md
 
 
 def test_best_of_n_sets_or_leaves_the_range_by_the_2_nat_rule(tmp_path):
     rows = write_sweep(tmp_path / "s", seeds=(0,), with_sft=False)
     short_bon = [r for r in rows if r["method"] != "best_of_n" or float(r["setting"][2:]) <= 16]
-    s = report.summarize(short_bon)                       # N <= 16: 1.83 nats < 2, left out
+    s = report.summarize(short_bon, n_boot=20)            # N <= 16: 1.83 nats < 2, left out
     assert s["range"]["hi"] == pytest.approx(6.0) and "best_of_n" in s["range"]["excluded"]
-    assert all(math.isnan(a) for a in s["per_method"]["best_of_n"]["area"])
-    s = report.summarize(rows)                            # N up to 64: 3.17 nats, it sets the range
+    assert math.isnan(s["per_method"]["best_of_n"]["area"]["est"])
+    assert np.isfinite(s["per_method"]["dpo"]["area"]["est"])
+    s = report.summarize(rows, n_boot=20)                 # N up to 64: 3.17 nats, it sets the range
     assert s["range"]["hi"] == pytest.approx(math.log(64) - 63 / 64) and s["range"]["limited_by"] == "best_of_n"
 
 
-def test_single_seed_summary_has_no_ci_and_reports_missing_ppo(tmp_path):
+def test_single_seed_summary_without_evidence_says_so_and_reports_missing_ppo(tmp_path):
     sweep = {k: v for k, v in SWEEP.items() if k != "ppo"}
     write_sweep(tmp_path, sweep=sweep, seeds=(3,), with_bon=False)
-    md = report.make_report(tmp_path)["summary_md"].read_text()
+    md = report.make_report(tmp_path, n_boot=50)["summary_md"].read_text()
     assert "DPO vs PPO: not compared, this sweep has no PPO rows." in md
-    assert " ± " not in md and "1 seed." in md
+    assert "1 seed." in md and "training-seed variance (one seed)" in md
+    # no evidence, one seed: nothing varies, every number stands alone (no interval) and the summary says why
+    assert "(so every interval here reflects seed resampling only)" in md
+    s = report.summarize(report.load_points(tmp_path), n_boot=50)
+    area = s["per_method"]["dpo"]["area"]
+    assert np.isfinite(area["est"]) and area["lo"] == area["hi"] == pytest.approx(area["est"])
+
+
+def add_evidence(root: Path, n_prompts=16, key="k1", noise=0.05, seed=0) -> None:
+    """Write an evidence.jsonl beside every points.jsonl: per-prompt gold with mean = the row's gold_reward,
+    per-prompt KL with mean = the row's kl (constant for Best-of-N, as the evaluator writes it)."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(root.rglob("points.jsonl")):
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            e = rng.normal(0.0, noise, n_prompts)
+            gold = r["gold_reward"] + e - e.mean()
+            f = rng.gamma(10.0, 0.1, n_prompts) if r["method"] != "best_of_n" else np.ones(n_prompts)
+            kl = r["kl"] * f / f.mean()
+            lines.append(json.dumps(dict(run_id=r["run_id"], method=r["method"], setting=r["setting"], seed=r["seed"],
+                                         step=r["step"], prompts_key=key, gold=gold.tolist(), kl=kl.tolist(),
+                                         truncated=[0.0] * n_prompts)))
+        (path.parent / "evidence.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_load_evidence_joins_rows_and_gives_intervals(sweep_dir):
+    add_evidence(sweep_dir)
+    evidence = report.load_evidence(sweep_dir)
+    rows = report.load_points(sweep_dir)
+    assert len(evidence) == len(rows)
+    ev = evidence[("dpo-0", "beta=0.05", 100)]
+    assert ev["gold"].shape == (16,) and ev["gold"].mean() == pytest.approx(
+        next(r["gold_reward"] for r in rows if (r["run_id"], r["step"]) == ("dpo-0", 100)))
+    s = report.summarize(rows, evidence=evidence, n_boot=100)
+    assert s["evidence"] == dict(n_prompts=16, with_evidence=len(rows), without_evidence=0, prompts_key="k1")
+    area = s["per_method"]["dpo"]["area"]
+    assert area["lo"] < area["est"] < area["hi"]                # prompt noise now widens the interval
+    md = report.format_summary(s)
+    assert "over the 16 evaluation prompts" in md and "Every row had per-prompt evidence." in md
+    # a row whose evidence is missing enters with fixed values, and the summary counts it
+    del evidence[("dpo-0", "beta=0.05", 100)]
+    s = report.summarize(rows, evidence=evidence, n_boot=20)
+    assert s["evidence"]["without_evidence"] == 1
+    assert f"1 of {len(rows)} rows had no per-prompt evidence" in report.format_summary(s)
+
+
+def test_load_evidence_rejects_bad_lines_and_different_prompts(tmp_path):
+    good = dict(run_id="r", method="dpo", setting="", seed=0, step=0, prompts_key="k", gold=[0.5, 0.6],
+                kl=[0.0, 0.0], truncated=[0.0, 0.0])
+    (tmp_path / "a").mkdir()
+    bad = dict(good, kl=[0.0])
+    (tmp_path / "a" / "evidence.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError) as err:
+        report.load_evidence(tmp_path)
+    assert "evidence.jsonl:2: gold, kl, truncated have different lengths" in str(err.value)
+    assert "\n" not in str(err.value)
+    (tmp_path / "a" / "evidence.jsonl").write_text(json.dumps({k: v for k, v in good.items() if k != "gold"}) + "\n")
+    with pytest.raises(ValueError, match=r"evidence\.jsonl:1: missing key\(s\) 'gold'"):
+        report.load_evidence(tmp_path)
+    (tmp_path / "a" / "evidence.jsonl").write_text(json.dumps(good) + "\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "evidence.jsonl").write_text(json.dumps(dict(good, run_id="s", prompts_key="other")) + "\n")
+    with pytest.raises(ValueError, match="evaluated on different prompts") as err:
+        report.load_evidence(tmp_path)
+    assert "b/evidence.jsonl:1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_compute_fields_add_a_second_panel(sweep_dir):
+    rows = report.load_points(sweep_dir)
+    assert not report.has_compute(rows)
+    for r in rows:
+        r.update(compute_tokens_generated=100.0 * r["step"], compute_tokens_trained=50.0 * r["step"],
+                 compute_wall_s=0.1 * r["step"], truncated_frac=0.25)
+    assert report.has_compute(rows) and report.training_tokens(rows[1]) == 150.0 * rows[1]["step"]
+    s = report.summarize(rows, n_boot=20)
+    fig = report.frontier_figure(rows, s)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
+    assert "step-0 evaluations omitted" in fig.axes[1].get_xlabel()
+    assert "| truncated |" in report.format_summary(s) and "25.0%" in report.format_summary(s)
+    assert len(report.frontier_figure(report.load_points(sweep_dir), s).axes) == 1
+    paths = report.make_report(sweep_dir, rows=rows, n_boot=20, commit="x")
+    assert "points_csv" in paths and "compute_tokens_trained" in paths["points_csv"].read_text().splitlines()[0]
+
+
+def test_git_commit_falls_back_outside_a_checkout(tmp_path):
+    assert report.git_commit(tmp_path) == "unknown"
+    sha = report.git_commit()
+    assert sha == "unknown" or (4 <= len(sha) <= 40 and all(c in "0123456789abcdef" for c in sha))
 
 
 def test_make_report_refuses_an_empty_folder(tmp_path):
@@ -297,7 +384,7 @@ def test_ablation_panels_and_final_points(sweep_dir):
 
 
 def test_cli_prints_the_paths(sweep_dir):
-    out = subprocess.run([sys.executable, "-m", "harness.report", str(sweep_dir), "--title", "cli"],
+    out = subprocess.run([sys.executable, "-m", "harness.report", str(sweep_dir), "--title", "cli", "--n-boot", "30"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert out == [str(sweep_dir / "frontier.png"), str(sweep_dir / "summary.md")]
 
@@ -352,8 +439,11 @@ def execute_notebook(sweep, tmp_path, monkeypatch):
 
 
 def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
+    add_evidence(sweep_dir)
+    monkeypatch.setenv("FRONTIER_N_BOOT", "100")
     nb = execute_notebook(sweep_dir, tmp_path, monkeypatch)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "dpo" in text and "beta=0.05" in text
+    assert f"per-prompt evidence for {len(report.load_points(sweep_dir))} evaluations" in text
     assert images >= 3                                    # frontier, beta ablation, clip ablation

@@ -1,0 +1,92 @@
+"""Every method trains under the same conditions (issue 8, item 5): no dropout in any trained policy (DPO's trainer,
+Preferred-FT's SFTTrainer and Unlikelihood's own loop put the policy in train mode; PPO's policy and critic), and
+Preferred-FT on the chosen completion of every training pair, as DPO sees the pairs. The PPO-specific parts (critic on
+the normalised score, EOS appended to truncated responses, k1 only in the reward, no missing-EOS penalty by default)
+are tested in tests/test_ppo.py and tests/test_losses.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.config import validate
+from harness.run import RunContext
+from tests.conftest import compose
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """The same stage cache as tests/test_dpo.py and tests/test_baselines.py (same session, same folder)."""
+    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
+
+
+def context(pipeline: str, cache, folder, *overrides: str) -> RunContext:
+    cfg = compose([f"pipeline={pipeline}", "experiment=tiny_debug", f"cache_dir={cache}", "logger.wandb_mode=disabled",
+                   "threads=1", *overrides])
+    return RunContext(cfg=validate(cfg), folder=folder)
+
+
+def dropout_settings(config: dict) -> dict:
+    """The config's dropout probabilities (GPT-2: resid_pdrop, embd_pdrop, attn_pdrop, summary_first_dropout)."""
+    return {k: v for k, v in config.items() if (k.endswith("dropout") or k.endswith("pdrop")) and isinstance(v, float)}
+
+
+def train_mode_logits_twice(model, tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two forward passes in train mode (what a trainer runs): equal iff no dropout mask is drawn."""
+    ids = torch.tensor([tok("The plot was great and the cast", add_special_tokens=False)["input_ids"]])
+    model.train()
+    with torch.no_grad():
+        out = model(input_ids=ids.to(next(model.parameters()).device)).logits
+        return out, model(input_ids=ids.to(out.device)).logits
+
+
+@pytest.mark.parametrize("pipeline", ["dpo", "unlikelihood", "preferred_ft"])
+def test_prepare_hands_over_a_policy_without_dropout(pipeline, tiny_cache, tmp_path):
+    """``pipelines.dpo.prepare`` is the shared set-up of the DPO family, Preferred-FT and Unlikelihood."""
+    from pipelines.dpo import prepare
+    from pipelines.sft import load_sft
+
+    ctx = context(pipeline, tiny_cache, tmp_path)
+    sft, tok, _ = load_sft(ctx)
+    assert any(v > 0 for v in dropout_settings(sft.config.to_dict()).values())
+    a, b = train_mode_logits_twice(sft, tok)
+    assert not torch.equal(a, b), "π_SFT as loaded has dropout: without it this test would not bite"
+
+    policy = prepare(ctx)[0]
+    a, b = train_mode_logits_twice(policy, tok)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    settings = dropout_settings(policy.config.to_dict())
+    assert settings and all(v == 0.0 for v in settings.values()), settings
+
+
+def test_ppo_policy_and_critic_have_no_dropout(tiny_cache, tmp_path):
+    """PPO runs in eval mode anyway; its policy and critic also have every dropout p = 0 (and a saved policy's config
+    says so), so a ``train()`` anywhere cannot bring it back. ppo_gt: the same PPO, no reward model to build."""
+    from pipelines.ppo import build_roles
+
+    ctx = context("ppo_gt", tiny_cache, tmp_path, "pipeline.batch_size=16")
+    roles = build_roles(ctx)
+    roles.ppo(ctx.cfg.pipeline)
+    for model in (roles.policy, roles.critic):
+        a, b = train_mode_logits_twice(model, roles.tok)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert all(v == 0.0 for v in dropout_settings(model.config.to_dict()).values())
+
+
+def test_preferred_ft_trains_on_the_chosen_completion_of_every_pair(run_pipeline, tiny_cache, tmp_path):
+    """One example per training pair (duplicate chosen completions kept, as the DPO paper's SFT on y_w), and the saved
+    policy has no dropout."""
+    from pipelines.preferences import ensure_preferences, load_pairs
+
+    facts, folder = run_pipeline("preferred_ft", "pipeline.max_steps=2", "eval.every=2", "threads=1", cache=tiny_cache,
+                                 folder="preferred_ft")
+    pairs = load_pairs(ensure_preferences(context("preferred_ft", tiny_cache, tmp_path / "ctx")))["train"]
+    distinct = set(zip(pairs["prompt"], pairs["chosen"]))
+    assert len(distinct) < len(pairs), "the tiny set repeats chosen completions: without that this test would not bite"
+    assert facts["train_examples"] == facts["train_pairs"] == len(pairs)
+
+    saved = json.loads((folder / "policy" / "config.json").read_text())
+    settings = dropout_settings(saved)
+    assert settings and all(v == 0.0 for v in settings.values()), settings
