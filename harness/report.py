@@ -718,16 +718,21 @@ def write_points_csv(rows: Sequence[dict], path: str | Path) -> Path:
 
 
 def git_commit(where: str | Path | None = None) -> str:
-    """``git rev-parse --short HEAD`` of the checkout holding ``where`` (default: this code); "unknown"
-    outside a git checkout."""
+    """``git rev-parse --short HEAD`` of the checkout holding ``where`` (default: this code), with "-dirty" when
+    the code or configuration (harness/, pipelines/, conf/) has uncommitted changes, so a number never claims a
+    commit that did not make it; "unknown" outside a git checkout."""
     where = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=10)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "harness", "pipelines",
+                                "conf"], cwd=top or where, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else "unknown"
+    return (sha + ("-dirty" if dirty else "")) if out.returncode == 0 and sha else "unknown"
 
 
 def make_report(folder: str | Path, kls: Sequence[float] = DEFAULT_KLS, title: str | None = None,
