@@ -125,25 +125,34 @@ def load_points(folder: str | Path) -> list[dict]:
             ``REQUIRED_KEYS`` (the missing keys are named).
     """
     rows, seen = [], set()
-    for path in sorted(Path(folder).rglob("points.jsonl")):
+    for _, row in json_lines(folder, "points.jsonl", REQUIRED_KEYS):
+        key = json.dumps(row, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def json_lines(folder: str | Path, name: str, required: Sequence[str]):
+    """Yield ``("<file>:<line>", object)`` for every non-blank line of every file ``name`` under ``folder`` (any
+    depth, sorted path order); a line that is not a JSON object or lacks a ``required`` key is a one-line
+    ValueError naming the file and line."""
+    for path in sorted(Path(folder).rglob(name)):
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
+                where = f"{path}:{lineno}"
                 try:
-                    row = json.loads(line)
+                    obj = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: bad JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                missing = [k for k in REQUIRED_KEYS if k not in row]
+                    raise ValueError(f"{where}: bad JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                missing = [k for k in required if k not in obj]
                 if missing:
-                    raise ValueError(f"{path}:{lineno}: missing key(s) {', '.join(map(repr, missing))}")
-                key = json.dumps(row, sort_keys=True)
-                if key not in seen:
-                    seen.add(key)
-                    rows.append(row)
-    return rows
+                    raise ValueError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+                yield where, obj
 
 
 def parse_setting(setting: str) -> dict[str, str]:
@@ -180,44 +189,30 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
     """
     out: dict[tuple[str, str, int], dict] = {}
     first = None                                    # (prompts_key, P, where) of the first record
-    for path in sorted(Path(folder).rglob("evidence.jsonl")):
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: bad JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-                missing = [k for k in EVIDENCE_KEYS if k not in rec]
-                if missing:
-                    raise ValueError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
-                arrays = {}
-                for k in ("gold", "kl", "truncated"):
-                    v = rec[k]
-                    if not isinstance(v, list) or not v or not all(
-                            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                        raise ValueError(f"{where}: {k!r} must be a non-empty list of numbers")
-                    arrays[k] = np.asarray(v, dtype=float)
-                sizes = {k: a.size for k, a in arrays.items()}
-                if len(set(sizes.values())) > 1:
-                    raise ValueError(f"{where}: gold, kl, truncated have different lengths {sizes}")
-                n = arrays["gold"].size
-                if first is None:
-                    first = (rec["prompts_key"], n, where)
-                elif (rec["prompts_key"], n) != first[:2]:
-                    raise ValueError(f"{where}: the runs were evaluated on different prompts (prompts_key "
-                                     f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
-                                     f"{first[1]} prompts)")
-                try:
-                    key = evidence_key(rec["run_id"], rec["setting"], rec["step"])
-                except (TypeError, ValueError):
-                    raise ValueError(f"{where}: step must be an integer, got {rec['step']!r}") from None
-                if key not in out:
-                    out[key] = {**rec, **arrays}
+    for where, rec in json_lines(folder, "evidence.jsonl", EVIDENCE_KEYS):
+        arrays = {}
+        for k in ("gold", "kl", "truncated"):
+            v = rec[k]
+            if not isinstance(v, list) or not v or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"{where}: {k!r} must be a non-empty list of numbers")
+            arrays[k] = np.asarray(v, dtype=float)
+        sizes = {k: a.size for k, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{where}: gold, kl, truncated have different lengths {sizes}")
+        n = arrays["gold"].size
+        if first is None:
+            first = (rec["prompts_key"], n, where)
+        elif (rec["prompts_key"], n) != first[:2]:
+            raise ValueError(f"{where}: the runs were evaluated on different prompts (prompts_key "
+                             f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
+                             f"{first[1]} prompts)")
+        try:
+            key = evidence_key(rec["run_id"], rec["setting"], rec["step"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: step must be an integer, got {rec['step']!r}") from None
+        if key not in out:
+            out[key] = {**rec, **arrays}
     return out
 
 

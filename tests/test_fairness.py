@@ -90,3 +90,32 @@ def test_preferred_ft_trains_on_the_chosen_completion_of_every_pair(run_pipeline
     saved = json.loads((folder / "policy" / "config.json").read_text())
     settings = dropout_settings(saved)
     assert settings and all(v == 0.0 for v in settings.values()), settings
+
+
+def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_model(tiny_cache, tmp_path):
+    """Truncation is treated alike in every stage: a completion cut at max_new_tokens enters the pairs as text, and
+    both TRL trainers that learn from the pairs train on it with EOS appended; PPO scores its truncated rollouts with
+    EOS appended too (tests/test_ppo.py::test_reward_model_scores_a_truncated_response_with_eos_appended)."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from harness.models import load_scalar_model
+    from pipelines.dpo import build_trainer, load_frozen_reference
+    from pipelines.preferences import ensure_preferences, load_pairs
+    from pipelines.sft import load_sft
+
+    ctx = context("dpo", tiny_cache, tmp_path)
+    policy, tok, sft = load_sft(ctx)
+    pairs = load_pairs(ensure_preferences(ctx))["train"]
+    assert {"chosen_truncated", "rejected_truncated"} <= set(pairs.column_names)
+    cut = "The plot was great and the"  # a completion that stopped mid-sentence, as a truncated sample does
+    data = Dataset.from_dict({"prompt": ["I saw it."] * 2, "chosen": [" " + cut] * 2, "rejected": [" Bad."] * 2})
+    dpo = build_trainer(policy, load_frozen_reference(sft.path, tok, ctx.device), tok, data, ctx.cfg.pipeline,
+                        str(tmp_path / "dpo"))
+    rm_args = RewardConfig(output_dir=str(tmp_path / "rm"), report_to=[], use_cpu=True, bf16=False,
+                           activation_checkpointing=False, max_length=64)
+    rm = RewardTrainer(model=load_scalar_model(sft.path, tok), args=rm_args, train_dataset=data, processing_class=tok)
+    for trainer in (dpo, rm):
+        row = trainer.train_dataset[0]
+        chosen = next(row[k] for k in ("chosen_ids", "chosen_input_ids") if k in row)
+        assert chosen[-1] == tok.eos_token_id
