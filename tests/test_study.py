@@ -68,3 +68,25 @@ def test_notebook_executes_against_the_smoke_sweep(smoke, tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
+
+
+def test_stage_building_jobs_go_first_one_per_seed():
+    from hydra_plugins.harness_study.study_sweeper import stage_first
+
+    jobs = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"], ["pipeline=dpo", "seed=0"],
+            ["pipeline=ppo", "pipeline.kl_coef=0.1", "seed=0"], ["pipeline=ppo", "seed=0"],
+            ["pipeline=sft", "seed=1"], ["pipeline=dpo", "seed=1"]]
+    builders, rest = stage_first(jobs)
+    # seed 0: the first job that needs the reward model; seed 1: the first that needs the preference set
+    assert builders == [jobs[3], jobs[6]]
+    assert rest == [jobs[i] for i in (0, 1, 2, 4, 5)]
+
+
+def test_a_parallel_launcher_gets_batches_and_reuses_finished_jobs(smoke):
+    sweep, _, cmd, env = smoke
+    again = subprocess.run(cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = again.stdout
+    assert "=== 1 stage-building jobs" in out and "=== 8 all other jobs" in out and "JoblibLauncher" in out
+    assert out.count("reusing finished job") == 9

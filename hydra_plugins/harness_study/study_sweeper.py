@@ -9,14 +9,21 @@ knobs (PPO's kl_coef, DPO's beta, Best-of-N's N), so it is a list, not a grid:
     seeds: [0, 1, 2]
 
 ``python -m harness -m experiment=<study>`` runs every entry × seed (crossed with any sweep given on the command
-line) as ordinary Hydra jobs. Every job's config is composed and validated before the first one starts, jobs run
-one after another with a progress line, and a job whose folder already holds a finished result is reused.
+line) as ordinary Hydra jobs. Every job's config is composed and validated before the first one starts, and a job
+whose folder already holds a finished result is reused.
+
+The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another with a
+progress line. Any other launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job
+per seed that builds the deepest cached stage it needs (π_SFT, the preference set, the reward model), then all the
+others at once, so parallel workers never sit waiting on one stage's lock. A lone stage-building job runs on every core
+(``threads=<cpu count>``): it has the machine to itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, List
@@ -26,6 +33,30 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger("harness.study")
+
+
+# How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
+STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
+               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3}
+
+
+def _value(overrides: list[str], key: str) -> str | None:
+    """The last value ``key=<value>`` among ``overrides`` (None when absent)."""
+    found = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
+    return found[-1] if found else None
+
+
+def stage_first(jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """Split jobs into (builders, rest): per seed, the first job whose pipeline reaches deepest into the stage cache
+    (it builds every stage that seed's other jobs reuse), then everything else in the original order."""
+    best: dict[str | None, int] = {}
+    for i, job in enumerate(jobs):
+        seed = _value(job, "seed")
+        depth = STAGE_DEPTH.get(_value(job, "pipeline") or "sft", 1)
+        if seed not in best or depth > STAGE_DEPTH.get(_value(jobs[best[seed]], "pipeline") or "sft", 1):
+            best[seed] = i
+    first = sorted(best.values())
+    return [jobs[i] for i in first], [job for i, job in enumerate(jobs) if i not in set(first)]
 
 
 class StudySweeper(BasicSweeper):
@@ -60,10 +91,23 @@ class StudySweeper(BasicSweeper):
         log.info("study: %d jobs -> %s", len(jobs), sweep_dir)
         returns = []
         start = time.time()
-        for i, overrides in enumerate(jobs):
-            elapsed = time.time() - start
-            print(f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
-                  f"{' '.join(overrides)}", flush=True)
-            returns.append(self.launcher.launch([overrides], initial_job_idx=i))
+        if type(self.launcher).__name__ == "BasicLauncher":  # one at a time anyway: a progress line per job
+            for i, overrides in enumerate(jobs):
+                elapsed = time.time() - start
+                print(f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
+                      f"{' '.join(overrides)}", flush=True)
+                returns.append(self.launcher.launch([overrides], initial_job_idx=i))
+        else:
+            builders, rest = stage_first(jobs)
+            if len(builders) == 1:  # a lone stage build (π_SFT, reward model) gets every core (explicitly: a
+                builders = [builders[0] + [f"threads={os.cpu_count() or 1}"]]  # joblib worker defaults to 1 thread)
+            done = 0
+            for name, batch in (("stage-building jobs", builders), ("all other jobs", rest)):
+                if not batch:
+                    continue
+                print(f"\n=== {len(batch)} {name} ({done} of {len(jobs)} done; {(time.time() - start) / 60:.1f} min so "
+                      f"far) -> {type(self.launcher).__name__}", flush=True)
+                returns.append(self.launcher.launch(batch, initial_job_idx=done))
+                done += len(batch)
         print(f"\n=== study finished: {len(jobs)} jobs in {(time.time() - start) / 60:.1f} min -> {sweep_dir}", flush=True)
         return returns
