@@ -53,7 +53,9 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     hc = validate(cfg)
     hc.raw = resolved(hc)
     done = folder / DONE
-    key = key_of(hc.raw)
+    # The job's identity is what it computes: the thread count only says how fast, so a rerun under another launcher
+    # (two single-thread workers instead of one process) still reuses the finished job.
+    key = key_of({k: v for k, v in hc.raw.items() if k != "threads"})
     if done.exists() and json.loads(done.read_text()).get("key") == key:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
         print(f"reusing finished job {folder}")
