@@ -52,11 +52,16 @@ def test_wandb_offline_runs_hold_the_frontier_table(smoke):
     assert len(job_runs) >= 8  # one W&B run per job, in the job's folder
 
 
-def test_rerun_reuses_every_finished_job(smoke):
+def test_rerun_under_a_parallel_launcher_gets_batches_and_reuses_every_finished_job(smoke):
+    """The same study again, on two joblib workers: the sweeper hands the launcher the stage-building job, then the
+    other eight at once, and every job finished by the first (basic-launcher) run is reused."""
     sweep, first, cmd, env = smoke
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("reusing finished job") == 9
+    out = again.stdout
+    assert "=== 1 stage-building jobs" in out and "=== 8 all other jobs" in out and "JoblibLauncher" in out
+    assert out.count("reusing finished job") == 9
     assert (sweep / "summary.md").exists()
 
 
@@ -81,12 +86,3 @@ def test_stage_building_jobs_go_first_one_per_seed():
     assert builders == [jobs[3], jobs[6]]
     assert rest == [jobs[i] for i in (0, 1, 2, 4, 5)]
 
-
-def test_a_parallel_launcher_gets_batches_and_reuses_finished_jobs(smoke):
-    sweep, _, cmd, env = smoke
-    again = subprocess.run(cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    out = again.stdout
-    assert "=== 1 stage-building jobs" in out and "=== 8 all other jobs" in out and "JoblibLauncher" in out
-    assert out.count("reusing finished job") == 9
