@@ -55,6 +55,10 @@ class Tracker:
         if self.run is not None:
             self.run.log({**metrics, "train/step": step})
 
+    def log_eval(self, point) -> dict:
+        """Log an ``harness.evaluator.EvalPoint``: its row and its per-prompt evidence (see ``log_point``)."""
+        return self.log_point(point.row(), point.evidence)
+
     def log_point(self, row: dict, evidence: dict | None = None) -> dict:
         """Append one evaluation row (wall_s = seconds since the run started) and, when given, its per-prompt
         evidence (``evidence.jsonl``, keyed like the row by run_id, setting and step); mirror the row to W&B."""

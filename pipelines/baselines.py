@@ -265,7 +265,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
             evidence=prompt_evidence(prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)),
                                      truncated=cut_kept),
         )
-        rows.append(tracker.log_point(point.row(), point.evidence))
+        rows.append(tracker.log_eval(point))
         print(f"best-of-{n:<3d} KL {point.kl:6.3f}  gold {point.gold_reward:.3f} ± {point.gold_reward_sem:.3f}"
               + (f"  RM {point.proxy_reward:.3f}" if point.proxy_reward is not None else ""))
     facts = {"method": ctx.method, "scorer": cfg.scorer, "ns": ns, "samples": len(texts),

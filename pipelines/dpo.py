@@ -133,7 +133,7 @@ class FrontierEvaluation:
         """``tokens_trained``: tokens through the policy's forward+backward so far (the offline methods sample none)."""
         point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
                                run_id=self.tracker.run_id, tokens_trained=tokens_trained)
-        row = self.tracker.log_point(point.row(), point.evidence)
+        row = self.tracker.log_eval(point)
         self.rows.append(row)
         self.last_step = step
         logging.getLogger("harness.frontier").info("%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", self.method, self.setting, step, row["gold_reward"], row["gold_reward_sem"],

@@ -425,7 +425,7 @@ def run(ctx: RunContext) -> dict:
 
     def evaluate(step: int) -> dict:
         point = evaluator(policy, step=step, **point_args, **compute)
-        return tracker.log_point(point.row(), point.evidence)
+        return tracker.log_eval(point)
 
     points = [evaluate(0)]
     log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])

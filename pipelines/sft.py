@@ -92,7 +92,7 @@ def run(ctx: RunContext) -> dict:
     tracker = ctx.tracker()
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval)
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
-    tracker.log_point(point.row(), point.evidence)
+    tracker.log_eval(point)
     gold = np.asarray(ctx.gold(evaluator.last_texts))
     facts = {**art.manifest()["facts"], "checkpoint": str(art.path), "gold_mean": float(gold.mean()),
              "gold_std": float(gold.std()), "kl_to_self": point.kl, "truncated_frac": point.truncated_frac,
