@@ -8,10 +8,12 @@ and says how to fix it, so a bad sweep dies before the first tensor is allocated
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -29,11 +31,27 @@ def _positive(obj: Any, prefix: str, *names: str) -> None:
         _require(v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>")
 
 
+def micro_batches(batch_size: int, micro_batch_size: int, key: str) -> int:
+    """How many micro-batches make one batch (the gradient-accumulation steps); ``micro_batch_size`` 0 = no split."""
+    if micro_batch_size < 0:
+        raise ConfigError(f"{key}: must be >= 0 (got {micro_batch_size}); set a divisor of the batch size, or 0 for no split")
+    if micro_batch_size == 0 or micro_batch_size >= batch_size:
+        return 1
+    if batch_size % micro_batch_size:
+        raise ConfigError(f"{key}: {micro_batch_size} does not divide the batch size {batch_size}; pick a divisor "
+                          "(equal micro-batches keep the update the batch's own) or 0 for no split")
+    return batch_size // micro_batch_size
+
+
 def _in_unit(obj: Any, prefix: str, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
         _require(0.0 <= v <= 1.0, f"{prefix}.{n}", f"must lie in [0, 1] (got {v})", f"set {prefix}.{n} between 0 and 1")
 
+
+# A field that says how a job may run, not what it computes: left out of stage and job identities, so turning it on
+# does not rebuild a cached stage or re-run a finished job.
+NOT_IDENTITY = {"identity": False}
 
 # Tokens sampled per response, the same for the preference set, PPO's rollouts and the evaluator: every method is
 # judged on responses of the same maximum length. 32 lets π_SFT finish > 95% of its samples on the embedded task.
@@ -79,6 +97,8 @@ class ModelConfig:
     n_positions: int = 96
     vocab_size: int = 1024  # tiny only: size of the BPE tokenizer trained on the task corpus
     dtype: str = "float32"  # training dtype; fp32 on CPU
+    # Run Python code shipped with a hub model (config.json's auto_map)? Off: loading a model must not run its code.
+    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
@@ -97,6 +117,7 @@ class GoldConfig:
     name_or_path: str | None = None  # hf_classifier: hub name or local folder
     label: str = "POSITIVE"  # hf_classifier: the label whose probability is the reward
     batch_size: int = 64
+    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)  # hf_classifier: see ModelConfig
 
     def __post_init__(self) -> None:
         _require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
@@ -111,11 +132,13 @@ class SFTStageConfig:
     epochs: float = 2.0
     learning_rate: float = 2e-3  # from scratch for `tiny`; use ~5e-5 for pretrained models
     batch_size: int = 64
+    micro_batch_size: int = 32  # reviews per length-sorted micro-batch (harness/batching.py: same update); 0 = none
     max_length: int = 64  # tokens per training review (the reviews are shorter)
     warmup_ratio: float = 0.05  # passed as a fraction of all steps (transformers 5: warmup_steps < 1)
 
     def __post_init__(self) -> None:
         _positive(self, "sft", "epochs", "learning_rate", "batch_size", "max_length")
+        micro_batches(self.batch_size, self.micro_batch_size, "sft.micro_batch_size")
 
 
 PREFERENCE_LABELS = ("deterministic", "bradley_terry")
@@ -145,11 +168,13 @@ class RewardModelConfig:
     epochs: float = 3.0  # ~300 steps on the default preference set: held-out pair accuracy plateaus there
     learning_rate: float = 1e-3
     batch_size: int = 64
+    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py: same update); 0 = none
     max_length: int = 64
     center_rewards_coefficient: float | None = 0.01  # TRL's auxiliary (r_w + r_l)^2 term (Eisenstein et al. 2023)
 
     def __post_init__(self) -> None:
         _positive(self, "reward_model", "epochs", "learning_rate", "batch_size", "max_length")
+        micro_batches(self.batch_size, self.micro_batch_size, "reward_model.micro_batch_size")
 
 
 # ----------------------------------------------------------------------------------------------------------- eval
@@ -180,6 +205,7 @@ class LoggerConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ top level
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 @dataclass
 class HarnessConfig:
     task: TaskConfig
@@ -201,6 +227,12 @@ class HarnessConfig:
     stages_per_seed: bool = False
     raw: dict = field(default_factory=dict)  # the resolved config as plain data, saved with the run
 
+    def __post_init__(self) -> None:
+        # The syntax only: whether the device exists is a property of the machine the job runs on (harness.checks).
+        _require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
+                 "use auto, cpu, cuda, cuda:<index> or mps")
+        _require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
+
     @property
     def stage_seed(self) -> int:
         """The seed of the preference set and reward model (see ``stages_per_seed``)."""
@@ -217,12 +249,17 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
 
 
 def to_container(cfg: DictConfig) -> dict:
-    """Resolve every interpolation; a ``???`` left in the tree becomes a one-line ConfigError naming its key."""
+    """Resolve every interpolation; a ``???`` left in the tree, or an interpolation that does not resolve
+    (``${oc.env:UNSET}``, ``${no.such.key}``), becomes a one-line ConfigError naming its key."""
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:  # message like "Missing mandatory value: pipeline.beta"
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
         raise ConfigError(f"{key}: required value is missing (???); set it on the command line, e.g. {key}=<value>") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{key}: cannot resolve its value ({first}); fix the interpolation or give a plain value") from None
 
 
 def validate(cfg: DictConfig | dict) -> HarnessConfig:
@@ -230,6 +267,10 @@ def validate(cfg: DictConfig | dict) -> HarnessConfig:
     from pipelines.schemas import pipeline_schema  # late import: pipelines depend on harness, not the reverse
 
     raw = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    # `+name=value` adds a key that the schema does not declare; unnoticed, a misspelt `+sede=3` would run with seed 0.
+    known = {f.name for f in dataclasses.fields(_Schema)}
+    unknown = sorted(set(raw) - known - {"hydra"})
+    _require(not unknown, unknown[0] if unknown else "", "unknown top-level key", f"valid keys: {', '.join(sorted(known))}")
     pipe = dict(raw.get("pipeline") or {})
     _require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
     schema = pipeline_schema(pipe["name"])
@@ -242,12 +283,18 @@ def validate(cfg: DictConfig | dict) -> HarnessConfig:
     return HarnessConfig(pipeline=_build(schema, pipe, "pipeline"), raw=raw, **built, **top)
 
 
+def identity_of(obj: Any) -> Any:
+    """A dataclass as plain data without its NOT_IDENTITY fields (what it computes, not how it may run); other
+    values unchanged."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    skip = {f.name for f in dataclasses.fields(obj) if f.metadata.get("identity") is False}
+    return {k: v for k, v in dataclasses.asdict(obj).items() if k not in skip}
+
+
 def stage_fingerprint(*parts: Any) -> dict:
     """The plain-data identity of a stage artifact: the dataclasses (or dicts) that determine it."""
-    out = []
-    for p in parts:
-        out.append(dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p)
-    return {"parts": out}
+    return {"parts": [identity_of(p) for p in parts]}
 
 
 @dataclass

@@ -115,11 +115,14 @@ def kl_stats(policy, reference, s: Samples, batch_size: int, temperature: float 
 
     Both models' logits are divided by ``temperature``: the samples come from π_θ at that temperature, and the KL is
     between the distributions that were sampled from and the reference at the same temperature (as PPO's penalty).
+    Where the samples carry the policy's log-distributions from the sampling passes (``Samples.logprobs``), those are
+    used and the policy is not run again (log-probabilities are logits whose softmax is themselves).
     """
     exact, sampled = [], []
     for i in range(0, s.query.shape[0], batch_size):
         part = s.subset(torch.arange(i, min(i + batch_size, s.query.shape[0]), device=s.query.device))
-        lp, lr = response_logits(policy, part, temperature), response_logits(reference, part, temperature)
+        lp = part.logprobs if part.logprobs is not None else response_logits(policy, part, temperature)
+        lr = response_logits(reference, part, temperature)
         exact.append(sequence_kl_exact(lp, lr, part.response_mask))
         sampled.append(sequence_kl_sample(token_logprobs(lp, part.response), token_logprobs(lr, part.response), part.response_mask))
     return torch.cat(exact).cpu().numpy(), torch.cat(sampled).cpu().numpy()
@@ -140,6 +143,14 @@ class Evaluator:
         self.started = time.time()
         self.eval_seconds = 0.0
 
+    # Up to this many floats the sampler's per-step log-distributions are kept for the exact KL (saving a policy
+    # forward); beyond it (large vocabularies and batches) the policy is run again, in chunks.
+    KEEP_LOGPROBS_MAX = 64 * 2**20
+
+    def _keep_logprobs(self, policy) -> bool:
+        n = len(self.prompts) * self.cfg.samples_per_prompt * self.cfg.max_new_tokens
+        return n * policy.get_output_embeddings().weight.shape[0] <= self.KEEP_LOGPROBS_MAX
+
     def training_seconds(self) -> float:
         return max(0.0, time.time() - self.started - self.eval_seconds)
 
@@ -154,7 +165,8 @@ class Evaluator:
         device = next(policy.parameters()).device
         gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
         T = self.cfg.temperature
-        s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T, generator=gen)
+        s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T, generator=gen,
+                   keep_logprobs=self._keep_logprobs(policy))
         exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
         texts = texts_of(self.tok, self.prompts, s)
         gold = np.asarray(self.gold(texts), dtype=np.float64)

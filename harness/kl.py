@@ -18,7 +18,9 @@ def token_kl_exact(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> tor
     """
     logp = torch.log_softmax(policy_logits.float(), dim=-1)
     logq = torch.log_softmax(ref_logits.float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    # A KL is >= 0; between two computations of the same model (a KV-cached sampling pass and a full forward) float
+    # rounding alone can leave it at -1e-8, which would read as a KL below the reference's own.
+    return (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)
 
 
 def sequence_kl_exact(policy_logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.activations import NewGELUActivation
 
 from harness.config import ConfigError, ModelConfig
 
@@ -77,6 +78,21 @@ def _from_pretrained(cls, name: str, **kw):
         ) from None
 
 
+def use_fused_gelu(model):
+    """Swap GPT-2's ``gelu_new`` (eight elementwise kernels, forward and backward) for PyTorch's fused tanh-GELU.
+
+    The same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — transformers ships it as ``gelu_pytorch_tanh``,
+    "a faster equivalent of gelu_new"; they differ by < 3e-7 in fp32. Only the in-memory modules change (weights and
+    config stay as they are, so saved checkpoints are untouched). On the tiny models the activation was ~20% of a
+    forward-backward on CPU. Every loader below applies it, so every stage and method runs the same function.
+    """
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+    return model
+
+
 def _sync_special_tokens(model: PreTrainedModel, tok) -> None:
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None:
@@ -98,7 +114,7 @@ def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0) -> PreTrainedModel:
         if model.get_input_embeddings().num_embeddings < len(tok):  # a pad token was added
             model.resize_token_embeddings(len(tok))
     _sync_special_tokens(model, tok)
-    return model
+    return use_fused_gelu(model)
 
 
 def load_pretrained_lm(path: str | Path, tok=None) -> PreTrainedModel:
@@ -106,7 +122,7 @@ def load_pretrained_lm(path: str | Path, tok=None) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(str(path))
     if tok is not None:
         _sync_special_tokens(model, tok)
-    return model
+    return use_fused_gelu(model)
 
 
 def load_scalar_model(path: str | Path, tok) -> PreTrainedModel:
@@ -117,7 +133,7 @@ def load_scalar_model(path: str | Path, tok) -> PreTrainedModel:
     """
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     _sync_special_tokens(model, tok)
-    return model
+    return use_fused_gelu(model)
 
 
 def freeze(model):

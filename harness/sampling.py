@@ -22,6 +22,9 @@ class Samples:
     response_mask: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
     ended: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
     prompt_index: torch.Tensor  # (B,) long, which prompt each row came from
+    # (B, T, V) log π(·|s_t) at the sampling temperature, from the sampling passes themselves; kept on request only
+    # (``sample(keep_logprobs=True)``), so a consumer that needs the full distribution skips a second forward
+    logprobs: torch.Tensor | None = None
 
     @property
     def sequences(self) -> torch.Tensor:  # (B, P + T)
@@ -35,7 +38,8 @@ class Samples:
         return self.response_mask.sum(-1)
 
     def subset(self, idx: torch.Tensor) -> "Samples":
-        return Samples(*(getattr(self, f)[idx] for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")))
+        return Samples(*(getattr(self, f)[idx] for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")),
+                       logprobs=None if self.logprobs is None else self.logprobs[idx])
 
 
 def encode_prompts(tok, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +60,15 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from the categorical ``probs`` (B, V) by inverting its CDF at a uniform draw: exact, and on CPU
+    a fifth of ``torch.multinomial``'s cost (which draws exponentials over the whole vocabulary). The uniform is scaled
+    by the row's total, so rounding in the cumulative sum can never select past the last token."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -65,9 +78,11 @@ def sample(
     max_new_tokens: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    keep_logprobs: bool = False,
 ) -> Samples:
     """Draw ``samples_per_prompt`` responses per prompt from ``model`` at ``temperature`` (pure sampling: no
-    top-k/top-p, as the paper's evaluation), stopping each row at EOS, all rows at ``max_new_tokens``."""
+    top-k/top-p, as the paper's evaluation), stopping each row at EOS, all rows at ``max_new_tokens``.
+    ``keep_logprobs``: also return every step's full log-distribution (``Samples.logprobs``, B·T·V floats)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -84,10 +99,12 @@ def sample(
     attn = qmask
     next_pos = qmask.sum(-1, keepdim=True)  # (B, 1) position of the first response token
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens, masks = [], []
+    tokens, masks, logprobs = [], [], []
     for t in range(max_new_tokens):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        if keep_logprobs:
+            logprobs.append(logp)
+        nxt = draw(logp.exp(), generator)
         alive = ~done
         tokens.append(torch.where(alive, nxt, torch.full_like(nxt, pad)))
         masks.append(alive.float())
@@ -104,7 +121,8 @@ def sample(
     ended = ((response == eos) & (rmask > 0)).any(-1)
     if was_training:
         model.train()
-    return Samples(query, qmask, response, rmask, ended, prompt_index)
+    return Samples(query, qmask, response, rmask, ended, prompt_index,
+                   logprobs=torch.stack(logprobs, 1) if keep_logprobs else None)
 
 
 def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.batching import length_sorted_order, micro_batches, with_length_sorted_micro_batches
 from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
 from harness.run import RunContext
 from harness.sampling import sample
@@ -68,8 +69,10 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     cfg = ctx.cfg.pipeline
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"))
     data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
+    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     args = SFTConfig(
-        output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
         weight_decay=0.0, bf16=False, fp16=False,
@@ -78,8 +81,9 @@ def run_preferred_ft(ctx: RunContext) -> dict:
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
     )
     logs = TrackerCallback(tracker)
-    trainer = SFTTrainer(model=policy, args=args, train_dataset=data, processing_class=tok,
-                         callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+    trainer = with_length_sorted_micro_batches(SFTTrainer)(
+        model=policy, args=args, train_dataset=data, processing_class=tok,
+        callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
     log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
     result = trainer.train()
     remove_if_empty(ctx.folder / "_trainer")
@@ -137,6 +141,31 @@ def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, 
     return unlikelihood_loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, alpha)
 
 
+def pair_widths(tok, prompts: list[str], chosen: list[str], rejected: list[str]) -> list[int]:
+    """Tokens each pair pads its batch to: prompt + the longer completion (+ EOS)."""
+    lengths = [len(ids) for ids in tok([p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)],
+                                       add_special_tokens=False)["input_ids"]]
+    n = len(prompts)
+    return [max(lengths[i], lengths[n + i]) + 1 for i in range(n)]
+
+
+def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device):
+    """Gradients of one batch's Unlikelihood loss, accumulated over its equal micro-batches (in the order given, so a
+    length-sorted batch pads little). The loss is a mean over pairs, so the mean of the equal micro-batches' losses
+    is the batch's. Returns the batch's (loss, nll_chosen, ul_rejected), detached, and its real tokens."""
+    k = micro_batches(len(prompts), cfg.micro_batch_size, "pipeline.micro_batch_size") if len(prompts) == cfg.batch_size else 1
+    totals = torch.zeros(3)
+    tokens = 0
+    for part in np.array_split(np.arange(len(prompts)), k):
+        batch = pair_batch(tok, [prompts[i] for i in part], [chosen[i] for i in part], [rejected[i] for i in part],
+                           cfg.max_length, device)
+        loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
+        (loss / k).backward()
+        totals += torch.stack([loss.detach(), nll_chosen.detach(), ul_rejected.detach()]).cpu() / k
+        tokens += int(batch["attention_mask"].sum())
+    return totals[0], totals[1], totals[2], tokens
+
+
 def run_unlikelihood(ctx: RunContext) -> dict:
     """Adam on the Unlikelihood loss over shuffled pair batches; the shared evaluator every ``eval.every`` steps."""
     cfg = ctx.cfg.pipeline
@@ -146,6 +175,7 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(ctx.cfg.seed)
+    widths = pair_widths(tok, prompts, chosen, rejected)
     log.info("Unlikelihood (α=%s) on %d pairs for %d steps", cfg.alpha, len(prompts), total_steps)
 
     policy.train()  # dropout stays off (prepare set every p to 0), as for the other methods
@@ -154,15 +184,15 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     step = tokens_trained = 0
     with tqdm(total=total_steps, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
         while step < total_steps:
-            order = rng.permutation(len(prompts))  # a fresh shuffle every epoch
+            # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/batching.py)
+            order = length_sorted_order(widths, cfg.batch_size, rng)
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start: start + cfg.batch_size]
-                batch = pair_batch(tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
-                                   cfg.max_length, ctx.device)
-                loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
-                tokens_trained += int(batch["attention_mask"].sum())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
+                    policy, tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
+                    cfg, ctx.device)
+                tokens_trained += tokens
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 step += 1

@@ -29,6 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 from harness.config import ConfigError
+from harness.batching import LengthSortedMicroBatches, micro_batches
 from harness.evaluator import Evaluator
 from harness.models import disable_dropout, freeze, load_pretrained_lm
 from harness.run import RunContext
@@ -220,7 +221,7 @@ def load_frozen_reference(path, tok, device):
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
-    class HarnessDPOTrainer(DPOTrainer):
+    class HarnessDPOTrainer(LengthSortedMicroBatches, DPOTrainer):
         """TRL's ``DPOTrainer`` with conservative DPO taken from ``losses.dpo_family_loss``.
 
         TRL 1.16's ``_compute_loss`` is the one place its loss is computed (the loss types are an inline ``elif``
@@ -228,7 +229,8 @@ def _dpo_trainer_class():
         compute the loss here: the same policy forward as TRL (its fused LM head: per-token log-probs of the
         completion tokens, summed), the reference log-probs from TRL's own ``compute_ref_log_probs`` (or the
         precomputed ones), then −(1−ε) log σ(βh) − ε log σ(−βh), and TRL's pair metrics (rewards/*, logps/*).
-        Every other case is TRL's code, untouched.
+        Every other case is TRL's code, untouched. Batches are split into length-sorted micro-batches
+        (``harness.batching``): the same update with less padding.
         """
 
         def _compute_loss(self, model, inputs, return_outputs):
@@ -275,10 +277,12 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
     """
     from trl import DPOConfig
 
+    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     return DPOConfig(
         output_dir=output_dir, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_eval_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
         bf16=False, fp16=False, activation_checkpointing=False, report_to="none", save_strategy="no",

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from harness.evaluator import Evaluator, texts_of
-from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model
+from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model, use_fused_gelu
 from harness.run import RunContext
 from harness.sampling import Samples, positions, response_logits, sample
 from pipelines import losses as L
@@ -131,23 +131,6 @@ class Rollout:
     def minibatch(self, idx: torch.Tensor) -> "Rollout":
         return Rollout(self.samples.subset(idx), *(getattr(self, f)[idx] for f in (
             "logprobs", "ref_logprobs", "values", "scores", "kl", "rewards", "advantages", "returns", "masks")))
-
-
-def use_fused_gelu(model):
-    """Swap GPT-2's ``gelu_new`` (eight elementwise kernels, forward and backward) for PyTorch's fused tanh-GELU.
-
-    The same function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — transformers ships it as ``gelu_pytorch_tanh``,
-    "a faster equivalent of gelu_new"; they differ by < 3e-7 in fp32. Only the in-memory modules change (weights and
-    config stay as they are, so saved checkpoints are untouched). On the tiny models the activation was ~20% of a
-    forward-backward on CPU.
-    """
-    from transformers.activations import NewGELUActivation
-
-    for module in model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, torch.nn.GELU(approximate="tanh"))
-    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.config import MAX_NEW_TOKENS, ConfigError, _in_unit, _positive, _require
+from harness.config import MAX_NEW_TOKENS, ConfigError, _in_unit, _positive, _require, micro_batches
 
 
 @dataclass
@@ -130,6 +130,7 @@ class DPOPipeline(PipelineBase):
     label_smoothing: float | None = None  # ε, the assumed label-flip rate (cdpo, robust); null = the method's own
     learning_rate: float = 3e-4  # tuned on the embedded tiny model; the DPO paper used ~1e-6 for gpt2-large
     batch_size: int = 128  # preference pairs per optimizer step; large enough that evaluating every 10 steps costs ~10%
+    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py: same update, less padding); 0 = none
     epochs: float = 1.0  # passes over the training pairs, used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; 20 x 128 pairs (0.4 epoch): a job takes ~40 s on 1 CPU thread
     max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
@@ -147,6 +148,7 @@ class DPOPipeline(PipelineBase):
         if self.label_smoothing is None:
             self.label_smoothing = CDPO_LABEL_SMOOTHING if self.name == "cdpo" else 0.0
         _positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
+        micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
         _require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
         _require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
         _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
@@ -170,12 +172,14 @@ class PreferredFTPipeline(PipelineBase):
     name: str = "preferred_ft"
     learning_rate: float = 3e-4
     batch_size: int = 128  # (prompt, chosen) examples per optimizer step
+    micro_batch_size: int = 32  # examples per length-sorted micro-batch (harness/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
 
     def __post_init__(self) -> None:
         _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
+        micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
 
 
 @dataclass
@@ -186,6 +190,7 @@ class UnlikelihoodPipeline(PipelineBase):
     alpha: float = 0.5  # weight of the unlikelihood term; the DPO paper sweeps 0.05, 0.1, 0.5, 1
     learning_rate: float = 3e-4
     batch_size: int = 128  # preference pairs per optimizer step
+    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
@@ -195,6 +200,7 @@ class UnlikelihoodPipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
+        micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
         _require(self.alpha >= 0, "pipeline.alpha", f"must be >= 0 (got {self.alpha})", "set pipeline.alpha=0.5")
 
 

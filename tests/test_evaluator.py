@@ -111,7 +111,9 @@ def test_evaluator_sampled_estimate_within_3_sem_and_self_kl_is_zero(tiny):
     assert point.kl_sem < sem  # the exact per-state KL has lower variance than the log-ratio
     assert 0 <= point.gold_reward <= 1 and 1 <= point.response_tokens <= T
     same = ev(copy.deepcopy(ref), method="test", setting="", seed=0, step=0, run_id="r")
-    assert same.kl == 0.0 and same.kl_sample == 0.0
+    # The policy's distributions come from the KV-cached sampling passes, the reference's from one full forward: the
+    # same numbers up to float rounding, so the KL of a model to itself is zero to ~1e-10, not bit for bit.
+    assert abs(same.kl) < 1e-7 and abs(same.kl_sample) < 1e-5
 
 
 def test_exact_kl_at_the_sampling_temperature_matches_brute_force(tiny):

@@ -59,7 +59,7 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
         assert set(r) == ROW_KEYS and r["method"] == pipeline and r["setting"] == "kl_coef=0.05"
         assert math.isfinite(r["kl"]) and 0 <= r["gold_reward"] <= 1
         assert (r["proxy_reward"] is not None) == (pipeline == "ppo")  # the RM's score, only where there is an RM
-    assert rows[0]["kl"] == 0.0  # π_θ = π_SFT before the first update
+    assert 0 <= rows[0]["kl"] < 1e-6  # π_θ = π_SFT before the first update (to float rounding: see test_evaluator)
     updates = [json.loads(line) for line in (folder / "updates.jsonl").read_text().splitlines()]
     assert [u["update"] for u in updates] == [1, 2, 3] and all("objective/kl" in u for u in updates)
 

@@ -1,0 +1,80 @@
+"""Length-sorted micro-batches: the same optimiser batches, with less padding.
+
+A batch is padded to its longest example. The embedded pairs are 17 tokens long on average and up to 41, so a
+random batch of 128 pairs is mostly padding. Training instead draws each optimiser batch at random as before, sorts
+*that batch* by length and splits it into equal micro-batches whose gradients are accumulated: each micro-batch is
+padded only to its own longest example (measured: fwd+bwd of 256 sequences 2.2x faster in 4 micro-batches).
+
+The update is the same one: the batch holds the same examples, and because the micro-batches are equal in size, the
+mean of their per-example means is the batch mean (DPO, the reward model); a token-normalised loss (SFT) is
+normalised by the whole batch's token count by the trainer. Grouping examples of similar length *across* batches
+(transformers' ``group_by_length``), or micro-batches of unequal size (its ``batch_rebalance``, whose per-micro-batch
+means then weigh examples unequally in DPO's and the reward model's loss), would change the update; this does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.config import micro_batches  # noqa: F401  (re-exported: the trainers' split and its validation are one fact)
+
+
+def length_sorted_order(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[int]:
+    """A random permutation of ``range(len(lengths))`` in which every consecutive block of ``batch_size`` indices
+    (one optimiser batch; the last block may be shorter) is sorted by length, shortest first.
+
+    The blocks are exactly the batches a plain random permutation would give; only the order inside each changes.
+    """
+    order = rng.permutation(len(lengths)).tolist()
+    out: list[int] = []
+    for start in range(0, len(order), batch_size):
+        out.extend(sorted(order[start:start + batch_size], key=lambda i: lengths[i]))
+    return out
+
+
+def example_width(row: dict) -> int:
+    """Tokens an example pads its batch to: the prompt's plus the longest of its other token sequences (a DPO pair:
+    prompt + the longer completion; a reward-model pair: the longer sequence; an SFT example: its ``input_ids``)."""
+    prompt = len(row.get("prompt_ids") or ())
+    others = [len(v) for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids" and v is not None]
+    return prompt + max(others, default=0)
+
+
+def dataset_widths(dataset) -> list[int]:
+    """``example_width`` of every row of a tokenised ``datasets.Dataset``, reading only its ``*_ids`` columns."""
+    cols = [c for c in dataset.column_names if c.endswith("_ids")]
+    data = {c: dataset[c] for c in cols}
+    return [example_width({c: data[c][i] for c in cols}) for i in range(len(dataset))]
+
+
+class LengthSortedSampler:
+    """A data-loader sampler yielding :func:`length_sorted_order` afresh each epoch (one generator, so every epoch
+    draws new batches)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size = list(lengths), batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return iter(length_sorted_order(self.lengths, self.batch_size, self.rng))
+
+
+class LengthSortedMicroBatches:
+    """Mixin for a transformers/TRL trainer whose ``per_device_train_batch_size`` is the micro-batch and whose
+    ``gradient_accumulation_steps`` make up the optimiser batch: the train sampler becomes :class:`LengthSortedSampler`
+    over the tokenised training set. Single process only (the harness's trainers run in one)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        if self.args.gradient_accumulation_steps == 1 or self.args.world_size > 1:
+            return super()._get_train_sampler(train_dataset)
+        return LengthSortedSampler(dataset_widths(dataset), batch, self.args.seed)
+
+
+def with_length_sorted_micro_batches(trainer_cls):
+    """``trainer_cls`` with :class:`LengthSortedMicroBatches` mixed in (for TRL's trainers used as they are)."""
+    return type(f"LengthSorted{trainer_cls.__name__}", (LengthSortedMicroBatches, trainer_cls), {})
