@@ -1,16 +1,23 @@
-"""The Hydra application behind ``python -m harness``."""
+"""The Hydra application behind ``python -m harness``.
+
+``main(argv)`` checks a command before Hydra runs it: the config composes, every value validates, and the job's
+model, data, device and folders pass ``harness.checks.preflight`` (for a sweep, every job: the study sweeper does it
+for ``experiment=`` studies, ``main`` for plain ``-m`` sweeps). Any user error, Hydra's own included, ends as one
+line on stderr and exit status 2, before a folder is made or a stage trains.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.cache import key_of
 from harness.config import ConfigError, HarnessConfig, register_configs, validate
@@ -20,17 +27,29 @@ DONE = "done.json"  # written when a job finished; holds its config key and resu
 # conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
 # reading it as a Python module name.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+SECTIONS = ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")
 register_configs()
 
 
 def resolved(hc: HarnessConfig) -> dict:
     """The full config as run: YAML values plus every schema default, so a run folder says everything."""
-    out = {k: dataclasses.asdict(getattr(hc, k)) for k in
-           ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")}
+    out = {k: dataclasses.asdict(getattr(hc, k)) for k in SECTIONS}
     out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads, stages_per_seed=hc.stages_per_seed)
     out["experiment_name"] = hc.raw.get("experiment_name")
     # (the study's job list and seed list are the sweep's, not the job's: a job stays "finished" when the study grows)
-    return out
+    from harness.checks import redact
+
+    return redact(out)  # saved with the run and sent to W&B: no secret an interpolation pulled in
+
+
+def job_key(hc: HarnessConfig) -> str:
+    """The job's identity is what it computes: neither the thread count (how fast) nor a permission such as
+    ``trust_remote_code`` (how it may run), so a rerun under another launcher still reuses the finished job."""
+    ident = {k: v for k, v in hc.raw.items() if k != "threads"}
+    for name in SECTIONS:
+        skip = {f.name for f in dataclasses.fields(getattr(hc, name)) if f.metadata.get("identity") is False}
+        ident[name] = {k: v for k, v in ident[name].items() if k not in skip}
+    return key_of(ident)
 
 
 def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:
@@ -47,23 +66,24 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here."""
     import torch
 
+    from harness.checks import preflight
     from harness.run import RunContext
     from pipelines.registry import runner
 
     hc = validate(cfg)
     hc.raw = resolved(hc)
     done = folder / DONE
-    # The job's identity is what it computes: the thread count only says how fast, so a rerun under another launcher
-    # (two single-thread workers instead of one process) still reuses the finished job.
-    key = key_of({k: v for k, v in hc.raw.items() if k != "threads"})
+    key = job_key(hc)
     if done.exists() and json.loads(done.read_text()).get("key") == key:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
         print(f"reusing finished job {folder}")
         return json.loads(done.read_text())["result"]
+    task = preflight(hc)  # model, data, device, folders: all before the first stage trains
     if hc.threads > 0:
         torch.set_num_threads(hc.threads)
     torch.manual_seed(hc.seed)
     ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept)
+    ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
     result = runner(hc.pipeline.name)(ctx)
     folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
     done.write_text(json.dumps({"key": key, "result": result}, default=str, indent=2))
@@ -71,13 +91,153 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def hydra_main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
+    # One line, naming the key and the fix (also in a launcher's worker process, which main's handler does not reach);
+    # nothing has been trained yet: validation and every check come first.
+    return stop_on_user_error(run_job, cfg, folder, sweep, swept_pipeline_keys(list(hydra_cfg.overrides.task)))
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+# Flags under which Hydra does something other than run jobs (help, print the config, ...), or reads a config that is
+# not ours (another config path or name): these go to Hydra unchecked; their errors still end in one line.
+_NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "config_path", "config_name", "config_dir",
+              "experimental_rerun")
+
+
+def _parse_args(argv: list[str]):
+    """Hydra's own argument parser, whose usage errors become one ConfigError line instead of argparse's two."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str):
+        raise ConfigError(f"command line: {message}; see python -m harness --help")
+
+    parser.error = error
+    return parser.parse_args(argv)
+
+
+def _local_launcher(cfg: DictConfig) -> bool:
+    """Jobs run on this machine (so its devices are theirs): Hydra's basic launcher or joblib."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_") or "")
+    return target.endswith(("BasicLauncher", "JoblibLauncher"))
+
+
+def _folder(cfg: DictConfig, key: str) -> str | None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` as Hydra will make it, or None when it depends on the job (Hydra
+    makes it then; a failure there is still one line)."""
     try:
-        return run_job(cfg, folder, sweep, swept_pipeline_keys(list(hydra_cfg.overrides.task)))
-    except ConfigError as e:
-        # One line, naming the key and the fix; nothing has been trained yet (validation and data checks come first).
-        print(f"error: {e}", file=sys.stderr)
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:job.num}: known only once Hydra runs the job
+        return None
+    return str(value) if value else None
+
+
+def _job_config(cfg: DictConfig) -> DictConfig:
+    """The config a job's task function sees: the composed tree without its ``hydra`` node."""
+    job = cfg.copy()
+    with open_dict(job):
+        job.pop("hydra", None)
+    return job
+
+
+def _check_run(cfg: DictConfig, parsed: list, here: bool) -> None:
+    """One job: no sweep syntax, a writable run folder, and the job's own checks."""
+    from harness.checks import check_writable, preflight
+
+    sweep = next((o for o in parsed if o.is_sweep_override()), None)
+    if sweep is not None:
+        raise ConfigError(f"{sweep.get_key_element()}: '{sweep.input_line}' lists several values, but this is one run; "
+                          "add -m to sweep over them, or write a list as key=[a,b]")
+    out = _folder(cfg, "hydra.run.dir")
+    if out:
+        check_writable(out, "hydra.run.dir")
+    preflight(validate(_job_config(cfg)), here)
+
+
+def _check_sweep(loader, cfg: DictConfig, parsed: list, here: bool) -> None:
+    """A sweep: a writable sweep folder and, under Hydra's basic sweeper, every job as that sweeper will make it
+    (the study sweeper checks its own jobs; another sweeper, e.g. an optimiser, picks its jobs as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from harness.checks import check_jobs, check_writable
+
+    out = _folder(cfg, "hydra.sweep.dir")
+    if out:
+        check_writable(out, "hydra.sweep.dir")
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
+        return
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params) + parsed, None)
+
+    def compose_job(overrides: list[str]) -> DictConfig:
+        return _job_config(loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False))
+
+    check_jobs([job for batch in batches for job in batch], compose_job, here)
+
+
+def preflight_command(argv: list[str]) -> None:
+    """Compose and check what ``argv`` will run, before Hydra makes a folder: one job, or every job of a plain
+    ``-m`` sweep. Raises ConfigError (or Hydra's composition error)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    args = _parse_args(argv)
+    if any(getattr(args, name, None) for name in _NOT_A_RUN):
+        return
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().hydra
+        # Composed as Hydra does to learn the mode (sweep values left out); it raises Hydra's composition errors.
+        cfg = loader.compose_config("config", args.overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False,
+                                    validate_sweep_overrides=False)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        if args.multirun or cfg.hydra.mode == RunMode.MULTIRUN:
+            _check_sweep(loader, cfg, parsed, _local_launcher(cfg))
+        else:
+            _check_run(cfg, parsed, _local_launcher(cfg))
+
+
+def stop_on_user_error(fn, *args, full_traces: bool = False):
+    """``fn(*args)``; a user error (see ``harness.checks.user_error``) becomes one line on stderr and exit status 2.
+    Anything else, a bug, propagates with its traceback; so does everything when ``full_traces``."""
+    from harness.checks import user_error
+
+    try:
+        return fn(*args)
+    except Exception as e:
+        line = None if full_traces else user_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+
+
+def _check_then_run(argv: list[str]) -> None:
+    preflight_command(argv)
+    sys.argv = [sys.argv[0], *argv]  # Hydra reads the command line itself
+    hydra_main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m harness [overrides]``: check, then hand the command to Hydra. A user error is one line on stderr
+    and exit status 2; anything else (a bug) keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Hydra prints its own errors over several lines, ending in "Set the environment variable HYDRA_FULL_ERROR=1";
+    # with that variable set it raises them instead, and they reach stop_on_user_error. A user who set it keeps it.
+    previous, saved_argv = os.environ.get("HYDRA_FULL_ERROR"), sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        stop_on_user_error(_check_then_run, argv, full_traces=previous == "1")
+    finally:
+        sys.argv = saved_argv
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous

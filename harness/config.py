@@ -85,6 +85,9 @@ class TaskConfig:
         )
         if self.name == "local":
             _require(bool(self.path), "task.path", "task 'local' needs a file", "set task.path=/path/to/reviews.jsonl")
+        # A path given to the generated task would be ignored without a word: the user meant another task.
+        _require(self.name != "reviews" or not self.path, "task.path", "task 'reviews' is generated and reads no file",
+                 "drop task.path, or use task=local (a .jsonl/.csv file) or task=imdb (a dataset folder)")
 
 
 # ---------------------------------------------------------------------------------------------------------- model

@@ -37,13 +37,20 @@ class ClassifierGold:
     """p(label | text) from a Hugging Face sequence classifier given by hub name or local path (the paper's
     ``siebert/sentiment-roberta-large-english`` with label ``POSITIVE``)."""
 
-    def __init__(self, name_or_path: str, label: str = "POSITIVE", batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, name_or_path: str, label: str = "POSITIVE", batch_size: int = 64, device: str = "cpu",
+                 trust_remote_code: bool = False) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"hf:{name_or_path}"
-        self._tok = AutoTokenizer.from_pretrained(name_or_path)
-        self._model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(device).eval()
+        # trust_remote_code is passed explicitly: a classifier's own code runs only when gold.trust_remote_code says so
+        kw = {"trust_remote_code": trust_remote_code}
+        try:
+            self._tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
+            self._model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kw).to(device).eval()
+        except (OSError, ValueError) as e:  # not found, not a classifier, needs remote code: the user's input
+            raise ConfigError(f"gold.name_or_path: cannot load '{name_or_path}' ({str(e).strip().splitlines()[0][:160]}); "
+                              "give a local folder of a sequence classifier, or a hub name where the hub is reachable") from None
         labels = {str(v): int(k) for k, v in self._model.config.id2label.items()}
         if label not in labels:
             raise ConfigError(f"gold.label: '{label}' is not a label of {name_or_path} ({', '.join(labels)}); set gold.label to one of them")
@@ -63,4 +70,4 @@ class ClassifierGold:
 def load_gold(cfg: GoldConfig, device: str = "cpu") -> GoldReward:
     if cfg.kind == "vader":
         return VaderGold()
-    return ClassifierGold(cfg.name_or_path, cfg.label, cfg.batch_size, device)
+    return ClassifierGold(cfg.name_or_path, cfg.label, cfg.batch_size, device, cfg.trust_remote_code)

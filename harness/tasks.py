@@ -9,6 +9,7 @@ real text in the same shape (the paper's preset), tested here on tiny local file
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -136,42 +137,133 @@ def vocabulary(texts: list[str]) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ loaders
+# Fewer training reviews than this cannot fit a language model or give the prompts of a preference set; a file that
+# small is almost always the wrong file (a header, a sample), so it stops before training rather than after.
+MIN_TRAIN_REVIEWS = 50
+
+
+def _decode(p: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are a ConfigError naming the line and byte (a BOM is allowed)."""
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"task.path: cannot read '{p}' ({e.strerror}); point task.path at a readable .jsonl or .csv file") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"task.path: '{p}' line {line}: byte {data[e.start:e.start + 1]!r} at offset {e.start} is not "
+                          "UTF-8; save the file as UTF-8") from None
+
+
+def _jsonl_rows(p: Path, text: str) -> list[tuple[str, dict]]:
+    """(``line N``, object) per non-blank line. Split on newlines only: JSON strings may hold U+2028, which
+    ``splitlines`` would cut."""
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"task.path: '{p}' line {n} column {e.colno}: broken JSON ({e.msg}); each line must be "
+                              'one object like {"text": "..."}') from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"task.path: '{p}' line {n}: a JSON {type(row).__name__}, not an object; each line must be "
+                              'one object like {"text": "..."}')
+        rows.append((f"line {n}", row))
+    return rows
+
+
+def _csv_rows(p: Path, text: str) -> list[tuple[str, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [(f"line {reader.line_num}", row) for row in reader]
+    except csv.Error as e:
+        raise ConfigError(f"task.path: '{p}' line {reader.line_num}: malformed CSV ({e}); quote fields that hold commas, "
+                          "quotes or newlines") from None
+
+
 def _read_local(path: str, column: str) -> list[str]:
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"task.path: file '{path}' does not exist; point task.path at a .jsonl or .csv file")
-    if p.suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    elif p.suffix == ".csv":
-        with p.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise ConfigError(f"task.path: unsupported file type '{p.suffix}'; use .jsonl or .csv")
+    if p.suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"task.path: unsupported file type '{p.suffix}' ('{path}'); use .jsonl or .csv")
+    if p.is_dir():
+        raise ConfigError(f"task.path: '{path}' is a folder; point task.path at a .jsonl or .csv file")
+    text = _decode(p)
+    rows = _jsonl_rows(p, text) if p.suffix == ".jsonl" else _csv_rows(p, text)
     return _texts_from_rows(rows, column, str(p))
 
 
-def _texts_from_rows(rows: list[dict], column: str, where: str) -> list[str]:
+def _kind(value: object) -> str:
+    """How a value that is not text reads in an error: 'a number (3)', 'a list', 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return f"a {type(value).__name__}"
+
+
+def _texts_from_rows(rows: list[tuple[str, dict]], column: str, where: str) -> list[str]:
+    """The ``column`` of each (place, row) as whitespace-normalised text. A missing column, a value that is not text
+    (a number or a list is never silently turned into a review) or an empty text stops at its row."""
     if not rows:
-        raise ConfigError(f"task.path: '{where}' has no rows; give it at least one review per line")
-    missing = [i for i, r in enumerate(rows) if column not in r]
-    if missing:
-        raise ConfigError(f"task.text_column: column '{column}' missing in '{where}' (row {missing[0]}); set task.text_column to the column holding the reviews")
-    empty = [i for i, r in enumerate(rows) if not str(r[column] or "").strip()]
-    if empty:
-        raise ConfigError(f"task.path: '{where}' has an empty '{column}' at row {empty[0]}; remove empty texts")
-    return [" ".join(str(r[column]).split()) for r in rows]
+        raise ConfigError(f"task.path: '{where}' has no rows; give it at least {MIN_TRAIN_REVIEWS} reviews")
+    texts = []
+    for place, row in rows:
+        if column not in row:
+            have = ", ".join(str(k) for k in row if k is not None) or "none"
+            raise ConfigError(f"task.text_column: column '{column}' missing in '{where}' ({place}; it has: {have}); "
+                              "set task.text_column to the column holding the reviews")
+        value = row[column]
+        if not isinstance(value, str):
+            raise ConfigError(f"task.text_column: '{where}' {place} column '{column}' is {_kind(value)}, not text; "
+                              "every review must be a string")
+        if not value.strip():
+            raise ConfigError(f"task.path: '{where}' has an empty '{column}' at {place}; remove empty texts")
+        texts.append(" ".join(value.split()))
+    return texts
 
 
 def _load_imdb(path: str | None, column: str) -> tuple[list[str], list[str] | None]:
     """IMDb through `datasets` (the paper's preset): by hub name, or a local ``save_to_disk`` folder with the
-    same columns. Returns (train, test) texts."""
+    same columns (a DatasetDict with a ``train`` and optionally a ``test`` split, or a single Dataset, whose held-out
+    part is then carved like a local file's). Returns (train, test) texts."""
     import datasets
 
     name = path or "stanfordnlp/imdb"
-    ds = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name)
-    train = _texts_from_rows(list(ds["train"]), column, f"{name}[train]")
-    test = _texts_from_rows(list(ds["test"]), column, f"{name}[test]") if "test" in ds else None
+    local = Path(name).expanduser()
+    try:
+        ds = datasets.load_from_disk(str(local)) if local.exists() else datasets.load_dataset(name)
+    except Exception as e:  # noqa: BLE001 - any failure to open the data is the user's input, said in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"task.path: cannot open '{name}' as a dataset ({first}); give a folder written by "
+                          "save_to_disk or a hub dataset name") from None
+    if isinstance(ds, datasets.Dataset):
+        return _dataset_texts(ds, column, name, "train"), None
+    if "train" not in ds:
+        raise ConfigError(f"task.path: '{name}' has no 'train' split (it has: {', '.join(ds) or 'none'}); save a "
+                          "DatasetDict with a 'train' split")
+    train = _dataset_texts(ds["train"], column, name, "train")
+    test = _dataset_texts(ds["test"], column, name, "test") if "test" in ds else None
     return train, test
+
+
+def _dataset_texts(split, column: str, name: str, split_name: str) -> list[str]:
+    """A split's ``column`` as texts; its declared type is checked first (one line, not a row-by-row crawl)."""
+    where = f"{name}[{split_name}]"
+    if column not in split.column_names:
+        raise ConfigError(f"task.text_column: column '{column}' missing in '{where}' (it has: "
+                          f"{', '.join(split.column_names) or 'none'}); set task.text_column to the column holding the reviews")
+    dtype = getattr(split.features[column], "dtype", type(split.features[column]).__name__)
+    if dtype not in ("string", "large_string"):
+        raise ConfigError(f"task.text_column: '{where}' column '{column}' holds {dtype} values (row 0: "
+                          f"{_kind(split[0][column]) if len(split) else 'none'}), not text; pick the text column")
+    return _texts_from_rows([(f"row {i}", {column: v}) for i, v in enumerate(split[column])], column, where)
 
 
 def _prompt(text: str, lo: int, hi: int, rng: random.Random) -> str | None:
@@ -205,6 +297,11 @@ def heldout_prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Rand
     method and the bootstrap over prompts resamples independent units. Raises ConfigError when the held-out
     reviews cannot supply ``n`` of them.
     """
+    # At most one prompt per review and prefix length: asked for more, say so now instead of trying 20 x n times.
+    possible = sum(max(0, min(hi, len(t.split()) - 1) - lo + 1) for t in texts)
+    if n > possible:
+        raise ConfigError(f"task.n_eval_prompts: the held-out reviews give at most {possible} distinct prompts (asked for "
+                          f"{n}); lower task.n_eval_prompts or raise task.n_heldout")
     out: list[str] = []
     seen = set(exclude)
     for i in range(20 * max(n, len(texts))):  # each review is tried with several prefix lengths
@@ -237,11 +334,13 @@ def load_task(cfg: TaskConfig) -> TaskData:
             train_all, test = _read_local(cfg.path, cfg.text_column), None
         rng.shuffle(train_all)
         if test is None:  # carve the held-out split from the one file
-            if len(train_all) < 2:
-                raise ConfigError(f"task.path: needs at least 2 reviews (got {len(train_all)}); add more rows")
             k = max(1, min(cfg.n_heldout, len(train_all) // 5))
             test, train_all = train_all[:k], train_all[k:]
         train, held = train_all[: cfg.n_train], test[: cfg.n_heldout]
+    if len(train) < MIN_TRAIN_REVIEWS:
+        key, source = ("task.n_train", "") if cfg.n_train < MIN_TRAIN_REVIEWS else ("task.path", f" from '{cfg.path}'")
+        raise ConfigError(f"{key}: {len(train)} training reviews{source} are too few to train on (the minimum is "
+                          f"{MIN_TRAIN_REVIEWS}, after the held-out split); give more reviews or raise task.n_train")
     lo, hi = cfg.prompt_min_tokens, cfg.prompt_max_tokens
     train_prompts = _prompts(train, cfg.n_train_prompts, lo, hi, rng)
     data = TaskData(

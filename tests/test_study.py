@@ -12,12 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"sft", "ppo", "ppo_gt", "dpo", "unlikelihood", "preferred_ft", "best_of_n"}
+# Secrets in the study's environment, as on a user's machine: none may reach a file the study writes.
+SECRETS = {"WANDB_API_KEY": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c", "HF_TOKEN": "hf_studyTokenNotReal0123456789"}
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **SECRETS}
     cmd = [sys.executable, "-m", "harness", "experiment=smoke", f"cache_dir={tmp / 'cache'}",
            f"hydra.sweep.dir={tmp / 'sweep'}", "logger.wandb_mode=offline"]
     # The first run on two joblib workers (the launcher the frontier studies use); the rerun on the basic launcher.
@@ -54,6 +56,17 @@ def test_wandb_offline_runs_hold_the_frontier_table(smoke):
     assert "kl" in table["columns"] and "gold_reward" in table["columns"] and len(table["data"]) > 10
     job_runs = list(sweep.glob("*/wandb/offline-run-*"))
     assert len(job_runs) >= 8  # one W&B run per job, in the job's folder
+
+
+def test_no_secret_reaches_a_saved_config_or_log(smoke):
+    """The W&B key and the hub token were in the study's environment; no config, log or W&B file holds either."""
+    sweep, first, *_ = smoke
+    files = [p for p in sweep.parent.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files) and any(".wandb" in p.name for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(v.encode() in data for v in SECRETS.values()), f"a secret reached {path}"
+    assert not any(v in first.stdout + first.stderr for v in SECRETS.values())
 
 
 def test_rerun_under_another_launcher_reuses_every_finished_job(smoke):

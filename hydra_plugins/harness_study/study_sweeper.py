@@ -32,12 +32,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from harness.checks import STAGE_DEPTH
+
 log = logging.getLogger("harness.study")
-
-
-# How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
-STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
-               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3}
 
 
 def _value(overrides: list[str], key: str) -> str | None:
@@ -75,19 +72,28 @@ class StudySweeper(BasicSweeper):
             jobs.append(overrides)
         return jobs
 
+    def _job_config(self, overrides: list[str]):
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]  # the job's own config, as its task function will see it
+        return cfg
+
+    def check(self, jobs: list[list[str]], sweep_dir: Path) -> None:
+        """Compose, validate and preflight every job before any runs (a typo in job 17 must not cost the first 16,
+        nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
+        the job. The devices are checked only when the jobs run on this machine."""
+        from harness.checks import check_jobs, check_writable
+
+        check_writable(sweep_dir, "hydra.sweep.dir")
+        here = type(self.launcher).__name__ in ("BasicLauncher", "JoblibLauncher")
+        check_jobs(jobs, self._job_config, here)
+
     def sweep(self, arguments: List[str]) -> Any:
         jobs = self.job_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.check(jobs, sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # only now: a study that fails its checks leaves no folder
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        # Compose and validate every job before any runs: a typo in job 17 must not cost the first 16.
-        from harness.config import validate
-
-        for overrides in jobs:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                del cfg["hydra"]  # the job's own config, as its task function will see it
-            validate(cfg)
         log.info("study: %d jobs -> %s", len(jobs), sweep_dir)
         returns = []
         start = time.time()
