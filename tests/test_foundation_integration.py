@@ -12,14 +12,14 @@ ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence go
 def test_sft_preferences_and_evaluation(run_pipeline, tmp_path):
     cache = tmp_path / "cache"
     facts, folder = run_pipeline("sft", cache=cache, folder="sft1")
-    assert not facts["reused"] and facts["kl_to_self"] == 0.0
+    assert not facts["reused"] and 0 <= facts["kl_to_self"] < 1e-5  # to float rounding (see test_evaluator)
     assert facts["heldout_perplexity"] > 1 and 0 <= facts["gold_mean"] <= 1
     ckpt = facts["checkpoint"]
     model = AutoModelForCausalLM.from_pretrained(ckpt)  # a checkpoint anyone can load
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert tok.pad_token_id != tok.eos_token_id and model.config.vocab_size == len(tok)
     rows = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and set(rows[0]) == ROW_KEYS and rows[0]["method"] == "sft" and 0 <= rows[0]["kl"] < 1e-6
+    assert len(rows) == 1 and set(rows[0]) == ROW_KEYS and rows[0]["method"] == "sft" and 0 <= rows[0]["kl"] < 1e-5
     assert (folder / "config.yaml").exists() and "pipeline" in (folder / "config.yaml").read_text()
 
     again, _ = run_pipeline("sft", cache=cache, folder="sft2")
