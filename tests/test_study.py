@@ -97,7 +97,10 @@ def test_stage_building_jobs_go_first_one_per_seed():
             ["pipeline=ppo", "pipeline.kl_coef=0.1", "seed=0"], ["pipeline=ppo", "seed=0"],
             ["pipeline=sft", "seed=1"], ["pipeline=dpo", "seed=1"]]
     builders, rest = stage_first(jobs)
-    # seed 0: the first job that needs the reward model; seed 1: the first that needs the preference set
-    assert builders == [jobs[3], jobs[6]]
-    assert rest == [jobs[i] for i in (0, 1, 2, 4, 5)]
+    # first batch, per seed: the first job that builds π_SFT and the preference set (seed 1 needs nothing deeper)
+    assert builders == [jobs[2], jobs[6]]
+    # then seed 0's reward-model builder, the jobs that do not need a reward model, and last the ones that do
+    assert rest == [jobs[i] for i in (3, 0, 1, 5, 4)]
+    only_sft = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"]]
+    assert stage_first(only_sft) == ([only_sft[0]], [only_sft[1]])
 

@@ -14,9 +14,9 @@ whose folder already holds a finished result is reused.
 
 The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another with a
 progress line. Any other launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job
-per seed that builds the deepest cached stage it needs (π_SFT, the preference set, the reward model), then all the
-others at once, so parallel workers never sit waiting on one stage's lock. A lone stage-building job runs on every core
-(``threads=<cpu count>``): it has the machine to itself.
+per seed that builds π_SFT and the preference set, then all the others at once, the job that builds the reward model
+first and the jobs that need it last (``stage_first``), so parallel workers rarely wait on one stage's lock. A lone
+stage-building job runs on every core (``threads=<cpu count>``): it has the machine to itself.
 """
 
 from __future__ import annotations
@@ -43,17 +43,36 @@ def _value(overrides: list[str], key: str) -> str | None:
     return found[-1] if found else None
 
 
+def _depth(job: list[str]) -> int:
+    return STAGE_DEPTH.get(_value(job, "pipeline") or "sft", 1)
+
+
 def stage_first(jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
-    """Split jobs into (builders, rest): per seed, the first job whose pipeline reaches deepest into the stage cache
-    (it builds every stage that seed's other jobs reuse), then everything else in the original order."""
-    best: dict[str | None, int] = {}
+    """Split jobs into (builders, rest) so that parallel workers rarely wait on a stage another job is building.
+
+    builders: per seed, the first job that builds π_SFT and the preference set (depth 2; depth 1 when no job of
+    the seed needs more): the stages everything else stands on, built alone on every core.
+    rest: per seed, first the job that builds the reward model (the seed's first depth-3 job), then every job that
+    needs less than its seed's deepest stage, then the remaining deepest jobs, each group in the original order.
+    While one worker trains the reward model, the others run DPO, the baselines and PPO-GT, which do not need it.
+    """
+    by_seed: dict[str | None, list[int]] = {}
     for i, job in enumerate(jobs):
-        seed = _value(job, "seed")
-        depth = STAGE_DEPTH.get(_value(job, "pipeline") or "sft", 1)
-        if seed not in best or depth > STAGE_DEPTH.get(_value(jobs[best[seed]], "pipeline") or "sft", 1):
-            best[seed] = i
-    first = sorted(best.values())
-    return [jobs[i] for i in first], [job for i, job in enumerate(jobs) if i not in set(first)]
+        by_seed.setdefault(_value(job, "seed"), []).append(i)
+    builders, rm_builders, deepest = [], [], set()
+    for members in by_seed.values():
+        top = max(_depth(jobs[i]) for i in members)
+        first_of = {d: next((i for i in members if _depth(jobs[i]) == d), None) for d in (min(top, 2), top)}
+        builder = first_of[min(top, 2)] if first_of[min(top, 2)] is not None else first_of[top]
+        builders.append(builder)
+        deepest |= {i for i in members if _depth(jobs[i]) == top}
+        if _depth(jobs[builder]) < top:
+            rm_builders.append(first_of[top])
+    builders.sort()
+    placed = set(builders) | set(rm_builders)
+    shallow = [i for i in range(len(jobs)) if i not in placed and i not in deepest]
+    deep = [i for i in range(len(jobs)) if i not in placed and i in deepest]
+    return [jobs[i] for i in builders], [jobs[i] for i in rm_builders + shallow + deep]
 
 
 class StudySweeper(BasicSweeper):
