@@ -56,6 +56,10 @@ NOT_IDENTITY = {"identity": False}
 # Tokens sampled per response, the same for the preference set, PPO's rollouts and the evaluator: every method is
 # judged on responses of the same maximum length. 32 lets π_SFT finish > 95% of its samples on the embedded task.
 MAX_NEW_TOKENS = 32
+# Examples (reviews, or pairs) per length-sorted micro-batch, the default of every trainer's ``micro_batch_size``
+# (harness/batching.py: the same update as the whole batch, padded less). On the tiny model a forward+backward of 64
+# reviews took 0.43 s whole, 0.30 s in micro-batches of 32 and 0.25 s in micro-batches of 16.
+MICRO_BATCH_SIZE = 16
 
 # ----------------------------------------------------------------------------------------------------------- task
 TASKS = ("reviews", "imdb", "local")
@@ -135,7 +139,7 @@ class SFTStageConfig:
     epochs: float = 2.0
     learning_rate: float = 2e-3  # from scratch for `tiny`; use ~5e-5 for pretrained models
     batch_size: int = 64
-    micro_batch_size: int = 32  # reviews per length-sorted micro-batch (harness/batching.py: same update); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # reviews per length-sorted micro-batch (same update); 0 = none
     max_length: int = 64  # tokens per training review (the reviews are shorter)
     warmup_ratio: float = 0.05  # passed as a fraction of all steps (transformers 5: warmup_steps < 1)
 
@@ -171,7 +175,7 @@ class RewardModelConfig:
     epochs: float = 3.0  # ~300 steps on the default preference set: held-out pair accuracy plateaus there
     learning_rate: float = 1e-3
     batch_size: int = 64
-    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py: same update); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (same update); 0 = none
     max_length: int = 64
     center_rewards_coefficient: float | None = 0.01  # TRL's auxiliary (r_w + r_l)^2 term (Eisenstein et al. 2023)
 

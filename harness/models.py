@@ -59,7 +59,7 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None) -> Pr
         if not train_texts:
             raise ConfigError("model.name: 'tiny' trains its tokenizer on the task corpus, which is empty; check task.n_train")
         return train_tokenizer(train_texts, cfg.vocab_size)
-    tok = _from_pretrained(AutoTokenizer, cfg.name)
+    tok = _from_pretrained(AutoTokenizer, cfg.name, trust_remote_code=cfg.trust_remote_code)
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
@@ -71,7 +71,7 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None) -> Pr
 def _from_pretrained(cls, name: str, **kw):
     try:
         return cls.from_pretrained(name, **kw)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: e.g. transformers refusing a model's own code
         raise ConfigError(
             f"model.name: cannot load '{name}' ({str(e).splitlines()[0][:120]}); use model.name=tiny, a local folder, "
             "or a hub name on a machine with hub access"
@@ -110,28 +110,30 @@ def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0) -> PreTrainedModel:
         )
         model = GPT2LMHeadModel(conf)
     else:
-        model = _from_pretrained(AutoModelForCausalLM, cfg.name, dtype=getattr(torch, cfg.dtype))
+        model = _from_pretrained(AutoModelForCausalLM, cfg.name, dtype=getattr(torch, cfg.dtype),
+                                 trust_remote_code=cfg.trust_remote_code)
         if model.get_input_embeddings().num_embeddings < len(tok):  # a pad token was added
             model.resize_token_embeddings(len(tok))
     _sync_special_tokens(model, tok)
     return use_fused_gelu(model)
 
 
-def load_pretrained_lm(path: str | Path, tok=None) -> PreTrainedModel:
-    """A saved causal-LM checkpoint (e.g. π_SFT from the stage cache)."""
-    model = AutoModelForCausalLM.from_pretrained(str(path))
+def load_pretrained_lm(path: str | Path, tok=None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A saved causal-LM checkpoint (e.g. π_SFT from the stage cache). ``trust_remote_code``: ``model.trust_remote_code``
+    (a checkpoint saved from a model with its own code keeps needing it)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tok is not None:
         _sync_special_tokens(model, tok)
     return use_fused_gelu(model)
 
 
-def load_scalar_model(path: str | Path, tok) -> PreTrainedModel:
+def load_scalar_model(path: str | Path, tok, trust_remote_code: bool = False) -> PreTrainedModel:
     """Reward model or critic: the backbone of a causal-LM (or scalar) checkpoint with a one-output head.
 
     The sequence score is read at the last non-pad token, which needs ``pad_token_id`` on the config and a pad
     distinct from EOS (the EOS is the last real token of a finished response).
     """
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, trust_remote_code=trust_remote_code)
     _sync_special_tokens(model, tok)
     return use_fused_gelu(model)
 

@@ -67,8 +67,8 @@ def _build(ctx: RunContext, out: Path) -> dict:
     cfg = ctx.cfg.reward_model
     sft = ensure_sft(ctx)
     prefs = ensure_preferences(ctx)
-    tok = AutoTokenizer.from_pretrained(str(sft.path))
-    model = load_scalar_model(sft.path, tok)
+    tok = AutoTokenizer.from_pretrained(str(sft.path), trust_remote_code=ctx.cfg.model.trust_remote_code)
+    model = load_scalar_model(sft.path, tok, ctx.cfg.model.trust_remote_code)
     pairs = load_pairs(prefs)
     cols = ["prompt", "chosen", "rejected"]
     accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "reward_model.micro_batch_size")
@@ -107,8 +107,8 @@ def load_reward_model(ctx: RunContext):
     from transformers import AutoTokenizer
 
     art = ensure_reward_model(ctx)
-    tok = AutoTokenizer.from_pretrained(str(art.path))
-    model = freeze(load_scalar_model(art.path, tok).to(ctx.device))
+    tok = AutoTokenizer.from_pretrained(str(art.path), trust_remote_code=ctx.cfg.model.trust_remote_code)
+    model = freeze(load_scalar_model(art.path, tok, ctx.cfg.model.trust_remote_code).to(ctx.device))
     return model, tok, art.manifest()["facts"]
 
 

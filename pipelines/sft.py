@@ -83,15 +83,15 @@ def load_sft(ctx: RunContext):
     from transformers import AutoTokenizer
 
     art = ensure_sft(ctx)
-    tok = AutoTokenizer.from_pretrained(str(art.path))
-    model = load_pretrained_lm(art.path, tok).to(ctx.device)
+    tok = AutoTokenizer.from_pretrained(str(art.path), trust_remote_code=ctx.cfg.model.trust_remote_code)
+    model = load_pretrained_lm(art.path, tok, ctx.cfg.model.trust_remote_code).to(ctx.device)
     return model, tok, art
 
 
 def run(ctx: RunContext) -> dict:
     """Train (or reuse) π_SFT, then evaluate it on held-out prompts: the frontier's origin."""
     policy, tok, art = load_sft(ctx)
-    reference = load_pretrained_lm(art.path, tok).to(ctx.device)
+    reference = load_pretrained_lm(art.path, tok, ctx.cfg.model.trust_remote_code).to(ctx.device)
     tracker = ctx.tracker()
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval)
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
