@@ -104,3 +104,18 @@ def test_stage_building_jobs_go_first_one_per_seed():
     only_sft = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"]]
     assert stage_first(only_sft) == ([only_sft[0]], [only_sft[1]])
 
+
+
+@pytest.mark.parametrize("busy_jiffies, expected", [(0, 2), (100, 1), (200, 1)])
+def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, monkeypatch):
+    import io
+
+    from hydra_plugins.harness_study import study_sweeper
+
+    # two /proc/stat snapshots 200 jiffies apart on 2 cores: `busy_jiffies` of them spent working
+    lines = iter(["cpu 1000 0 500 8000 0 0 0 0 0 0\n",
+                  f"cpu {1000 + busy_jiffies} 0 500 {8000 + 200 - busy_jiffies} 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(study_sweeper, "open", lambda *a, **k: io.StringIO(next(lines)), raising=False)
+    monkeypatch.setattr(study_sweeper.time, "sleep", lambda s: None)
+    monkeypatch.setattr(study_sweeper.os, "cpu_count", lambda: 2)
+    assert study_sweeper.idle_cores() == expected
