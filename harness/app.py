@@ -4,6 +4,12 @@
 model, data, device and folders pass ``harness.checks.preflight`` (for a sweep, every job: the study sweeper does it
 for ``experiment=`` studies, ``main`` for plain ``-m`` sweeps). Any user error, Hydra's own included, ends as one
 line on stderr and exit status 2, before a folder is made or a stage trains.
+
+A job that was killed continues from its last checkpoint when the same command runs again (``harness.checkpoint``);
+one that has finished is reused. A training quantity that turns NaN or infinite stops the job with one line on stderr
+and exit status 3 (``harness.guards``), keeping its rows and its last checkpoint.
+
+Exit status: 0 done; 2 a user error, nothing trained; 3 a non-finite loss, reward, advantage, value or KL.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.cache import key_of
 from harness.config import ConfigError, HarnessConfig, register_configs, validate
+from harness.guards import EXIT_STATUS as NON_FINITE_STATUS
+from harness.guards import NonFiniteError
 
 log = logging.getLogger("harness")
 DONE = "done.json"  # written when a job finished; holds its config key and result
@@ -62,31 +70,47 @@ def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def finished(folder: Path, key: str) -> dict | None:
+    """The ``done.json`` record of ``folder`` if it holds a finished run of the job ``key``, else None."""
+    try:
+        record = json.loads((folder / DONE).read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: the job has not (provably) finished
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
 def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept: tuple[str, ...] = ()) -> dict:
-    """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here."""
+    """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here.
+
+    A finished job (its done.json has this config's key) is reused; a killed one continues from its last checkpoint
+    (the pipelines find it in the job folder, ``harness.checkpoint``), which is removed once done.json is written."""
     import torch
 
+    from harness import checkpoint
     from harness.checks import preflight
     from harness.run import RunContext
     from pipelines.registry import runner
 
     hc = validate(cfg)
     hc.raw = resolved(hc)
-    done = folder / DONE
     key = job_key(hc)
-    if done.exists() and json.loads(done.read_text()).get("key") == key:
+    record = finished(folder, key)
+    if record is not None:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
         print(f"reusing finished job {folder}")
-        return json.loads(done.read_text())["result"]
+        return record["result"]
     task = preflight(hc)  # model, data, device, folders: all before the first stage trains
     if hc.threads > 0:
         torch.set_num_threads(hc.threads)
     torch.manual_seed(hc.seed)
-    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept)
+    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
     ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
     result = runner(hc.pipeline.name)(ctx)
     folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
-    done.write_text(json.dumps({"key": key, "result": result}, default=str, indent=2))
+    # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
+    blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
+    checkpoint.commit(folder / DONE, lambda f: f.write(blob))
+    checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
     return result
 
 
@@ -205,12 +229,18 @@ def preflight_command(argv: list[str]) -> None:
 
 
 def stop_on_user_error(fn, *args, full_traces: bool = False):
-    """``fn(*args)``; a user error (see ``harness.checks.user_error``) becomes one line on stderr and exit status 2.
-    Anything else, a bug, propagates with its traceback; so does everything when ``full_traces``."""
+    """``fn(*args)``; a user error (see ``harness.checks.user_error``) becomes one line on stderr and exit status 2,
+    a non-finite training quantity (``harness.guards``) one line and exit status 3. Anything else, a bug, propagates
+    with its traceback; so does everything when ``full_traces``."""
     from harness.checks import user_error
 
     try:
         return fn(*args)
+    except NonFiniteError as e:
+        if full_traces:
+            raise
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(NON_FINITE_STATUS)
     except Exception as e:
         line = None if full_traces else user_error(e)
         if line is None:

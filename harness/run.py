@@ -17,7 +17,7 @@ from harness.tracking import Tracker
 
 log = logging.getLogger("harness")
 # Pipeline keys that set a job's budget, not the method's setting: they never label a point.
-NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns"})
+NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns", "checkpoint_every"})
 
 
 @dataclass
@@ -26,6 +26,7 @@ class RunContext:
     folder: Path  # this job's output folder (Hydra's run or sweep sub-folder)
     sweep_name: str | None = None  # the W&B group
     swept: tuple[str, ...] = ()  # pipeline knobs set on the command line / by the study (they label the points)
+    key: str = ""  # the job's identity (harness.app.job_key): its checkpoints and W&B run belong to it
 
     @property
     def device(self) -> torch.device:
@@ -56,6 +57,10 @@ class RunContext:
         extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept if k not in have and k not in NOT_A_SETTING]
         return ",".join([p for p in [base] if p] + extra)
 
-    def tracker(self) -> Tracker:
+    def tracker(self, resume: dict | None = None) -> Tracker:
+        """The job's tracker; ``resume``: the run-folder progress of the checkpoint the job continues from."""
+        from harness.checkpoint import wandb_run_id
+
         name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"
-        return Tracker(self.folder, self.cfg.logger, self.cfg.raw, method=self.method, name=name, group=self.sweep_name)
+        return Tracker(self.folder, self.cfg.logger, self.cfg.raw, method=self.method, name=name, group=self.sweep_name,
+                       wandb_id=wandb_run_id(self.folder, self.key), resume=resume)

@@ -11,7 +11,10 @@
   model scores highest (or the gold reward: an oracle), report the gold reward of the kept ones. No training.
 
 The trained baselines write their frontier points with the same :class:`pipelines.dpo.FrontierEvaluation` as DPO (at
-step 0, every ``eval.every`` optimizer steps and at the end) and run the same data checks first.
+step 0, every ``eval.every`` optimizer steps and at the end) and run the same data checks first. Both resume a killed
+job from its last checkpoint (every ``pipeline.checkpoint_every`` steps; ``harness.checkpoint``): Preferred-FT from
+its trainer's, as DPO; Unlikelihood from its own ``checkpoint/state.pt``. Both stop at a non-finite loss
+(``harness.guards``).
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness import checkpoint
 from harness.batching import length_sorted_order, micro_batches, with_length_sorted_micro_batches
 from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
+from harness.guards import check_finite
 from harness.run import RunContext
 from harness.sampling import sample
 from pipelines.dpo import (
-    EvaluationCallback,
     FrontierEvaluation,
-    TrackerCallback,
+    GuardedTraining,
+    ReplayableEpochs,
     parameter_change,
     prepare,
-    remove_if_empty,
+    save_args,
+    trainer_callbacks,
 )
 from pipelines.losses import sequence_logps, unlikelihood_loss
 from pipelines.sft import load_sft
@@ -67,26 +73,28 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     cfg = ctx.cfg.pipeline
-    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"))
+    resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"),
+                                                                 saved=resume[1] if resume else None)
     data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
     accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     args = SFTConfig(
-        output_dir=str(ctx.folder / "_trainer"), learning_rate=cfg.learning_rate,
+        output_dir=str(checkpoint.trainer_dir(ctx.folder)), learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
         weight_decay=0.0, bf16=False, fp16=False,
-        activation_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10, seed=ctx.cfg.seed,
+        activation_checkpointing=False, report_to="none", **save_args(cfg.checkpoint_every), logging_steps=10,
+        seed=ctx.cfg.seed,
         use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
     )
-    logs = TrackerCallback(tracker)
-    trainer = with_length_sorted_micro_batches(SFTTrainer)(
-        model=policy, args=args, train_dataset=data, processing_class=tok,
-        callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+    logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
+    trainer_cls = type("HarnessSFTTrainer",
+                       (GuardedTraining, ReplayableEpochs, with_length_sorted_micro_batches(SFTTrainer)), {})
+    trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
     log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
-    result = trainer.train()
-    remove_if_empty(ctx.folder / "_trainer")
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     facts = {"steps": trainer.state.global_step, "train_pairs": len(train), "train_examples": len(trainer.train_dataset),
              "train_loss": result.training_loss,
              "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss])}
@@ -167,9 +175,15 @@ def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device)
 
 
 def run_unlikelihood(ctx: RunContext) -> dict:
-    """Adam on the Unlikelihood loss over shuffled pair batches; the shared evaluator every ``eval.every`` steps."""
+    """Adam on the Unlikelihood loss over shuffled pair batches; the shared evaluator every ``eval.every`` steps.
+
+    Every ``checkpoint_every`` steps the loop's whole state goes to ``<job>/checkpoint/state.pt``: the policy, Adam,
+    the shuffling generator with the current epoch's order and the position in it, the global generators, counters
+    and the run folder's progress; a rerun of a killed job continues from there as if never stopped."""
     cfg = ctx.cfg.pipeline
-    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen", "rejected"))
+    saved = checkpoint.load(ctx.folder, ctx.key)
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen", "rejected"),
+                                                                 saved=saved)
     prompts, chosen, rejected = train["prompt"], train["chosen"], train["rejected"]
     batches_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)
@@ -179,32 +193,48 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     log.info("Unlikelihood (α=%s) on %d pairs for %d steps", cfg.alpha, len(prompts), total_steps)
 
     policy.train()  # dropout stays off (prepare set every p to 0), as for the other methods
-    evaluation(policy, step=0)
     losses: list[float] = []
     step = tokens_trained = 0
-    with tqdm(total=total_steps, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
+    order, start = None, 0  # this epoch's pair order and where the next batch starts in it
+    if saved:
+        policy.load_state_dict(saved["policy"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["shuffle"]
+        checkpoint.set_rng_state(saved["rng"])
+        losses, step, tokens_trained = list(saved["losses"]), saved["step"], saved["tokens_trained"]
+        order, start = saved["order"], saved["start"]
+    else:
+        evaluation(policy, step=0)
+    with tqdm(total=total_steps, initial=step, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
         while step < total_steps:
-            # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/batching.py)
-            order = length_sorted_order(widths, cfg.batch_size, rng)
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start: start + cfg.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
-                    policy, tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
-                    cfg, ctx.device)
-                tokens_trained += tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                step += 1
-                losses.append(loss.item())
-                tracker.log({"objective/loss": losses[-1], "objective/nll_chosen": nll_chosen.item(),
-                             "objective/ul_rejected": ul_rejected.item(), "policy/grad_norm": grad_norm.item()}, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", nll=f"{nll_chosen.item():.3f}", ul=f"{ul_rejected.item():.3f}")
-                if step % ctx.cfg.eval.every == 0:
-                    evaluation(policy, step=step, tokens_trained=tokens_trained)
-                if step == total_steps:
-                    break
+            if order is None or start >= len(order):
+                # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/batching.py)
+                order, start = length_sorted_order(widths, cfg.batch_size, rng), 0
+            idx = order[start: start + cfg.batch_size]
+            start += cfg.batch_size
+            optimizer.zero_grad(set_to_none=True)
+            loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
+                policy, tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
+                cfg, ctx.device)
+            check_finite("loss", loss, step + 1, unit="step")  # before the step: Adam never takes a non-finite gradient
+            tokens_trained += tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            step += 1
+            losses.append(loss.item())
+            tracker.log({"objective/loss": losses[-1], "objective/nll_chosen": nll_chosen.item(),
+                         "objective/ul_rejected": ul_rejected.item(), "policy/grad_norm": grad_norm.item()}, step=step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", nll=f"{nll_chosen.item():.3f}", ul=f"{ul_rejected.item():.3f}")
+            if step % ctx.cfg.eval.every == 0:
+                evaluation(policy, step=step, tokens_trained=tokens_trained)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                checkpoint.save(ctx.folder, ctx.key, {
+                    "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                    "shuffle": rng.bit_generator.state,
+                    "rng": checkpoint.rng_state(), "losses": losses, "step": step, "tokens_trained": tokens_trained,
+                    "order": [int(i) for i in order], "start": start, "progress": tracker.progress(),
+                    "clock": checkpoint.clock_state(evaluation.evaluator)})
     if evaluation.last_step != step:
         evaluation(policy, step=step, tokens_trained=tokens_trained)
     facts = {"alpha": cfg.alpha, "steps": step, "train_pairs": len(prompts),

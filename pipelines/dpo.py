@@ -18,19 +18,29 @@ Everything shared with the other trainer-based methods lives here too: the data 
 method runs before training (:func:`check_pairs`), and the two callbacks that put a TRL/transformers trainer on the
 frontier (:class:`EvaluationCallback`: the shared evaluator at step 0, every ``eval.every`` optimizer steps and at the
 end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
+
+Resume and guards, shared the same way: the trainer writes a checkpoint every ``pipeline.checkpoint_every`` optimizer
+steps under ``<job>/checkpoint/trainer`` (:class:`CheckpointCallback` marks each complete with the run folder's
+progress, ``harness.checkpoint``), and a rerun of a killed job continues from the newest with
+``resume_from_checkpoint``; :class:`ReplayableEpochs` gives a resumed epoch the data order of an uninterrupted run;
+:class:`GuardedTraining` stops at the first non-finite loss (``harness.guards``) where transformers would average it
+out of its logs and train on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from harness import checkpoint
 from harness.config import ConfigError
-from harness.batching import LengthSortedMicroBatches, micro_batches
+from harness.batching import LengthSortedMicroBatches, LengthSortedSampler, micro_batches
 from harness.evaluator import Evaluator
+from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm
 from harness.run import RunContext
 from harness.tracking import Tracker
@@ -134,12 +144,19 @@ class FrontierEvaluation:
         """``tokens_trained``: tokens through the policy's forward+backward so far (the offline methods sample none)."""
         point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
                                run_id=self.tracker.run_id, tokens_trained=tokens_trained)
+        check_point(point, step, unit="step")
         row = self.tracker.log_eval(point)
         self.rows.append(row)
         self.last_step = step
         logging.getLogger("harness.frontier").info("%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", self.method, self.setting, step, row["gold_reward"], row["gold_reward_sem"],
                  row["kl"], row["kl_sem"])
         return row
+
+    def resume(self, saved: dict) -> None:
+        """Continue after a checkpoint: the rows it counted (the tracker kept them) and the evaluator's clock."""
+        self.rows = self.tracker.rows()
+        self.last_step = self.rows[-1]["step"] if self.rows else None
+        checkpoint.restore_clock(self.evaluator, saved["clock"])
 
 
 class EvaluationCallback(TrainerCallback):
@@ -150,7 +167,8 @@ class EvaluationCallback(TrainerCallback):
         self.evaluation, self.every = evaluation, every
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.evaluation(model, step=0)
+        if state.global_step == 0:  # a resumed run has its step-0 row already
+            self.evaluation(model, step=0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -193,12 +211,66 @@ class TrackerCallback(TrainerCallback):
         self.tracker.log(logs, step=state.global_step)
 
 
-def remove_if_empty(folder) -> None:
-    """The trainers' output_dir stays empty (no checkpoints are saved); do not leave it in the run folder."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+class CheckpointCallback(TrainerCallback):
+    """Once transformers has written ``checkpoint-<step>`` (weights, optimiser, scheduler, RNG states, trainer
+    state), commits our mark into it: the job's key, the run folder's progress (row-file lines, seconds) and the
+    evaluator's clock. Only then are the older checkpoints removed, so one complete checkpoint always exists."""
+
+    def __init__(self, key: str, tracker: Tracker, evaluation: FrontierEvaluation) -> None:
+        self.key, self.tracker, self.evaluation = key, tracker, evaluation
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint.mark(path, self.key, {"step": state.global_step, "progress": self.tracker.progress(),
+                                         "clock": checkpoint.clock_state(self.evaluation.evaluator)})
+        checkpoint.keep_only(path)
+
+
+class GuardedTraining:
+    """Trainer mixin: stop at the first non-finite loss, before the optimiser step that would take it in."""
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        check_finite("loss", loss, self.state.global_step + 1, unit="step")
+        return loss
+
+
+class EpochReplay:
+    """A sampler whose every pass draws the next epoch's order from one generator (``LengthSortedSampler``), made
+    resumable. A resumed trainer's sampler is fresh, so its first pass would repeat epoch 0's order; the trainer calls
+    ``set_epoch(k)`` before each epoch, and for a k this sampler has not reached, a fresh one replays the k earlier
+    passes. In an uninterrupted run ``set_epoch`` always finds the sampler at k and changes nothing."""
+
+    def __init__(self, make, sampler=None) -> None:
+        """``make()`` builds a fresh sampler; ``sampler``: one ``make`` already built, to start from."""
+        self.make, self.sampler, self.passes = make, sampler if sampler is not None else make(), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.passes:
+            return
+        self.sampler, self.passes = self.make(), 0
+        while self.passes < epoch:
+            for _ in self.sampler:  # the orders of the epochs before: drawn and dropped
+                pass
+            self.passes += 1
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class ReplayableEpochs:
+    """Trainer mixin (listed before ``LengthSortedMicroBatches``): its length-sorted sampler, wrapped in
+    :class:`EpochReplay`."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(sampler, LengthSortedSampler):  # transformers (with accelerate) resumes its own samplers
+            return sampler
+        return EpochReplay(lambda: super(ReplayableEpochs, self)._get_train_sampler(train_dataset), sampler)
 
 
 def parameter_change(policy, reference) -> float:
@@ -221,7 +293,7 @@ def load_frozen_reference(path, tok, device):
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
-    class HarnessDPOTrainer(LengthSortedMicroBatches, DPOTrainer):
+    class HarnessDPOTrainer(GuardedTraining, ReplayableEpochs, LengthSortedMicroBatches, DPOTrainer):
         """TRL's ``DPOTrainer`` with conservative DPO taken from ``losses.dpo_family_loss``.
 
         TRL 1.16's ``_compute_loss`` is the one place its loss is computed (the loss types are an inline ``elif``
@@ -230,7 +302,9 @@ def _dpo_trainer_class():
         completion tokens, summed), the reference log-probs from TRL's own ``compute_ref_log_probs`` (or the
         precomputed ones), then −(1−ε) log σ(βh) − ε log σ(−βh), and TRL's pair metrics (rewards/*, logps/*).
         Every other case is TRL's code, untouched. Batches are split into length-sorted micro-batches
-        (``harness.batching``): the same update with less padding.
+        (``harness.batching``): the same update with less padding. A non-finite loss stops training
+        (:class:`GuardedTraining`), and a resumed run sees the data in the order of an uninterrupted one
+        (:class:`ReplayableEpochs`).
         """
 
         def _compute_loss(self, model, inputs, return_outputs):
@@ -267,8 +341,19 @@ def _dpo_trainer_class():
     return HarnessDPOTrainer
 
 
-def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10):
-    """TRL's DPOConfig from our pipeline config: fp32, no checkpoints, no TRL reporting (our tracker does that).
+def save_args(every: int) -> dict:
+    """The trainer arguments of a checkpoint every ``every`` optimizer steps (0: none). Complete checkpoints are
+    pruned by :class:`CheckpointCallback`, not by ``save_total_limit``, which deletes the previous checkpoint before
+    the new one is marked complete."""
+    if not every:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": every, "save_total_limit": None, "save_only_model": False}
+
+
+def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
+               checkpoint_every: int = 0):
+    """TRL's DPOConfig from our pipeline config: fp32, a checkpoint every ``checkpoint_every`` steps (0: none), no
+    TRL reporting (our tracker does that).
 
     TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
     which is wrong on CPU and wasted time on small models, so both are off. The learning rate warms up linearly over
@@ -285,7 +370,7 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
         per_device_eval_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        bf16=False, fp16=False, activation_checkpointing=False, report_to="none", save_strategy="no",
+        bf16=False, fp16=False, activation_checkpointing=False, report_to="none", **save_args(checkpoint_every),
         logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
@@ -293,10 +378,13 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
 
 
 def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, output_dir: str, *, seed: int = 0,
-                  use_cpu: bool = True, callbacks: list | None = None, eval_dataset=None, logging_steps: int = 10):
-    """A :class:`HarnessDPOTrainer` on ``train_dataset`` (columns prompt, chosen, rejected) with π_ref = ``reference``."""
+                  use_cpu: bool = True, callbacks: list | None = None, eval_dataset=None, logging_steps: int = 10,
+                  checkpoint_every: int = 0):
+    """A :class:`HarnessDPOTrainer` on ``train_dataset`` (columns prompt, chosen, rejected) with π_ref = ``reference``;
+    trainer checkpoints in ``output_dir`` every ``checkpoint_every`` steps (0: none)."""
     trainer_cls = _dpo_trainer_class()
-    args = dpo_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps)
+    args = dpo_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
+                      checkpoint_every=checkpoint_every)
     return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=train_dataset,
                        eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks or [])
 
@@ -306,33 +394,47 @@ def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, outpu
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS):
+def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS, saved: dict | None = None):
     """What every method trained on the preference set needs (DPO family, Preferred-FT, Unlikelihood): π_SFT to
     train, checked pairs, a frozen π_ref, the tracker and the evaluation — in that order, so bad data stops the job
     before a tracker or run folder exists. The policy comes with dropout off (``disable_dropout``), as PPO's does:
-    every method trains π_SFT under the same conditions, whichever trainer puts it in train mode."""
+    every method trains π_SFT under the same conditions, whichever trainer puts it in train mode.
+
+    ``saved``: the checkpoint record (``progress`` and ``clock``) of a run being resumed; the tracker and the
+    evaluation then continue where it left them."""
     cfg = ctx.cfg.pipeline
     policy, tok, sft = load_sft(ctx)
     policy = disable_dropout(policy)
     check_max_length(cfg.max_length, policy)
     train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
     reference = load_frozen_reference(sft.path, tok, ctx.device)
-    tracker = ctx.tracker()
+    tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
                                     method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    if saved:
+        evaluation.resume(saved)
     return policy, reference, tok, train, tracker, evaluation
+
+
+def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation):
+    """The callbacks every trainer-based method runs with: logs, evaluations, checkpoint marks. Returns the log
+    callback (the run's facts read its losses) and the list."""
+    logs = TrackerCallback(tracker)
+    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every),
+                  CheckpointCallback(ctx.key, tracker, evaluation)]
 
 
 def run(ctx: RunContext) -> dict:
     """Train π_θ from π_SFT with the DPO-family loss on the preference set; evaluate along the way."""
     cfg: DPOPipeline = ctx.cfg.pipeline
-    policy, reference, tok, train, tracker, evaluation = prepare(ctx)
-    logs = TrackerCallback(tracker)
-    trainer = build_trainer(policy, reference, tok, train, cfg, str(ctx.folder / "_trainer"), seed=ctx.cfg.seed,
-                            use_cpu=ctx.device.type == "cpu", callbacks=[logs, EvaluationCallback(evaluation, ctx.cfg.eval.every)])
+    resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None
+    policy, reference, tok, train, tracker, evaluation = prepare(ctx, saved=resume[1] if resume else None)
+    logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
+    trainer = build_trainer(policy, reference, tok, train, cfg, str(checkpoint.trainer_dir(ctx.folder)),
+                            seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
+                            checkpoint_every=cfg.checkpoint_every)
     log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
-    result = trainer.train()
-    remove_if_empty(ctx.folder / "_trainer")
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 
     policy = trainer.model
     policy.save_pretrained(ctx.folder / "policy")

@@ -25,13 +25,18 @@ One update (``PPO.step``):
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``).
 
+A non-finite reward, value, KL, advantage or loss stops the run before the update that would take it in
+(``harness.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
+optimisers, the KL controller, the sampling and shuffling generators; ``run`` adds the prompt generator, the global
+generators and the run folder's progress) goes to ``<job>/checkpoint/state.pt``, and a rerun of a killed job continues
+from there with the same rows an uninterrupted run writes (``harness.checkpoint``).
+
 All the math is in ``pipelines/losses.py``; this module only moves tensors between the roles. ``PPO`` needs no
 Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same update on its own models.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -40,7 +45,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness import checkpoint
 from harness.evaluator import Evaluator, texts_of
+from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model, use_fused_gelu
 from harness.run import RunContext
 from harness.sampling import Samples, positions, response_logits, sample
@@ -195,6 +202,32 @@ class PPO:
                        else L.FixedKLController(cfg.kl_coef))
         self.sample_gen = torch.Generator(device=self.device).manual_seed(seed)
         self.shuffle_gen = torch.Generator().manual_seed(seed + 1)
+        self.updates_done = 0  # completed ``step`` calls; the update in progress is number updates_done + 1
+
+    # ------------------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """Everything that makes the next update what it would have been: both trained models and their optimisers,
+        the KL coefficient, the score normalisation (PPO-GT sets it on its first rollout), the sampling and
+        shuffling generators and the update count. The frozen roles are loaded again from the stage cache."""
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "policy_opt": self.policy_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "kl_ctl": dict(vars(self.kl_ctl)), "score_norm": self.score_norm,
+                "sample_gen": self.sample_gen.get_state(), "shuffle_gen": self.shuffle_gen.get_state(),
+                "updates_done": self.updates_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        vars(self.kl_ctl).update(state["kl_ctl"])
+        self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
+        self.sample_gen.set_state(state["sample_gen"])
+        self.shuffle_gen.set_state(state["shuffle_gen"])
+        self.updates_done = state["updates_done"]
+
+    def _check(self, quantity: str, value) -> None:
+        check_finite(quantity, value, self.updates_done + 1)
 
     # ------------------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
@@ -228,6 +261,8 @@ class PPO:
         ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
 
         raw = self.reward(s, prompts).float()  # (B,)
+        self._check("reward", raw)
+        self._check("value", values)
         if self.score_norm is None:
             self.score_norm = (raw.mean().item(), max(raw.std().item(), _MIN_SCORE_STD))
         # Score normalisation, then the optional missing-EOS penalty (Huang et al. 2024; 0 by default, see
@@ -237,11 +272,13 @@ class PPO:
 
         beta = self.kl_ctl.value
         kl = L.kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+        self._check("KL", kl)
         rewards = L.per_token_rewards(scores, kl, beta, mask)
         if cfg.whiten_rewards:
             rewards = L.masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = L.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = L.masked_whiten(advantages, mask)
+        self._check("advantage", advantages)
 
         seq_kl = L.masked_sum(logprobs - ref_logprobs, mask, dim=-1)  # (B,) k1 sequence KL, what target_kl refers to
         # k3 (>= 0 per token, lower variance) only as a diagnostic of the same KL: as a reward it would be biased.
@@ -288,6 +325,7 @@ class PPO:
                     logits = response_logits(self.policy, mb.samples, cfg.temperature)
                     new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
                 pg_loss, clipfrac, approxkl = L.clipped_policy_loss(new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange)
+                self._check("policy loss", pg_loss)  # before the step: the weights never take a non-finite update
                 loss = pg_loss
                 if cfg.ent_coef > 0:
                     entropy = L.masked_mean(L.entropy_from_logits(logits), mb.masks)
@@ -300,6 +338,7 @@ class PPO:
 
                 new_values = first_pass.values if first_pass is not None else critic_values(self.critic, mb.samples)
                 vf_loss, vf_clipfrac = L.clipped_value_loss(new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value)
+                self._check("value loss", vf_loss)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (cfg.vf_coef * vf_loss).backward()
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
@@ -319,6 +358,7 @@ class PPO:
         stats.update(self.update(ro))
         # target_kl is a sequence KL, so the controller sees the batch's mean sequence KL; n_steps = episodes.
         self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
+        self.updates_done += 1
         stats["charts/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
         return stats
 
@@ -387,7 +427,8 @@ def build_roles(ctx: RunContext) -> Roles:
 
 
 def run(ctx: RunContext) -> dict:
-    """Train π_θ with PPO (``ppo``: against r_φ; ``ppo_gt``: against the gold reward) and evaluate it on the way."""
+    """Train π_θ with PPO (``ppo``: against r_φ; ``ppo_gt``: against the gold reward) and evaluate it on the way.
+    A job killed after a checkpoint continues from it (see the module docstring)."""
     from tqdm.auto import tqdm
 
     cfg = ctx.cfg.pipeline
@@ -400,36 +441,53 @@ def run(ctx: RunContext) -> dict:
         return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[:cfg.batch_size].tolist()]
 
     ppo = roles.ppo(cfg, seed=ctx.cfg.seed)
-
-    tracker = ctx.tracker()
+    saved = checkpoint.load(ctx.folder, ctx.key)  # before the tracker: it cuts the row files back to the checkpoint's
+    tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
 
     def evaluate(step: int) -> dict:
         point = evaluator(policy, step=step, **point_args, **compute)
+        check_point(point, step)
         return tracker.log_eval(point)
 
-    points = [evaluate(0)]
-    log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
+    if saved:
+        ppo.load_state_dict(saved["ppo"])
+        prompt_gen.set_state(saved["prompt_gen"])
+        checkpoint.set_rng_state(saved["rng"])
+        checkpoint.restore_clock(evaluator, saved["clock"])
+        compute.update(saved["compute"])
+        points = tracker.rows()
+        log.info("%s resumes after update %d", ctx.method, ppo.updates_done)
+    else:
+        points = [evaluate(0)]
+        log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
 
-    t0 = time.time()
-    # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
-    with (ctx.folder / "updates.jsonl").open("a") as update_log:
-        bar = tqdm(range(1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update", mininterval=1.0)
-        for update in bar:
-            stats = ppo.step(next_prompts())
-            compute["tokens_generated"] += stats["compute/tokens_generated"]
-            compute["tokens_trained"] += stats["compute/tokens_trained"]
-            tracker.log(stats, step=update)
-            update_log.write(json.dumps({"update": update, **stats}) + "\n")
-            bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                            beta=f"{stats['kl_coef']:.3g}", refresh=False)
-            if not all(np.isfinite(stats[k]) for k in ("loss/policy", "loss/value")):
-                raise FloatingPointError(f"{ctx.method}: non-finite loss at update {update}: {stats}")
-            if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
-                points.append(evaluate(update))
-        bar.close()
+    def save_checkpoint() -> None:
+        checkpoint.save(ctx.folder, ctx.key, {
+            "ppo": ppo.state_dict(), "prompt_gen": prompt_gen.get_state(), "rng": checkpoint.rng_state(),
+            "clock": checkpoint.clock_state(evaluator), "compute": dict(compute), "train_s": time.time() - t0,
+            "progress": tracker.progress()})
+
+    t0 = time.time() - (saved["train_s"] if saved else 0.0)
+    bar = tqdm(range(ppo.updates_done + 1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update",
+               mininterval=1.0, initial=ppo.updates_done, total=cfg.updates)
+    for update in bar:
+        stats = ppo.step(next_prompts())
+        compute["tokens_generated"] += stats["compute/tokens_generated"]
+        compute["tokens_trained"] += stats["compute/tokens_trained"]
+        tracker.log(stats, step=update)
+        # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
+        tracker.append("updates.jsonl", {"update": update, **stats})
+        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
+                        beta=f"{stats['kl_coef']:.3g}", refresh=False)
+        if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
+            points.append(evaluate(update))
+        # None after the last update: the finished job's done.json makes it unnecessary
+        if cfg.checkpoint_every and update % cfg.checkpoint_every == 0 and update < cfg.updates:
+            save_checkpoint()
+    bar.close()
     train_s = time.time() - t0
 
     out = ctx.folder / "policy"

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.config import MAX_NEW_TOKENS, ConfigError, _in_unit, _positive, _require, micro_batches
+from harness.config import MAX_NEW_TOKENS, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
+
+
+def _check_checkpoint_every(obj) -> None:
+    """``checkpoint_every``, the knob of every method that resumes inside a job (``harness.checkpoint``): a
+    checkpoint every this many updates / optimizer steps, 0 = none. It says how a job runs, not what it computes
+    (NOT_IDENTITY): changing it neither reruns a finished job nor discards a killed one's checkpoint."""
+    _require(obj.checkpoint_every >= 0, "pipeline.checkpoint_every", f"must be >= 0 (got {obj.checkpoint_every})",
+             "set pipeline.checkpoint_every=10, or 0 for no checkpoints")
 
 
 @dataclass
@@ -84,6 +92,7 @@ class PPOPipeline(PipelineBase):
     temperature: float = 1.0
     whiten_rewards: bool = False
     normalize_scores: bool = True  # (score − mean) / std over π_SFT samples: stored with the RM; ppo_gt: first rollout
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
     setting_keys = ("kl_coef",)
 
@@ -106,6 +115,7 @@ class PPOPipeline(PipelineBase):
         if self.target_kl is not None:
             _positive(self, p, "target_kl")
         _require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
+        _check_checkpoint_every(self)
 
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
@@ -138,6 +148,7 @@ class DPOPipeline(PipelineBase):
     max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
     precompute_ref_log_probs: bool = False  # one reference pass over the data before training instead of per step
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
     setting_keys = ("beta",)
 
@@ -154,6 +165,7 @@ class DPOPipeline(PipelineBase):
         _require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
         _require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
         _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        _check_checkpoint_every(self)
         # The method name labels the frontier points, so the loss must be the one the name says.
         if self.name == "ipo":
             _require(self.loss_type == "ipo", "pipeline.loss_type", f"pipeline ipo trains the IPO loss, not '{self.loss_type}'", "drop pipeline.loss_type or use pipeline=dpo")
@@ -178,10 +190,12 @@ class PreferredFTPipeline(PipelineBase):
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
     def __post_init__(self) -> None:
         _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
+        _check_checkpoint_every(self)
 
 
 @dataclass
@@ -197,6 +211,7 @@ class UnlikelihoodPipeline(PipelineBase):
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
     max_grad_norm: float = 1.0
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
     setting_keys = ("alpha",)
 
@@ -204,6 +219,7 @@ class UnlikelihoodPipeline(PipelineBase):
         _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
         _require(self.alpha >= 0, "pipeline.alpha", f"must be >= 0 (got {self.alpha})", "set pipeline.alpha=0.5")
+        _check_checkpoint_every(self)
 
 
 @dataclass
