@@ -280,9 +280,9 @@ def parameter_change(policy, reference) -> float:
     return math.sqrt(sq)
 
 
-def load_frozen_reference(path, tok, device):
+def load_frozen_reference(path, tok, device, trust_remote_code: bool = False):
     """π_ref: its own copy of π_SFT, in eval mode, with no gradients."""
-    return freeze(load_pretrained_lm(path, tok).to(device))
+    return freeze(load_pretrained_lm(path, tok, trust_remote_code).to(device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS, saved: dic
     policy = disable_dropout(policy)
     check_max_length(cfg.max_length, policy)
     train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
-    reference = load_frozen_reference(sft.path, tok, ctx.device)
+    reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
                                     method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)

@@ -408,19 +408,20 @@ def build_roles(ctx: RunContext) -> Roles:
 
     cfg = ctx.cfg.pipeline
     policy, tok, sft = load_sft(ctx)
-    reference = load_pretrained_lm(sft.path, tok).to(ctx.device)
+    remote = ctx.cfg.model.trust_remote_code
+    reference = load_pretrained_lm(sft.path, tok, remote).to(ctx.device)
     if cfg.name == "ppo":
         from pipelines.reward_model import TextScorer, ensure_reward_model, load_reward_model
 
         rm, _, facts = load_reward_model(ctx)
-        critic = load_scalar_model(ensure_reward_model(ctx).path, tok)  # Huang et al.: critic initialised from r_φ
+        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
         # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
         norm = (facts["sft_score_mean"], facts["sft_score_std"])
         if cfg.normalize_scores:  # the critic predicts returns of the normalised score: start it on that scale
             critic.score = normalised_head(critic.score, *norm)
         reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
     else:
-        critic = load_scalar_model(sft.path, tok)  # π_SFT's backbone, fresh scalar head
+        critic = load_scalar_model(sft.path, tok, remote)  # π_SFT's backbone, fresh scalar head
         # The gold scorer has no stored statistics: the first rollout (π_SFT's own samples) gives them.
         norm, reward, proxy = None, GoldScore(ctx.gold, tok), None
     return Roles(policy, reference, critic.to(ctx.device), reward, tok, norm if cfg.normalize_scores else (0.0, 1.0), proxy)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.config import MAX_NEW_TOKENS, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
+from harness.config import MAX_NEW_TOKENS, MICRO_BATCH_SIZE, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
 
 
 def _check_checkpoint_every(obj) -> None:
@@ -142,7 +142,7 @@ class DPOPipeline(PipelineBase):
     label_smoothing: float | None = None  # ε, the assumed label-flip rate (cdpo, robust); null = the method's own
     learning_rate: float = 3e-4  # tuned on the embedded tiny model; the DPO paper used ~1e-6 for gpt2-large
     batch_size: int = 128  # preference pairs per optimizer step; large enough that evaluating every 10 steps costs ~10%
-    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py: same update, less padding); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
     epochs: float = 1.0  # passes over the training pairs, used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; 20 x 128 pairs (0.4 epoch): a job takes ~40 s on 1 CPU thread
     max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
@@ -186,7 +186,7 @@ class PreferredFTPipeline(PipelineBase):
     name: str = "preferred_ft"
     learning_rate: float = 3e-4
     batch_size: int = 128  # (prompt, chosen) examples per optimizer step
-    micro_batch_size: int = 32  # examples per length-sorted micro-batch (harness/batching.py); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # examples per length-sorted micro-batch (harness/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
@@ -206,7 +206,7 @@ class UnlikelihoodPipeline(PipelineBase):
     alpha: float = 0.5  # weight of the unlikelihood term; the DPO paper sweeps 0.05, 0.1, 0.5, 1
     learning_rate: float = 3e-4
     batch_size: int = 128  # preference pairs per optimizer step
-    micro_batch_size: int = 32  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
