@@ -48,17 +48,29 @@ def dataset_widths(dataset) -> list[int]:
 
 
 class LengthSortedSampler:
-    """A data-loader sampler yielding :func:`length_sorted_order` afresh each epoch (one generator, so every epoch
-    draws new batches)."""
+    """A data-loader sampler yielding :func:`length_sorted_order` afresh each epoch: pass k draws the k-th order of
+    one generator seeded with ``seed``, so every epoch draws new batches.
+
+    Resumable: the trainer calls ``set_epoch(k)`` before each epoch. A resumed trainer's sampler is fresh, and for a k
+    it has not reached it replays the generator through the k earlier epochs, so the resumed epoch draws the order an
+    uninterrupted run would; in an uninterrupted run ``set_epoch`` finds the sampler at k and changes nothing."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size = list(lengths), batch_size
-        self.rng = np.random.default_rng(seed)
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.rng, self.passes = np.random.default_rng(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.passes:
+            return
+        self.rng, self.passes = np.random.default_rng(self.seed), epoch
+        for _ in range(epoch):  # the earlier epochs' draws (length_sorted_order draws one permutation each)
+            self.rng.permutation(len(self.lengths))
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
+        self.passes += 1
         return iter(length_sorted_order(self.lengths, self.batch_size, self.rng))
 
 

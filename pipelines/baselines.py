@@ -35,7 +35,6 @@ from harness.sampling import sample
 from pipelines.dpo import (
     FrontierEvaluation,
     GuardedTraining,
-    ReplayableEpochs,
     parameter_change,
     prepare,
     save_args,
@@ -91,7 +90,7 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     )
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
     trainer_cls = type("HarnessSFTTrainer",
-                       (GuardedTraining, ReplayableEpochs, with_length_sorted_micro_batches(SFTTrainer)), {})
+                       (GuardedTraining, with_length_sorted_micro_batches(SFTTrainer)), {})
     trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
     log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)

@@ -22,7 +22,7 @@ end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
 Resume and guards, shared the same way: the trainer writes a checkpoint every ``pipeline.checkpoint_every`` optimizer
 steps under ``<job>/checkpoint/trainer`` (:class:`CheckpointCallback` marks each complete with the run folder's
 progress, ``harness.checkpoint``), and a rerun of a killed job continues from the newest with
-``resume_from_checkpoint``; :class:`ReplayableEpochs` gives a resumed epoch the data order of an uninterrupted run;
+``resume_from_checkpoint`` (the length-sorted sampler gives a resumed epoch the order of an uninterrupted run);
 :class:`GuardedTraining` stops at the first non-finite loss (``harness.guards``) where transformers would average it
 out of its logs and train on.
 """
@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from harness import checkpoint
 from harness.config import ConfigError
-from harness.batching import LengthSortedMicroBatches, LengthSortedSampler, micro_batches
+from harness.batching import LengthSortedMicroBatches, micro_batches
 from harness.evaluator import Evaluator
 from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm
@@ -235,44 +235,6 @@ class GuardedTraining:
         return loss
 
 
-class EpochReplay:
-    """A sampler whose every pass draws the next epoch's order from one generator (``LengthSortedSampler``), made
-    resumable. A resumed trainer's sampler is fresh, so its first pass would repeat epoch 0's order; the trainer calls
-    ``set_epoch(k)`` before each epoch, and for a k this sampler has not reached, a fresh one replays the k earlier
-    passes. In an uninterrupted run ``set_epoch`` always finds the sampler at k and changes nothing."""
-
-    def __init__(self, make, sampler=None) -> None:
-        """``make()`` builds a fresh sampler; ``sampler``: one ``make`` already built, to start from."""
-        self.make, self.sampler, self.passes = make, sampler if sampler is not None else make(), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == self.passes:
-            return
-        self.sampler, self.passes = self.make(), 0
-        while self.passes < epoch:
-            for _ in self.sampler:  # the orders of the epochs before: drawn and dropped
-                pass
-            self.passes += 1
-
-    def __iter__(self):
-        self.passes += 1
-        return iter(self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class ReplayableEpochs:
-    """Trainer mixin (listed before ``LengthSortedMicroBatches``): its length-sorted sampler, wrapped in
-    :class:`EpochReplay`."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if not isinstance(sampler, LengthSortedSampler):  # transformers (with accelerate) resumes its own samplers
-            return sampler
-        return EpochReplay(lambda: super(ReplayableEpochs, self)._get_train_sampler(train_dataset), sampler)
-
-
 def parameter_change(policy, reference) -> float:
     """‖θ − θ_ref‖₂ over all parameters: 0 means training did not move the policy."""
     with torch.no_grad():
@@ -293,7 +255,7 @@ def load_frozen_reference(path, tok, device, trust_remote_code: bool = False):
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
-    class HarnessDPOTrainer(GuardedTraining, ReplayableEpochs, LengthSortedMicroBatches, DPOTrainer):
+    class HarnessDPOTrainer(GuardedTraining, LengthSortedMicroBatches, DPOTrainer):
         """TRL's ``DPOTrainer`` with conservative DPO taken from ``losses.dpo_family_loss``.
 
         TRL 1.16's ``_compute_loss`` is the one place its loss is computed (the loss types are an inline ``elif``
@@ -304,7 +266,7 @@ def _dpo_trainer_class():
         Every other case is TRL's code, untouched. Batches are split into length-sorted micro-batches
         (``harness.batching``): the same update with less padding. A non-finite loss stops training
         (:class:`GuardedTraining`), and a resumed run sees the data in the order of an uninterrupted one
-        (:class:`ReplayableEpochs`).
+        (``LengthSortedSampler.set_epoch``).
         """
 
         def _compute_loss(self, model, inputs, return_outputs):

@@ -215,12 +215,11 @@ def test_stopped_unlikelihood_job_resumes_to_the_uninterrupted_result(tiny_cache
 
 def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
     from harness.batching import LengthSortedSampler
-    from pipelines.dpo import EpochReplay
 
     def make():
         return LengthSortedSampler([3, 1, 4, 1, 5, 9, 2, 6], batch_size=4, seed=0)
 
-    straight = EpochReplay(make)
+    straight = make()
     orders = []
     for epoch in range(3):
         straight.set_epoch(epoch)
@@ -228,7 +227,7 @@ def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
     assert orders[0] != orders[1] != orders[2]  # each epoch a new shuffle, as the sampler alone draws them
     bare = make()
     assert [list(bare) for _ in range(3)] == orders  # and the same ones
-    resumed = EpochReplay(make)  # a resumed trainer's fresh sampler, asked for epoch 2
+    resumed = make()  # a resumed trainer's fresh sampler, asked for epoch 2
     resumed.set_epoch(2)
     assert list(resumed) == orders[2]
 
