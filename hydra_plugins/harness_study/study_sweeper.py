@@ -106,13 +106,17 @@ class StudySweeper(BasicSweeper):
 
     def job_overrides(self, arguments: List[str]) -> list[list[str]]:
         """Entries × seeds × the command line's own sweep (basic-sweeper semantics for that part)."""
-        study = OmegaConf.to_container(self.config.get("study") or [[]], resolve=True)
-        seeds = OmegaConf.to_container(self.config.get("seeds") or [None], resolve=True)
+        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`.
+        study = OmegaConf.to_container(self.config.study, resolve=True) if self.config.get("study") else [[]]
+        seeds = OmegaConf.to_container(self.config.seeds, resolve=True) if self.config.get("seeds") else [None]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         cli = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
         jobs = []
         for entry, seed, extra in itertools.product(study, seeds, cli or [[]]):
-            overrides = [str(o) for o in entry] + ([f"seed={seed}"] if seed is not None else []) + list(extra)
+            # `study=[...]` / `seeds=[...]` given on the command line choose the jobs; they are no job's setting (and
+            # would make every job's folder name hold the whole list).
+            extra = [o for o in extra if o.split("=", 1)[0].lstrip("+~") not in ("study", "seeds")]
+            overrides = [str(o) for o in entry] + ([f"seed={seed}"] if seed is not None else []) + extra
             jobs.append(overrides)
         return jobs
 
