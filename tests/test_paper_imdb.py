@@ -11,7 +11,6 @@ is a GPT-2-style byte-level BPE with no pad token (``GPT2TokenizerFast``, as ``g
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -27,11 +26,13 @@ def _reviews(n: int, seed: int) -> list[str]:
     """Movie reviews from the embedded generator, some with IMDb's HTML line breaks."""
     from harness.tasks import generate_reviews
 
-    return [t.replace(". ", ". <br /><br />", 1) if i % 3 == 0 else t for i, t in enumerate(generate_reviews(n, seed))]
+    texts = generate_reviews(n, seed)
+    return [t.replace(". ", ". <br /><br />", 1) if i % 3 == 0 else t for i, t in enumerate(texts)]
 
 
 def build_imdb(path: Path, n_train: int = 240, n_test: int = 80) -> Path:
-    """train/test splits with ``text`` and a ClassLabel ``label`` (neg, pos); the test split sorted by label, as IMDb's."""
+    """train/test splits with ``text`` and a ClassLabel ``label`` (neg, pos); the test split sorted by label, as IMDb's
+    is."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -100,11 +101,11 @@ def stand_ins(tmp_path_factory) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-# One setting per method of the paper's grid (the study's own entries, each with a budget of 2 steps or updates); the
-# paper's knobs for each method (rates, batch 64, KL controller, lengths) still come from conf/preset/.
-STUDY = [["pipeline=sft"], ["pipeline=preferred_ft", "pipeline.max_steps=2"],
-         ["pipeline=dpo", "pipeline.beta=0.1", "pipeline.max_steps=2"],
-         ["pipeline=unlikelihood", "pipeline.alpha=0.5", "pipeline.max_steps=2"],
+# One setting per method of the paper's grid. The offline methods keep the paper's budget, one epoch at batch 64 (216
+# pairs here: 4 steps); PPO gets 2 updates of 16 episodes. Every other knob of each method (rates, batch, the KL
+# controller, lengths) comes from conf/preset/, as in the real run.
+STUDY = [["pipeline=sft"], ["pipeline=preferred_ft"], ["pipeline=dpo", "pipeline.beta=0.1"],
+         ["pipeline=unlikelihood", "pipeline.alpha=0.5"],
          ["pipeline=ppo_gt", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"],
          ["pipeline=ppo", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"]]
 SETTINGS = {("sft", ""), ("preferred_ft", ""), ("dpo", "beta=0.1"), ("unlikelihood", "alpha=0.5"),
@@ -125,7 +126,8 @@ def paper_run(stand_ins):
     d = stand_ins["root"]
     cmd = [sys.executable, "-m", "harness", "experiment=paper_imdb",
            # where the stand-ins live (the paper's hub names otherwise)
-           f"model.name={stand_ins['model']}", f"task.path={stand_ins['imdb']}", f"gold.name_or_path={stand_ins['gold']}",
+           f"model.name={stand_ins['model']}", f"task.path={stand_ins['imdb']}",
+           f"gold.name_or_path={stand_ins['gold']}",
            # the budgets: prompts, evaluation interval, and the study's entries
            "task.n_train_prompts=40", "task.n_eval_prompts=8", "eval.every=2", _study_override(STUDY),
            f"cache_dir={d / 'cache'}", f"hydra.sweep.dir={d / 'sweep'}", "logger.wandb_mode=offline", "threads=1"]
@@ -142,8 +144,11 @@ def test_paper_study_runs_every_method_and_writes_the_report(paper_run):
     rows = list(csv.DictReader((sweep / "points.csv").open()))
     # the preset knobs (learning rates, batch, KL controller) label nothing: only the grid's own knob does
     assert {(r["method"], r["setting"]) for r in rows} == SETTINGS
-    for method, _ in SETTINGS - {("sft", "")}:
-        assert {int(r["step"]) for r in rows if r["method"] == method} == {0, 2}, method
+    steps = {m: {int(r["step"]) for r in rows if r["method"] == m} for m, _ in SETTINGS}
+    assert steps["sft"] == {0}
+    assert steps["ppo"] == steps["ppo_gt"] == {0, 2}  # step 0, every eval.every=2 updates, the end
+    for method in ("dpo", "unlikelihood", "preferred_ft"):  # one epoch: ceil(216 pairs / 64) = 4 optimizer steps
+        assert steps[method] == {0, 2, 4}, method
     assert "gpt2-large on IMDb" in (sweep / "summary.md").read_text()
     # job folders are named by what tells the jobs apart, not by where the model, data and gold live
     assert not [p for p in sweep.iterdir() if "name_or_path" in p.name or "model.name" in p.name or "study=" in p.name]
@@ -168,7 +173,8 @@ def test_paper_knobs_reach_each_method(paper_run, stand_ins):
     assert (dpo["task"]["prompt_min_tokens"], dpo["task"]["prompt_max_tokens"]) == (2, 8)
     assert dpo["preferences"]["samples_per_prompt"] == 4 and dpo["eval"]["max_new_tokens"] == 64
     assert dpo["sft"]["epochs"] == 1 and dpo["reward_model"]["epochs"] == 3
-    assert dpo["pipeline"] | {"beta": 0.1, "learning_rate": 1e-6, "batch_size": 64, "max_steps": 2} == dpo["pipeline"]
+    assert dpo["pipeline"] | {"beta": 0.1, "learning_rate": 1e-6, "batch_size": 64, "epochs": 1, "max_steps": 0} \
+        == dpo["pipeline"]
     for method in ("unlikelihood", "preferred_ft"):
         pipe = _job_config(sweep, method)["pipeline"]
         assert (pipe["learning_rate"], pipe["batch_size"]) == (1e-6, 64), method
@@ -219,17 +225,18 @@ def test_paper_gold_by_hub_name_with_the_hub_off_stops_before_training(stand_ins
     """gold=siebert (the paper's hub name), no hub and no local copy: one line before π_SFT trains."""
     hub = tmp_path / "empty_hub"  # a hub cache with nothing in it, whatever this machine has cached
     env = {**_env(), "HF_HUB_CACHE": str(hub), "HF_HOME": str(tmp_path / "hf_home")}
-    run = subprocess.run([sys.executable, "-m", "harness", "experiment=paper_imdb", f"model.name={stand_ins['model']}",
-                          f"task.path={stand_ins['imdb']}", f"cache_dir={tmp_path / 'cache'}",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger.wandb_mode=disabled"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "harness", "experiment=paper_imdb", "gold=siebert", f"model.name={stand_ins['model']}",
+           f"task.path={stand_ins['imdb']}", f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+           "logger.wandb_mode=disabled"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     _stopped(run, "gold.name_or_path: 'siebert/sentiment-roberta-large-english' is not a local folder", tmp_path)
     assert "[job 1: pipeline=sft" in run.stderr
 
 
 @pytest.mark.parametrize("given, key", [
     ({}, "model.name: 'gpt2-large' is not a local folder"),
-    ({"model.name": "model", "gold.name_or_path": "gold"}, "task.path: dataset 'stanfordnlp/imdb' is not on this machine"),
+    ({"model.name": "model", "gold.name_or_path": "gold"},
+     "task.path: dataset 'stanfordnlp/imdb' is not on this machine"),
 ], ids=["model by hub name", "dataset by hub name"])
 def test_every_hub_name_of_the_paper_is_checked(stand_ins, tmp_path, monkeypatch, capsys, given, key):
     """The base model and the IMDb dataset by their hub names are checked like the classifier (in-process)."""
