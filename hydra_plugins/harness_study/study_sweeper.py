@@ -9,8 +9,9 @@ knobs (PPO's kl_coef, DPO's beta, Best-of-N's N), so it is a list, not a grid:
     seeds: [0, 1, 2]
 
 ``python -m harness -m experiment=<study>`` runs every entry × seed (crossed with any sweep given on the command
-line) as ordinary Hydra jobs; ``study=[...]`` / ``seeds=[...]`` on the command line replace the experiment's lists. Every job's config is composed and validated before the first one starts, and a job
-whose folder already holds a finished result is reused.
+line) as ordinary Hydra jobs; ``study=[...]`` / ``seeds=[...]`` on the command line replace the experiment's lists.
+Every job's config is composed and validated before the first one starts, and a job whose folder already holds a
+finished result is reused.
 
 The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another with a
 progress line. Any other launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job
