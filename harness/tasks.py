@@ -333,7 +333,9 @@ def load_task(cfg: TaskConfig) -> TaskData:
         else:
             train_all, test = _read_local(cfg.path, cfg.text_column), None
         rng.shuffle(train_all)
-        if test is None:  # carve the held-out split from the one file
+        if test is not None:  # IMDb's test split is sorted by label: its first 1,000 reviews are all negative
+            rng.shuffle(test)
+        else:  # carve the held-out split from the one file
             k = max(1, min(cfg.n_heldout, len(train_all) // 5))
             test, train_all = train_all[:k], train_all[k:]
         train, held = train_all[: cfg.n_train], test[: cfg.n_heldout]
