@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -427,6 +428,10 @@ def with_file_prompts(hc: HarnessConfig, data):
     train = pf.train_prompts[: hc.task.n_train_prompts]
     if hc.preferences.eval_prompts == "file":
         evals = pf.heldout_prompts[: hc.task.n_eval_prompts]
+        if len(evals) < hc.task.n_eval_prompts:
+            logging.getLogger("harness").warning(
+                "'%s' holds out %d prompts, fewer than task.n_eval_prompts=%d: the evaluator uses those %d (raise "
+                "preferences.eval_fraction for more)", pf.path, len(evals), hc.task.n_eval_prompts, len(evals))
     else:
         trained = set(pf.train_prompts)
         evals = [p for p in data.eval_prompts if p not in trained]

@@ -24,8 +24,8 @@ from harness.preference_file import (
 )
 from harness.tasks import _NEG_ADJ, _PARTS, _POS_ADJ
 
-BUDGET = ["experiment=tiny_debug", "preferences.eval_fraction=0.2", "eval.every=2", "threads=1",
-          "logger.wandb_mode=disabled"]
+BUDGET = ["experiment=tiny_debug", "task.n_train=160", "task.n_heldout=40", "preferences.eval_fraction=0.2",
+          "eval.every=2", "threads=1", "logger.wandb_mode=disabled"]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -229,6 +229,25 @@ def test_reward_model_gold_is_its_raw_or_squashed_score(data):
     assert np.allclose(squashed, 1 / (1 + np.exp(-np.array(expected))), atol=1e-6)
     with pytest.raises(ConfigError, match="gold.kind: .* has one output"):
         ClassifierGold(str(data["gold_rm"]))
+
+
+def test_evaluation_prompts_come_from_the_file_or_the_task(data):
+    """eval_prompts=file: the file's held-out prompts; =task: the task's, less any the file trains on. PPO's rollout
+    prompts are the file's training prompts either way; the SFT corpus stays the task's."""
+    from harness.checks import preflight, preference_file, task_data
+    from harness.config import validate
+    from tests.conftest import compose
+
+    base = ["experiment=tiny_debug", "preferences.source=file", f"preferences.path={data['standard']}",
+            "preferences.eval_fraction=0.2", f"cache_dir={data['dir'] / 'unused'}"]
+    hc = validate(compose(base))
+    pf, task = preference_file(hc), task_data(hc.task)
+    from_file = preflight(hc)
+    assert from_file.eval_prompts == pf.heldout_prompts[:8] and from_file.train_prompts == pf.train_prompts[:40]
+    assert from_file.train_texts == task.train_texts
+    from_task = preflight(validate(compose([*base, "preferences.eval_prompts=task"])))
+    assert from_task.eval_prompts == [p for p in task.eval_prompts if p not in pf.train_prompts]
+    assert from_task.train_prompts == from_file.train_prompts
 
 
 # ------------------------------------------------------------------------------------------------ bad files
