@@ -353,14 +353,20 @@ def task_data(cfg: TaskConfig):
 _PREFERENCE_FILES: dict[str, Any] = {}  # checked preference files by what determines them (see preference_file)
 
 
+_TOKENIZERS: dict[tuple, Any] = {}
+
+
 def _rendering_tokenizer(hc: HarnessConfig):
-    """The policy's tokenizer, whose chat template renders a conversational file; None for ``tiny``, whose tokenizer is
-    trained by the SFT stage and has no template (conversations get the plain rendering either way)."""
+    """The policy's tokenizer, whose chat template renders a conversational file (loaded once); None for ``tiny``,
+    whose tokenizer is trained by the SFT stage and has no template (conversations get the plain rendering)."""
     if hc.model.name == "tiny":
         return None
     from harness.models import load_tokenizer
 
-    return load_tokenizer(hc.model)
+    key = (hc.model.name, hc.model.trust_remote_code)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(hc.model)
+    return _TOKENIZERS[key]
 
 
 def preference_file(hc: HarnessConfig):
@@ -405,7 +411,8 @@ def check_preference_file(hc: HarnessConfig, pf) -> None:
     BPE tokens (every word is at least one token), so the check never stops a job that would have run."""
     tok = _rendering_tokenizer(hc)
     if tok is None:
-        n_pos, lengths, unit = hc.model.n_positions, [len(p.split()) for p in pf.prompt], "words (so at least as many tokens)"
+        n_pos, unit = hc.model.n_positions, "words (so at least as many tokens)"
+        lengths = [len(p.split()) for p in pf.prompt]
     else:
         pre = find_pretrained(hc.model.name, "model.name")
         n_pos = (positions(pre.config) if pre is not None else None) or 10**9
@@ -413,8 +420,9 @@ def check_preference_file(hc: HarnessConfig, pf) -> None:
     for key, allowed, why in prompt_limits(hc, n_pos):
         row = next((i for i, n in enumerate(lengths) if n > allowed), None)
         if row is not None:
-            raise ConfigError(f"preferences.path: '{pf.path}' {pf.places[row]} column 'prompt' has {lengths[row]} {unit}, "
-                              f"more than the {max(allowed, 0)} allowed ({why}); shorten or drop that row, or raise {key}")
+            raise ConfigError(f"preferences.path: '{pf.path}' {pf.places[row]} column 'prompt' has {lengths[row]} "
+                              f"{unit}, more than the {max(allowed, 0)} allowed ({why}); shorten or drop that row, or "
+                              f"raise {key}")
 
 
 def with_file_prompts(hc: HarnessConfig, data):

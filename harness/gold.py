@@ -68,7 +68,8 @@ class ClassifierGold:
                               "give a local folder of a sequence classifier, or a hub name where the hub is reachable") from None
         outputs = self._model.config.num_labels
         if scalar != (outputs == 1):
-            raise ConfigError(gold_kind_mismatch(name_or_path, outputs, "hf_reward_model" if scalar else "hf_classifier"))
+            kind = "hf_reward_model" if scalar else "hf_classifier"
+            raise ConfigError(gold_kind_mismatch(name_or_path, outputs, kind))
         self._index, self._squash = None, squash
         if not scalar:
             labels = {str(v): int(k) for k, v in self._model.config.id2label.items()}

@@ -49,12 +49,17 @@ _HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: a job hashes it
 
 
 # ------------------------------------------------------------------------------------------------- the file itself
+def _absent(path: str) -> ConfigError:
+    return ConfigError(f"{KEY}: '{path}' does not exist; point {KEY} at a .jsonl or .parquet file or a save_to_disk "
+                       "folder")
+
+
 def content_hash(path: str) -> str:
     """sha256 of the file's bytes; of a folder, of every file in it (relative name and bytes, in name order). The
     preference set's identity: editing the file rebuilds it and everything built on it; moving it does not."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{KEY}: '{path}' does not exist; point {KEY} at a .jsonl or .parquet file or a save_to_disk folder")
+        raise _absent(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     stamp = (str(p.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if stamp not in _HASHES:
@@ -76,7 +81,7 @@ def read_rows(path: str) -> tuple[str, list[tuple[str, dict]]]:
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{KEY}: '{path}' does not exist; point {KEY} at a .jsonl or .parquet file or a save_to_disk folder")
+        raise _absent(path)
     if p.is_dir():
         return _dataset_rows(p, path)
     if p.suffix == ".jsonl":
@@ -274,8 +279,8 @@ def load_preference_file(path: str, tok=None, eval_fraction: float = 0.1, seed: 
             shared = shared_message_prompt if conversational else shared_text_prompt
             prompt, chosen, rejected = shared(value["chosen"], value["rejected"])
             if not prompt or (not conversational and not prompt.strip()):
-                raise ConfigError(f"{KEY}: '{where}' {place} column 'chosen' and column 'rejected' share no beginning to "
-                                  "take as the prompt; add a 'prompt' column")
+                raise ConfigError(f"{KEY}: '{where}' {place} column 'chosen' and column 'rejected' share no beginning "
+                                  "to take as the prompt; add a 'prompt' column")
             for name, completion in (("chosen", chosen), ("rejected", rejected)):
                 if not completion or (not conversational and not completion.strip()):
                     raise ConfigError(f"{KEY}: '{where}' {place} column '{name}' has nothing after the beginning it "

@@ -106,7 +106,7 @@ def _build_from_file(ctx: RunContext, out: Path) -> dict:
         agree += (chosen > rejected).tolist()
         splits[name] = Dataset.from_dict({**d, "chosen_score": chosen.tolist(), "rejected_score": rejected.tolist()})
     DatasetDict(splits).save_to_disk(str(out / "pairs"))
-    prompts = pf.train_prompts[: ctx.cfg.task.n_train_prompts]  # PPO's rollout prompts (harness.checks.with_file_prompts)
+    prompts = pf.train_prompts[: ctx.cfg.task.n_train_prompts]  # PPO's rollout prompts (checks.with_file_prompts)
     completions, truncated = sample_sft(ctx, prompts)
     k = ctx.cfg.preferences.samples_per_prompt
     texts = [prompts[i // k] + c for i, c in enumerate(completions)]
