@@ -250,6 +250,30 @@ def test_evaluation_prompts_come_from_the_file_or_the_task(data):
     assert from_task.train_prompts == from_file.train_prompts
 
 
+def test_a_pretrained_model_renders_with_its_chat_template_and_counts_its_tokens(data, tmp_path):
+    """A model given by folder: its tokenizer's chat template renders the conversations, and prompt lengths are
+    checked in its own tokens (the tiny model is checked in words, a lower bound)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from harness.checks import preflight
+    from harness.config import validate
+    from tests.conftest import compose
+
+    tok = AutoTokenizer.from_pretrained(str(data["gold_rm"]))
+    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    base = ["experiment=tiny_debug", "pipeline=dpo", f"model.name={tmp_path / 'lm'}", "preferences.source=file",
+            f"preferences.path={data['conversational']}", "preferences.eval_fraction=0.2", f"cache_dir={tmp_path / 'c'}"]
+    evals = preflight(validate(compose(base))).eval_prompts
+    assert len(evals) == 8 and all(p.startswith("<|user|>How was it?") and p.endswith("<|assistant|>") for p in evals)
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in evals)
+    with pytest.raises(ConfigError, match=r"preferences.path: .* column 'prompt' has \d+ tokens, .*pipeline.max_length"):
+        preflight(validate(compose([*base, f"pipeline.max_length={longest}"])))
+
+
 # ------------------------------------------------------------------------------------------------ bad files
 def _bad(d: Path) -> dict[str, Path]:
     ok = _standard(3)
