@@ -127,7 +127,7 @@ def check_max_length(max_length: int, policy) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Putting a trainer on the frontier (shared with Preferred-FT and Unlikelihood)
+# Putting a trainer on the frontier (shared with Preferred-FT, Unlikelihood, RLOO and GRPO)
 # ----------------------------------------------------------------------------------------------------------------
 
 
