@@ -65,6 +65,10 @@ REQUIRED_KEYS = (
 METHOD_STYLE = {
     "ppo":          ("PPO (learned RM)",     "#D55E00", "s"),
     "ppo_gt":       ("PPO-GT (gold reward)", "#E69F00", "D"),
+    "rloo":         ("RLOO (learned RM)",    "#7F3C8D", "p"),
+    "rloo_gt":      ("RLOO-GT (gold reward)", "#B07AA1", "<"),
+    "grpo":         ("GRPO (learned RM)",    "#117733", ">"),
+    "grpo_gt":      ("GRPO-GT (gold reward)", "#999933", "d"),
     "dpo":          ("DPO",                  "#0072B2", "o"),
     "ipo":          ("IPO",                  "#56B4E9", "v"),
     "cdpo":         ("cDPO",                 "#009E73", "^"),

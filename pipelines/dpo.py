@@ -127,7 +127,7 @@ def check_max_length(max_length: int, policy) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Putting a trainer on the frontier (shared with Preferred-FT and Unlikelihood)
+# Putting a trainer on the frontier (shared with Preferred-FT, Unlikelihood, RLOO and GRPO)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -140,10 +140,12 @@ class FrontierEvaluation:
         self.rows: list[dict] = []
         self.last_step: int | None = None
 
-    def __call__(self, policy, step: int, tokens_trained: int = 0) -> dict:
-        """``tokens_trained``: tokens through the policy's forward+backward so far (the offline methods sample none)."""
+    def __call__(self, policy, step: int, tokens_trained: int = 0, tokens_generated: int = 0) -> dict:
+        """``tokens_trained``: tokens through the policy's forward+backward so far; ``tokens_generated``: tokens
+        sampled in training so far (the offline methods sample none)."""
         point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
-                               run_id=self.tracker.run_id, tokens_trained=tokens_trained)
+                               run_id=self.tracker.run_id, tokens_trained=tokens_trained,
+                               tokens_generated=tokens_generated)
         check_point(point, step, unit="step")
         row = self.tracker.log_eval(point)
         self.rows.append(row)
@@ -159,12 +161,18 @@ class FrontierEvaluation:
         checkpoint.restore_clock(self.evaluator, saved["clock"])
 
 
+def tokens_seen(state) -> dict:
+    """The compute of an offline trainer: the tokens it counted through forward+backward (``num_input_tokens_seen``)."""
+    return {"tokens_trained": state.num_input_tokens_seen}
+
+
 class EvaluationCallback(TrainerCallback):
     """Runs a :class:`FrontierEvaluation` on ``trainer.model`` at step 0, every ``every`` optimizer steps, and at the
-    end (unless the last step was just evaluated). Steps are the trainer's ``global_step``: optimizer updates."""
+    end (unless the last step was just evaluated). Steps are the trainer's ``global_step``: optimizer updates.
+    ``compute(state)`` gives the training compute so far (``tokens_trained``, ``tokens_generated``)."""
 
-    def __init__(self, evaluation: FrontierEvaluation, every: int) -> None:
-        self.evaluation, self.every = evaluation, every
+    def __init__(self, evaluation: FrontierEvaluation, every: int, compute=tokens_seen) -> None:
+        self.evaluation, self.every, self.compute = evaluation, every, compute
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # a resumed run has its step-0 row already
@@ -172,11 +180,11 @@ class EvaluationCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
+            self.evaluation(model, step=state.global_step, **self.compute(state))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.evaluation.last_step != state.global_step:
-            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
+            self.evaluation(model, step=state.global_step, **self.compute(state))
 
 
 # The trainer's un-namespaced log keys -> our namespaces (objective/, policy/, train/); keys with a "/" (TRL's
@@ -384,11 +392,11 @@ def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS, saved: dic
     return policy, reference, tok, train, tracker, evaluation
 
 
-def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation):
+def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation, compute=tokens_seen):
     """The callbacks every trainer-based method runs with: logs, evaluations, checkpoint marks. Returns the log
-    callback (the run's facts read its losses) and the list."""
+    callback (the run's facts read its losses) and the list. ``compute``: see :class:`EvaluationCallback`."""
     logs = TrackerCallback(tracker)
-    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every),
+    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every, compute),
                   CheckpointCallback(ctx.key, tracker, evaluation)]
 
 
