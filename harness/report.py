@@ -76,12 +76,8 @@ METHOD_STYLE = {
     "preferred_ft": ("Preferred-FT",         "#8C564B", "X"),
     "best_of_n":    ("Best of N",            "#555555", "*"),
     "sft":          ("SFT",                  "#000000", "h"),
-    "rloo":         ("RLOO (learned RM)",    "#7F3C8D", "<"),
-    "grpo":         ("GRPO (learned RM)",    "#11A579", ">"),
-    "online_dpo":   ("Online DPO",           "#3969AC", "p"),
+    "online_dpo":   ("Online DPO",           "#3969AC", "8"),
     "kto":          ("KTO",                  "#F2B701", "d"),
-    "rloo_gt":      ("RLOO-GT (gold reward)", "#B07AA1", "<"),
-    "grpo_gt":      ("GRPO-GT (gold reward)", "#59A14F", ">"),
     "evaluate":     ("Evaluated checkpoint", "#E73F74", "H"),
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
@@ -183,27 +179,32 @@ def parse_setting(setting: str) -> dict[str, str]:
 
 
 
-def evidence_key(run_id, setting, step) -> tuple[str, str, int]:
-    """The join key of a row and its evidence: ``(run_id, setting, step)``."""
-    return str(run_id), str(setting or ""), int(step)
+def evidence_key(rec: dict) -> tuple[str, str, str, str, int]:
+    """The join key of a row and its evidence (both carry these fields): ``(run_id, method, seed, setting, step)``.
+
+    Method and seed are in it although a run id should name one run: when run ids once collided (every run
+    called "updates.jsonl"), PPO-GT's rows joined PPO's evidence at the same setting and step without a word."""
+    return str(rec["run_id"]), str(rec["method"]), str(rec["seed"]), str(rec["setting"] or ""), int(rec["step"])
 
 
-def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
+def load_evidence(folder: str | Path) -> dict[tuple[str, str, str, str, int], dict]:
     """Read every ``evidence.jsonl`` under ``folder`` (any depth, sorted path order).
 
     Each line is one evaluation: ``{"run_id", "method", "setting", "seed", "step", "prompts_key", "gold": [P],
     "kl": [P], "truncated": [P]}``, index p being the p-th evaluation prompt of the sweep.
 
     Returns:
-        ``{(run_id, setting, step): record}`` with ``gold``, ``kl``, ``truncated`` as float arrays (P,); the
-        first record of a key is kept (a copied run folder repeats it).  Empty when there is no evidence.
+        ``{evidence_key: record}`` with ``gold``, ``kl``, ``truncated`` as float arrays (P,); a record repeated
+        verbatim (a copied run folder) is kept once.  Empty when there is no evidence.
 
     Raises:
         ValueError: one line, ``<file>:<line>: ...``, for a line that is not a JSON object, lacks a key, has
             lists of different lengths or non-numbers; or when runs were evaluated on different prompts
-            (different ``prompts_key`` or prompt counts).
+            (different ``prompts_key`` or prompt counts); or when two different records share a key (two runs
+            with one id: their rows could not be told apart).
     """
-    out: dict[tuple[str, str, int], dict] = {}
+    out: dict[tuple[str, str, str, str, int], dict] = {}
+    origin: dict[tuple[str, str, str, str, int], str] = {}
     first = None                                    # (prompts_key, P, where) of the first record
     for where, rec in json_lines(folder, "evidence.jsonl", EVIDENCE_KEYS):
         arrays = {}
@@ -224,11 +225,14 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
                              f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
                              f"{first[1]} prompts)")
         try:
-            key = evidence_key(rec["run_id"], rec["setting"], rec["step"])
+            key = evidence_key(rec)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: step must be an integer, got {rec['step']!r}") from None
         if key not in out:
-            out[key] = {**rec, **arrays}
+            out[key], origin[key] = {**rec, **arrays}, where
+        elif not all(np.array_equal(out[key][k], arrays[k]) for k in arrays):
+            raise ValueError(f"{where}: run {key[0]!r} ({key[1]}, seed {key[2]}, {key[3] or 'no setting'}, step {key[4]}) "
+                             f"already has different evidence in {origin[key]}: two runs share one run_id")
     return out
 
 
@@ -271,7 +275,7 @@ def evidence_points(rows: Sequence[dict], evidence: dict | None = None):
     for r in rows:
         if not (_finite(r.get("kl")) and _finite(r.get("gold_reward"))):
             continue
-        ev = evidence.get(evidence_key(r["run_id"], r["setting"], r["step"]))
+        ev = evidence.get(evidence_key(r))
         if ev is not None and not (np.isfinite(ev["gold"]).all() and np.isfinite(ev["kl"]).all()):
             ev = None
         if ev is not None:

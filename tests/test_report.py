@@ -308,7 +308,7 @@ def test_load_evidence_joins_rows_and_gives_intervals(sweep_dir):
     evidence = report.load_evidence(sweep_dir)
     rows = report.load_points(sweep_dir)
     assert len(evidence) == len(rows)
-    ev = evidence[("dpo-0", "beta=0.05", 100)]
+    ev = evidence[("dpo-0", "dpo", "0", "beta=0.05", 100)]
     assert ev["gold"].shape == (16,) and ev["gold"].mean() == pytest.approx(
         next(r["gold_reward"] for r in rows if (r["run_id"], r["step"]) == ("dpo-0", 100)))
     s = report.summarize(rows, evidence=evidence, n_boot=100)
@@ -318,7 +318,7 @@ def test_load_evidence_joins_rows_and_gives_intervals(sweep_dir):
     md = report.format_summary(s)
     assert "over the 16 evaluation prompts" in md and "Every row had per-prompt evidence." in md
     # a row whose evidence is missing enters with fixed values, and the summary counts it
-    del evidence[("dpo-0", "beta=0.05", 100)]
+    del evidence[("dpo-0", "dpo", "0", "beta=0.05", 100)]
     s = report.summarize(rows, evidence=evidence, n_boot=20)
     assert s["evidence"]["without_evidence"] == 1
     assert f"1 of {len(rows)} rows had no per-prompt evidence" in report.format_summary(s)
@@ -501,3 +501,27 @@ def test_no_family_section_for_dpo_against_ppo_alone(sweep_dir):
     only_two = [r for r in report.load_points(sweep_dir) if r["method"] in ("dpo", "ppo")]
     s = report.summarize(only_two, n_boot=20)
     assert s["families"] is None and "Online vs offline" not in report.format_summary(s)
+
+
+def test_two_runs_with_one_run_id_are_refused_not_joined_to_each_others_evidence(tmp_path):
+    # PPO and PPO-GT at the same setting and step once shared a run id: their evidence must never be swapped
+    write_sweep(tmp_path, sweep={"ppo": ({"kl_coef=0.05": 6.0}, _curve(0.4, 2.0)),
+                                 "ppo_gt": ({"kl_coef=0.05": 6.0}, _curve(0.2, 2.0))}, seeds=(0,), with_bon=False)
+    for path in tmp_path.rglob("points.jsonl"):   # every run called the same, as the old tracker did
+        path.write_text(path.read_text().replace('"run_id": "ppo_gt-1"', '"run_id": "x"').replace(
+            '"run_id": "ppo-0"', '"run_id": "x"'))
+    add_evidence(tmp_path)
+    rows, evidence = report.load_points(tmp_path), report.load_evidence(tmp_path)
+    for r in rows:                                 # method is in the key: each row joins its own evidence
+        if r["method"] != "sft":
+            assert evidence[report.evidence_key(r)]["gold"].mean() == pytest.approx(r["gold_reward"])
+    # the same method, seed, setting and step in two files with different numbers: refused, both files named
+    run = next(p for p in tmp_path.rglob("evidence.jsonl") if '"ppo"' in p.read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    lines = run.read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["gold"] = [g + 0.1 for g in rec["gold"]]
+    (copy / "evidence.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match="two runs share one run_id"):
+        report.load_evidence(tmp_path)
