@@ -546,7 +546,7 @@ def run(ctx: RunContext) -> dict:
     tracker.summary(summary)
     tracker.finish()
     if distributed.is_main():
-            print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
+        print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
               f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
               f"policy saved to {out}")
     return summary
