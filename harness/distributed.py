@@ -73,13 +73,13 @@ def _comm_device() -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------------- splitting
-def per_process(n: int, key: str) -> int:
+def per_process(n: int, key: str, processes: int | None = None) -> int:
     """This process's share of ``n`` items (a batch); ConfigError when the processes cannot share it equally (equal
     shares keep every process's optimiser steps and collectives in step, and make the mean of the processes' means
-    the batch mean)."""
+    the batch mean). ``processes``: how many share it (default: the group's size)."""
     from harness.config import ConfigError
 
-    w = world_size()
+    w = processes or world_size()
     if n % w:
         raise ConfigError(f"{key}: {n} cannot be split equally over {w} processes; pick a multiple of {w} "
                           "or launch a number of processes that divides it")

@@ -133,7 +133,12 @@ def _worker(rank: int, store: str) -> None:
         assert D.on_main(lambda: f"from {D.rank()}") == "from 0"
         with pytest.raises(KeyError):
             D.on_main(lambda: {}["missing"])
-        assert D.process_seed(5) == 5 if rank == 0 else D.process_seed(5) != 5
+        assert (D.process_seed(5) == 5) == (rank == 0)  # the main process draws what one process draws; others differ
+        replica = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            replica.weight.fill_(float(rank))
+        D.broadcast_parameters(replica)
+        assert torch.equal(replica.weight, torch.zeros(1, 2))  # every replica starts as the main process's
     finally:
         dist.destroy_process_group()
 
