@@ -468,12 +468,30 @@ def preflight(hc: HarnessConfig, here: bool = True):
     data (the slowest) last. ``here``: the job runs on this machine (see ``check_device``)."""
     check_no_secrets(hc)
     check_device(hc.device, here)
+    check_process_split(hc)
     check_writable(hc.cache_dir, "cache_dir")
     weights = check_model(hc)
     check_gold(hc)
     check_free_space(hc.cache_dir, (weights or 0) * models_saved(hc) + FREE_MARGIN, "cache_dir")
     data = task_data(hc.task)
     return with_file_prompts(hc, data) if hc.preferences.source == "file" else data
+
+
+def check_process_split(hc: HarnessConfig) -> None:
+    """Launched as several processes (``accelerate launch``, ``torchrun``: ``harness.distributed``), each batch the
+    job may train on is shared equally by them: π_SFT's, the reward model's, and the method's (PPO: each minibatch)."""
+    from harness.distributed import launched_processes, per_process
+
+    n, p = launched_processes(), hc.pipeline
+    if n == 1:
+        return
+    per_process(hc.sft.batch_size, "sft.batch_size", n)
+    if p.name in ("ppo", "reward_model"):
+        per_process(hc.reward_model.batch_size, "reward_model.batch_size", n)
+    if p.name in ("ppo", "ppo_gt"):
+        per_process(p.batch_size // p.num_minibatches, "pipeline.batch_size / pipeline.num_minibatches", n)
+    elif p.name in ("dpo", "ipo", "cdpo", "preferred_ft"):  # the TRL-trained methods (the others' loops are not split)
+        per_process(p.batch_size, "pipeline.batch_size", n)
 
 
 def check_jobs(jobs: Iterable[list[str]], compose_job: Callable[[list[str]], Any], here: bool) -> int:

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import checkpoint
-from harness.batching import length_sorted_order, micro_batches, with_length_sorted_micro_batches
+from harness.batching import length_sorted_order, micro_batches, trainer_batches, with_length_sorted_micro_batches
 from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
 from harness.guards import check_finite
 from harness.run import RunContext
@@ -77,10 +77,10 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"),
                                                                  saved=resume[1] if resume else None)
     data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
-    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     args = SFTConfig(
         output_dir=str(checkpoint.trainer_dir(ctx.folder)), learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from harness import checkpoint
+from harness import checkpoint, distributed
 from harness.config import ConfigError
-from harness.batching import LengthSortedMicroBatches, micro_batches
+from harness.batching import LengthSortedMicroBatches, trainer_batches
 from harness.evaluator import Evaluator
 from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm
@@ -228,6 +228,8 @@ class CheckpointCallback(TrainerCallback):
         self.key, self.tracker, self.evaluation = key, tracker, evaluation
 
     def on_save(self, args, state, control, **kwargs):
+        if not distributed.is_main():  # every process gets the call; the main process's tracker counts the rows
+            return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoint.mark(path, self.key, {"step": state.global_step, "progress": self.tracker.progress(),
                                          "clock": checkpoint.clock_state(self.evaluation.evaluator)})
@@ -338,11 +340,11 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
     """
     from trl import DPOConfig
 
-    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     return DPOConfig(
         output_dir=output_dir, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         per_device_eval_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
