@@ -32,9 +32,18 @@ from harness.guards import NonFiniteError
 
 log = logging.getLogger("harness")
 DONE = "done.json"  # written when a job finished; holds its config key and result
-# conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
-# reading it as a Python module name.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def conf_dir() -> str:
+    """The Hydra config folder: ``harness/conf`` in an installed wheel (pyproject.toml ships the checkout's top-level
+    conf/ there), else conf/ beside the packages (a checkout, or an editable install of one). An absolute path keeps
+    Hydra from reading it as a Python module name."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return str(installed if (installed / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = conf_dir()
 SECTIONS = ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")
 register_configs()
 
