@@ -32,6 +32,8 @@ import json
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
 
 import harness, pipelines.registry, hydra_plugins.harness_study.study_sweeper as sweeper
 from harness.app import CONF_DIR
@@ -45,8 +47,9 @@ with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
                    for p in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml"))}
     smoke = [job("experiment=smoke", *map(str, entry)).pipeline.name for entry in compose(
         config_name="config", overrides=["experiment=smoke"]).study]
+sweepers = [f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)]  # how Hydra finds its plugins
 print(json.dumps({"modules": [harness.__file__, pipelines.registry.__file__, sweeper.__file__], "conf": CONF_DIR,
-                  "experiments": experiments, "smoke": smoke}))
+                  "experiments": experiments, "smoke": smoke, "sweepers": sweepers}))
 """
 
 
@@ -66,10 +69,11 @@ def installed(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", str(src), "--no-deps", "--no-index", "--no-build-isolation", "-q", "-w", str(tmp / "dist")], tmp)
+    offline = ["--no-deps", "--no-index", "-q"]
+    run([*pip, "wheel", str(src), *offline, "--no-build-isolation", "-w", str(tmp / "dist")], tmp)
     (wheel,) = (tmp / "dist").glob("*.whl")
     site = tmp / "site"
-    run([*pip, "install", str(wheel), "--no-deps", "--no-index", "--no-compile", "-q", "--target", str(site)], tmp)
+    run([*pip, "install", str(wheel), *offline, "--no-compile", "--target", str(site)], tmp)
     return wheel, site, {**ENV, "PYTHONPATH": str(site)}
 
 
@@ -87,6 +91,7 @@ def test_every_experiment_composes_from_the_installed_package(installed, tmp_pat
     for module in found["modules"]:
         assert Path(module).resolve().is_relative_to(site.resolve()), f"{module} is not the installed copy"
     assert Path(found["conf"]).resolve() == (site / "harness" / "conf").resolve()
+    assert "hydra_plugins.harness_study.study_sweeper.StudySweeper" in found["sweepers"]  # experiment=... can sweep
     assert set(found["experiments"]) == {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
     assert found["experiments"]["frontier"] == "frontier"  # the experiment file itself was applied
     assert {"sft", "ppo", "ppo_gt", "dpo", "unlikelihood", "preferred_ft", "best_of_n"} <= set(found["smoke"])
