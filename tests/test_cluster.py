@@ -125,6 +125,21 @@ def launcher(group: str):
 RAY = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"  # the ray extra's launcher (not in the dev set)
 
 
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_goes_to_another_launcher_from_the_command_line(experiment):
+    """An experiment may pick a launcher (frontier: joblib) but sets none of its keys, so that the command line's
+    hydra/launcher=submitit_slurm replaces it whole (a joblib key such as n_jobs is no Slurm key)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.app import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("config", [f"experiment={experiment}", "hydra/launcher=submitit_slurm"],
+                            return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
 def test_launchers_that_run_jobs_on_this_machine(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert jobs_run_here(launcher("basic")) and jobs_run_here(launcher("joblib"))
