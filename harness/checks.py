@@ -28,7 +28,8 @@ from harness.config import ConfigError, HarnessConfig, TaskConfig, identity_of
 
 # How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
 STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
-               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3}
+               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3,
+               "kto": 2, "online_dpo": 3}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
@@ -345,7 +346,7 @@ def task_data(cfg: TaskConfig):
 # ---------------------------------------------------------------------------------------------------- all of it
 def models_saved(hc: HarnessConfig) -> int:
     """Model-sized artifacts a job may write: π_SFT, the reward model (and its checkpoint of the policy)."""
-    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo"))
+    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo", "kto", "online_dpo"))
 
 
 def preflight(hc: HarnessConfig, here: bool = True):

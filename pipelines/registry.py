@@ -16,6 +16,8 @@ RUNNERS = {
     "preferred_ft": "pipelines.baselines:run_preferred_ft",
     "unlikelihood": "pipelines.baselines:run_unlikelihood",
     "best_of_n": "pipelines.baselines:run_best_of_n",
+    "kto": "pipelines.kto:run",
+    "online_dpo": "pipelines.online_dpo:run",
 }
 
 
