@@ -14,8 +14,10 @@ TRL 1.16 computes the first, second and fourth itself. Its ``sigmoid`` ignores `
 silently train plain DPO; :class:`HarnessDPOTrainer` overrides the one loss hook TRL has (``_compute_loss``) for that
 case only and takes the loss from ``pipelines.losses.dpo_family_loss``.
 
-Everything shared with the other trainer-based methods lives here too: the data checks every preference-trained
-method runs before training (:func:`check_pairs`), and the two callbacks that put a TRL/transformers trainer on the
+Everything shared with the other trainer-based methods (Preferred-FT, KTO, online DPO) lives here too: the data
+checks every preference-trained method runs before training (:func:`check_pairs`), the trainer arguments they share
+(:func:`shared_args`), the tracker with its evaluation (:func:`start_tracking`) and the end of a run
+(:func:`finish`), and the two callbacks that put a TRL/transformers trainer on the
 frontier (:class:`EvaluationCallback`: the shared evaluator at step 0, every ``eval.every`` optimizer steps and at the
 end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
 
