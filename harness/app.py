@@ -57,6 +57,10 @@ def job_key(hc: HarnessConfig) -> str:
     for name in SECTIONS:
         skip = {f.name for f in dataclasses.fields(getattr(hc, name)) if f.metadata.get("identity") is False}
         ident[name] = {k: v for k, v in ident[name].items() if k not in skip}
+    if hc.preferences.source == "file":  # the file's content, not its name: an edited file makes a new job
+        from harness.preference_file import content_hash
+
+        ident["preferences"] = {**ident["preferences"], "file_sha256": content_hash(hc.preferences.path)}
     return key_of(ident)
 
 

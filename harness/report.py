@@ -74,6 +74,13 @@ METHOD_STYLE = {
     "kto":          ("KTO",                  "#882255", "p"),
     "online_dpo":   ("Online DPO",           "#44AA99", "<"),
     "sft":          ("SFT",                  "#000000", "h"),
+    "rloo":         ("RLOO (learned RM)",    "#7F3C8D", "<"),
+    "grpo":         ("GRPO (learned RM)",    "#11A579", ">"),
+    "online_dpo":   ("Online DPO",           "#3969AC", "p"),
+    "kto":          ("KTO",                  "#F2B701", "d"),
+    "rloo_gt":      ("RLOO-GT (gold reward)", "#B07AA1", "<"),
+    "grpo_gt":      ("GRPO-GT (gold reward)", "#59A14F", ">"),
+    "evaluate":     ("Evaluated checkpoint", "#E73F74", "H"),
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
 
@@ -83,6 +90,11 @@ OPTIONAL_KEYS = ("truncated_frac", "compute_tokens_generated", "compute_tokens_t
 EVIDENCE_KEYS = ("run_id", "method", "setting", "seed", "step", "prompts_key", "gold", "kl", "truncated")
 GRID_POINTS = fstats.GRID_POINTS
 COMPARISONS = (("dpo", "ppo"), ("dpo", "ppo_gt"))
+# Method families for the online-vs-offline question (Tang et al. 2024): online methods learn from samples of the
+# policy being trained, scored by the learned reward model; offline ones from the fixed preference set. The
+# gold-reward variants (PPO-GT, RLOO-GT, GRPO-GT) see a different reward, not different data, so neither family
+# holds them; nor do the baselines (Preferred-FT, Unlikelihood, Best-of-N).
+FAMILIES = {"online": ("ppo", "rloo", "grpo", "online_dpo"), "offline": ("dpo", "ipo", "cdpo", "kto")}
 KL_LABEL = "KL(π‖π_ref)  [nats]"
 REWARD_LABEL = "Expected gold reward"
 
@@ -338,10 +350,60 @@ def summarize(rows: Sequence[dict], kls: Sequence[float] = DEFAULT_KLS, evidence
         fits[m] = fit
     truncated = {m: float(np.mean([r["truncated_frac"] for r in by_method[m] if _finite(r.get("truncated_frac"))]))
                  for m in methods if any(_finite(r.get("truncated_frac")) for r in by_method[m])}
+    families = family_comparison(points, kls=kls, n_boot=n_boot, seed=seed, n_grid=n_grid, min_kl=min_kl)
     return dict(methods=methods, range=analysis["range"], kls=tuple(kls), per_method=per_method,
                 ordering=ordering, comparisons=comparisons, fits=fits, analysis=analysis, evidence=info,
+                families=families,
                 n_boot=n_boot, n_rows=len(rows), seeds=sorted({r["seed"] for r in rows}, key=str),
                 truncated=truncated)
+
+
+def family_comparison(points: dict, kls: Sequence[float] = DEFAULT_KLS, n_boot: int = N_BOOT,
+                      seed: int = fstats.BOOT_SEED, n_grid: int = GRID_POINTS, min_kl: float = MIN_COMMON_KL,
+                      families: dict[str, Sequence[str]] = FAMILIES) -> dict | None:
+    """Online − offline (``FAMILIES``): each family's points pooled into one curve (``frontier_stats.pool_methods``:
+    the best member at each KL), compared like DPO − PPO with the same bootstrap seed, so the prompt resampling
+    is the one the per-method intervals use.
+
+    Returns None unless both families are present and the sweep has more than one member in one of them (with
+    one method each, this is the DPO − PPO comparison again); else ``dict(members {family: [methods]},
+    comparison (compare_curves dict | None), stats {family: ...}, seeds {family: [...]})``.
+    """
+    (a, members_a), (b, members_b) = families.items()
+    present = {a: [m for m in members_a if points.get(m)], b: [m for m in members_b if points.get(m)]}
+    if not (present[a] and present[b]) or len(present[a]) + len(present[b]) < 3:
+        return None
+    pooled = {f: fstats.pool_methods(points, ms) for f, ms in present.items()}
+    if not (pooled[a] and pooled[b]):
+        return None
+    an = fstats.analyse(pooled, kls=kls, pairs=((a, b),), n_boot=n_boot, seed=seed, n_grid=n_grid, min_kl=min_kl,
+                        never=())
+    return dict(members=present, comparison=an["comparisons"][(a, b)], stats=an["stats"], seeds=an["seeds"])
+
+
+def family_paragraph(families: dict) -> list[str]:
+    """The "Online vs offline" section of summary.md: which methods each family pools, the comparison sentence
+    and a verdict that says when the evidence is too weak to decide."""
+    a, b = families["members"]
+    names = {f: ", ".join(method_label(m) for m in ms) for f, ms in families["members"].items()}
+    seeds = {f: len(s) for f, s in families["seeds"].items()}
+    c = families["comparison"]
+    lines = ["## Online vs offline", "",
+             f"{a.capitalize()} methods ({names[a]}) are pooled into one curve and {b} methods ({names[b]}) into "
+             f"another ({seeds[a]} and {seeds[b]} seeds): each family's curve is the cross-fitted envelope of all its "
+             "members' points, i.e. its best member at each KL, chosen on one half of the prompts and reported on the "
+             "other.", "", comparison_sentence(c, rival=b, method=a), ""]
+    if isinstance(c, dict) and "area" in c:
+        lo, hi = c["area"]["lo"], c["area"]["hi"]
+        if lo > 0:
+            verdict = f"{a.capitalize()} methods lie above {b} ones over the families' common KL range (the area interval excludes 0)."
+        elif hi < 0:
+            verdict = f"{a.capitalize()} methods lie below {b} ones over the families' common KL range (the area interval excludes 0)."
+        else:
+            verdict = (f"The evidence is too weak to decide whether {a} methods lie above {b} ones over the common "
+                       "KL range: the area interval contains 0.")
+        lines += [f"**Verdict:** {verdict}", ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -483,6 +545,8 @@ def format_summary(summary: dict, title: str | None = None, commit: str | None =
         if rival == "ppo" or not (isinstance(comparison, dict) and rival in comparison.get("missing", [])):
             lines.append(comparison_sentence(comparison, rival))
             lines.append("")
+    if summary.get("families"):
+        lines += family_paragraph(summary["families"])
     lines.append("## Method")
     lines.append("")
     lines.append(method_paragraph(summary))

@@ -34,7 +34,14 @@ class RunContext:
 
     @functools.cached_property
     def task(self) -> TaskData:
-        return load_task(self.cfg.task)
+        """The task's data (``run_job`` fills it with the preflight's), its prompts the preference file's when
+        ``preferences.source=file``."""
+        data = load_task(self.cfg.task)
+        if self.cfg.preferences.source == "file":
+            from harness.checks import with_file_prompts
+
+            data = with_file_prompts(self.cfg, data)
+        return data
 
     @functools.cached_property
     def gold(self):

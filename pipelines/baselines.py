@@ -38,6 +38,7 @@ from pipelines.dpo import (
     prepare,
     save_args,
     trainer_callbacks,
+    trainer_max_steps,
 )
 from pipelines.dpo import finish as _finish
 from pipelines.losses import sequence_logps, unlikelihood_loss
@@ -66,7 +67,8 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     args = SFTConfig(
         output_dir=str(checkpoint.trainer_dir(ctx.folder)), learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
+        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
+        completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
         weight_decay=0.0, bf16=False, fp16=False,
         activation_checkpointing=False, report_to="none", **save_args(cfg.checkpoint_every), logging_steps=10,

@@ -305,6 +305,12 @@ def _dpo_trainer_class():
     return HarnessDPOTrainer
 
 
+def trainer_max_steps(max_steps: int) -> int:
+    """Our ``max_steps`` (<= 0: the epochs decide) as transformers reads it: only a negative value lets the epochs
+    decide there; 0 would train no step at all."""
+    return max_steps if max_steps > 0 else -1
+
+
 def save_args(every: int) -> dict:
     """The trainer arguments of a checkpoint every ``every`` optimizer steps (0: none). Complete checkpoints are
     pruned by :class:`CheckpointCallback`, not by ``save_total_limit``, which deletes the previous checkpoint before
@@ -341,7 +347,7 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
         per_device_eval_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
         **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward

@@ -448,3 +448,56 @@ def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
     assert "dpo" in text and "beta=0.05" in text
     assert f"per-prompt evidence for {len(report.load_points(sweep_dir))} evaluations" in text
     assert images >= 3                                    # frontier, beta ablation, clip ablation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Online vs offline: families pooled into one curve each
+# ---------------------------------------------------------------------------------------------------------
+
+def test_pool_methods_stacks_members_on_their_common_seeds():
+    from harness import frontier_stats as fs
+    g = lambda v, m: (np.full((m, 3), v), np.full((m, 3), v / 10))   # noqa: E731  (gold, kl) of m points
+    points = {"ppo": {0: g(0.1, 2), 1: g(0.2, 2)}, "rloo": {0: g(0.3, 1)}, "dpo": {0: g(0.5, 4)}}
+    pooled = fs.pool_methods(points, ["ppo", "rloo", "grpo"])       # grpo absent: ignored
+    assert list(pooled) == [0]                                       # seed 1 lacks rloo: a family runs whole seeds
+    gold, kl = pooled[0]
+    assert gold.shape == (3, 3) and gold[:, 0].tolist() == [0.1, 0.1, 0.3] and kl[2, 0] == pytest.approx(0.03)
+    assert fs.pool_methods(points, ["grpo"]) == {}
+
+
+FAMILY_SWEEP = {   # online methods clearly above offline ones everywhere
+    "ppo": ({"kl_coef=0.02": 10.0, "kl_coef=0.1": 4.0}, _curve(0.45, 2.0)),
+    "rloo": ({"beta=0.02": 9.0, "beta=0.1": 3.0}, _curve(0.44, 2.0)),
+    "dpo": ({"beta=0.05": 10.0, "beta=1.0": 3.0}, _curve(0.25, 2.0)),
+    "kto": ({"beta=0.1": 8.0}, _curve(0.22, 2.0)),
+}
+
+
+def test_online_vs_offline_verdict_follows_the_evidence(tmp_path):
+    write_sweep(tmp_path, sweep=FAMILY_SWEEP, seeds=(0, 1), with_bon=False)
+    add_evidence(tmp_path, noise=0.02)
+    rows, evidence = report.load_points(tmp_path), report.load_evidence(tmp_path)
+    s = report.summarize(rows, evidence=evidence, n_boot=100)
+    fam = s["families"]
+    assert fam["members"] == {"online": ["ppo", "rloo"], "offline": ["dpo", "kto"]}
+    assert fam["comparison"]["area"]["lo"] > 0                        # 0.2 of reward apart: decided
+    md = report.format_summary(s)
+    assert "## Online vs offline" in md and "Online methods lie above offline ones" in md
+
+    # the same methods with the same curve: the interval must contain 0 and the summary must say it cannot decide
+    same = {m: (settings, _curve(0.4, 2.0)) for m, (settings, _) in FAMILY_SWEEP.items()}
+    root = tmp_path / "same"
+    write_sweep(root, sweep=same, seeds=(0, 1), with_bon=False)
+    add_evidence(root, noise=0.05)
+    s = report.summarize(report.load_points(root), evidence=report.load_evidence(root), n_boot=100)
+    area = s["families"]["comparison"]["area"]
+    assert area["lo"] < 0 < area["hi"]
+    assert "evidence is too weak to decide" in report.format_summary(s)
+
+
+def test_no_family_section_for_dpo_against_ppo_alone(sweep_dir):
+    s = report.summarize(report.load_points(sweep_dir), n_boot=20)   # dpo, ipo, ppo: 3 members, 2 families
+    assert s["families"]["members"]["online"] == ["ppo"]
+    only_two = [r for r in report.load_points(sweep_dir) if r["method"] in ("dpo", "ppo")]
+    s = report.summarize(only_two, n_boot=20)
+    assert s["families"] is None and "Online vs offline" not in report.format_summary(s)
