@@ -447,7 +447,7 @@ def with_file_prompts(hc: HarnessConfig, data):
         if not evals:
             raise ConfigError("preferences.eval_prompts: every evaluation prompt of the task is a training prompt of "
                               "the file; use preferences.eval_prompts=file")
-    rollouts = getattr(hc.pipeline, "batch_size", 0) if hc.pipeline.name in ("ppo", "ppo_gt") else 0
+    rollouts = getattr(hc.pipeline, "batch_size", 0) if hc.pipeline.name in ("ppo", "ppo_gt", "online_dpo") else 0
     if rollouts > len(train):
         raise ConfigError(f"pipeline.batch_size: {rollouts} prompts per rollout, but '{pf.path}' gives {len(train)} "
                           f"training prompts; set pipeline.batch_size<={len(train)} or give more prompts")
