@@ -5,6 +5,7 @@ stays π_SFT, and with a reference refreshed every update the trained-in KL stay
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -143,6 +144,24 @@ def test_advantage_normalisation_whitens_the_rollout_advantages_or_leaves_them_r
     assert abs(L.masked_mean(on.advantages, on.masks).item()) < 1e-5
     assert abs(L.masked_var(on.advantages, on.masks).item() - 1) < 1e-3
     assert abs(L.masked_var(off.advantages, off.masks).item() - 1) > 1e-2, "raw advantages must differ for this test"
+
+
+def test_a_resumed_job_continues_from_the_moved_reference(cache, tmp_path):
+    """The checkpoint (``PPO.state_dict``) holds the moving reference: a PPO loaded from it takes the same next update
+    as the one that wrote it, although its fresh roles start from π_SFT."""
+    from pipelines.ppo import build_roles
+
+    ctx = RunContext(cfg=validate(config(cache, "pipeline.ref_update=ema", "pipeline.ref_ema=0.5")), folder=tmp_path)
+    batches = [ctx.task.train_prompts[i:i + 16] for i in (0, 16, 32)]
+    first = build_roles(ctx).ppo(ctx.cfg.pipeline, seed=2)
+    for prompts in batches[:2]:
+        first.step(prompts)
+    resumed = build_roles(ctx).ppo(ctx.cfg.pipeline, seed=2)
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))  # as through torch.save / load: no shared tensors
+    assert max_diff(params(resumed.reference), params(first.reference)) == 0
+    a, b = first.step(batches[2]), resumed.step(batches[2])
+    assert a["objective/kl"] == b["objective/kl"] and a["loss/policy"] == b["loss/policy"]
+    assert max_diff(params(resumed.reference), params(first.reference)) == 0
 
 
 # --------------------------------------------------------------------------------------------- through the CLI
