@@ -20,8 +20,8 @@ One update (``PPO.step``):
    the score ((r_φ − mean) / std of r_φ on π_SFT samples, r_φ read at EOS, appended to a truncated response as
    in r_φ's training; minus ``missing_eos_penalty``, 0 by default, if no EOS); per-token rewards r_t = −β·KL_t
    (k1, the only estimator unbiased in a reward), plus the score at the last response token; GAE; advantages
-   whitened over the rollout (``whiten_advantages``). Only the first minibatch of epoch 0 keeps its autograd graph (``FirstPass``): the update starts
-   from it;
+   whitened over the rollout (``whiten_advantages``). Only the first minibatch of epoch 0 keeps its autograd graph
+   (``FirstPass``): the update starts from it;
 2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``);
