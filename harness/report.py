@@ -708,6 +708,34 @@ def final_points(rows: Sequence[dict]) -> list[dict]:
     return list(last.values())
 
 
+def settings_table(rows: Sequence[dict]) -> str:
+    """A markdown section: the last evaluation of each (method, setting), e.g. each ingredient of a PPO ablation, as
+    final KL and gold reward, mean over its runs ± SEM (over the runs' seeds when there are several, else the one
+    evaluation's SEM over prompts). Empty when no method has more than one setting: the per-method table says it all."""
+    finals = _by(final_points(rows), "method", "setting")
+    settings_per_method = defaultdict(int)
+    for m, _ in finals:
+        settings_per_method[m] += 1
+    if max(settings_per_method.values(), default=0) < 2:
+        return ""
+    lines = ["## Final point of each setting", "",
+             "Last evaluation of each run, mean over runs ± SEM (across seeds; with one run, the evaluation's own "
+             "SEM over prompts). KL is to the frozen π_SFT for every setting.", "",
+             "| method | setting | runs | step | KL [nats] | gold reward |", "|---|---|---:|---:|---:|---:|"]
+    for m in ordered_methods(m for m, _ in finals):
+        for setting in sorted(st for mm, st in finals if mm == m):
+            group = finals[(m, setting)]
+            cells = []
+            for key in ("kl", "gold_reward"):
+                xs = np.array([r[key] for r in group], dtype=float)
+                sem = xs.std(ddof=1) / math.sqrt(len(xs)) if len(xs) > 1 else float(group[0].get(f"{key}_sem") or math.nan)
+                cells.append(f"{fmt_num(float(xs.mean()))} ± {fmt_num(sem)}")
+            steps = sorted({r["step"] for r in group})
+            lines.append(f"| {method_label(m)} | {setting or '—'} | {len(group)} | {'/'.join(map(str, steps))} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _knob_value(value: str):
     try:
         return float(value)
@@ -842,7 +870,9 @@ def make_report(folder: str | Path, kls: Sequence[float] = DEFAULT_KLS, title: s
         abl.savefig(paths["ablations_png"], dpi=120)
 
     paths["summary_md"] = folder / "summary.md"
-    paths["summary_md"].write_text(format_summary(summary, title, commit=commit), encoding="utf-8")
+    table = settings_table(rows)  # each setting's final point (an ablation's table); "" when nothing was swept
+    paths["summary_md"].write_text(format_summary(summary, title, commit=commit) + ("\n" + table if table else ""),
+                                   encoding="utf-8")
     return paths
 
 

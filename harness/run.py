@@ -61,7 +61,9 @@ class RunContext:
         (so a clip ablation's points read "kl_coef=0.05,cliprange=0.2")."""
         base = self.cfg.pipeline.setting()
         have = {part.split("=")[0] for part in base.split(",") if part}
-        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept if k not in have and k not in NOT_A_SETTING]
+        labelled = getattr(self.cfg.pipeline, "labelled_budget_keys", ())
+        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept
+                 if k not in have and (k not in NOT_A_SETTING or k in labelled)]
         return ",".join([p for p in [base] if p] + extra)
 
     def tracker(self, resume: dict | None = None) -> Tracker:

@@ -57,6 +57,8 @@ __all__ = [
     "explained_variance",
     "FixedKLController",
     "AdaptiveKLController",
+    "reference_mix_weight",
+    "mix_parameters_",
     "dpo_family_loss",
     "log1mexp",
     "unlikelihood_loss",
@@ -439,6 +441,44 @@ class AdaptiveKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A moving reference for the KL penalty (Xu et al. 2024, "Is DPO Superior to PPO for LLM Alignment?")
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def reference_mix_weight(mode: str, update: int, refresh_every: int, ema: float) -> float:
+    """The weight α of π_θ when the penalty reference moves after update number ``update`` (1-based):
+    ref <- (1 − α)·ref + α·π_θ. 0 = the reference stays.
+
+    ``none``: always 0 (π_ref = π_SFT, frozen). ``refresh``: 1 (a copy of π_θ) after every ``refresh_every``-th
+    update, else 0. ``ema``: ``ema`` after every update (an exponential moving average of the policy's parameters).
+    """
+    if mode == "none":
+        return 0.0
+    if mode == "refresh":
+        return 1.0 if update % refresh_every == 0 else 0.0
+    if mode == "ema":
+        return float(ema)
+    raise ValueError(f"reference_mix_weight: unknown mode '{mode}' (none, refresh or ema)")
+
+
+@torch.no_grad()
+def mix_parameters_(target: list[torch.Tensor], source: list[torch.Tensor], alpha: float) -> None:
+    """In place, tensor by tensor: target <- (1 − alpha)·target + alpha·source. alpha = 1 copies exactly (no
+    rounding from the interpolation), alpha = 0 leaves ``target`` untouched. Both lists pair the same shapes."""
+    if len(target) != len(source):
+        raise ValueError(f"mix_parameters_: {len(target)} target tensors but {len(source)} source tensors")
+    if alpha == 0:
+        return
+    for t, s in zip(target, source):
+        if t.shape != s.shape:
+            raise ValueError(f"mix_parameters_: shape {tuple(t.shape)} mixed with {tuple(s.shape)}")
+        if alpha == 1:
+            t.copy_(s)
+        else:
+            t.lerp_(s.to(t.dtype), alpha)
 
 
 # ----------------------------------------------------------------------------------------------------------------

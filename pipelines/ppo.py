@@ -3,7 +3,8 @@
 Four roles, each its own model (Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
 
 * ``policy``    π_θ, starts as π_SFT and is trained;
-* ``reference`` π_ref = π_SFT, frozen: the anchor of the KL penalty;
+* ``reference`` π_ref = π_SFT, frozen: the anchor of the KL penalty (``ref_update=refresh|ema`` moves a copy of
+                it towards π_θ after updates, Xu et al. 2024; the evaluator's KL stays to the frozen π_SFT);
 * ``reward``    the frozen scorer of whole responses: the Bradley–Terry r_φ for ``ppo``, the gold reward on the
                 decoded prompt + response for ``ppo_gt``;
 * ``critic``    V_ψ, a scalar-head model evaluated at *every* response position; initialised from r_φ for ``ppo``
@@ -18,12 +19,13 @@ One update (``PPO.step``):
    ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each response position;
    the score ((r_φ − mean) / std of r_φ on π_SFT samples, r_φ read at EOS, appended to a truncated response as
    in r_φ's training; minus ``missing_eos_penalty``, 0 by default, if no EOS); per-token rewards r_t = −β·KL_t
-   (k1, the only estimator unbiased in a reward), plus the score at the last response token; GAE; whitened
-   advantages. Only the first minibatch of epoch 0 keeps its autograd graph (``FirstPass``): the update starts
-   from it;
+   (k1, the only estimator unbiased in a reward), plus the score at the last response token; GAE; advantages
+   whitened over the rollout (``whiten_advantages``). Only the first minibatch of epoch 0 keeps its autograd graph
+   (``FirstPass``): the update starts from it;
 2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
-3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``).
+3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``);
+4. with ``ref_update`` refresh or ema, the penalty's reference moves towards π_θ (``losses.reference_mix_weight``).
 
 A non-finite reward, value, KL, advantage or loss stops the run before the update that would take it in
 (``harness.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
@@ -37,6 +39,7 @@ Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -189,6 +192,8 @@ class PPO:
         self.reuse_first_pass = reuse_first_pass
         for m in (policy, reference, critic):
             use_fused_gelu(m)
+        if cfg.ref_update != "none":  # a moving reference is a copy: the caller's π_SFT (the evaluator's) stays frozen
+            self.reference = freeze(copy.deepcopy(reference))
         # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
         # the ratio is noise. Eval mode does not stop gradients; disable_dropout also keeps it off if anything calls
         # train(), and in the saved policy's config, as for every other method (pipelines/dpo.py ``prepare``).
@@ -217,7 +222,8 @@ class PPO:
                 "policy_opt": self.policy_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "kl_ctl": dict(vars(self.kl_ctl)), "score_norm": self.score_norm,
                 "sample_gen": self._sample_gen_state(), "shuffle_gen": self.shuffle_gen.get_state(),
-                "updates_done": self.updates_done}
+                "updates_done": self.updates_done,
+                **({"reference": self.reference.state_dict()} if self.cfg.ref_update != "none" else {})}
 
     def _sample_gen_state(self):
         """This process's sampling generator; with several processes, every process's (a collective: every process
@@ -242,6 +248,14 @@ class PPO:
         self.sample_gen.set_state(saved[distributed.rank()] if isinstance(saved, list) else saved)
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.updates_done = state["updates_done"]
+        if "reference" in state:  # a moving reference (ref_update refresh or ema)
+            self.reference.load_state_dict(state["reference"])
+
+    def move_reference(self) -> None:
+        """After update ``updates_done``: ref <- (1 − α)·ref + α·π_θ with α from ``cfg.ref_update`` (0 for none)."""
+        cfg = self.cfg
+        alpha = L.reference_mix_weight(cfg.ref_update, self.updates_done, cfg.ref_refresh_every, cfg.ref_ema)
+        L.mix_parameters_(list(self.reference.parameters()), list(self.policy.parameters()), alpha)
 
     def _check(self, quantity: str, value) -> None:
         # on every process's share at once: one process stopping alone would leave the others waiting for it
@@ -296,7 +310,8 @@ class PPO:
         if cfg.whiten_rewards:
             rewards = L.masked_whiten(rewards, mask, shift_mean=False, total=distributed.all_reduce_sum)
         advantages, returns = L.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
-        advantages = L.masked_whiten(advantages, mask, total=distributed.all_reduce_sum)  # over the whole batch
+        if cfg.whiten_advantages:  # advantage normalisation, one of Xu et al. 2024's decisive ingredients
+            advantages = L.masked_whiten(advantages, mask, total=distributed.all_reduce_sum)  # over the whole batch
         self._check("advantage", advantages)
 
         seq_kl = L.masked_sum(logprobs - ref_logprobs, mask, dim=-1)  # (B,) k1 sequence KL, what target_kl refers to
@@ -387,6 +402,7 @@ class PPO:
         # target_kl is a sequence KL, so the controller sees the batch's mean sequence KL; n_steps = episodes.
         self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
         self.updates_done += 1
+        self.move_reference()
         stats["charts/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
         return stats
 
@@ -401,7 +417,7 @@ class Roles:
     """The four models of a PPO run and what goes with them."""
 
     policy: torch.nn.Module  # π_θ, a copy of π_SFT (trained)
-    reference: torch.nn.Module  # π_ref = π_SFT (frozen)
+    reference: torch.nn.Module  # π_ref = π_SFT (frozen; the evaluator's reference; PPO moves only a copy of it)
     critic: torch.nn.Module  # V_ψ, scalar head (trained)
     reward: RewardFn  # r_φ (ppo) or gold (ppo_gt)
     tok: object

@@ -24,6 +24,7 @@ class PipelineBase:
     name: str = "???"
 
     setting_keys = ()  # class attribute, not a config field
+    labelled_budget_keys = ()  # budget keys (harness.run.NOT_A_SETTING) that still label this method's points when set
 
     def setting(self) -> str:
         return ",".join(f"{k}={getattr(self, k)}" for k in self.setting_keys)
@@ -56,6 +57,8 @@ class RewardModelPipeline(PipelineBase):
 # but biased as a reward (tests/test_losses.py shows it; verl PR #2953, OpenRLHF PR #1309, arXiv:2512.21852), so it
 # is logged as objective/kl_k3 and never trained on. The field stays, for an estimator that is unbiased there.
 KL_ESTIMATORS = ("k1",)
+# How PPO's penalty reference moves (PPOPipeline.ref_update): frozen π_SFT, refreshed copies of π_θ, or an EMA of π_θ.
+REF_UPDATES = ("none", "refresh", "ema")
 
 
 @dataclass
@@ -92,12 +95,37 @@ class PPOPipeline(PipelineBase):
     temperature: float = 1.0
     whiten_rewards: bool = False
     normalize_scores: bool = True  # (score − mean) / std over π_SFT samples: stored with the RM; ppo_gt: first rollout
+    # Xu et al. 2024's decisive PPO ingredients (experiment=ppo_ingredients turns each on and off). The batch size is
+    # the third: batch_size episodes per rollout, split into num_minibatches minibatches, so an update takes
+    # ppo_epochs x num_minibatches optimizer steps on batch_size / num_minibatches episodes each, and a job
+    # updates x batch_size episodes. To change the batch at an equal budget, scale updates inversely (and
+    # num_minibatches with it to keep the minibatch size and the number of optimizer steps, as the study does).
+    whiten_advantages: bool = True  # advantage normalisation: GAE advantages whitened over the rollout's tokens
+    # The reference of the KL *penalty* (never of the frontier: the evaluator's KL is always to the frozen π_SFT).
+    # none: π_SFT, frozen (the DPO paper's objective); refresh: a copy of π_θ taken every ref_refresh_every updates;
+    # ema: after every update ref <- (1 − ref_ema)·ref + ref_ema·π_θ, parameter by parameter (Xu et al. 2024).
+    ref_update: str = "none"
+    ref_refresh_every: int = 5  # updates between refreshes (ref_update=refresh)
+    ref_ema: float = 0.1  # weight of π_θ in each EMA step (ref_update=ema); half-life ≈ 0.69 / ref_ema updates
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
     setting_keys = ("kl_coef",)
+    # For PPO the batch size is an ingredient (Xu et al. 2024), not only a budget: set by a job, it labels the points.
+    labelled_budget_keys = ("batch_size",)
 
     def setting(self) -> str:
-        return f"target_kl={self.target_kl}" if self.target_kl is not None else super().setting()
+        base = f"target_kl={self.target_kl}" if self.target_kl is not None else super().setting()
+        return ",".join([base, *self.ingredients()])
+
+    def ingredients(self) -> list[str]:
+        """The Xu et al. ingredients away from their defaults, as labels ("ref_update=ema,ref_ema=0.1"); none at the
+        defaults, so the labels of every run that does not touch them stay what they were."""
+        parts = [] if self.whiten_advantages else ["whiten_advantages=False"]
+        if self.ref_update == "refresh":
+            parts += ["ref_update=refresh", f"ref_refresh_every={self.ref_refresh_every}"]
+        elif self.ref_update == "ema":
+            parts += ["ref_update=ema", f"ref_ema={self.ref_ema}"]
+        return parts
 
     def __post_init__(self) -> None:
         p = "pipeline"
@@ -115,6 +143,11 @@ class PPOPipeline(PipelineBase):
         if self.target_kl is not None:
             _positive(self, p, "target_kl")
         _require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
+        _require(self.ref_update in REF_UPDATES, "pipeline.ref_update", f"unknown '{self.ref_update}'",
+                 f"choose one of {', '.join(REF_UPDATES)}")
+        _positive(self, p, "ref_refresh_every")
+        _require(0 < self.ref_ema <= 1, "pipeline.ref_ema", f"must lie in (0, 1] (got {self.ref_ema})",
+                 "set pipeline.ref_ema=0.1 (the weight of π_θ in each EMA step)")
         _check_checkpoint_every(self)
 
 
