@@ -281,6 +281,8 @@ def validate(cfg: DictConfig | dict) -> HarnessConfig:
     pipe = dict(raw.get("pipeline") or {})
     _require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
     schema = pipeline_schema(pipe["name"])
+    _require(raw.get("policy") is None or pipe["name"] == "evaluate", "policy", f"is read by pipeline=evaluate only, "
+             f"not by pipeline={pipe['name']}", "add pipeline=evaluate to evaluate a checkpoint, or drop policy=")
     sections = dict(
         task=TaskConfig, model=ModelConfig, gold=GoldConfig, sft=SFTStageConfig, preferences=PreferencesConfig,
         reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
@@ -326,6 +328,7 @@ class _Schema:
     experiment_name: str | None = None  # set by experiment files; names the sweep folder and the W&B group
     study: Any = None  # experiment files: a list of jobs, each a list of overrides (hydra_plugins/harness_study)
     seeds: Any = None  # experiment files: the seeds every study entry runs with
+    policy: Any = None  # pipeline=evaluate: the checkpoint to evaluate (short for pipeline.policy)
 
 
 def register_configs() -> None:

@@ -72,8 +72,8 @@ class Tracker:
         self.evidence_path = self.folder / "evidence.jsonl"  # per-prompt means, one line per row (the report's bootstrap)
         kept = (resume or {}).get("lines", {})
         self.lines = {name: kept.get(name, 0) for name in ROW_FILES}
-        for name, n in self.lines.items():
-            keep_lines(self.folder / name, n)  # no line twice: what the checkpoint counted stays, the rest is redone
+        for file, n in self.lines.items():  # (not `name`: that is the run's name, used below)
+            keep_lines(self.folder / file, n)  # no line twice: what the checkpoint counted stays, the rest is redone
         self.start = time.time() - (resume or {}).get("wall_s", 0.0)  # wall_s continues across attempts
         self.run = None
         self.run_id = name

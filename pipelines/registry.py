@@ -16,6 +16,7 @@ RUNNERS = {
     "preferred_ft": "pipelines.baselines:run_preferred_ft",
     "unlikelihood": "pipelines.baselines:run_unlikelihood",
     "best_of_n": "pipelines.baselines:run_best_of_n",
+    "evaluate": "pipelines.evaluate:run",
 }
 
 

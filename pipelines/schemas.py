@@ -6,6 +6,7 @@ Light on purpose (no torch, no TRL): the CLI validates a whole sweep's configs b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from harness.config import MAX_NEW_TOKENS, MICRO_BATCH_SIZE, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
@@ -235,10 +236,42 @@ class BestOfNPipeline(PipelineBase):
         _require(self.scorer in ("reward_model", "gold"), "pipeline.scorer", f"unknown '{self.scorer}'", "use reward_model or gold")
 
 
+@dataclass
+class EvaluatePipeline(PipelineBase):
+    """A causal LM trained elsewhere (verl, OpenRLHF, another harness run), put on the frontier as a point of its own:
+    the same evaluator, π_ref (π_SFT from the stage cache), held-out prompts, gold reward and sampling seed as every
+    method (``pipelines/evaluate.py``). One evaluation, one row: method ``evaluate``, setting ``policy=<label>``."""
+
+    name: str = "evaluate"
+    policy: str | None = "???"  # checkpoint folder (save_pretrained) or hub name; the top-level `policy=...` sets it
+    label: str | None = None  # names the point (setting "policy=<label>"); null = the checkpoint's folder name
+    step: int = 0  # the training step the checkpoint was saved at, when known (the row's step)
+    # Run Python code shipped with the checkpoint (config.json's auto_map)? Off, as model.trust_remote_code.
+    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
+
+    def setting(self) -> str:
+        return f"policy={self.point_label()}"
+
+    def point_label(self) -> str:
+        """``label``, else the checkpoint's last path part (a hub name's model part); ',' and '=' would split the
+        setting, so they become '_'."""
+        text = self.label or str(self.policy).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return re.sub(r"[,=]", "_", text)
+
+    def __post_init__(self) -> None:
+        # "???" is the schema's own placeholder (Hydra's "required"); a composed config has a value or None by now
+        _require(bool(self.policy), "policy", "pipeline=evaluate needs the checkpoint to evaluate",
+                 "set policy=/path/to/a/save_pretrained/folder or policy=<org/name> on the hub")
+        _require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
+                 "drop it (the folder name labels the point) or set pipeline.label=<name>")
+        _require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
+
+
 SCHEMAS: dict[str, type] = {
     "sft": SFTPipeline, "preferences": PreferencesPipeline, "reward_model": RewardModelPipeline,
     "ppo": PPOPipeline, "ppo_gt": PPOPipeline, "dpo": DPOPipeline, "ipo": DPOPipeline, "cdpo": DPOPipeline,
     "preferred_ft": PreferredFTPipeline, "unlikelihood": UnlikelihoodPipeline, "best_of_n": BestOfNPipeline,
+    "evaluate": EvaluatePipeline,
 }
 
 
