@@ -372,6 +372,11 @@ def preflight(hc: HarnessConfig, here: bool = True):
     data (the slowest) last. ``here``: the job runs on this machine (see ``check_device``)."""
     check_no_secrets(hc)
     check_device(hc.device, here)
+    if here:  # bf16 on this machine's device (a cluster's job checks its own node when it starts)
+        from harness.models import pick_device
+        from harness.precision import check_precision
+
+        check_precision(hc.precision, pick_device(hc.device))
     check_writable(hc.cache_dir, "cache_dir")
     weights = check_model(hc)
     check_policy(hc)

@@ -34,6 +34,16 @@ class RunContext:
     def device(self) -> torch.device:
         return pick_device(self.cfg.device)
 
+    @property
+    def precision(self) -> str:
+        return self.cfg.precision
+
+    def autocast(self):
+        """The context of the methods' forward passes: bf16 autocast with ``precision=bf16`` (harness/precision.py)."""
+        from harness.precision import autocast
+
+        return autocast(self.device, self.cfg.precision)
+
     @functools.cached_property
     def task(self) -> TaskData:
         return load_task(self.cfg.task)

@@ -101,7 +101,8 @@ def run(ctx: RunContext) -> dict:
     log.info("evaluate %s (tokenizer: %s) against π_SFT %s", name, whose, sft.path)
 
     tracker = ctx.tracker()
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval), tracker,
+    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval,
+                                              precision=ctx.precision), tracker,
                                     method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     row = evaluation(policy, step=cfg.step)
     facts = {"method": ctx.method, "setting": ctx.setting, "policy": name, "tokenizer": whose, "reference": str(sft.path),
