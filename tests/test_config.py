@@ -53,6 +53,8 @@ def test_every_config_file_composes_and_validates(group, name):
     overrides = [f"{group}={name}"]
     if (group, name) == ("task", "local"):
         overrides.append("task.path=/tmp/reviews.jsonl")
+    if (group, name) == ("pipeline", "evaluate"):  # its one required value: the checkpoint to evaluate
+        overrides.append("policy=/tmp/checkpoint")
     hc = validate(compose(overrides))
     assert hc.pipeline.name
 
