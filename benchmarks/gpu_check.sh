@@ -6,8 +6,9 @@
 #   (b) measures the harness's PPO update (episodes/s) and DPO step (pairs/s) throughput on a GPT-2 of gpt2-large's
 #       shape (36 layers x 1280 x 20 heads, vocabulary 50257) built from config with random weights, fp32 and bf16;
 #   (c) the same PPO configuration with TRL 1.12's PPOTrainer (benchmarks/trl112/ppo_peer.py), fp32 and bf16;
-# and prints one table. Each part has its own time limit (the whole stays well under 15 minutes); a part that fails
-# is reported in the table with its log's last line, and the others still run.
+# and prints one table. Each part has its own time limit, cut to what is left of BUDGET_S (default 540 s: the device
+# tool's 10-minute command, minus the table), so the whole ends in time and a slow part cannot take the table with it;
+# a part that fails or is skipped is reported in the table with its log's last line, and the others still run.
 #
 #   bash benchmarks/gpu_wheels.sh                 # here, once: .whl/ (about 18 MiB)
 #   bash benchmarks/gpu_check.sh                  # there: device tool `run` with carry [".whl"]
@@ -31,11 +32,11 @@ export WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PAR
 if [[ $MODE == gpu ]]; then
   DEVICE=cuda
   SHAPE=(--n-layer 36 --n-embd 1280 --n-head 20 --vocab-size 50257 --n-positions 1024)  # gpt2-large
-  PPO_UPDATES=4 DPO_STEPS=5 DPO_BATCH=64 LIMIT_SMOKE=300 LIMIT_BENCH=150 THREADS=$(nproc)
+  PPO_UPDATES=4 DPO_STEPS=5 DPO_BATCH=64 LIMIT_SMOKE=240 LIMIT_BENCH=120 THREADS=$(nproc) BUDGET_S="${BUDGET_S:-540}"
 else
   DEVICE=cpu
   SHAPE=(--n-layer 2 --n-embd 64 --n-head 2 --vocab-size 512 --n-positions 64)
-  PPO_UPDATES=2 DPO_STEPS=2 DPO_BATCH=16 LIMIT_SMOKE=900 LIMIT_BENCH=300 THREADS=1
+  PPO_UPDATES=2 DPO_STEPS=2 DPO_BATCH=16 LIMIT_SMOKE=900 LIMIT_BENCH=300 THREADS=1 BUDGET_S="${BUDGET_S:-2400}"
   export OMP_NUM_THREADS=1
 fi
 echo "== gpu_check ($MODE): device=$DEVICE, results in $RESULTS"
@@ -63,18 +64,27 @@ for name in need:
 import torch
 print("python", sys.version.split()[0], "|", " ".join(f"{k} {v}" for k, v in versions.items()))
 cuda = torch.cuda.is_available()
+from harness.models import pick_device
 print("cuda:", cuda, "|", torch.cuda.get_device_name(0) if cuda else "-", "| bf16:",
-      torch.cuda.is_bf16_supported(including_emulation=False) if cuda else "cpu autocast")
+      torch.cuda.is_bf16_supported(including_emulation=False) if cuda else "cpu autocast",
+      "| device=auto ->", pick_device("auto"))
 if missing:
     sys.exit("missing: " + "; ".join(missing) + " -- add their wheels to .whl/ (benchmarks/gpu_wheels.sh)")
-if sys.argv[1] == "cuda" and not cuda:
-    sys.exit("error: no CUDA GPU visible; run with --dry-run on a CPU machine")
+if sys.argv[1] == "cuda" and not (cuda and pick_device("auto").type == "cuda"):
+    sys.exit("error: device=auto does not pick a CUDA GPU here; run with --dry-run on a CPU machine")
 PY
 
 # ------------------------------------------------------------------------------------------------- the parts
 run_part() {  # name, limit (s), command...: its stdout's last line is the part's JSON record
   local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((BUDGET_S - SECONDS - 15))
+  (( limit > left )) && limit=$left
+  if (( limit < 20 )); then  # out of time: say so in the table rather than overrun the command's limit
+    echo "== $name skipped: ${BUDGET_S}s budget spent"
+    echo "skipped: the ${BUDGET_S}s budget was spent" > "$RESULTS/$name.log"; : > "$RESULTS/$name.out"
+    echo "{\"part\": \"$name\", \"rc\": \"skipped\", \"seconds\": 0}" > "$RESULTS/$name.status"
+    return
+  fi
   echo "== $name (limit ${limit}s)"
   timeout "$limit" "$@" > "$RESULTS/$name.out" 2> "$RESULTS/$name.log"
   local rc=$?
@@ -83,9 +93,10 @@ run_part() {  # name, limit (s), command...: its stdout's last line is the part'
   echo "{\"part\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" > "$RESULTS/$name.status"
 }
 
-# (a) the smoke study, bf16 on the device (the tests run it on the CPU in fp32)
+# (a) the smoke study, bf16, on device=auto: CUDA where there is one (the environment line above says what auto
+# picks; the tests run the same study on the CPU in fp32)
 SWEEP="$WORK/smoke"
-run_part smoke "$LIMIT_SMOKE" "$PY" -m harness -m experiment=smoke device=$DEVICE precision=bf16 \
+run_part smoke "$LIMIT_SMOKE" "$PY" -m harness -m experiment=smoke device=auto precision=bf16 \
   cache_dir="$WORK/cache" hydra.sweep.dir="$SWEEP" logger.wandb_mode=disabled
 cp "$SWEEP/summary.md" "$SWEEP/frontier.png" "$SWEEP/points.csv" "$RESULTS/" 2>/dev/null
 
@@ -117,13 +128,14 @@ def record(name):
 
 status, _ = record("smoke")
 points = list(csv.DictReader((sweep / "points.csv").open())) if (sweep / "points.csv").exists() else []
-print(f"\n(a) smoke study, precision=bf16: rc={status['rc']}, {status.get('seconds', '?')} s, {len(points)} rows, "
+print(f"\n(a) smoke study, device=auto, precision=bf16: rc={status['rc']}, {status.get('seconds', '?')} s, {len(points)} rows, "
       f"methods: {', '.join(sorted({p['method'] for p in points})) or '-'}")
 for m in sorted({p["method"] for p in points}):
     last = max((p for p in points if p["method"] == m), key=lambda p: (float(p["kl"])))
     print(f"    {m:<13} up to KL {float(last['kl']):6.2f}  gold {float(last['gold_reward']):.3f}")
 shape = "gpt2-large shape (36 x 1280 x 20, vocab 50257), random weights" if mode == "gpu" else "tiny CPU shape (dry run)"
-print(f"\n(b, c) {shape}; PPO: 64 episodes/update, 24 new tokens, 4 epochs x 1 minibatch; DPO: 64 pairs/step")
+dpo_batch = next((r["batch_size"] for p in ("fp32", "bf16") for r in [record(f"dpo_ours_{p}")[1]] if "batch_size" in r), "?")
+print(f"\n(b, c) {shape}; PPO: 64 episodes/update, 24 new tokens, 4 epochs x 1 minibatch; DPO: {dpo_batch} pairs/step")
 print(f"{'measurement':<28}{'precision':>10}{'rate':>14}{'unit':>14}{'peak GiB':>10}{'s':>6}")
 for name, label, key, unit in (("ppo_ours", "harness PPO update", "episodes_per_s", "episodes/s"),
                                ("ppo_trl112", "TRL 1.12 PPOTrainer", "episodes_per_s", "episodes/s"),
