@@ -19,7 +19,7 @@ log = logging.getLogger("harness")
 # Pipeline keys that set a job's budget, not the method's setting: they never label a point. (``evaluate``'s label,
 # step and trust_remote_code are already in its setting "policy=<label>", or say nothing about the point.)
 NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns", "checkpoint_every",
-                           "label", "step", "trust_remote_code"})
+                           "label", "step", "trust_remote_code", "checkpoint_stamp"})
 
 
 @dataclass

@@ -6,8 +6,10 @@ Light on purpose (no torch, no TRL): the CLI validates a whole sweep's configs b
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.config import MAX_NEW_TOKENS, MICRO_BATCH_SIZE, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
 
@@ -248,6 +250,9 @@ class EvaluatePipeline(PipelineBase):
     step: int = 0  # the training step the checkpoint was saved at, when known (the row's step)
     # Run Python code shipped with the checkpoint (config.json's auto_map)? Off, as model.trust_remote_code.
     trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
+    # Set when the config is validated, not by hand: the sizes and times of a checkpoint folder's config and weights,
+    # so that a checkpoint saved again under the same path is a new job, not a finished one reused. null: a hub name.
+    checkpoint_stamp: str | None = None
 
     def setting(self) -> str:
         return f"policy={self.point_label()}"
@@ -265,6 +270,18 @@ class EvaluatePipeline(PipelineBase):
         _require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
                  "drop it (the folder name labels the point) or set pipeline.label=<name>")
         _require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
+        self.checkpoint_stamp = folder_stamp(self.policy)
+
+
+def folder_stamp(path: str) -> str | None:
+    """A short hash of the names, sizes and modification times of a model folder's config and weight files; None
+    when ``path`` is not a folder (a hub name: its revision is the hub's business)."""
+    folder = Path(str(path))
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    blob = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 SCHEMAS: dict[str, type] = {

@@ -129,3 +129,22 @@ def test_policy_is_read_by_evaluate_only(tmp_path):
         validate(compose(["pipeline=evaluate", "experiment=tiny_debug"]))
     hc = validate(compose(["pipeline=evaluate", "pipeline.policy=org/some-model", "experiment=tiny_debug"]))
     assert hc.pipeline.policy == "org/some-model" and hc.pipeline.setting() == "policy=some-model"
+    assert hc.pipeline.checkpoint_stamp is None  # a hub name
+
+
+def test_a_checkpoint_saved_again_is_a_new_job_not_a_reused_one(tmp_path):
+    from harness.app import job_key, resolved
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
+
+    def key():
+        hc = validate(compose(["pipeline=evaluate", f"policy={tmp_path}", "experiment=tiny_debug"]))
+        hc.raw = resolved(hc)
+        return job_key(hc), hc.pipeline.setting()
+
+    first = key()
+    assert key() == first  # the same files: the same job (a rerun reuses it)
+    (tmp_path / "model.safetensors").write_bytes(b"1" * 12)  # saved again, e.g. a later step under the same path
+    second = key()
+    assert second[0] != first[0] and second[1] == first[1]  # a new job, the same label on the frontier
