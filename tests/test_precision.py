@@ -74,3 +74,12 @@ def test_precision_is_validated_and_saved_with_the_run():
     hc = validate(compose(["pipeline=dpo", "precision=bf16"]))
     assert hc.precision == "bf16" and resolved(hc)["precision"] == "bf16"
     assert validate(compose(["pipeline=dpo"])).precision == "fp32"  # the default
+
+
+def test_device_auto_picks_cuda_when_torch_sees_one(monkeypatch):
+    from harness.models import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
