@@ -58,6 +58,10 @@ def job_key(hc: HarnessConfig) -> str:
     for name in SECTIONS:
         skip = {f.name for f in dataclasses.fields(getattr(hc, name)) if f.metadata.get("identity") is False}
         ident[name] = {k: v for k, v in ident[name].items() if k not in skip}
+    if hc.preferences.source == "file":  # the file's content, not its name: an edited file makes a new job
+        from harness.preference_file import content_hash
+
+        ident["preferences"] = {**ident["preferences"], "file_sha256": content_hash(hc.preferences.path)}
     return key_of(ident)
 
 
@@ -92,9 +96,16 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     from harness.run import RunContext
     from pipelines.registry import runner
 
+    from harness import distributed
+    from harness.models import pick_device
+
     hc = validate(cfg)
     hc.raw = resolved(hc)
     key = job_key(hc)
+    # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
+    # process's: each process's Hydra made its own, named by its own clock).
+    distributed.init(cpu=pick_device(hc.device).type == "cpu")
+    folder = Path(distributed.on_main(lambda: str(folder)))
     record = finished(folder, key)
     if record is not None:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
@@ -107,11 +118,15 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
     ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
     result = runner(hc.pipeline.name)(ctx)
-    folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
-    # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
-    blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
-    checkpoint.commit(folder / DONE, lambda f: f.write(blob))
-    checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
+
+    def finish() -> None:
+        folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
+        # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
+        blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
+        checkpoint.commit(folder / DONE, lambda f: f.write(blob))
+        checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
+
+    distributed.on_main(finish)
     return result
 
 

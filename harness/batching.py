@@ -90,3 +90,14 @@ class LengthSortedMicroBatches:
 def with_length_sorted_micro_batches(trainer_cls):
     """``trainer_cls`` with :class:`LengthSortedMicroBatches` mixed in (for TRL's trainers used as they are)."""
     return type(f"LengthSorted{trainer_cls.__name__}", (LengthSortedMicroBatches, trainer_cls), {})
+
+
+def trainer_batches(batch_size: int, micro_batch_size: int, key: str) -> tuple[int, int]:
+    """(``per_device_train_batch_size``, ``gradient_accumulation_steps``) of a transformers/TRL trainer whose optimiser
+    batch is ``batch_size`` examples over all processes (``harness.distributed``; one without a launcher): each process
+    takes an equal share, split into micro-batches of ``micro_batch_size`` (0: none). ``key``: the config section."""
+    from harness.distributed import per_process
+
+    share = per_process(batch_size, f"{key}.batch_size")
+    accumulate = micro_batches(share, micro_batch_size, f"{key}.micro_batch_size")
+    return share // accumulate, accumulate

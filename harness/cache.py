@@ -4,10 +4,15 @@ An artifact lives at ``<cache>/<stage>/<key>`` where key = sha256 of its identit
 determine it, including the keys of the artifacts it was built from). It is built under a temporary name and
 renamed when complete, so a crash never leaves a half artifact that looks finished; a file lock per key keeps two
 jobs of a sweep from building the same one (the second waits, then reuses).
+
+Under multi-process training (``harness.distributed``) the processes of one job build a missing stage together (its
+trainer is data-parallel across them, so they must all run it): the main process holds the lock and decides, every
+process builds into its own temporary folder, and the main process's becomes the artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from filelock import FileLock
+
+from harness import distributed
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
@@ -47,21 +54,26 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
     key = key_of(identity)
     base = Path(root) / stage
     final = base / key
-    if (final / MANIFEST).exists():
+    if distributed.agree((final / MANIFEST).exists()):
         return Artifact(stage, key, final, reused=True)
     base.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base / f"{key}.lock")):
-        if (final / MANIFEST).exists():  # another job built it while we waited
+    # One lock per job: its main process's (the job's other processes follow the main process's decisions).
+    with FileLock(str(base / f"{key}.lock")) if distributed.is_main() else contextlib.nullcontext():
+        if distributed.on_main((final / MANIFEST).exists):  # another job built it while we waited
             return Artifact(stage, key, final, reused=True)
         tmp = base / f".tmp-{key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             facts = build(tmp) or {}
-            (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "key": key, "identity": identity, "facts": facts}, indent=2, default=str))
-            if final.exists():  # an incomplete leftover without a manifest
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+
+            def commit() -> None:
+                (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "key": key, "identity": identity, "facts": facts}, indent=2, default=str))
+                if final.exists():  # an incomplete leftover without a manifest
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+
+            distributed.on_main(commit)  # the others wait here until the artifact is in place
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Artifact(stage, key, final, reused=False)

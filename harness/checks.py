@@ -3,8 +3,8 @@
 ``preflight(hc)`` runs on a validated config (``harness.config.validate`` has checked every value on its own) and
 checks what needs the world around it: the device, folders that must be writable, the model, tokenizer and gold
 classifier (found without downloading and without waiting on a network), lengths against the model's positions,
-and the data (every row of a user's file; enough reviews and prompts). Each failure is a one-line
-:class:`ConfigError` that names the key (or the file, row and column) and the fix.
+and the data (every row of a user's file; enough reviews and prompts; every pair of a preference file). Each failure
+is a one-line :class:`ConfigError` that names the key (or the file, row and column) and the fix.
 
 ``user_error(exc)`` turns the errors a user causes (ours, Hydra's composition errors, a folder that cannot be
 written) into that one line, and returns None for anything else: a bug keeps its traceback.
@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ from harness.config import ConfigError, HarnessConfig, TaskConfig, identity_of
 
 # How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
 STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
-               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3, "evaluate": 1}
+               "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3,
+               "rloo": 3, "grpo": 3, "rloo_gt": 1, "grpo_gt": 1, "evaluate": 1}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
@@ -249,14 +251,20 @@ def check_model(hc: HarnessConfig) -> int | None:
 
 
 def check_gold(hc: HarnessConfig) -> None:
-    """A Hugging Face gold classifier can be found, runs no code of its own unless allowed, and has ``gold.label``."""
+    """A Hugging Face gold classifier or reward model can be found, runs no code of its own unless allowed, has as
+    many outputs as its kind says (one for a reward model), and a classifier has ``gold.label``."""
+    from harness.gold import gold_kind_mismatch
+
     g = hc.gold
-    if g.kind != "hf_classifier":
+    if g.kind not in ("hf_classifier", "hf_reward_model"):
         return
     pre = find_pretrained(g.name_or_path, "gold.name_or_path")
     _no_remote_code(pre, g.name_or_path, "gold.name_or_path", g.trust_remote_code)
     labels = [str(v) for v in (pre.config.get("id2label") or {}).values()] if pre is not None else []
-    if labels and g.label not in labels:
+    outputs = len(labels) or (pre.config.get("num_labels") if pre is not None else None)
+    if outputs and (outputs == 1) != (g.kind == "hf_reward_model"):
+        raise ConfigError(gold_kind_mismatch(g.name_or_path, outputs, g.kind))
+    if g.kind == "hf_classifier" and labels and g.label not in labels:
         raise ConfigError(f"gold.label: '{g.label}' is not a label of {g.name_or_path} ({', '.join(labels)}); set "
                           "gold.label to one of them")
 
@@ -361,10 +369,117 @@ def task_data(cfg: TaskConfig):
     return TaskData(list(d.train_texts), list(d.heldout_texts), list(d.train_prompts), list(d.eval_prompts))
 
 
+# ---------------------------------------------------------------------------------------------- preference file
+_PREFERENCE_FILES: dict[str, Any] = {}  # checked preference files by what determines them (see preference_file)
+
+
+_TOKENIZERS: dict[tuple, Any] = {}
+
+
+def _rendering_tokenizer(hc: HarnessConfig):
+    """The policy's tokenizer, whose chat template renders a conversational file (loaded once); None for ``tiny``,
+    whose tokenizer is trained by the SFT stage and has no template (conversations get the plain rendering)."""
+    if hc.model.name == "tiny":
+        return None
+    from harness.models import load_tokenizer
+
+    key = (hc.model.name, hc.model.trust_remote_code)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(hc.model)
+    return _TOKENIZERS[key]
+
+
+def preference_file(hc: HarnessConfig):
+    """The checked, rendered and split ``preferences.path`` (``harness.preference_file``), read once per job: the
+    preflight's read is the one the preference stage stores."""
+    from harness.preference_file import content_hash, load_preference_file
+
+    p = hc.preferences
+    key = json.dumps([content_hash(p.path), p.eval_fraction, hc.task.seed, hc.model.name])
+    if key not in _PREFERENCE_FILES:
+        while len(_PREFERENCE_FILES) >= _TASKS_KEPT:
+            _PREFERENCE_FILES.pop(next(iter(_PREFERENCE_FILES)))
+        _PREFERENCE_FILES[key] = load_preference_file(p.path, _rendering_tokenizer(hc), p.eval_fraction, hc.task.seed)
+    return _PREFERENCE_FILES[key]
+
+
+def prompt_limits(hc: HarnessConfig, n_pos: int) -> list[tuple[str, int, str]]:
+    """(key, the most prompt tokens it allows, why) for the prompts of a preference file: each trainer's
+    ``max_length`` must leave a completion token, and a sampled prompt must leave its new tokens the model's
+    positions."""
+    depth, pipe = stage_depth(hc), hc.pipeline
+    limits = []
+    if isinstance(getattr(pipe, "max_length", None), int) and depth >= 2:
+        limits.append(("pipeline.max_length", pipe.max_length - 1, f"pipeline.max_length={pipe.max_length} must leave "
+                       "room for a completion"))
+    if depth >= 3:
+        limits.append(("reward_model.max_length", hc.reward_model.max_length - 1,
+                       f"reward_model.max_length={hc.reward_model.max_length} must leave room for a completion"))
+    sampled = [("eval.max_new_tokens", hc.eval.max_new_tokens)]
+    if depth >= 2:  # the preference stage samples π_SFT on the file's prompts (the reward model's normalisation)
+        sampled.append(("preferences.max_new_tokens", hc.preferences.max_new_tokens))
+    if isinstance(getattr(pipe, "max_new_tokens", None), int):
+        sampled.append(("pipeline.max_new_tokens", pipe.max_new_tokens))
+    key, new = max(sampled, key=lambda kv: kv[1])
+    limits.append((key, n_pos - new, f"the model's {n_pos} positions must hold it and {key}={new} sampled tokens"))
+    return limits
+
+
+def check_preference_file(hc: HarnessConfig, pf) -> None:
+    """No prompt of the file is too long for the job (:func:`prompt_limits`). Counted in the model's tokens where its
+    tokenizer is at hand; for ``tiny`` (tokenizer trained by SFT) in whitespace words, a lower bound on its byte-level
+    BPE tokens (every word is at least one token), so the check never stops a job that would have run."""
+    tok = _rendering_tokenizer(hc)
+    if tok is None:
+        n_pos, unit = hc.model.n_positions, "words (so at least as many tokens)"
+        lengths = [len(p.split()) for p in pf.prompt]
+    else:
+        pre = find_pretrained(hc.model.name, "model.name")
+        n_pos = (positions(pre.config) if pre is not None else None) or 10**9
+        lengths, unit = [len(ids) for ids in tok(pf.prompt, add_special_tokens=False)["input_ids"]], "tokens"
+    for key, allowed, why in prompt_limits(hc, n_pos):
+        row = next((i for i, n in enumerate(lengths) if n > allowed), None)
+        if row is not None:
+            raise ConfigError(f"preferences.path: '{pf.path}' {pf.places[row]} column 'prompt' has {lengths[row]} "
+                              f"{unit}, more than the {max(allowed, 0)} allowed ({why}); shorten or drop that row, or "
+                              f"raise {key}")
+
+
+def with_file_prompts(hc: HarnessConfig, data):
+    """``data`` with its training and evaluation prompts taken from the preference file (``preferences.source=file``):
+    PPO's rollouts on the file's training prompts, the evaluator on its held-out ones (or on the task's, less any
+    that the file trains on, with ``preferences.eval_prompts=task``). The SFT corpus stays the task's."""
+    from harness.tasks import TaskData, check_heldout
+
+    pf = preference_file(hc)
+    check_preference_file(hc, pf)
+    train = pf.train_prompts[: hc.task.n_train_prompts]
+    if hc.preferences.eval_prompts == "file":
+        evals = pf.heldout_prompts[: hc.task.n_eval_prompts]
+        if len(evals) < hc.task.n_eval_prompts:
+            logging.getLogger("harness").warning(
+                "'%s' holds out %d prompts, fewer than task.n_eval_prompts=%d: the evaluator uses those %d (raise "
+                "preferences.eval_fraction for more)", pf.path, len(evals), hc.task.n_eval_prompts, len(evals))
+    else:
+        trained = set(pf.train_prompts)
+        evals = [p for p in data.eval_prompts if p not in trained]
+        if not evals:
+            raise ConfigError("preferences.eval_prompts: every evaluation prompt of the task is a training prompt of "
+                              "the file; use preferences.eval_prompts=file")
+    rollouts = getattr(hc.pipeline, "batch_size", 0) if hc.pipeline.name in ("ppo", "ppo_gt") else 0
+    if rollouts > len(train):
+        raise ConfigError(f"pipeline.batch_size: {rollouts} prompts per rollout, but '{pf.path}' gives {len(train)} "
+                          f"training prompts; set pipeline.batch_size<={len(train)} or give more prompts")
+    out = TaskData(list(data.train_texts), list(data.heldout_texts), list(train), list(evals))
+    check_heldout(out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- all of it
 def models_saved(hc: HarnessConfig) -> int:
     """Model-sized artifacts a job may write: π_SFT, the reward model (and its checkpoint of the policy)."""
-    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo"))
+    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo",
+                                                                      "rloo", "grpo", "rloo_gt", "grpo_gt"))
 
 
 def preflight(hc: HarnessConfig, here: bool = True):
@@ -377,12 +492,31 @@ def preflight(hc: HarnessConfig, here: bool = True):
         from harness.precision import check_precision
 
         check_precision(hc.precision, pick_device(hc.device))
+    check_process_split(hc)
     check_writable(hc.cache_dir, "cache_dir")
     weights = check_model(hc)
     check_policy(hc)
     check_gold(hc)
     check_free_space(hc.cache_dir, (weights or 0) * models_saved(hc) + FREE_MARGIN, "cache_dir")
-    return task_data(hc.task)
+    data = task_data(hc.task)
+    return with_file_prompts(hc, data) if hc.preferences.source == "file" else data
+
+
+def check_process_split(hc: HarnessConfig) -> None:
+    """Launched as several processes (``accelerate launch``, ``torchrun``: ``harness.distributed``), each batch the
+    job may train on is shared equally by them: π_SFT's, the reward model's, and the method's (PPO: each minibatch)."""
+    from harness.distributed import launched_processes, per_process
+
+    n, p = launched_processes(), hc.pipeline
+    if n == 1:
+        return
+    per_process(hc.sft.batch_size, "sft.batch_size", n)
+    if p.name in ("ppo", "reward_model"):
+        per_process(hc.reward_model.batch_size, "reward_model.batch_size", n)
+    if p.name in ("ppo", "ppo_gt"):
+        per_process(p.batch_size // p.num_minibatches, "pipeline.batch_size / pipeline.num_minibatches", n)
+    elif p.name in ("dpo", "ipo", "cdpo", "preferred_ft"):  # the TRL-trained methods (the others' loops are not split)
+        per_process(p.batch_size, "pipeline.batch_size", n)
 
 
 def check_jobs(jobs: Iterable[list[str]], compose_job: Callable[[list[str]], Any], here: bool) -> int:

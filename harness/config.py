@@ -115,21 +115,30 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------- gold
-GOLD_KINDS = ("vader", "hf_classifier")
+GOLD_KINDS = ("vader", "hf_classifier", "hf_reward_model")
+GOLD_SQUASH = ("none", "sigmoid")
 
 
 @dataclass
 class GoldConfig:
-    kind: str = "vader"  # vader (embedded) | hf_classifier (e.g. siebert/sentiment-roberta-large-english)
-    name_or_path: str | None = None  # hf_classifier: hub name or local folder
+    # vader (embedded) | hf_classifier (p(label), e.g. siebert/sentiment-roberta-large-english) | hf_reward_model (a
+    # sequence classifier with one output, num_labels=1: its score, the synthetic gold of Gao et al. 2022)
+    kind: str = "vader"
+    name_or_path: str | None = None  # hf_classifier / hf_reward_model: hub name or local folder
     label: str = "POSITIVE"  # hf_classifier: the label whose probability is the reward
+    # hf_reward_model: none = the raw score (unbounded: the evaluator and the report take any real reward; the report
+    # clips its bands to [0, 1] only when every point lies there) | sigmoid = σ(score) in (0, 1)
+    squash: str = "none"
     batch_size: int = 64
-    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)  # hf_classifier: see ModelConfig
+    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)  # hf_*: see ModelConfig
 
     def __post_init__(self) -> None:
         _require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
-        if self.kind == "hf_classifier":
+        if self.kind in ("hf_classifier", "hf_reward_model"):
             _require(bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>")
+        _require(self.squash in GOLD_SQUASH, "gold.squash", f"unknown '{self.squash}'", f"choose one of {', '.join(GOLD_SQUASH)}")
+        _require(self.squash == "none" or self.kind == "hf_reward_model", "gold.squash",
+                 f"applies to gold.kind=hf_reward_model only (kind is {self.kind})", "drop gold.squash")
         _positive(self, "gold", "batch_size")
 
 
@@ -149,6 +158,8 @@ class SFTStageConfig:
 
 
 PREFERENCE_LABELS = ("deterministic", "bradley_terry")
+PREFERENCE_SOURCES = ("generated", "file")
+EVAL_PROMPTS_FROM = ("file", "task")
 
 
 @dataclass
@@ -161,6 +172,12 @@ class PreferencesConfig:
     bt_temperature: float = 0.1  # τ of the Bradley–Terry labels
     eval_fraction: float = 0.1  # share of prompts held out as a validation split (reward-model accuracy)
     batch_size: int = 256
+    # generated: π_SFT samples scored by the gold reward (above) | file: your own pairs in TRL's standard or
+    # conversational format (harness/preference_file.py), at ``path``: .jsonl, .parquet or a save_to_disk folder
+    source: str = "generated"
+    path: str | None = None
+    # source=file: evaluation prompts are the file's held-out prompts (file) or the task's (task)
+    eval_prompts: str = "file"
 
     def __post_init__(self) -> None:
         _require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", f"needs >= 2 (got {self.samples_per_prompt})", "set it to 4")
@@ -168,6 +185,20 @@ class PreferencesConfig:
         _require(self.min_margin >= 0, "preferences.min_margin", f"must be >= 0 (got {self.min_margin})", "set 0 to keep all non-tied pairs")
         _require(self.labels in PREFERENCE_LABELS, "preferences.labels", f"unknown '{self.labels}'", f"choose one of {', '.join(PREFERENCE_LABELS)}")
         _require(0 < self.eval_fraction < 1, "preferences.eval_fraction", f"must lie in (0, 1) (got {self.eval_fraction})", "set 0.1")
+        _require(self.source in PREFERENCE_SOURCES, "preferences.source", f"unknown '{self.source}'",
+                 f"choose one of {', '.join(PREFERENCE_SOURCES)}")
+        _require(self.eval_prompts in EVAL_PROMPTS_FROM, "preferences.eval_prompts", f"unknown '{self.eval_prompts}'",
+                 f"choose one of {', '.join(EVAL_PROMPTS_FROM)}")
+        if self.source == "file":
+            _require(bool(self.path), "preferences.path", "preferences.source=file needs a file",
+                     "set preferences.path=/path/to/pairs.jsonl (or .parquet, or a save_to_disk folder)")
+            # The labels come with the file: a labelling knob set here would be ignored without a word.
+            _require(self.labels == "deterministic" and self.min_margin == 0, "preferences.labels",
+                     "labels and min_margin shape generated pairs; a file's pairs come labelled",
+                     "drop preferences.labels / preferences.min_margin, or use preferences.source=generated")
+        else:
+            _require(not self.path, "preferences.path", "is read only with preferences.source=file",
+                     "add preferences.source=file, or drop preferences.path")
 
 
 @dataclass

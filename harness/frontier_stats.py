@@ -629,6 +629,22 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
                 comparisons=comparisons)
 
 
+def pool_methods(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]],
+                 members: Sequence[str]) -> dict[Hashable, tuple[np.ndarray, np.ndarray]]:
+    """One pseudo-method from several: per seed, the points of every member stacked (``analyse``'s input format).
+
+    Only seeds that every present member has are kept, so a family is compared on the seeds it was run with in
+    full.  Its cross-fitted envelope is then the best member at each KL, selected on one half of the prompts and
+    reported on the other, so taking the best of several methods is not an upward bias of its own."""
+    present = [m for m in members if points.get(m)]
+    if not present:
+        return {}
+    seeds = set.intersection(*(set(points[m]) for m in present))
+    return {s: (np.concatenate([np.asarray(points[m][s][0], float) for m in present]),
+                np.concatenate([np.asarray(points[m][s][1], float) for m in present]))
+            for s in sorted(seeds, key=str)}
+
+
 def constant_evidence(kl: float, gold: float, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
     """(gold (P,), kl (P,)) rows for a point without per-prompt evidence: its aggregate values repeated, so
     prompt resampling leaves them fixed."""

@@ -65,6 +65,10 @@ REQUIRED_KEYS = (
 METHOD_STYLE = {
     "ppo":          ("PPO (learned RM)",     "#D55E00", "s"),
     "ppo_gt":       ("PPO-GT (gold reward)", "#E69F00", "D"),
+    "rloo":         ("RLOO (learned RM)",    "#7F3C8D", "p"),
+    "rloo_gt":      ("RLOO-GT (gold reward)", "#B07AA1", "<"),
+    "grpo":         ("GRPO (learned RM)",    "#117733", ">"),
+    "grpo_gt":      ("GRPO-GT (gold reward)", "#999933", "d"),
     "dpo":          ("DPO",                  "#0072B2", "o"),
     "ipo":          ("IPO",                  "#56B4E9", "v"),
     "cdpo":         ("cDPO",                 "#009E73", "^"),
@@ -72,6 +76,9 @@ METHOD_STYLE = {
     "preferred_ft": ("Preferred-FT",         "#8C564B", "X"),
     "best_of_n":    ("Best of N",            "#555555", "*"),
     "sft":          ("SFT",                  "#000000", "h"),
+    "online_dpo":   ("Online DPO",           "#3969AC", "8"),
+    "kto":          ("KTO",                  "#F2B701", "d"),
+    "evaluate":     ("Evaluated checkpoint", "#E73F74", "H"),
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
 
@@ -81,6 +88,11 @@ OPTIONAL_KEYS = ("truncated_frac", "compute_tokens_generated", "compute_tokens_t
 EVIDENCE_KEYS = ("run_id", "method", "setting", "seed", "step", "prompts_key", "gold", "kl", "truncated")
 GRID_POINTS = fstats.GRID_POINTS
 COMPARISONS = (("dpo", "ppo"), ("dpo", "ppo_gt"))
+# Method families for the online-vs-offline question (Tang et al. 2024): online methods learn from samples of the
+# policy being trained, scored by the learned reward model; offline ones from the fixed preference set. The
+# gold-reward variants (PPO-GT, RLOO-GT, GRPO-GT) see a different reward, not different data, so neither family
+# holds them; nor do the baselines (Preferred-FT, Unlikelihood, Best-of-N).
+FAMILIES = {"online": ("ppo", "rloo", "grpo", "online_dpo"), "offline": ("dpo", "ipo", "cdpo", "kto")}
 KL_LABEL = "KL(π‖π_ref)  [nats]"
 REWARD_LABEL = "Expected gold reward"
 
@@ -167,27 +179,32 @@ def parse_setting(setting: str) -> dict[str, str]:
 
 
 
-def evidence_key(run_id, setting, step) -> tuple[str, str, int]:
-    """The join key of a row and its evidence: ``(run_id, setting, step)``."""
-    return str(run_id), str(setting or ""), int(step)
+def evidence_key(rec: dict) -> tuple[str, str, str, str, int]:
+    """The join key of a row and its evidence (both carry these fields): ``(run_id, method, seed, setting, step)``.
+
+    Method and seed are in it although a run id should name one run: when run ids once collided (every run
+    called "updates.jsonl"), PPO-GT's rows joined PPO's evidence at the same setting and step without a word."""
+    return str(rec["run_id"]), str(rec["method"]), str(rec["seed"]), str(rec["setting"] or ""), int(rec["step"])
 
 
-def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
+def load_evidence(folder: str | Path) -> dict[tuple[str, str, str, str, int], dict]:
     """Read every ``evidence.jsonl`` under ``folder`` (any depth, sorted path order).
 
     Each line is one evaluation: ``{"run_id", "method", "setting", "seed", "step", "prompts_key", "gold": [P],
     "kl": [P], "truncated": [P]}``, index p being the p-th evaluation prompt of the sweep.
 
     Returns:
-        ``{(run_id, setting, step): record}`` with ``gold``, ``kl``, ``truncated`` as float arrays (P,); the
-        first record of a key is kept (a copied run folder repeats it).  Empty when there is no evidence.
+        ``{evidence_key: record}`` with ``gold``, ``kl``, ``truncated`` as float arrays (P,); a record repeated
+        verbatim (a copied run folder) is kept once.  Empty when there is no evidence.
 
     Raises:
         ValueError: one line, ``<file>:<line>: ...``, for a line that is not a JSON object, lacks a key, has
             lists of different lengths or non-numbers; or when runs were evaluated on different prompts
-            (different ``prompts_key`` or prompt counts).
+            (different ``prompts_key`` or prompt counts); or when two different records share a key (two runs
+            with one id: their rows could not be told apart).
     """
-    out: dict[tuple[str, str, int], dict] = {}
+    out: dict[tuple[str, str, str, str, int], dict] = {}
+    origin: dict[tuple[str, str, str, str, int], str] = {}
     first = None                                    # (prompts_key, P, where) of the first record
     for where, rec in json_lines(folder, "evidence.jsonl", EVIDENCE_KEYS):
         arrays = {}
@@ -208,11 +225,14 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, int], dict]:
                              f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
                              f"{first[1]} prompts)")
         try:
-            key = evidence_key(rec["run_id"], rec["setting"], rec["step"])
+            key = evidence_key(rec)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: step must be an integer, got {rec['step']!r}") from None
         if key not in out:
-            out[key] = {**rec, **arrays}
+            out[key], origin[key] = {**rec, **arrays}, where
+        elif not all(np.array_equal(out[key][k], arrays[k]) for k in arrays):
+            raise ValueError(f"{where}: run {key[0]!r} ({key[1]}, seed {key[2]}, {key[3] or 'no setting'}, step {key[4]}) "
+                             f"already has different evidence in {origin[key]}: two runs share one run_id")
     return out
 
 
@@ -255,7 +275,7 @@ def evidence_points(rows: Sequence[dict], evidence: dict | None = None):
     for r in rows:
         if not (_finite(r.get("kl")) and _finite(r.get("gold_reward"))):
             continue
-        ev = evidence.get(evidence_key(r["run_id"], r["setting"], r["step"]))
+        ev = evidence.get(evidence_key(r))
         if ev is not None and not (np.isfinite(ev["gold"]).all() and np.isfinite(ev["kl"]).all()):
             ev = None
         if ev is not None:
@@ -336,10 +356,60 @@ def summarize(rows: Sequence[dict], kls: Sequence[float] = DEFAULT_KLS, evidence
         fits[m] = fit
     truncated = {m: float(np.mean([r["truncated_frac"] for r in by_method[m] if _finite(r.get("truncated_frac"))]))
                  for m in methods if any(_finite(r.get("truncated_frac")) for r in by_method[m])}
+    families = family_comparison(points, kls=kls, n_boot=n_boot, seed=seed, n_grid=n_grid, min_kl=min_kl)
     return dict(methods=methods, range=analysis["range"], kls=tuple(kls), per_method=per_method,
                 ordering=ordering, comparisons=comparisons, fits=fits, analysis=analysis, evidence=info,
+                families=families,
                 n_boot=n_boot, n_rows=len(rows), seeds=sorted({r["seed"] for r in rows}, key=str),
                 truncated=truncated)
+
+
+def family_comparison(points: dict, kls: Sequence[float] = DEFAULT_KLS, n_boot: int = N_BOOT,
+                      seed: int = fstats.BOOT_SEED, n_grid: int = GRID_POINTS, min_kl: float = MIN_COMMON_KL,
+                      families: dict[str, Sequence[str]] = FAMILIES) -> dict | None:
+    """Online − offline (``FAMILIES``): each family's points pooled into one curve (``frontier_stats.pool_methods``:
+    the best member at each KL), compared like DPO − PPO with the same bootstrap seed, so the prompt resampling
+    is the one the per-method intervals use.
+
+    Returns None unless both families are present and the sweep has more than one member in one of them (with
+    one method each, this is the DPO − PPO comparison again); else ``dict(members {family: [methods]},
+    comparison (compare_curves dict | None), stats {family: ...}, seeds {family: [...]})``.
+    """
+    (a, members_a), (b, members_b) = families.items()
+    present = {a: [m for m in members_a if points.get(m)], b: [m for m in members_b if points.get(m)]}
+    if not (present[a] and present[b]) or len(present[a]) + len(present[b]) < 3:
+        return None
+    pooled = {f: fstats.pool_methods(points, ms) for f, ms in present.items()}
+    if not (pooled[a] and pooled[b]):
+        return None
+    an = fstats.analyse(pooled, kls=kls, pairs=((a, b),), n_boot=n_boot, seed=seed, n_grid=n_grid, min_kl=min_kl,
+                        never=())
+    return dict(members=present, comparison=an["comparisons"][(a, b)], stats=an["stats"], seeds=an["seeds"])
+
+
+def family_paragraph(families: dict) -> list[str]:
+    """The "Online vs offline" section of summary.md: which methods each family pools, the comparison sentence
+    and a verdict that says when the evidence is too weak to decide."""
+    a, b = families["members"]
+    names = {f: ", ".join(method_label(m) for m in ms) for f, ms in families["members"].items()}
+    seeds = {f: len(s) for f, s in families["seeds"].items()}
+    c = families["comparison"]
+    lines = ["## Online vs offline", "",
+             f"{a.capitalize()} methods ({names[a]}) are pooled into one curve and {b} methods ({names[b]}) into "
+             f"another ({seeds[a]} and {seeds[b]} seeds): each family's curve is the cross-fitted envelope of all its "
+             "members' points, i.e. its best member at each KL, chosen on one half of the prompts and reported on the "
+             "other.", "", comparison_sentence(c, rival=b, method=a), ""]
+    if isinstance(c, dict) and "area" in c:
+        lo, hi = c["area"]["lo"], c["area"]["hi"]
+        if lo > 0:
+            verdict = f"{a.capitalize()} methods lie above {b} ones over the families' common KL range (the area interval excludes 0)."
+        elif hi < 0:
+            verdict = f"{a.capitalize()} methods lie below {b} ones over the families' common KL range (the area interval excludes 0)."
+        else:
+            verdict = (f"The evidence is too weak to decide whether {a} methods lie above {b} ones over the common "
+                       "KL range: the area interval contains 0.")
+        lines += [f"**Verdict:** {verdict}", ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -481,6 +551,8 @@ def format_summary(summary: dict, title: str | None = None, commit: str | None =
         if rival == "ppo" or not (isinstance(comparison, dict) and rival in comparison.get("missing", [])):
             lines.append(comparison_sentence(comparison, rival))
             lines.append("")
+    if summary.get("families"):
+        lines += family_paragraph(summary["families"])
     lines.append("## Method")
     lines.append("")
     lines.append(method_paragraph(summary))

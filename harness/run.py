@@ -46,7 +46,14 @@ class RunContext:
 
     @functools.cached_property
     def task(self) -> TaskData:
-        return load_task(self.cfg.task)
+        """The task's data (``run_job`` fills it with the preflight's), its prompts the preference file's when
+        ``preferences.source=file``."""
+        data = load_task(self.cfg.task)
+        if self.cfg.preferences.source == "file":
+            from harness.checks import with_file_prompts
+
+            data = with_file_prompts(self.cfg, data)
+        return data
 
     @functools.cached_property
     def gold(self):
@@ -72,7 +79,11 @@ class RunContext:
     def tracker(self, resume: dict | None = None) -> Tracker:
         """The job's tracker; ``resume``: the run-folder progress of the checkpoint the job continues from."""
         from harness.checkpoint import wandb_run_id
+        from harness.distributed import is_main
+        from harness.tracking import SilentTracker
 
         name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"
+        if not is_main():  # multi-process training: the main process alone writes the run's rows and W&B run
+            return SilentTracker(self.folder, name=name)
         return Tracker(self.folder, self.cfg.logger, self.cfg.raw, method=self.method, name=name, group=self.sweep_name,
                        wandb_id=wandb_run_id(self.folder, self.key), resume=resume)

@@ -142,23 +142,24 @@ def vocabulary(texts: list[str]) -> set[str]:
 MIN_TRAIN_REVIEWS = 50
 
 
-def _decode(p: Path) -> str:
-    """The file's text; bytes that are not UTF-8 are a ConfigError naming the line and byte (a BOM is allowed)."""
+def _decode(p: Path, key: str = "task.path") -> str:
+    """The file's text; bytes that are not UTF-8 are a ConfigError naming the line and byte (a BOM is allowed).
+    ``key``: the config key that named the file (every message starts with it)."""
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise ConfigError(f"task.path: cannot read '{p}' ({e.strerror}); point task.path at a readable .jsonl or .csv file") from None
+        raise ConfigError(f"{key}: cannot read '{p}' ({e.strerror}); point {key} at a readable file") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(f"task.path: '{p}' line {line}: byte {data[e.start:e.start + 1]!r} at offset {e.start} is not "
+        raise ConfigError(f"{key}: '{p}' line {line}: byte {data[e.start:e.start + 1]!r} at offset {e.start} is not "
                           "UTF-8; save the file as UTF-8") from None
 
 
-def _jsonl_rows(p: Path, text: str) -> list[tuple[str, dict]]:
+def _jsonl_rows(p: Path, text: str, key: str = "task.path", example: str = '{"text": "..."}') -> list[tuple[str, dict]]:
     """(``line N``, object) per non-blank line. Split on newlines only: JSON strings may hold U+2028, which
-    ``splitlines`` would cut."""
+    ``splitlines`` would cut. ``key`` and ``example`` (a valid line) go into the messages."""
     rows = []
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -166,11 +167,11 @@ def _jsonl_rows(p: Path, text: str) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"task.path: '{p}' line {n} column {e.colno}: broken JSON ({e.msg}); each line must be "
-                              'one object like {"text": "..."}') from None
+            raise ConfigError(f"{key}: '{p}' line {n} column {e.colno}: broken JSON ({e.msg}); each line must be "
+                              f"one object like {example}") from None
         if not isinstance(row, dict):
-            raise ConfigError(f"task.path: '{p}' line {n}: a JSON {type(row).__name__}, not an object; each line must be "
-                              'one object like {"text": "..."}')
+            raise ConfigError(f"{key}: '{p}' line {n}: a JSON {type(row).__name__}, not an object; each line must be "
+                              f"one object like {example}")
         rows.append((f"line {n}", row))
     return rows
 
@@ -333,7 +334,9 @@ def load_task(cfg: TaskConfig) -> TaskData:
         else:
             train_all, test = _read_local(cfg.path, cfg.text_column), None
         rng.shuffle(train_all)
-        if test is None:  # carve the held-out split from the one file
+        if test is not None:  # IMDb's test split is sorted by label: its first 1,000 reviews are all negative
+            rng.shuffle(test)
+        else:  # carve the held-out split from the one file
             k = max(1, min(cfg.n_heldout, len(train_all) // 5))
             test, train_all = train_all[:k], train_all[k:]
         train, held = train_all[: cfg.n_train], test[: cfg.n_heldout]

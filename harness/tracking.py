@@ -72,8 +72,8 @@ class Tracker:
         self.evidence_path = self.folder / "evidence.jsonl"  # per-prompt means, one line per row (the report's bootstrap)
         kept = (resume or {}).get("lines", {})
         self.lines = {name: kept.get(name, 0) for name in ROW_FILES}
-        for file, n in self.lines.items():  # (not `name`: that is the run's name, used below)
-            keep_lines(self.folder / file, n)  # no line twice: what the checkpoint counted stays, the rest is redone
+        for row_file, n in self.lines.items():  # not `name`: that is the run id below
+            keep_lines(self.folder / row_file, n)  # no line twice: what the checkpoint counted stays, the rest is redone
         self.start = time.time() - (resume or {}).get("wall_s", 0.0)  # wall_s continues across attempts
         self.run = None
         self.run_id = name
@@ -142,3 +142,26 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+class SilentTracker(Tracker):
+    """The tracker of every process but the main one under multi-process training (``harness.distributed``): the same
+    rows and counts in memory, nothing written (no run folder files, no W&B run), so each row is written once."""
+
+    def __init__(self, folder: str | Path, *, name: str) -> None:  # noqa: D107 - no super(): it would write
+        self.folder = Path(folder)
+        self.points_path = self.folder / "points.jsonl"
+        self.evidence_path = self.folder / "evidence.jsonl"
+        self.lines = {name_: 0 for name_ in ROW_FILES}
+        self.start = time.time()
+        self.run = None
+        self.run_id = name
+
+    def append(self, name: str, record: dict) -> None:
+        self.lines[name] += 1
+
+    def progress(self) -> dict:
+        return {"lines": dict(self.lines), "wall_s": time.time() - self.start}
+
+    def summary(self, facts: dict) -> None:
+        pass

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import checkpoint
-from harness.batching import length_sorted_order, micro_batches, with_length_sorted_micro_batches
+from harness.batching import length_sorted_order, micro_batches, trainer_batches, with_length_sorted_micro_batches
 from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
 from harness.guards import check_finite
 from harness.precision import autocast, trainer_flags
@@ -40,6 +40,7 @@ from pipelines.dpo import (
     prepare,
     save_args,
     trainer_callbacks,
+    trainer_max_steps,
 )
 from pipelines.losses import sequence_logps, unlikelihood_loss
 from pipelines.sft import load_sft
@@ -77,11 +78,12 @@ def run_preferred_ft(ctx: RunContext) -> dict:
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"),
                                                                  saved=resume[1] if resume else None)
     data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
-    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     args = SFTConfig(
         output_dir=str(checkpoint.trainer_dir(ctx.folder)), learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length, completion_only_loss=True,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
+        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
+        completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
         weight_decay=0.0, **trainer_flags(ctx.precision),
         activation_checkpointing=False, report_to="none", **save_args(cfg.checkpoint_every), logging_steps=10,

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from harness import checkpoint
+from harness import checkpoint, distributed
 from harness.config import ConfigError
-from harness.batching import LengthSortedMicroBatches, micro_batches
+from harness.batching import LengthSortedMicroBatches, trainer_batches
 from harness.evaluator import Evaluator
 from harness.guards import check_finite, check_point
 from harness.precision import trainer_flags
@@ -128,7 +128,7 @@ def check_max_length(max_length: int, policy) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Putting a trainer on the frontier (shared with Preferred-FT and Unlikelihood)
+# Putting a trainer on the frontier (shared with Preferred-FT, Unlikelihood, RLOO and GRPO)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -141,10 +141,12 @@ class FrontierEvaluation:
         self.rows: list[dict] = []
         self.last_step: int | None = None
 
-    def __call__(self, policy, step: int, tokens_trained: int = 0) -> dict:
-        """``tokens_trained``: tokens through the policy's forward+backward so far (the offline methods sample none)."""
+    def __call__(self, policy, step: int, tokens_trained: int = 0, tokens_generated: int = 0) -> dict:
+        """``tokens_trained``: tokens through the policy's forward+backward so far; ``tokens_generated``: tokens
+        sampled in training so far (the offline methods sample none)."""
         point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
-                               run_id=self.tracker.run_id, tokens_trained=tokens_trained)
+                               run_id=self.tracker.run_id, tokens_trained=tokens_trained,
+                               tokens_generated=tokens_generated)
         check_point(point, step, unit="step")
         row = self.tracker.log_eval(point)
         self.rows.append(row)
@@ -160,12 +162,18 @@ class FrontierEvaluation:
         checkpoint.restore_clock(self.evaluator, saved["clock"])
 
 
+def tokens_seen(state) -> dict:
+    """The compute of an offline trainer: the tokens it counted through forward+backward (``num_input_tokens_seen``)."""
+    return {"tokens_trained": state.num_input_tokens_seen}
+
+
 class EvaluationCallback(TrainerCallback):
     """Runs a :class:`FrontierEvaluation` on ``trainer.model`` at step 0, every ``every`` optimizer steps, and at the
-    end (unless the last step was just evaluated). Steps are the trainer's ``global_step``: optimizer updates."""
+    end (unless the last step was just evaluated). Steps are the trainer's ``global_step``: optimizer updates.
+    ``compute(state)`` gives the training compute so far (``tokens_trained``, ``tokens_generated``)."""
 
-    def __init__(self, evaluation: FrontierEvaluation, every: int) -> None:
-        self.evaluation, self.every = evaluation, every
+    def __init__(self, evaluation: FrontierEvaluation, every: int, compute=tokens_seen) -> None:
+        self.evaluation, self.every, self.compute = evaluation, every, compute
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:  # a resumed run has its step-0 row already
@@ -173,11 +181,11 @@ class EvaluationCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
+            self.evaluation(model, step=state.global_step, **self.compute(state))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.evaluation.last_step != state.global_step:
-            self.evaluation(model, step=state.global_step, tokens_trained=state.num_input_tokens_seen)
+            self.evaluation(model, step=state.global_step, **self.compute(state))
 
 
 # The trainer's un-namespaced log keys -> our namespaces (objective/, policy/, train/); keys with a "/" (TRL's
@@ -221,6 +229,8 @@ class CheckpointCallback(TrainerCallback):
         self.key, self.tracker, self.evaluation = key, tracker, evaluation
 
     def on_save(self, args, state, control, **kwargs):
+        if not distributed.is_main():  # every process gets the call; the main process's tracker counts the rows
+            return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         checkpoint.mark(path, self.key, {"step": state.global_step, "progress": self.tracker.progress(),
                                          "clock": checkpoint.clock_state(self.evaluation.evaluator)})
@@ -304,6 +314,12 @@ def _dpo_trainer_class():
     return HarnessDPOTrainer
 
 
+def trainer_max_steps(max_steps: int) -> int:
+    """Our ``max_steps`` (<= 0: the epochs decide) as transformers reads it: only a negative value lets the epochs
+    decide there; 0 would train no step at all."""
+    return max_steps if max_steps > 0 else -1
+
+
 def save_args(every: int) -> dict:
     """The trainer arguments of a checkpoint every ``every`` optimizer steps (0: none). Complete checkpoints are
     pruned by :class:`CheckpointCallback`, not by ``save_total_limit``, which deletes the previous checkpoint before
@@ -325,13 +341,13 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
     """
     from trl import DPOConfig
 
-    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     return DPOConfig(
         output_dir=output_dir, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         per_device_eval_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
         **trainer_flags(precision), activation_checkpointing=False, report_to="none", **save_args(checkpoint_every),
         logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
@@ -380,11 +396,11 @@ def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS, saved: dic
     return policy, reference, tok, train, tracker, evaluation
 
 
-def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation):
+def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation, compute=tokens_seen):
     """The callbacks every trainer-based method runs with: logs, evaluations, checkpoint marks. Returns the log
-    callback (the run's facts read its losses) and the list."""
+    callback (the run's facts read its losses) and the list. ``compute``: see :class:`EvaluationCallback`."""
     logs = TrackerCallback(tracker)
-    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every),
+    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every, compute),
                   CheckpointCallback(ctx.key, tracker, evaluation)]
 
 

@@ -31,9 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+# Sums a 0-d tensor over every shard of the data: the identity for a batch in one process,
+# ``harness.distributed.all_reduce_sum`` for a batch split across processes (the batch statistics stay the batch's).
+Total = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -93,23 +98,30 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
     return xw.sum() if dim is None else xw.sum(dim=dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def _itself(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, total: Total = _itself) -> torch.Tensor:
     """Mean of ``x`` over the entries where ``mask`` is 1.
 
     Args:
         x: any shape, e.g. (B, T).
         mask: same shape as ``x``; bool or float.
         dim: dimension to average over, or None for all entries.
+        total: sums a 0-d tensor over every shard of the data (``harness.distributed.all_reduce_sum`` when the batch
+            is split across processes; the identity by default); only with ``dim`` None.
     Returns:
         0-d tensor if ``dim`` is None, else ``x``'s shape without ``dim``. An empty mask (along ``dim``) gives 0.
     """
     w = _as_weights(mask, x)
-    n = w.sum() if dim is None else w.sum(dim=dim)
+    n = total(w.sum()) if dim is None else w.sum(dim=dim)
+    s = total(masked_sum(x, mask)) if dim is None else masked_sum(x, mask, dim)
     # 0/1 masks have integer counts, so the clamp only matters for an empty mask, where it turns 0/0 into 0.
-    return masked_sum(x, mask, dim) / n.clamp(min=1e-8)
+    return s / n.clamp(min=1e-8)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = _itself) -> torch.Tensor:
     """Variance of ``x`` over the entries where ``mask`` is 1 (all of them pooled together).
 
     Var = sum_m (x - mean)^2 / n, times n / (n - 1) when ``unbiased`` (Bessel's correction), with n = sum(mask).
@@ -119,22 +131,23 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
         mask: same shape as ``x``; bool or float (0/1).
         unbiased: apply Bessel's correction. With a single masked entry the correction is undefined and
             skipped: the variance of one value is returned as 0.
+        total: sums a 0-d tensor over every shard of the data (see ``masked_mean``): the variance of all shards.
     Returns:
         0-d tensor.
     Raises:
         ValueError: if the mask is empty (there is nothing to take the variance of).
     """
-    n = _as_weights(mask, x).sum()
+    n = total(_as_weights(mask, x).sum())
     if n.item() == 0:
         raise ValueError("masked_var: mask is empty, so the variance is undefined")
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, total=total)
+    var = masked_mean((x - mean) ** 2, mask, total=total)
     if unbiased and n.item() > 1:
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total: Total = _itself) -> torch.Tensor:
     """Whiten ``x`` with the mean and (unbiased) variance of its masked entries; padding stays 0.
 
     whitened = (x - mean) / sqrt(var + 1e-8), and with ``shift_mean=False`` the mean is added back (only the
@@ -144,11 +157,13 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
         x: (B, T).
         mask: (B, T), bool or float.
         shift_mean: subtract the mean (True) or keep it (False).
+        total: sums a 0-d tensor over every shard of the batch (see ``masked_mean``): whiten with the whole batch's
+            mean and variance when the batch is split across processes.
     Returns:
         (B, T); 0 wherever ``mask`` is 0.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean = masked_mean(x, mask, total=total)
+    var = masked_var(x, mask, unbiased=True, total=total)
     whitened = (x - mean) * torch.rsqrt(var + _WHITEN_EPS)
     if not shift_mean:
         whitened = whitened + mean
@@ -364,19 +379,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(p * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(dim=-1)
 
 
-def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, total: Total = _itself) -> torch.Tensor:
     """1 - Var[target - pred] / Var[target] over the masked entries (1 is a perfect critic, 0 a constant one).
 
     Args:
         pred: (B, T) predictions, e.g. critic values.
         target: (B, T) targets, e.g. returns.
         mask: (B, T), bool or float.
+        total: sums a 0-d tensor over every shard of the batch (see ``masked_mean``).
     Returns:
         0-d float tensor (no gradient); NaN when Var[target] is 0, where the ratio is undefined.
     """
     with torch.no_grad():
-        var_target = masked_var(target, mask, unbiased=False)
-        var_residual = masked_var(target - pred, mask, unbiased=False)
+        var_target = masked_var(target, mask, unbiased=False, total=total)
+        var_residual = masked_var(target - pred, mask, unbiased=False, total=total)
         if var_target.item() == 0:
             return torch.tensor(float("nan"), dtype=var_target.dtype, device=var_target.device)
         return 1.0 - var_residual / var_target

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness import checkpoint
+from harness import checkpoint, distributed
 from harness.evaluator import Evaluator, texts_of
 from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model, use_fused_gelu
@@ -204,7 +204,11 @@ class PPO:
         self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, weight_decay=0.0)
         self.kl_ctl = (L.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.horizon) if cfg.target_kl is not None
                        else L.FixedKLController(cfg.kl_coef))
-        self.sample_gen = torch.Generator(device=self.device).manual_seed(seed)
+        # Under multi-process training each process samples its own share of the prompts from its own stream
+        # (harness.distributed); the replicas start identical and stay so (their gradients are averaged).
+        distributed.broadcast_parameters(self.policy)
+        distributed.broadcast_parameters(self.critic)
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(distributed.process_seed(seed))
         self.shuffle_gen = torch.Generator().manual_seed(seed + 1)
         self.updates_done = 0  # completed ``step`` calls; the update in progress is number updates_done + 1
 
@@ -216,8 +220,14 @@ class PPO:
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
                 "policy_opt": self.policy_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "kl_ctl": dict(vars(self.kl_ctl)), "score_norm": self.score_norm,
-                "sample_gen": self.sample_gen.get_state(), "shuffle_gen": self.shuffle_gen.get_state(),
+                "sample_gen": self._sample_gen_state(), "shuffle_gen": self.shuffle_gen.get_state(),
                 "updates_done": self.updates_done}
+
+    def _sample_gen_state(self):
+        """This process's sampling generator; with several processes, every process's (a collective: every process
+        calls ``state_dict`` at a checkpoint), in rank order."""
+        own = self.sample_gen.get_state()
+        return own if distributed.world_size() == 1 else distributed.gather_objects(own)
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -226,7 +236,14 @@ class PPO:
         self.critic_opt.load_state_dict(state["critic_opt"])
         vars(self.kl_ctl).update(state["kl_ctl"])
         self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
-        self.sample_gen.set_state(state["sample_gen"])
+        saved = state["sample_gen"]
+        if isinstance(saved, list) != (distributed.world_size() > 1) or isinstance(saved, list) and len(saved) != distributed.world_size():
+            from harness.config import ConfigError
+
+            n = len(saved) if isinstance(saved, list) else 1
+            raise ConfigError(f"checkpoint: written by {n} process(es), resumed with {distributed.world_size()}; launch "
+                              f"{n} process(es) to resume it, or remove the job's checkpoint/ folder to start afresh")
+        self.sample_gen.set_state(saved[distributed.rank()] if isinstance(saved, list) else saved)
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.updates_done = state["updates_done"]
 
@@ -235,7 +252,8 @@ class PPO:
         return autocast(self.device, self.precision)
 
     def _check(self, quantity: str, value) -> None:
-        check_finite(quantity, value, self.updates_done + 1)
+        # on every process's share at once: one process stopping alone would leave the others waiting for it
+        distributed.raise_together(check_finite, quantity, value, self.updates_done + 1)
 
     # ------------------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
@@ -272,8 +290,9 @@ class PPO:
             raw = self.reward(s, prompts).float()  # (B,)
         self._check("reward", raw)
         self._check("value", values)
-        if self.score_norm is None:
-            self.score_norm = (raw.mean().item(), max(raw.std().item(), _MIN_SCORE_STD))
+        if self.score_norm is None:  # the whole batch's (every process's share), so every process normalises alike
+            batch_raw = distributed.all_gather(raw)
+            self.score_norm = (batch_raw.mean().item(), max(batch_raw.std().item(), _MIN_SCORE_STD))
         # Score normalisation, then the optional missing-EOS penalty (Huang et al. 2024; 0 by default, see
         # PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
         mean, std = self.score_norm
@@ -284,29 +303,33 @@ class PPO:
         self._check("KL", kl)
         rewards = L.per_token_rewards(scores, kl, beta, mask)
         if cfg.whiten_rewards:
-            rewards = L.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = L.masked_whiten(rewards, mask, shift_mean=False, total=distributed.all_reduce_sum)
         advantages, returns = L.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
-        advantages = L.masked_whiten(advantages, mask)
+        advantages = L.masked_whiten(advantages, mask, total=distributed.all_reduce_sum)  # over the whole batch
         self._check("advantage", advantages)
 
         seq_kl = L.masked_sum(logprobs - ref_logprobs, mask, dim=-1)  # (B,) k1 sequence KL, what target_kl refers to
         # k3 (>= 0 per token, lower variance) only as a diagnostic of the same KL: as a reward it would be biased.
         seq_kl_k3 = L.masked_sum(L.kl_penalty(logprobs, ref_logprobs, "k3"), mask, dim=-1)
-        stats = {
-            "objective/kl": seq_kl.mean().item(),
-            "objective/kl_k3": seq_kl_k3.mean().item(),
-            "objective/scores": scores.mean().item(),
-            "objective/rlhf_reward": (scores - beta * kl.sum(-1)).mean().item(),
-            "objective/non_score_reward": (-beta * kl.sum(-1)).mean().item(),
-            "objective/entropy": entropy.mean().item(),
-            "rewards/raw_score": raw.mean().item(),
-            "rewards/missing_eos_frac": (~s.ended).float().mean().item(),
-            "rewards/response_tokens": mask.sum(-1).mean().item(),
-            "compute/tokens_generated": int(mask.sum().item()),
-            "val/explained_variance": L.explained_variance(values, returns, mask).item(),
-            "val/mean": L.masked_mean(values, mask).item(),
+        # Means over the whole batch: with several processes, over every process's share (one collective).
+        stats = distributed.batch_means({
+            "objective/kl": seq_kl,
+            "objective/kl_k3": seq_kl_k3,
+            "objective/scores": scores,
+            "objective/rlhf_reward": scores - beta * kl.sum(-1),
+            "objective/non_score_reward": -beta * kl.sum(-1),
+            "objective/entropy": entropy,
+            "rewards/raw_score": raw,
+            "rewards/missing_eos_frac": (~s.ended).float(),
+            "rewards/response_tokens": mask.sum(-1),
+        })
+        total = distributed.all_reduce_sum
+        stats.update({
+            "compute/tokens_generated": int(total(mask.sum()).item()),
+            "val/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
+            "val/mean": L.masked_mean(values, mask, total=total).item(),
             "kl_coef": beta,
-        }
+        })
         ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass)
         return ro, stats
 
@@ -343,6 +366,7 @@ class PPO:
                     acc["policy/entropy"].append(entropy.item())
                 self.policy_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(self.policy.parameters())  # data-parallel: every replica, one step
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.policy_opt.step()
 
@@ -355,6 +379,7 @@ class PPO:
                 self._check("value loss", vf_loss)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (cfg.vf_coef * vf_loss).backward()
+                distributed.average_gradients(self.critic.parameters())
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.critic_opt.step()
 
@@ -363,12 +388,15 @@ class PPO:
                     acc[k].append(v.item())
                 # policy and critic each run forward+backward over the minibatch's prompt + response tokens
                 tokens_trained += 2 * int(mb.samples.attention_mask.sum().item())
-        return {**{k: float(np.mean(v)) for k, v in acc.items() if v}, "compute/tokens_trained": tokens_trained}
+        # Each process's means over its minibatches, then averaged over the processes (one collective); tokens summed.
+        out = distributed.process_means({k: float(np.mean(v)) for k, v in acc.items() if v})
+        out["compute/tokens_trained"] = int(distributed.all_reduce_sum(torch.tensor(tokens_trained)).item())
+        return out
 
     def step(self, prompts: list[str]) -> dict:
         """One PPO iteration on ``prompts`` (one episode each); returns the metrics of this update."""
         t0 = time.perf_counter()
-        ro, stats = self.rollout(prompts)
+        ro, stats = self.rollout(distributed.shard(prompts))  # this process's share (all of them with one process)
         stats.update(self.update(ro))
         # target_kl is a sequence KL, so the controller sees the batch's mean sequence KL; n_steps = episodes.
         self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
@@ -448,6 +476,9 @@ def run(ctx: RunContext) -> dict:
     from tqdm.auto import tqdm
 
     cfg = ctx.cfg.pipeline
+    # Several processes (accelerate launch / torchrun) share each batch equally, each its minibatches: a bad split
+    # stops here, before anything trains. Only the main process evaluates and writes (rows, checkpoints, the policy).
+    distributed.per_process(cfg.batch_size // cfg.num_minibatches, "pipeline.batch_size / pipeline.num_minibatches")
     roles = build_roles(ctx)
     policy, reference, tok = roles.policy, roles.reference, roles.tok
     prompts = ctx.task.train_prompts
@@ -458,16 +489,21 @@ def run(ctx: RunContext) -> dict:
 
     ppo = roles.ppo(cfg, seed=ctx.cfg.seed, precision=ctx.precision)
     saved = checkpoint.load(ctx.folder, ctx.key)  # before the tracker: it cuts the row files back to the checkpoint's
+    if not distributed.agree(saved is not None):  # every process resumes, or none
+        saved = None
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy,
                           precision=ctx.precision)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
 
-    def evaluate(step: int) -> dict:
+    def evaluate_on_main(step: int) -> dict:
         point = evaluator(policy, step=step, **point_args, **compute)
         check_point(point, step)
         return tracker.log_eval(point)
+
+    def evaluate(step: int) -> dict:  # the main process evaluates; every process gets its row (or its error)
+        return distributed.on_main(evaluate_on_main, step)
 
     if saved:
         ppo.load_state_dict(saved["ppo"])
@@ -482,14 +518,15 @@ def run(ctx: RunContext) -> dict:
         log.info("%s step 0: gold %.3f, KL %.3f", ctx.method, points[0]["gold_reward"], points[0]["kl"])
 
     def save_checkpoint() -> None:
-        checkpoint.save(ctx.folder, ctx.key, {
+        state = {  # made on every process (ppo.state_dict gathers every process's sampling stream), written by the main
             "ppo": ppo.state_dict(), "prompt_gen": prompt_gen.get_state(), "rng": checkpoint.rng_state(),
             "clock": checkpoint.clock_state(evaluator), "compute": dict(compute), "train_s": time.time() - t0,
-            "progress": tracker.progress()})
+            "progress": tracker.progress()}
+        distributed.on_main(checkpoint.save, ctx.folder, ctx.key, state)
 
     t0 = time.time() - (saved["train_s"] if saved else 0.0)
     bar = tqdm(range(ppo.updates_done + 1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update",
-               mininterval=1.0, initial=ppo.updates_done, total=cfg.updates)
+               mininterval=1.0, initial=ppo.updates_done, total=cfg.updates, disable=not distributed.is_main())
     for update in bar:
         stats = ppo.step(next_prompts())
         compute["tokens_generated"] += stats["compute/tokens_generated"]
@@ -508,8 +545,12 @@ def run(ctx: RunContext) -> dict:
     train_s = time.time() - t0
 
     out = ctx.folder / "policy"
-    policy.save_pretrained(out)
-    tok.save_pretrained(out)
+
+    def save_policy() -> None:
+        policy.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    distributed.on_main(save_policy)
     first, last = points[0], points[-1]
     summary = {
         "method": ctx.method, "setting": ctx.setting, "updates": cfg.updates, "episodes": cfg.updates * cfg.batch_size,
@@ -520,7 +561,8 @@ def run(ctx: RunContext) -> dict:
     }
     tracker.summary(summary)
     tracker.finish()
-    print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
-          f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
-          f"policy saved to {out}")
+    if distributed.is_main():
+        print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
+              f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
+              f"policy saved to {out}")
     return summary

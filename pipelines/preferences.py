@@ -7,7 +7,14 @@ text, TRL's reward and DPO trainers append EOS to it, and PPO scores its own tru
 (``pipelines.ppo.RewardModelScore``); the pairs record which completions were cut (``*_truncated``).
 
 Seeds: ``stage_seed`` (``task.seed``, or the run's seed with ``stages_per_seed=true``) seeds the sampling, the
-Bradley–Terry labels and the split, and is part of the cache key."""
+Bradley–Terry labels and the split, and is part of the cache key.
+
+Your own pairs (``preferences.source=file``, ``harness.preference_file``): the file's pairs, checked, rendered to text
+and split by prompt during the preflight, are stored here in the same format, so every method reads them unchanged.
+The set's identity is the file's content hash, its layout and rendering, the split's knobs, π_SFT and the gold
+reward: editing the file rebuilds the set and everything built on it. The gold reward scores each pair (columns
+``*_score``; how often it agrees with the file's labels is a fact of the set), and π_SFT is still sampled on the
+training prompts, for the reward model's score normalisation (PPO whitens r_φ against π_SFT's samples)."""
 
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.cache import Artifact, build_or_load
-from harness.config import PreferencesConfig, stage_fingerprint
+from harness.config import PreferencesConfig, identity_of, stage_fingerprint
 from harness.run import RunContext
 from harness.sampling import response_texts, sample
 from pipelines.sft import ensure_sft, load_sft
@@ -51,18 +58,25 @@ def make_pairs(scores: np.ndarray, cfg: PreferencesConfig, rng: np.random.Genera
 
 def preferences_identity(ctx: RunContext) -> dict:
     t = ctx.cfg.task
+    if ctx.cfg.preferences.source == "file":
+        from harness.checks import preference_file
+
+        # The file's content, not its path (moving it does not rebuild); the split's seed and π_SFT's samples.
+        knobs = {k: v for k, v in identity_of(ctx.cfg.preferences).items() if k not in ("path", "eval_prompts")}
+        return stage_fingerprint("preferences", ensure_sft(ctx).key, preference_file(ctx.cfg).identity(), knobs,
+                                 {"n_train_prompts": t.n_train_prompts, "seed": t.seed}, ctx.cfg.gold,
+                                 {"stage_seed": ctx.cfg.stage_seed})
     prompts = {k: getattr(t, k) for k in ("n_train_prompts", "prompt_min_tokens", "prompt_max_tokens", "seed")}
     return stage_fingerprint("preferences", ensure_sft(ctx).key, prompts, ctx.cfg.preferences, ctx.cfg.gold,
                              {"stage_seed": ctx.cfg.stage_seed})
 
 
 @torch.no_grad()
-def _build(ctx: RunContext, out: Path) -> dict:
-    from datasets import Dataset, DatasetDict
-
+def sample_sft(ctx: RunContext, prompts: list[str]) -> tuple[list[str], list[bool]]:
+    """``preferences.samples_per_prompt`` completions of π_SFT per prompt (consecutive), and which were cut off at
+    ``max_new_tokens``."""
     cfg = ctx.cfg.preferences
     policy, tok, _ = load_sft(ctx)
-    prompts = ctx.task.train_prompts
     k = cfg.samples_per_prompt
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.stage_seed)
     per_batch = max(1, cfg.batch_size // k)
@@ -72,6 +86,49 @@ def _build(ctx: RunContext, out: Path) -> dict:
         s = sample(policy, tok, prompts[i:i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
         completions += response_texts(tok, s)
         truncated += (~s.ended).tolist()
+    return completions, truncated
+
+
+def _build_from_file(ctx: RunContext, out: Path) -> dict:
+    """The file's pairs (checked, rendered, split by the preflight), scored by the gold reward, in the stored format;
+    π_SFT's samples on the training prompts beside them."""
+    from datasets import Dataset, DatasetDict
+
+    from harness.checks import preference_file
+
+    pf = preference_file(ctx.cfg)
+    splits = {}
+    agree = []
+    for name in ("train", "test"):
+        d = pf.split(name)
+        chosen = np.asarray(ctx.gold([p + c for p, c in zip(d["prompt"], d["chosen"])]), dtype=float)
+        rejected = np.asarray(ctx.gold([p + r for p, r in zip(d["prompt"], d["rejected"])]), dtype=float)
+        agree += (chosen > rejected).tolist()
+        splits[name] = Dataset.from_dict({**d, "chosen_score": chosen.tolist(), "rejected_score": rejected.tolist()})
+    DatasetDict(splits).save_to_disk(str(out / "pairs"))
+    prompts = pf.train_prompts[: ctx.cfg.task.n_train_prompts]  # PPO's rollout prompts (checks.with_file_prompts)
+    completions, truncated = sample_sft(ctx, prompts)
+    k = ctx.cfg.preferences.samples_per_prompt
+    texts = [prompts[i // k] + c for i, c in enumerate(completions)]
+    gold = np.asarray(ctx.gold(texts), dtype=float)
+    Dataset.from_dict({"text": texts, "gold": gold.tolist()}).save_to_disk(str(out / "sft_samples"))
+    return {"source": "file", "file": pf.path, "file_sha256": pf.sha256, "layout": pf.layout, "rendering": pf.rendering,
+            "pairs_train": len(splits["train"]), "pairs_test": len(splits["test"]),
+            "prompts": len(pf.train_prompts) + len(pf.heldout_prompts), "heldout_prompts": len(pf.heldout_prompts),
+            "label_agreement_with_gold": float(np.mean(agree)), "gold_mean": float(gold.mean()),
+            "gold_std": float(gold.std()), "truncated_frac": float(np.mean(truncated)), "stage_seed": ctx.cfg.stage_seed}
+
+
+@torch.no_grad()
+def _build(ctx: RunContext, out: Path) -> dict:
+    from datasets import Dataset, DatasetDict
+
+    cfg = ctx.cfg.preferences
+    if cfg.source == "file":
+        return _build_from_file(ctx, out)
+    prompts = ctx.task.train_prompts
+    k = cfg.samples_per_prompt
+    completions, truncated = sample_sft(ctx, prompts)
     texts = [prompts[i // k] + c for i, c in enumerate(completions)]
     scores = np.asarray(ctx.gold(texts)).reshape(len(prompts), k)
     cut = np.array(truncated).reshape(len(prompts), k)
@@ -120,6 +177,8 @@ def run(ctx: RunContext) -> dict:
     art = ensure_preferences(ctx)
     facts = art.manifest()["facts"]
     print(f"preference set: {art.path}  ({'reused' if art.reused else 'built'})")
+    if facts.get("source") == "file":
+        print(f"from {facts['file']} ({facts['layout']}, sha256 {facts['file_sha256'][:12]}, rendering {facts['rendering']})")
     print(f"pairs: {facts['pairs_train']} train + {facts['pairs_test']} validation from {facts['prompts']} prompts; "
           f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs; "
           f"{100 * facts['truncated_frac']:.1f}% of π_SFT's completions reached max_new_tokens without EOS")

@@ -16,6 +16,10 @@ RUNNERS = {
     "preferred_ft": "pipelines.baselines:run_preferred_ft",
     "unlikelihood": "pipelines.baselines:run_unlikelihood",
     "best_of_n": "pipelines.baselines:run_best_of_n",
+    "rloo": "pipelines.online_rl:run",
+    "rloo_gt": "pipelines.online_rl:run",
+    "grpo": "pipelines.online_rl:run",
+    "grpo_gt": "pipelines.online_rl:run",
     "evaluate": "pipelines.evaluate:run",
 }
 

@@ -15,7 +15,7 @@ import torch
 
 from harness.cache import Artifact, build_or_load
 from harness.config import stage_fingerprint
-from harness.batching import micro_batches, with_length_sorted_micro_batches
+from harness.batching import trainer_batches, with_length_sorted_micro_batches
 from harness.models import freeze, load_scalar_model
 from harness.run import RunContext
 from harness.sampling import Samples, positions
@@ -71,10 +71,10 @@ def _build(ctx: RunContext, out: Path) -> dict:
     model = load_scalar_model(sft.path, tok, ctx.cfg.model.trust_remote_code)
     pairs = load_pairs(prefs)
     cols = ["prompt", "chosen", "rejected"]
-    accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "reward_model.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "reward_model")
     args = RewardConfig(
         output_dir=str(out / "_trainer"), num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False,
         activation_checkpointing=False,  # TRL defaults it on: pure cost here

@@ -121,6 +121,90 @@ class PPOPipeline(PipelineBase):
         _check_checkpoint_every(self)
 
 
+@dataclass
+class OnlineRLPipeline(PipelineBase):
+    """RLOO and GRPO with TRL's trainers (``pipelines/online_rl.py``): k completions per prompt, a critic-free baseline
+    from the group, against the learned reward model (``rloo``, ``grpo``) or the gold reward (``rloo_gt``,
+    ``grpo_gt``). The budget is in episodes (completions), as PPO's: ``max_steps`` × ``batch_size`` / ``num_iterations``.
+    """
+
+    name: str = "rloo"
+    beta: float = 0.05  # KL coefficient β, the frontier's knob (RLOO: k1 sequence KL in the reward; GRPO: k3 in the loss)
+    num_generations: int = 4  # k, completions per prompt: the group the baseline is taken over
+    # 20 optimizer steps x 64 completions (16 prompts x 4) = 1280 episodes, PPO's 20 updates x 64 episodes.
+    batch_size: int = 64  # completions (episodes) per optimizer step; batch_size / num_generations prompts
+    micro_batch_size: int = 0  # completions per gradient-accumulation micro-batch; 0 = the whole batch at once
+    max_steps: int = 20  # optimizer steps
+    num_iterations: int = 1  # μ: optimizer steps on each generated batch (1: on-policy, the ratio is 1)
+    learning_rate: float = 2e-4  # as PPO's policy (tiny from-scratch π_SFT; ~1e-6 for gpt2-large)
+    epsilon: float = 0.2  # clip range of the ratio (acts only when num_iterations > 1)
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = MAX_NEW_TOKENS  # as PPO, the preference set and the evaluator
+    temperature: float = 1.0  # as PPO
+    normalize_scores: bool = True  # (score − mean) / std: r_φ's stored π_SFT statistics; gold: the first batch's
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
+
+    setting_keys = ("beta",)
+    methods = ()  # class attribute: the pipeline names this schema serves
+
+    def __post_init__(self) -> None:
+        p = "pipeline"
+        _require(self.name in self.methods, "pipeline.name", f"'{self.name}' is not one of {', '.join(self.methods)}",
+                 f"use one of {', '.join(self.methods)}")
+        _positive(self, p, "batch_size", "max_steps", "num_iterations", "learning_rate", "epsilon", "max_grad_norm",
+                  "max_new_tokens", "temperature")
+        _require(self.beta >= 0, "pipeline.beta", f"must be >= 0 (got {self.beta})", "set pipeline.beta=0.05")
+        _require(self.num_generations >= 2, "pipeline.num_generations",
+                 f"the group baseline needs >= 2 completions per prompt (got {self.num_generations})", "set pipeline.num_generations=4")
+        _require(self.batch_size % self.num_generations == 0, "pipeline.batch_size",
+                 f"{self.batch_size} completions do not make whole groups of {self.num_generations}",
+                 "set pipeline.batch_size to a multiple of pipeline.num_generations")
+        micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
+        _require(self.max_steps % self.num_iterations == 0, "pipeline.max_steps",
+                 f"{self.max_steps} steps are not whole generations of num_iterations={self.num_iterations} steps",
+                 "set pipeline.max_steps to a multiple of pipeline.num_iterations")
+        _check_checkpoint_every(self)
+
+    @property
+    def episodes(self) -> int:
+        """Completions sampled and scored over the run: the budget PPO states as updates × batch_size."""
+        return self.max_steps * self.batch_size // self.num_iterations
+
+
+@dataclass
+class RLOOPipeline(OnlineRLPipeline):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024) with TRL's RLOOTrainer."""
+
+    name: str = "rloo"
+    normalize_advantages: bool = False  # TRL's option: whiten the leave-one-out advantages over the batch
+
+    methods = ("rloo", "rloo_gt")
+
+
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class GRPOPipeline(OnlineRLPipeline):
+    """Group-relative policy optimisation (Shao et al. 2024) with TRL's GRPOTrainer."""
+
+    name: str = "grpo"
+    # How per-token losses are averaged: TRL's default dapo (over all tokens of the batch) has no length bias; grpo is
+    # the paper's (per sequence, then over sequences).
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"  # divide by the group's std (the paper's), the batch's, or none (Dr. GRPO)
+
+    methods = ("grpo", "grpo_gt")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.loss_type in GRPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'",
+                 f"choose one of {', '.join(GRPO_LOSS_TYPES)}")
+        _require(self.scale_rewards in GRPO_SCALE_REWARDS, "pipeline.scale_rewards", f"unknown '{self.scale_rewards}'",
+                 f"choose one of {', '.join(GRPO_SCALE_REWARDS)}")
+
+
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
 # Each DPO-family method's own loss and β; `loss_type: null` / `beta: null` in a config mean "the method's own".
 DPO_METHOD_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "sigmoid"}
@@ -288,6 +372,7 @@ SCHEMAS: dict[str, type] = {
     "sft": SFTPipeline, "preferences": PreferencesPipeline, "reward_model": RewardModelPipeline,
     "ppo": PPOPipeline, "ppo_gt": PPOPipeline, "dpo": DPOPipeline, "ipo": DPOPipeline, "cdpo": DPOPipeline,
     "preferred_ft": PreferredFTPipeline, "unlikelihood": UnlikelihoodPipeline, "best_of_n": BestOfNPipeline,
+    "rloo": RLOOPipeline, "rloo_gt": RLOOPipeline, "grpo": GRPOPipeline, "grpo_gt": GRPOPipeline,
     "evaluate": EvaluatePipeline,
 }
 

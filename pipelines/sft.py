@@ -13,7 +13,7 @@ import torch
 from harness.cache import Artifact, build_or_load
 from harness.config import stage_fingerprint
 from harness.evaluator import Evaluator
-from harness.batching import micro_batches, with_length_sorted_micro_batches
+from harness.batching import trainer_batches, with_length_sorted_micro_batches
 from harness.models import count_parameters, load_causal_lm, load_pretrained_lm, load_tokenizer
 from harness.run import RunContext
 
@@ -52,10 +52,10 @@ def _build(ctx: RunContext, out: Path) -> dict:
     tok = load_tokenizer(cfg.model, task.train_texts)
     model = load_causal_lm(cfg.model, tok, seed=cfg.task.seed)
     log.info("SFT: %s with %.2fM parameters on %d reviews", cfg.model.name, count_parameters(model) / 1e6, len(task.train_texts))
-    accumulate = micro_batches(cfg.sft.batch_size, cfg.sft.micro_batch_size, "sft.micro_batch_size")
+    per_device, accumulate = trainer_batches(cfg.sft.batch_size, cfg.sft.micro_batch_size, "sft")
     args = SFTConfig(
         output_dir=str(out / "_trainer"), num_train_epochs=cfg.sft.epochs,
-        per_device_train_batch_size=cfg.sft.batch_size // accumulate, gradient_accumulation_steps=accumulate,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         learning_rate=cfg.sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.sft.warmup_ratio,
         max_length=cfg.sft.max_length, bf16=False, fp16=False, activation_checkpointing=False,  # TRL defaults it on: pure cost here
         report_to=[], save_strategy="no", logging_steps=25,

@@ -308,7 +308,7 @@ def test_load_evidence_joins_rows_and_gives_intervals(sweep_dir):
     evidence = report.load_evidence(sweep_dir)
     rows = report.load_points(sweep_dir)
     assert len(evidence) == len(rows)
-    ev = evidence[("dpo-0", "beta=0.05", 100)]
+    ev = evidence[("dpo-0", "dpo", "0", "beta=0.05", 100)]
     assert ev["gold"].shape == (16,) and ev["gold"].mean() == pytest.approx(
         next(r["gold_reward"] for r in rows if (r["run_id"], r["step"]) == ("dpo-0", 100)))
     s = report.summarize(rows, evidence=evidence, n_boot=100)
@@ -318,7 +318,7 @@ def test_load_evidence_joins_rows_and_gives_intervals(sweep_dir):
     md = report.format_summary(s)
     assert "over the 16 evaluation prompts" in md and "Every row had per-prompt evidence." in md
     # a row whose evidence is missing enters with fixed values, and the summary counts it
-    del evidence[("dpo-0", "beta=0.05", 100)]
+    del evidence[("dpo-0", "dpo", "0", "beta=0.05", 100)]
     s = report.summarize(rows, evidence=evidence, n_boot=20)
     assert s["evidence"]["without_evidence"] == 1
     assert f"1 of {len(rows)} rows had no per-prompt evidence" in report.format_summary(s)
@@ -448,3 +448,80 @@ def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
     assert "dpo" in text and "beta=0.05" in text
     assert f"per-prompt evidence for {len(report.load_points(sweep_dir))} evaluations" in text
     assert images >= 3                                    # frontier, beta ablation, clip ablation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Online vs offline: families pooled into one curve each
+# ---------------------------------------------------------------------------------------------------------
+
+def test_pool_methods_stacks_members_on_their_common_seeds():
+    from harness import frontier_stats as fs
+    g = lambda v, m: (np.full((m, 3), v), np.full((m, 3), v / 10))   # noqa: E731  (gold, kl) of m points
+    points = {"ppo": {0: g(0.1, 2), 1: g(0.2, 2)}, "rloo": {0: g(0.3, 1)}, "dpo": {0: g(0.5, 4)}}
+    pooled = fs.pool_methods(points, ["ppo", "rloo", "grpo"])       # grpo absent: ignored
+    assert list(pooled) == [0]                                       # seed 1 lacks rloo: a family runs whole seeds
+    gold, kl = pooled[0]
+    assert gold.shape == (3, 3) and gold[:, 0].tolist() == [0.1, 0.1, 0.3] and kl[2, 0] == pytest.approx(0.03)
+    assert fs.pool_methods(points, ["grpo"]) == {}
+
+
+FAMILY_SWEEP = {   # online methods clearly above offline ones everywhere
+    "ppo": ({"kl_coef=0.02": 10.0, "kl_coef=0.1": 4.0}, _curve(0.45, 2.0)),
+    "rloo": ({"beta=0.02": 9.0, "beta=0.1": 3.0}, _curve(0.44, 2.0)),
+    "dpo": ({"beta=0.05": 10.0, "beta=1.0": 3.0}, _curve(0.25, 2.0)),
+    "kto": ({"beta=0.1": 8.0}, _curve(0.22, 2.0)),
+}
+
+
+def test_online_vs_offline_verdict_follows_the_evidence(tmp_path):
+    write_sweep(tmp_path, sweep=FAMILY_SWEEP, seeds=(0, 1), with_bon=False)
+    add_evidence(tmp_path, noise=0.02)
+    rows, evidence = report.load_points(tmp_path), report.load_evidence(tmp_path)
+    s = report.summarize(rows, evidence=evidence, n_boot=100)
+    fam = s["families"]
+    assert fam["members"] == {"online": ["ppo", "rloo"], "offline": ["dpo", "kto"]}
+    assert fam["comparison"]["area"]["lo"] > 0                        # 0.2 of reward apart: decided
+    md = report.format_summary(s)
+    assert "## Online vs offline" in md and "Online methods lie above offline ones" in md
+
+    # the same methods with the same curve: the interval must contain 0 and the summary must say it cannot decide
+    same = {m: (settings, _curve(0.4, 2.0)) for m, (settings, _) in FAMILY_SWEEP.items()}
+    root = tmp_path / "same"
+    write_sweep(root, sweep=same, seeds=(0, 1), with_bon=False)
+    add_evidence(root, noise=0.05)
+    s = report.summarize(report.load_points(root), evidence=report.load_evidence(root), n_boot=100)
+    area = s["families"]["comparison"]["area"]
+    assert area["lo"] < 0 < area["hi"]
+    assert "evidence is too weak to decide" in report.format_summary(s)
+
+
+def test_no_family_section_for_dpo_against_ppo_alone(sweep_dir):
+    s = report.summarize(report.load_points(sweep_dir), n_boot=20)   # dpo, ipo, ppo: 3 members, 2 families
+    assert s["families"]["members"]["online"] == ["ppo"]
+    only_two = [r for r in report.load_points(sweep_dir) if r["method"] in ("dpo", "ppo")]
+    s = report.summarize(only_two, n_boot=20)
+    assert s["families"] is None and "Online vs offline" not in report.format_summary(s)
+
+
+def test_two_runs_with_one_run_id_are_refused_not_joined_to_each_others_evidence(tmp_path):
+    # PPO and PPO-GT at the same setting and step once shared a run id: their evidence must never be swapped
+    write_sweep(tmp_path, sweep={"ppo": ({"kl_coef=0.05": 6.0}, _curve(0.4, 2.0)),
+                                 "ppo_gt": ({"kl_coef=0.05": 6.0}, _curve(0.2, 2.0))}, seeds=(0,), with_bon=False)
+    for path in tmp_path.rglob("points.jsonl"):   # every run called the same, as the old tracker did
+        path.write_text(path.read_text().replace('"run_id": "ppo_gt-1"', '"run_id": "x"').replace(
+            '"run_id": "ppo-0"', '"run_id": "x"'))
+    add_evidence(tmp_path)
+    rows, evidence = report.load_points(tmp_path), report.load_evidence(tmp_path)
+    for r in rows:                                 # method is in the key: each row joins its own evidence
+        if r["method"] != "sft":
+            assert evidence[report.evidence_key(r)]["gold"].mean() == pytest.approx(r["gold_reward"])
+    # the same method, seed, setting and step in two files with different numbers: refused, both files named
+    run = next(p for p in tmp_path.rglob("evidence.jsonl") if '"ppo"' in p.read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    lines = run.read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["gold"] = [g + 0.1 for g in rec["gold"]]
+    (copy / "evidence.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match="two runs share one run_id"):
+        report.load_evidence(tmp_path)

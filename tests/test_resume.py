@@ -296,3 +296,12 @@ def test_killed_dpo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, 
     facts = run_in_process(job.argv, folder)  # the same command again
     assert facts["steps"] == 4 and [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]
     assert_same_run(folder, tmp_path / "clean")
+
+
+def test_a_run_is_named_by_its_job_not_by_a_row_file(tmp_path):
+    # the row-file loop once reused the name `name`: every run of every sweep got run_id "updates.jsonl"
+    from harness.config import LoggerConfig
+    from harness.tracking import Tracker
+
+    t = Tracker(tmp_path, LoggerConfig(wandb_mode="disabled"), {}, method="ppo", name="ppo-kl_coef=0.05-seed0")
+    assert t.run_id == "ppo-kl_coef=0.05-seed0"

@@ -9,8 +9,9 @@ knobs (PPO's kl_coef, DPO's beta, Best-of-N's N), so it is a list, not a grid:
     seeds: [0, 1, 2]
 
 ``python -m harness -m experiment=<study>`` runs every entry × seed (crossed with any sweep given on the command
-line) as ordinary Hydra jobs. Every job's config is composed and validated before the first one starts, and a job
-whose folder already holds a finished result is reused.
+line) as ordinary Hydra jobs; ``study=[...]`` / ``seeds=[...]`` on the command line replace the experiment's lists.
+Every job's config is composed and validated before the first one starts, and a job whose folder already holds a
+finished result is reused.
 
 The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another with a
 progress line. Any other launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job
@@ -106,13 +107,17 @@ class StudySweeper(BasicSweeper):
 
     def job_overrides(self, arguments: List[str]) -> list[list[str]]:
         """Entries × seeds × the command line's own sweep (basic-sweeper semantics for that part)."""
-        study = OmegaConf.to_container(self.config.get("study") or [[]], resolve=True)
-        seeds = OmegaConf.to_container(self.config.get("seeds") or [None], resolve=True)
+        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`.
+        study = OmegaConf.to_container(self.config.study, resolve=True) if self.config.get("study") else [[]]
+        seeds = OmegaConf.to_container(self.config.seeds, resolve=True) if self.config.get("seeds") else [None]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         cli = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
         jobs = []
         for entry, seed, extra in itertools.product(study, seeds, cli or [[]]):
-            overrides = [str(o) for o in entry] + ([f"seed={seed}"] if seed is not None else []) + list(extra)
+            # `study=[...]` / `seeds=[...]` given on the command line choose the jobs; they are no job's setting (and
+            # would make every job's folder name hold the whole list).
+            extra = [o for o in extra if o.split("=", 1)[0].lstrip("+~") not in ("study", "seeds")]
+            overrides = [str(o) for o in entry] + ([f"seed={seed}"] if seed is not None else []) + extra
             jobs.append(overrides)
         return jobs
 
