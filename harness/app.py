@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,9 +33,18 @@ from harness.guards import NonFiniteError
 
 log = logging.getLogger("harness")
 DONE = "done.json"  # written when a job finished; holds its config key and result
-# conf/ sits beside the packages (installed editable, as the README does); an absolute path keeps Hydra from
-# reading it as a Python module name.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def conf_dir() -> str:
+    """The Hydra config folder: ``harness/conf`` in an installed wheel (pyproject.toml ships the checkout's top-level
+    conf/ there), else conf/ beside the packages (a checkout, or an editable install of one). An absolute path keeps
+    Hydra from reading it as a Python module name."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return str(installed if (installed / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = conf_dir()
 SECTIONS = ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")
 register_configs()
 
@@ -160,10 +170,45 @@ def _parse_args(argv: list[str]):
     return parser.parse_args(argv)
 
 
-def _local_launcher(cfg: DictConfig) -> bool:
-    """Jobs run on this machine (so its devices are theirs): Hydra's basic launcher or joblib."""
-    target = str(OmegaConf.select(cfg, "hydra.launcher._target_") or "")
-    return target.endswith(("BasicLauncher", "JoblibLauncher"))
+# ----------------------------------------------------------------------------------------------------- launchers
+# Launchers that run a sweep's jobs on this machine, so that its devices are theirs to check: Hydra's basic launcher
+# (in this process), joblib (worker processes), submitit's local executor (a process per job) and Ray started here
+# (ray.init with no address). Slurm, a Ray cluster or any other launcher runs jobs elsewhere: each job checks its own
+# device there. Two of them narrow the GPUs a job sees to those it was given, the key below: submitit's local executor
+# sets CUDA_VISIBLE_DEVICES from gpus_per_node (unset: none), Ray from num_gpus (unset: Ray leaves it alone).
+_ALL_GPUS = ("BasicLauncher", "JoblibLauncher")
+_GIVEN_GPUS = {"hydra_submitit_launcher.submitit_launcher.LocalLauncher": ("gpus_per_node", 0),
+               "hydra_ray_launcher.ray_launcher.RayLauncher": ("ray.remote.num_gpus", None)}
+
+
+def _given_gpus(launcher: DictConfig | None) -> tuple[str, int | None] | None:
+    """(key, GPUs each job is given; None: all) for a launcher that runs jobs here and narrows them; None otherwise."""
+    target = str(OmegaConf.select(launcher, "_target_") or "") if launcher is not None else ""
+    key, default = next((v for t, v in _GIVEN_GPUS.items() if target.endswith(t)), (None, None))
+    if key is None:
+        return None
+    if key.startswith("ray.") and (OmegaConf.select(launcher, "ray.init.address") or os.environ.get("RAY_ADDRESS")
+                                   or "local") != "local":
+        return None  # ray.init joins an existing cluster (its address, or RAY_ADDRESS's): its nodes run the jobs
+    given = OmegaConf.select(launcher, key)
+    return key, default if not given else math.ceil(float(given))  # Ray shows a job given 0.5 GPU that GPU
+
+
+def jobs_run_here(launcher: DictConfig | None) -> bool:
+    """Whether ``hydra.launcher`` runs a sweep's jobs on this machine (see above)."""
+    target = str(OmegaConf.select(launcher, "_target_") or "") if launcher is not None else ""
+    return target.endswith(_ALL_GPUS) or _given_gpus(launcher) is not None
+
+
+def check_launcher_gpus(launcher: DictConfig | None, devices) -> None:
+    """A job asking for ``cuda[:i]`` under a launcher that runs it here but shows it fewer GPUs would find none once
+    started; stop now, naming the launcher key that gives them. ``devices``: the jobs' ``device`` values."""
+    key, given = _given_gpus(launcher) or (None, None)
+    for device in map(str, devices):
+        need = int(device.split(":")[1]) + 1 if device.startswith("cuda:") else 1
+        if device.startswith("cuda") and given is not None and given < need:
+            raise ConfigError(f"hydra.launcher.{key}: device={device} asked for, but this launcher shows each job "
+                              f"{given} GPU(s) of this machine; set hydra.launcher.{key}={need}")
 
 
 def _folder(cfg: DictConfig, key: str) -> str | None:
@@ -184,7 +229,7 @@ def _job_config(cfg: DictConfig) -> DictConfig:
     return job
 
 
-def _check_run(cfg: DictConfig, parsed: list, here: bool) -> None:
+def _check_run(cfg: DictConfig, parsed: list) -> None:
     """One job: no sweep syntax, a writable run folder, and the job's own checks."""
     from harness.checks import check_writable, preflight
 
@@ -195,10 +240,10 @@ def _check_run(cfg: DictConfig, parsed: list, here: bool) -> None:
     out = _folder(cfg, "hydra.run.dir")
     if out:
         check_writable(out, "hydra.run.dir")
-    preflight(validate(_job_config(cfg)), here)
+    preflight(validate(_job_config(cfg)), here=True)  # one run is no sweep: Hydra runs it in this process
 
 
-def _check_sweep(loader, cfg: DictConfig, parsed: list, here: bool) -> None:
+def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
     """A sweep: a writable sweep folder and, under Hydra's basic sweeper, every job as that sweeper will make it
     (the study sweeper checks its own jobs; another sweeper, e.g. an optimiser, picks its jobs as it goes)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -215,10 +260,16 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list, here: bool) -> None:
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params) + parsed, None)
 
-    def compose_job(overrides: list[str]) -> DictConfig:
-        return _job_config(loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False))
+    devices = set()
 
-    check_jobs([job for batch in batches for job in batch], compose_job, here)
+    def compose_job(overrides: list[str]) -> DictConfig:
+        job = _job_config(loader.compose_config("config", overrides, run_mode=RunMode.RUN,
+                                                with_log_configuration=False))
+        devices.add(job.get("device"))
+        return job
+
+    check_jobs([job for batch in batches for job in batch], compose_job, jobs_run_here(cfg.hydra.launcher))
+    check_launcher_gpus(cfg.hydra.launcher, devices)
 
 
 def preflight_command(argv: list[str]) -> None:
@@ -239,9 +290,9 @@ def preflight_command(argv: list[str]) -> None:
                                     validate_sweep_overrides=False)
         parsed = OverridesParser.create().parse_overrides(args.overrides)
         if args.multirun or cfg.hydra.mode == RunMode.MULTIRUN:
-            _check_sweep(loader, cfg, parsed, _local_launcher(cfg))
+            _check_sweep(loader, cfg, parsed)
         else:
-            _check_run(cfg, parsed, _local_launcher(cfg))
+            _check_run(cfg, parsed)
 
 
 def stop_on_user_error(fn, *args, full_traces: bool = False):

@@ -3,7 +3,16 @@
 An artifact lives at ``<cache>/<stage>/<key>`` where key = sha256 of its identity (the config sections that
 determine it, including the keys of the artifacts it was built from). It is built under a temporary name and
 renamed when complete, so a crash never leaves a half artifact that looks finished; a file lock per key keeps two
-jobs of a sweep from building the same one (the second waits, then reuses).
+jobs of a sweep from building the same one (the second waits, then reuses), in other processes too and, on a
+filesystem shared by several machines, on other machines.
+
+The lock is filelock's FileLock: flock(2) on the ``<key>.lock`` file, released by the kernel when its holder dies, so a
+killed builder never blocks the next one. On NFS, Linux serves flock through the server's byte-range locks (NFSv4, or
+NFSv3 with lockd), which hold across machines; but a mount with ``local_lock=flock``/``all`` or ``nolock`` (or Lustre
+without ``-o flock``) keeps flock local to each machine, and two machines would both build. There set
+``HARNESS_CACHE_LOCK=soft``: filelock's SoftFileLock, an exclusively created marker file, which any filesystem with
+atomic exclusive create (NFSv3 and later) shares. Its cost: a holder that crashed on another machine leaves its marker
+(filelock reclaims one whose holder died on this machine), and that key waits until its ``<key>.lock`` is removed.
 
 Under multi-process training (``harness.distributed``) the processes of one job build a missing stage together (its
 trainer is data-parallel across them, so they must all run it): the main process holds the lock and decides, every
@@ -18,16 +27,29 @@ import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
+from filelock import FileLock, SoftFileLock
 
 from harness import distributed
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
+LOCKS = {"flock": FileLock, "soft": SoftFileLock}  # HARNESS_CACHE_LOCK (see above); flock unless set
+
+
+def stage_lock(path: Path):
+    """The lock that guards one artifact's build (``HARNESS_CACHE_LOCK`` picks its kind)."""
+    kind = os.environ.get("HARNESS_CACHE_LOCK") or "flock"
+    if kind not in LOCKS:
+        from harness.config import ConfigError
+
+        raise ConfigError(f"HARNESS_CACHE_LOCK: '{kind}' is no lock kind; use one of {', '.join(LOCKS)} (soft: a "
+                          "filesystem where flock does not hold across machines)")
+    return LOCKS[kind](str(path))
 
 
 def key_of(identity: dict) -> str:
@@ -58,11 +80,19 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
         return Artifact(stage, key, final, reused=True)
     base.mkdir(parents=True, exist_ok=True)
     # One lock per job: its main process's (the job's other processes follow the main process's decisions).
-    with FileLock(str(base / f"{key}.lock")) if distributed.is_main() else contextlib.nullcontext():
-        if distributed.on_main((final / MANIFEST).exists):  # another job built it while we waited
+    with stage_lock(base / f"{key}.lock") if distributed.is_main() else contextlib.nullcontext():
+        def built_or_cleared() -> bool:
+            """True when another job built it while we waited; else clear a killed builder's half (we hold the
+            lock: nobody else is building), before this job's processes make their own folders."""
+            if (final / MANIFEST).exists():
+                return True
+            for stale in base.glob(f".tmp-{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            return False
+
+        if distributed.on_main(built_or_cleared):
             return Artifact(stage, key, final, reused=True)
-        tmp = base / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = base / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}"  # host too: machines share the cache
         tmp.mkdir(parents=True)
         try:
             facts = build(tmp) or {}

@@ -30,7 +30,7 @@ from harness.config import ConfigError, HarnessConfig, TaskConfig, identity_of
 # How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
 STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
                "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3,
-               "rloo": 3, "grpo": 3, "rloo_gt": 1, "grpo_gt": 1, "evaluate": 1}
+               "rloo": 3, "grpo": 3, "rloo_gt": 1, "grpo_gt": 1, "kto": 2, "online_dpo": 3, "evaluate": 1}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
@@ -466,7 +466,7 @@ def with_file_prompts(hc: HarnessConfig, data):
         if not evals:
             raise ConfigError("preferences.eval_prompts: every evaluation prompt of the task is a training prompt of "
                               "the file; use preferences.eval_prompts=file")
-    rollouts = getattr(hc.pipeline, "batch_size", 0) if hc.pipeline.name in ("ppo", "ppo_gt") else 0
+    rollouts = getattr(hc.pipeline, "batch_size", 0) if hc.pipeline.name in ("ppo", "ppo_gt", "online_dpo") else 0
     if rollouts > len(train):
         raise ConfigError(f"pipeline.batch_size: {rollouts} prompts per rollout, but '{pf.path}' gives {len(train)} "
                           f"training prompts; set pipeline.batch_size<={len(train)} or give more prompts")
@@ -478,8 +478,8 @@ def with_file_prompts(hc: HarnessConfig, data):
 # ---------------------------------------------------------------------------------------------------- all of it
 def models_saved(hc: HarnessConfig) -> int:
     """Model-sized artifacts a job may write: π_SFT, the reward model (and its checkpoint of the policy)."""
-    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo",
-                                                                      "rloo", "grpo", "rloo_gt", "grpo_gt"))
+    return 1 + (stage_depth(hc) >= 3) + (hc.pipeline.name in ("ppo", "ppo_gt", "dpo", "ipo", "cdpo", "rloo", "grpo",
+                                                                      "rloo_gt", "grpo_gt", "kto", "online_dpo"))
 
 
 def preflight(hc: HarnessConfig, here: bool = True):

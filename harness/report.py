@@ -75,10 +75,10 @@ METHOD_STYLE = {
     "unlikelihood": ("Unlikelihood",         "#CC79A7", "P"),
     "preferred_ft": ("Preferred-FT",         "#8C564B", "X"),
     "best_of_n":    ("Best of N",            "#555555", "*"),
+    "kto":          ("KTO",                  "#882255", "8"),
+    "online_dpo":   ("Online DPO",           "#44AA99", "H"),
     "sft":          ("SFT",                  "#000000", "h"),
-    "online_dpo":   ("Online DPO",           "#3969AC", "8"),
-    "kto":          ("KTO",                  "#F2B701", "d"),
-    "evaluate":     ("Evaluated checkpoint", "#E73F74", "H"),
+    "evaluate":     ("Evaluated checkpoint", "#E73F74", "x"),
 }
 _FALLBACK_COLOURS = ("#7F3C8D", "#11A579", "#3969AC", "#F2B701", "#E73F74", "#80BA5A")
 

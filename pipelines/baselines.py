@@ -36,30 +36,16 @@ from harness.sampling import sample
 from pipelines.dpo import (
     FrontierEvaluation,
     GuardedTraining,
-    parameter_change,
     prepare,
     save_args,
     trainer_callbacks,
     trainer_max_steps,
 )
+from pipelines.dpo import finish as _finish
 from pipelines.losses import sequence_logps, unlikelihood_loss
 from pipelines.sft import load_sft
 
 log = logging.getLogger("harness.baselines")
-
-
-def _finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict) -> dict:
-    policy.save_pretrained(ctx.folder / "policy")
-    tok.save_pretrained(ctx.folder / "policy")
-    first, final = evaluation.rows[0], evaluation.rows[-1]
-    facts = {"method": ctx.method, "setting": ctx.setting, **facts, "parameter_change": parameter_change(policy, reference),
-             "gold_sft": first["gold_reward"], "gold_final": final["gold_reward"], "kl_final": final["kl"],
-             "points": len(evaluation.rows), "policy": str(ctx.folder / "policy")}
-    tracker.summary(facts)
-    tracker.finish()
-    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps")
-    return facts
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ TRL 1.16 computes the first, second and fourth itself. Its ``sigmoid`` ignores `
 silently train plain DPO; :class:`HarnessDPOTrainer` overrides the one loss hook TRL has (``_compute_loss``) for that
 case only and takes the loss from ``pipelines.losses.dpo_family_loss``.
 
-Everything shared with the other trainer-based methods lives here too: the data checks every preference-trained
-method runs before training (:func:`check_pairs`), and the two callbacks that put a TRL/transformers trainer on the
+Everything shared with the other trainer-based methods (Preferred-FT, KTO, online DPO) lives here too: the data
+checks every preference-trained method runs before training (:func:`check_pairs`), the trainer arguments they share
+(:func:`shared_args`), the tracker with its evaluation (:func:`start_tracking`) and the end of a run
+(:func:`finish`), and the two callbacks that put a TRL/transformers trainer on the
 frontier (:class:`EvaluationCallback`: the shared evaluator at step 0, every ``eval.every`` optimizer steps and at the
 end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
 
@@ -329,13 +331,24 @@ def save_args(every: int) -> dict:
     return {"save_strategy": "steps", "save_steps": every, "save_total_limit": None, "save_only_model": False}
 
 
-def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-               checkpoint_every: int = 0, precision: str = "fp32"):
-    """TRL's DPOConfig from our pipeline config: fp32 (or bf16 autocast, ``harness.precision``), a checkpoint every ``checkpoint_every`` steps (0: none), no
-    TRL reporting (our tracker does that).
+def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0,
+                precision: str = "fp32") -> dict:
+    """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32 (or, with
+    ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.precision``), no activation
+    checkpointing, no TRL reporting (our tracker does that), checkpoints every ``checkpoint_every`` steps (0: none),
+    no data-loader worker processes.
 
     TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
-    which is wrong on CPU and wasted time on small models, so both are off. The learning rate warms up linearly over
+    which is wrong on CPU and wasted time on small models, so both are off."""
+    return dict(output_dir=output_dir, **trainer_flags(precision), activation_checkpointing=False, report_to="none",
+                **save_args(checkpoint_every), logging_steps=logging_steps, seed=seed, use_cpu=use_cpu,
+                dataloader_num_workers=0)
+
+
+def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
+               checkpoint_every: int = 0, precision: str = "fp32"):
+    """TRL's DPOConfig from our pipeline config, on :func:`shared_args` (fp32, a checkpoint every ``checkpoint_every``
+    steps, no TRL reporting). The learning rate warms up linearly over
     ``warmup_ratio`` of the steps (transformers 5 reads warmup_steps < 1 as a fraction) and then stays constant, as
     in the DPO paper's reference code.
     """
@@ -343,14 +356,14 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
 
     per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     return DPOConfig(
-        output_dir=output_dir, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
+        beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
         per_device_eval_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        **trainer_flags(precision), activation_checkpointing=False, report_to="none", **save_args(checkpoint_every),
-        logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
+        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
+                      precision=precision),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
     )
@@ -387,13 +400,20 @@ def prepare(ctx: RunContext, columns: tuple[str, ...] = PAIR_COLUMNS, saved: dic
     check_max_length(cfg.max_length, policy)
     train = check_pairs(load_pairs(ensure_preferences(ctx))["train"], tok, cfg.max_length, columns=columns)
     reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)
+    tracker, evaluation = start_tracking(ctx, reference, tok, saved)
+    return policy, reference, tok, train, tracker, evaluation
+
+
+def start_tracking(ctx: RunContext, reference, tok, saved: dict | None = None, proxy=None):
+    """The job's tracker and its :class:`FrontierEvaluation` (the shared evaluator against ``reference``; ``proxy``:
+    the learned reward on texts, for the rows' proxy_reward). ``saved``: the checkpoint record of a run being
+    resumed, as in :func:`prepare`."""
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval,
-                                              precision=ctx.precision), tracker,
-                                    method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision)
+    evaluation = FrontierEvaluation(evaluator, tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     if saved:
         evaluation.resume(saved)
-    return policy, reference, tok, train, tracker, evaluation
+    return tracker, evaluation
 
 
 def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEvaluation, compute=tokens_seen):
@@ -402,6 +422,23 @@ def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEva
     logs = TrackerCallback(tracker)
     return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every, compute),
                   CheckpointCallback(ctx.key, tracker, evaluation)]
+
+
+def finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict) -> dict:
+    """Save the trained policy, write the run's facts (``facts`` + how far the policy moved and its first and last
+    points) to the tracker's summary, close the tracker, print one line. Shared by the methods trained on the
+    preference set (Preferred-FT, Unlikelihood, KTO) and online DPO."""
+    policy.save_pretrained(ctx.folder / "policy")
+    tok.save_pretrained(ctx.folder / "policy")
+    first, final = evaluation.rows[0], evaluation.rows[-1]
+    facts = {"method": ctx.method, "setting": ctx.setting, **facts, "parameter_change": parameter_change(policy, reference),
+             "gold_sft": first["gold_reward"], "gold_final": final["gold_reward"], "kl_final": final["kl"],
+             "points": len(evaluation.rows), "policy": str(ctx.folder / "policy")}
+    tracker.summary(facts)
+    tracker.finish()
+    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
+          f"KL {final['kl']:.3f} after {facts['steps']} steps")
+    return facts
 
 
 def run(ctx: RunContext) -> dict:

@@ -25,10 +25,9 @@ import torch
 
 from harness.checks import TOKENIZER_FILES
 from harness.config import ConfigError
-from harness.evaluator import Evaluator
 from harness.models import freeze, load_pretrained_lm
 from harness.run import RunContext
-from pipelines.dpo import FrontierEvaluation
+from pipelines.dpo import start_tracking
 from pipelines.schemas import EvaluatePipeline
 from pipelines.sft import load_sft
 
@@ -100,10 +99,7 @@ def run(ctx: RunContext) -> dict:
     policy = freeze(load_pretrained_lm(name, tok, remote).to(ctx.device, dtype=getattr(torch, ctx.cfg.model.dtype)))
     log.info("evaluate %s (tokenizer: %s) against π_SFT %s", name, whose, sft.path)
 
-    tracker = ctx.tracker()
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval,
-                                              precision=ctx.precision), tracker,
-                                    method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    tracker, evaluation = start_tracking(ctx, reference, tok)  # the evaluator and row writing every method uses
     row = evaluation(policy, step=cfg.step)
     facts = {"method": ctx.method, "setting": ctx.setting, "policy": name, "tokenizer": whose, "reference": str(sft.path),
              "step": cfg.step, "gold_reward": row["gold_reward"], "gold_reward_sem": row["gold_reward_sem"],

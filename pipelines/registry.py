@@ -20,6 +20,8 @@ RUNNERS = {
     "rloo_gt": "pipelines.online_rl:run",
     "grpo": "pipelines.online_rl:run",
     "grpo_gt": "pipelines.online_rl:run",
+    "kto": "pipelines.kto:run",
+    "online_dpo": "pipelines.online_dpo:run",
     "evaluate": "pipelines.evaluate:run",
 }
 

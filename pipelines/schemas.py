@@ -322,6 +322,66 @@ class BestOfNPipeline(PipelineBase):
         _require(self.scorer in ("reward_model", "gold"), "pipeline.scorer", f"unknown '{self.scorer}'", "use reward_model or gold")
 
 
+# KTO's budget in preference pairs equals DPO's: each pair gives two examples (its chosen completion as desirable, its
+# rejected one as undesirable), so 256 examples per step = DPO's 128 pairs.
+@dataclass
+class KTOPipeline(PipelineBase):
+    """KTO (Ethayarajh et al. 2024) with TRL's KTOTrainer on unpaired examples derived from the preference pairs."""
+
+    name: str = "kto"
+    beta: float = 0.1  # β, strength of the KL constraint in the value function σ(β(r_θ − z_ref)) (the frontier's knob)
+    desirable_weight: float = 1.0  # λ_D, weight of the desirable examples' losses (paper eq. 8: λ_D n_D / λ_U n_U in [1, 4/3])
+    undesirable_weight: float = 1.0  # λ_U; the derived set is balanced (one of each per pair), so 1 and 1
+    learning_rate: float = 3e-4  # as DPO's on the embedded tiny model
+    batch_size: int = 256  # examples per optimizer step = 128 pairs, DPO's batch
+    # Examples per micro-batch (gradient accumulation, same update); 0 = none. KTO's reference point z_ref is estimated
+    # on each micro-batch from its own mismatched (prompt, completion) pairs, as TRL does per device batch.
+    micro_batch_size: int = 32
+    epochs: float = 1.0  # passes over the examples, used when max_steps <= 0
+    max_steps: int = 20  # > 0 overrides epochs; 20 x 256 examples = DPO's 20 x 128 pairs
+    max_length: int = 64  # tokens of prompt + completion (+ EOS)
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate (as DPO)
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
+
+    setting_keys = ("beta",)
+
+    def __post_init__(self) -> None:
+        _positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
+        _require(self.desirable_weight > 0 and self.undesirable_weight > 0, "pipeline.desirable_weight",
+                 f"both weights must be > 0 (got {self.desirable_weight}, {self.undesirable_weight})",
+                 "set pipeline.desirable_weight and pipeline.undesirable_weight > 0 (1 and 1 for the paired data)")
+        k = micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
+        _require(self.batch_size // k > 1, "pipeline.micro_batch_size",
+                 "KTO estimates its KL reference point from the other examples of a micro-batch, so it needs >= 2",
+                 "set pipeline.micro_batch_size >= 2 (or 0 for no split)")
+        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        _check_checkpoint_every(self)
+
+
+@dataclass
+class OnlineDPOPipeline(PipelineBase):
+    """Online DPO (Guo et al. 2024) with TRL's OnlineDPOTrainer: two fresh samples per prompt from the current policy,
+    the learned reward model r_φ picks the chosen one, DPO loss against the frozen π_SFT."""
+
+    name: str = "online_dpo"
+    beta: float = 0.1  # β of the DPO loss (the frontier's knob)
+    # Budget as PPO's: 20 updates x 64 sampled episodes (32 prompts x 2 samples = 32 pairs per update).
+    updates: int = 20  # optimizer steps, one batch of prompts each
+    batch_size: int = 32  # prompts per update; each gives one pair of fresh samples
+    learning_rate: float = 3e-4  # as DPO's on the embedded tiny model
+    max_new_tokens: int = MAX_NEW_TOKENS  # as the preference set, PPO and the evaluator
+    temperature: float = 1.0  # pure sampling, as PPO and the evaluator
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the updates, then a constant rate (as DPO)
+    checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
+
+    setting_keys = ("beta",)
+
+    def __post_init__(self) -> None:
+        _positive(self, "pipeline", "beta", "updates", "batch_size", "learning_rate", "max_new_tokens", "temperature",
+                  "max_grad_norm")
+        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        _check_checkpoint_every(self)
 @dataclass
 class EvaluatePipeline(PipelineBase):
     """A causal LM trained elsewhere (verl, OpenRLHF, another harness run), put on the frontier as a point of its own:
@@ -373,6 +433,7 @@ SCHEMAS: dict[str, type] = {
     "ppo": PPOPipeline, "ppo_gt": PPOPipeline, "dpo": DPOPipeline, "ipo": DPOPipeline, "cdpo": DPOPipeline,
     "preferred_ft": PreferredFTPipeline, "unlikelihood": UnlikelihoodPipeline, "best_of_n": BestOfNPipeline,
     "rloo": RLOOPipeline, "rloo_gt": RLOOPipeline, "grpo": GRPOPipeline, "grpo_gt": GRPOPipeline,
+    "kto": KTOPipeline, "online_dpo": OnlineDPOPipeline,
     "evaluate": EvaluatePipeline,
 }
 

@@ -130,12 +130,21 @@ class StudySweeper(BasicSweeper):
     def check(self, jobs: list[list[str]], sweep_dir: Path) -> None:
         """Compose, validate and preflight every job before any runs (a typo in job 17 must not cost the first 16,
         nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
-        the job. The devices are checked only when the jobs run on this machine."""
+        the job. The devices are checked only when the jobs run on this machine (``harness.app.jobs_run_here``),
+        and against the GPUs the launcher gives each job there."""
+        from harness.app import check_launcher_gpus, jobs_run_here
         from harness.checks import check_jobs, check_writable
 
         check_writable(sweep_dir, "hydra.sweep.dir")
-        here = type(self.launcher).__name__ in ("BasicLauncher", "JoblibLauncher")
-        check_jobs(jobs, self._job_config, here)
+        devices = set()
+
+        def compose_job(overrides: list[str]):
+            job = self._job_config(overrides)
+            devices.add(job.get("device"))
+            return job
+
+        check_jobs(jobs, compose_job, jobs_run_here(self.config.hydra.launcher))
+        check_launcher_gpus(self.config.hydra.launcher, devices)
 
     def sweep(self, arguments: List[str]) -> Any:
         jobs = self.job_overrides(arguments)
