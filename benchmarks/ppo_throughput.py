@@ -52,6 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1, help="ours/peer pairs to run (alternating); the best of each is kept")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--n-positions", type=int, default=128)
+    # The model's shape (default: the 4x128x4 CPU configuration; gpt2-large is 36 x 1280 x 20, vocab 50257, 1024
+    # positions: benchmarks/gpu_check.sh), where it runs, and in which precision (harness/precision.py).
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (our side; the peer takes the same flag)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     a = p.parse_args(argv)
     if a.updates < 2:
         p.error("--updates must be >= 2 (the first update is warm-up)")
@@ -77,14 +84,16 @@ def build_ours(args):
     n_prompts = max(512, PROMPTS_PER_UPDATE * args.updates)
     rows = peer.build_prompts(tok, n_prompts, 2, 8, args.seed)["input_ids"]
     prompts = [tok.decode(r) for r in rows]  # "w17 w903 ..." re-encodes to the same ids (WordLevel, whitespace split)
-    cfg = GPT2Config(vocab_size=args.vocab_size, n_positions=args.n_positions, n_embd=128, n_layer=4, n_head=4,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    policy = GPT2LMHeadModel(cfg)
-    reference = copy.deepcopy(policy)
-    rm_cfg = copy.deepcopy(cfg)
-    rm_cfg.num_labels = 1
-    reward_model = GPT2ForSequenceClassification(rm_cfg)
-    critic = copy.deepcopy(reward_model)  # the critic starts as the reward model, as in the pipeline
+    cfg = GPT2Config(vocab_size=args.vocab_size, n_positions=args.n_positions, n_embd=args.n_embd, n_layer=args.n_layer,
+                     n_head=args.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id)
+    with torch.device(args.device):  # random init on the device itself: seconds, not minutes, for gpt2-large
+        policy = GPT2LMHeadModel(cfg)
+        reference = copy.deepcopy(policy)
+        rm_cfg = copy.deepcopy(cfg)
+        rm_cfg.num_labels = 1
+        reward_model = GPT2ForSequenceClassification(rm_cfg)
+        critic = copy.deepcopy(reward_model)  # the critic starts as the reward model, as in the pipeline
     return tok, prompts, [m.to(torch.float32) for m in (policy, reference, critic, reward_model)]
 
 
@@ -101,13 +110,16 @@ def run_ours(args) -> dict:
                       max_new_tokens=24, temperature=1.0, missing_eos_penalty=1.0, kl_coef=0.05, kl_estimator="k1",
                       learning_rate=3e-6, critic_learning_rate=3e-6, vf_coef=0.1, cliprange=0.2, cliprange_value=0.2,
                       gamma=1.0, lam=0.95, normalize_scores=False)
-    ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, score_norm=(0.0, 1.0), seed=args.seed)
+    ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, score_norm=(0.0, 1.0), seed=args.seed,
+              precision=args.precision)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     ends, logs = [], []
     for u in range(args.updates):
         batch = prompts[u * PROMPTS_PER_UPDATE:(u + 1) * PROMPTS_PER_UPDATE]
         logs.append(ppo.step(batch))
+        sync()
         ends.append(time.perf_counter())
     wall = ends[-1] - ends[0]
     import transformers
@@ -118,6 +130,8 @@ def run_ours(args) -> dict:
         "kl": [lg["objective/kl"] for lg in logs], "scores": [lg["objective/scores"] for lg in logs],
         "torch_threads": torch.get_num_threads(), "warmup_s": ends[0] - t_start, "total_wall_s": ends[-1] - t_start,
         "episodes_per_update": PROMPTS_PER_UPDATE, "seed": args.seed, "loadavg_1m": [load_start, os.getloadavg()[0]],
+        "device": args.device, "precision": args.precision, "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
     }
 

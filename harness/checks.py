@@ -30,7 +30,7 @@ from harness.config import ConfigError, HarnessConfig, TaskConfig, identity_of
 # How deep into the stage cache a pipeline reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
 STAGE_DEPTH = {"sft": 1, "ppo_gt": 1, "preferences": 2, "dpo": 2, "ipo": 2, "cdpo": 2, "unlikelihood": 2,
                "preferred_ft": 2, "reward_model": 3, "ppo": 3, "best_of_n": 3,
-               "rloo": 3, "grpo": 3, "rloo_gt": 1, "grpo_gt": 1, "kto": 2, "online_dpo": 3}
+               "rloo": 3, "grpo": 3, "rloo_gt": 1, "grpo_gt": 1, "kto": 2, "online_dpo": 3, "evaluate": 1}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
@@ -269,6 +269,25 @@ def check_gold(hc: HarnessConfig) -> None:
                           "gold.label to one of them")
 
 
+def check_policy(hc: HarnessConfig) -> int | None:
+    """``pipeline=evaluate``: the checkpoint to evaluate can be found (a folder with config.json and weights, or a
+    hub name; its tokenizer is optional, π_SFT's is used without one), runs no code of its own unless allowed, and
+    has the positions for a prompt plus ``eval.max_new_tokens``. Returns its weight bytes (None when unknown). Its
+    vocabulary is checked against π_SFT's once π_SFT exists (``pipelines.evaluate.check_same_vocabulary``)."""
+    if hc.pipeline.name != "evaluate":
+        return None
+    name = hc.pipeline.policy
+    pre = find_pretrained(name, "policy", tokenizer=False)
+    _no_remote_code(pre, name, "pipeline.policy", hc.pipeline.trust_remote_code)
+    n_pos = positions(pre.config) if pre is not None else None
+    need = hc.task.prompt_max_tokens + hc.eval.max_new_tokens
+    if n_pos is not None and need > n_pos:
+        raise ConfigError(f"policy: '{name}' has {n_pos} positions, fewer than prompts of up to "
+                          f"{hc.task.prompt_max_tokens} words plus eval.max_new_tokens={hc.eval.max_new_tokens}; lower "
+                          "eval.max_new_tokens or task.prompt_max_tokens")
+    return pre.weight_bytes if pre is not None else None
+
+
 def stage_depth(hc: HarnessConfig) -> int:
     return STAGE_DEPTH.get(hc.pipeline.name, 1)
 
@@ -468,9 +487,15 @@ def preflight(hc: HarnessConfig, here: bool = True):
     data (the slowest) last. ``here``: the job runs on this machine (see ``check_device``)."""
     check_no_secrets(hc)
     check_device(hc.device, here)
+    if here:  # bf16 on this machine's device (a cluster's job checks its own node when it starts)
+        from harness.models import pick_device
+        from harness.precision import check_precision
+
+        check_precision(hc.precision, pick_device(hc.device))
     check_process_split(hc)
     check_writable(hc.cache_dir, "cache_dir")
     weights = check_model(hc)
+    check_policy(hc)
     check_gold(hc)
     check_free_space(hc.cache_dir, (weights or 0) * models_saved(hc) + FREE_MARGIN, "cache_dir")
     data = task_data(hc.task)

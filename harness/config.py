@@ -244,6 +244,7 @@ class LoggerConfig:
 
 # ------------------------------------------------------------------------------------------------------ top level
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+PRECISIONS = ("fp32", "bf16")  # fp32 | bf16 mixed precision (fp32 master weights): harness/precision.py
 @dataclass
 class HarnessConfig:
     task: TaskConfig
@@ -259,6 +260,7 @@ class HarnessConfig:
     cache_dir: str = ".cache/harness"
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    precision: str = "fp32"  # fp32 | bf16: bf16 autocast over fp32 weights for the methods (harness/precision.py)
     # false: one preference set and reward model for all seeds (seeded by task.seed); true: each run seed builds its
     # own (sampling, labels, split, reward-model training), so seed-to-seed intervals include the variance of the
     # data and reward model, RLHF's largest. π_SFT (= π_ref) and the prompts stay shared either way.
@@ -269,6 +271,7 @@ class HarnessConfig:
         # The syntax only: whether the device exists is a property of the machine the job runs on (harness.checks).
         _require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
                  "use auto, cpu, cuda, cuda:<index> or mps")
+        _require(self.precision in PRECISIONS, "precision", f"unknown '{self.precision}'", "use precision=fp32 or precision=bf16")
         _require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
 
     @property
@@ -312,12 +315,14 @@ def validate(cfg: DictConfig | dict) -> HarnessConfig:
     pipe = dict(raw.get("pipeline") or {})
     _require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
     schema = pipeline_schema(pipe["name"])
+    _require(raw.get("policy") is None or pipe["name"] == "evaluate", "policy", f"is read by pipeline=evaluate only, "
+             f"not by pipeline={pipe['name']}", "add pipeline=evaluate to evaluate a checkpoint, or drop policy=")
     sections = dict(
         task=TaskConfig, model=ModelConfig, gold=GoldConfig, sft=SFTStageConfig, preferences=PreferencesConfig,
         reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
     )
     built = {k: _build(cls, raw.get(k), k) for k, cls in sections.items()}
-    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads", "stages_per_seed") if k in raw}
+    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads", "stages_per_seed", "precision") if k in raw}
     return HarnessConfig(pipeline=_build(schema, pipe, "pipeline"), raw=raw, **built, **top)
 
 
@@ -353,10 +358,12 @@ class _Schema:
     cache_dir: str = ".cache/harness"
     device: str = "auto"
     threads: int = 0
+    precision: str = "fp32"
     stages_per_seed: bool = False
     experiment_name: str | None = None  # set by experiment files; names the sweep folder and the W&B group
     study: Any = None  # experiment files: a list of jobs, each a list of overrides (hydra_plugins/harness_study)
     seeds: Any = None  # experiment files: the seeds every study entry runs with
+    policy: Any = None  # pipeline=evaluate: the checkpoint to evaluate (short for pipeline.policy)
 
 
 def register_configs() -> None:

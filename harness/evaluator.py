@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from harness.config import EvalConfig
+from harness.precision import autocast
 from harness.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
 from harness.sampling import Samples, response_logits, response_texts, sample
 
@@ -135,8 +136,11 @@ class Evaluator:
     time spent in evaluations (so it counts training only, whatever ``eval.every`` is).
     """
 
-    def __init__(self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None) -> None:
+    def __init__(self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None, precision: str = "fp32") -> None:
+        """``precision``: the job's (``harness.precision``): with bf16 the sampling and KL forward passes of policy and
+        reference run under bf16 autocast, as the method's own forward passes do."""
         self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = reference, tok, prompts, gold, cfg, proxy
+        self.precision = precision
         self.reference.eval()
         self.last_samples: Samples | None = None
         self.last_texts: list[str] = []
@@ -165,12 +169,13 @@ class Evaluator:
         device = next(policy.parameters()).device
         gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
         T = self.cfg.temperature
-        s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T, generator=gen,
-                   keep_logprobs=self._keep_logprobs(policy))
-        exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
-        texts = texts_of(self.tok, self.prompts, s)
-        gold = np.asarray(self.gold(texts), dtype=np.float64)
-        proxy = float(np.mean(self.proxy(texts))) if self.proxy is not None else None
+        with autocast(device, self.precision):
+            s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T,
+                       generator=gen, keep_logprobs=self._keep_logprobs(policy))
+            exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
+            texts = texts_of(self.tok, self.prompts, s)
+            proxy = float(np.mean(self.proxy(texts))) if self.proxy is not None else None
+        gold = np.asarray(self.gold(texts), dtype=np.float64)  # the measurement itself, as it comes
         if was_training:
             policy.train()
         self.last_samples, self.last_texts = s, texts

@@ -16,8 +16,10 @@ from harness.tasks import TaskData, load_task
 from harness.tracking import Tracker
 
 log = logging.getLogger("harness")
-# Pipeline keys that set a job's budget, not the method's setting: they never label a point.
-NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns", "checkpoint_every"})
+# Pipeline keys that set a job's budget, not the method's setting: they never label a point. (``evaluate``'s label,
+# step and trust_remote_code are already in its setting "policy=<label>", or say nothing about the point.)
+NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns", "checkpoint_every",
+                           "label", "step", "trust_remote_code", "checkpoint_stamp"})
 
 
 @dataclass
@@ -31,6 +33,16 @@ class RunContext:
     @property
     def device(self) -> torch.device:
         return pick_device(self.cfg.device)
+
+    @property
+    def precision(self) -> str:
+        return self.cfg.precision
+
+    def autocast(self):
+        """The context of the methods' forward passes: bf16 autocast with ``precision=bf16`` (harness/precision.py)."""
+        from harness.precision import autocast
+
+        return autocast(self.device, self.cfg.precision)
 
     @functools.cached_property
     def task(self) -> TaskData:

@@ -30,6 +30,7 @@ from harness import checkpoint
 from harness.batching import length_sorted_order, micro_batches, trainer_batches, with_length_sorted_micro_batches
 from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
 from harness.guards import check_finite
+from harness.precision import autocast, trainer_flags
 from harness.run import RunContext
 from harness.sampling import sample
 from pipelines.dpo import (
@@ -70,7 +71,7 @@ def run_preferred_ft(ctx: RunContext) -> dict:
         num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         completion_only_loss=True,
         lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
-        weight_decay=0.0, bf16=False, fp16=False,
+        weight_decay=0.0, **trainer_flags(ctx.precision),
         activation_checkpointing=False, report_to="none", **save_args(cfg.checkpoint_every), logging_steps=10,
         seed=ctx.cfg.seed,
         use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
@@ -144,7 +145,7 @@ def pair_widths(tok, prompts: list[str], chosen: list[str], rejected: list[str])
     return [max(lengths[i], lengths[n + i]) + 1 for i in range(n)]
 
 
-def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device):
+def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device, precision: str = "fp32"):
     """Gradients of one batch's Unlikelihood loss, accumulated over its equal micro-batches (in the order given, so a
     length-sorted batch pads little). The loss is a mean over pairs, so the mean of the equal micro-batches' losses
     is the batch's. Returns the batch's (loss, nll_chosen, ul_rejected), detached, and its real tokens."""
@@ -154,7 +155,8 @@ def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device)
     for part in np.array_split(np.arange(len(prompts)), k):
         batch = pair_batch(tok, [prompts[i] for i in part], [chosen[i] for i in part], [rejected[i] for i in part],
                            cfg.max_length, device)
-        loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
+        with autocast(device, precision):  # the forward pass (and its fp32 loss) only
+            loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
         (loss / k).backward()
         totals += torch.stack([loss.detach(), nll_chosen.detach(), ul_rejected.detach()]).cpu() / k
         tokens += int(batch["attention_mask"].sum())
@@ -202,7 +204,7 @@ def run_unlikelihood(ctx: RunContext) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
                 policy, tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
-                cfg, ctx.device)
+                cfg, ctx.device, ctx.precision)
             check_finite("loss", loss, step + 1, unit="step")  # before the step: Adam never takes a non-finite gradient
             tokens_trained += tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -276,12 +278,13 @@ def run_best_of_n(ctx: RunContext) -> dict:
     texts, lengths, cut, rm_scores = [], [], [], []
     for i in tqdm(range(0, len(rows_prompts), ev.batch_size), desc=f"best-of-{n_max}: sampling π_SFT", unit="batch"):
         chunk = rows_prompts[i: i + ev.batch_size]
-        s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
+        with ctx.autocast():
+            s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
+            if reward_model is not None:
+                rm_scores.append(score_samples(reward_model, s).cpu())  # no_grad inside
         texts += texts_of(tok, chunk, s)
         lengths.append(s.lengths().cpu())
         cut.append((~s.ended).cpu())
-        if reward_model is not None:
-            rm_scores.append(score_samples(reward_model, s).cpu())  # no_grad inside
     lengths = torch.cat(lengths).numpy().reshape(shape)
     cut = torch.cat(cut).numpy().astype(np.float64).reshape(shape)
     prompt_index = np.repeat(np.arange(len(prompts)), groups)  # the (P, groups) kept samples, flattened

@@ -43,6 +43,7 @@ from harness.config import ConfigError
 from harness.batching import LengthSortedMicroBatches, trainer_batches
 from harness.evaluator import Evaluator
 from harness.guards import check_finite, check_point
+from harness.precision import trainer_flags
 from harness.models import disable_dropout, freeze, load_pretrained_lm
 from harness.run import RunContext
 from harness.tracking import Tracker
@@ -330,20 +331,22 @@ def save_args(every: int) -> dict:
     return {"save_strategy": "steps", "save_steps": every, "save_total_limit": None, "save_only_model": False}
 
 
-def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0) -> dict:
-    """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32, no activation
+def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0,
+                precision: str = "fp32") -> dict:
+    """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32 (or, with
+    ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.precision``), no activation
     checkpointing, no TRL reporting (our tracker does that), checkpoints every ``checkpoint_every`` steps (0: none),
     no data-loader worker processes.
 
     TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
     which is wrong on CPU and wasted time on small models, so both are off."""
-    return dict(output_dir=output_dir, bf16=False, fp16=False, activation_checkpointing=False, report_to="none",
+    return dict(output_dir=output_dir, **trainer_flags(precision), activation_checkpointing=False, report_to="none",
                 **save_args(checkpoint_every), logging_steps=logging_steps, seed=seed, use_cpu=use_cpu,
                 dataloader_num_workers=0)
 
 
 def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-               checkpoint_every: int = 0):
+               checkpoint_every: int = 0, precision: str = "fp32"):
     """TRL's DPOConfig from our pipeline config, on :func:`shared_args` (fp32, a checkpoint every ``checkpoint_every``
     steps, no TRL reporting). The learning rate warms up linearly over
     ``warmup_ratio`` of the steps (transformers 5 reads warmup_steps < 1 as a fraction) and then stays constant, as
@@ -359,7 +362,8 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
         per_device_eval_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every),
+        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
+                      precision=precision),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
     )
@@ -367,12 +371,12 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
 
 def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, output_dir: str, *, seed: int = 0,
                   use_cpu: bool = True, callbacks: list | None = None, eval_dataset=None, logging_steps: int = 10,
-                  checkpoint_every: int = 0):
+                  checkpoint_every: int = 0, precision: str = "fp32"):
     """A :class:`HarnessDPOTrainer` on ``train_dataset`` (columns prompt, chosen, rejected) with π_ref = ``reference``;
     trainer checkpoints in ``output_dir`` every ``checkpoint_every`` steps (0: none)."""
     trainer_cls = _dpo_trainer_class()
     args = dpo_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, precision=precision)
     return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=train_dataset,
                        eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks or [])
 
@@ -405,7 +409,7 @@ def start_tracking(ctx: RunContext, reference, tok, saved: dict | None = None, p
     the learned reward on texts, for the rows' proxy_reward). ``saved``: the checkpoint record of a run being
     resumed, as in :func:`prepare`."""
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy)
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision)
     evaluation = FrontierEvaluation(evaluator, tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     if saved:
         evaluation.resume(saved)
@@ -445,7 +449,7 @@ def run(ctx: RunContext) -> dict:
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
     trainer = build_trainer(policy, reference, tok, train, cfg, str(checkpoint.trainer_dir(ctx.folder)),
                             seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every)
+                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
     log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 

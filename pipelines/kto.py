@@ -70,7 +70,7 @@ def unpaired_examples(prompts: list[str], chosen: list[str], rejected: list[str]
 
 
 def kto_config(cfg: KTOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-               checkpoint_every: int = 0):
+               checkpoint_every: int = 0, precision: str = "fp32"):
     """TRL's KTOConfig from our pipeline config, on :func:`pipelines.dpo.shared_args`; warm-up then a constant
     learning rate, as DPO."""
     from trl import KTOConfig
@@ -83,14 +83,16 @@ def kto_config(cfg: KTOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
         train_sampling_strategy="sequential",  # TRL's requirement: the blocks that estimate z_ref are the batches
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every),
+        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
+                      precision=precision),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,
     )
 
 
 def build_trainer(policy, reference, tok, examples, cfg: KTOPipeline, output_dir: str, *, seed: int = 0,
-                  use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10, checkpoint_every: int = 0):
+                  use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10, checkpoint_every: int = 0,
+                  precision: str = "fp32"):
     """TRL's ``KTOTrainer`` (with the harness's non-finite-loss guard) on ``examples`` (columns prompt, completion,
     label) with π_ref = ``reference``."""
     from datasets import Dataset
@@ -98,7 +100,7 @@ def build_trainer(policy, reference, tok, examples, cfg: KTOPipeline, output_dir
 
     trainer_cls = type("HarnessKTOTrainer", (GuardedTraining, KTOTrainer), {})
     args = kto_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, precision=precision)
     return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_dict(examples),
                        processing_class=tok, callbacks=callbacks or [])
 
@@ -112,7 +114,7 @@ def run(ctx: RunContext) -> dict:
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
     trainer = build_trainer(policy, reference, tok, examples, cfg, str(checkpoint.trainer_dir(ctx.folder)),
                             seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every)
+                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
     log.info("KTO (β=%s, λ_D=%s, λ_U=%s) on %d examples from %d pairs", cfg.beta, cfg.desirable_weight,
              cfg.undesirable_weight, len(examples["label"]), len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)

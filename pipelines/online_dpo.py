@@ -93,7 +93,7 @@ def _online_dpo_trainer_class():
 
 
 def online_dpo_config(cfg: OnlineDPOPipeline, output_dir: str, *, max_length: int, seed: int, use_cpu: bool,
-                      logging_steps: int = 10, checkpoint_every: int = 0):
+                      logging_steps: int = 10, checkpoint_every: int = 0, precision: str = "fp32"):
     """TRL's OnlineDPOConfig from our pipeline config, on :func:`pipelines.dpo.shared_args`: DPO's sigmoid loss,
     pure sampling (no top-k/top-p) at ``temperature``, no missing-EOS penalty (PPO's default: every method is
     compared on the same objective), warm-up then a constant learning rate (as DPO). ``max_length``: the model's
@@ -106,7 +106,8 @@ def online_dpo_config(cfg: OnlineDPOPipeline, output_dir: str, *, max_length: in
         max_new_tokens=cfg.max_new_tokens, max_length=max_length, temperature=cfg.temperature, top_p=1.0, top_k=0,
         missing_eos_penalty=None, use_vllm=False, max_grad_norm=cfg.max_grad_norm,
         lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every),
+        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
+                      precision=precision),
         include_num_input_tokens_seen="no",  # counted in _forward instead (the batches hold prompt strings only)
     )
 
@@ -117,12 +118,12 @@ def model_positions(policy) -> int:
 
 def build_trainer(policy, reference, tok, judge, prompts: list[str], cfg: OnlineDPOPipeline, output_dir: str, *,
                   seed: int = 0, use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10,
-                  checkpoint_every: int = 0):
+                  checkpoint_every: int = 0, precision: str = "fp32"):
     """A :class:`HarnessOnlineDPOTrainer` on ``prompts`` with π_ref = ``reference`` and ``judge`` as the reward."""
     from datasets import Dataset
 
     args = online_dpo_config(cfg, output_dir, max_length=model_positions(policy), seed=seed, use_cpu=use_cpu,
-                             logging_steps=logging_steps, checkpoint_every=checkpoint_every)
+                             logging_steps=logging_steps, checkpoint_every=checkpoint_every, precision=precision)
     return _online_dpo_trainer_class()(model=policy, ref_model=reference, reward_funcs=judge, args=args,
                                        train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
                                        processing_class=tok, callbacks=callbacks or [])
@@ -145,7 +146,7 @@ def run(ctx: RunContext) -> dict:
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
     trainer = build_trainer(policy, reference, tok, judge, ctx.task.train_prompts, cfg,
                             str(checkpoint.trainer_dir(ctx.folder)), seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu",
-                            callbacks=callbacks, checkpoint_every=cfg.checkpoint_every)
+                            callbacks=callbacks, checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
     log.info("online DPO (β=%s): %d updates x %d prompts x 2 samples", cfg.beta, cfg.updates, cfg.batch_size)
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     steps = trainer.state.global_step

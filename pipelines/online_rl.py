@@ -37,6 +37,7 @@ from harness import checkpoint
 from harness.config import ConfigError
 from harness.evaluator import Evaluator
 from harness.guards import check_finite
+from harness.precision import trainer_flags
 from harness.models import disable_dropout
 from harness.run import RunContext
 from harness.sampling import Samples, encode_prompts, positions
@@ -119,7 +120,7 @@ def algorithm(cfg: OnlineRLPipeline) -> str:
 
 
 def trainer_config(cfg: OnlineRLPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-                   checkpoint_every: int = 0):
+                   checkpoint_every: int = 0, precision: str = "fp32"):
     """TRL's RLOOConfig / GRPOConfig from our pipeline config.
 
     One optimizer step = ``batch_size`` completions, in ``batch_size / micro_batch_size`` accumulated micro-batches;
@@ -138,7 +139,7 @@ def trainer_config(cfg: OnlineRLPipeline, output_dir: str, *, seed: int, use_cpu
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_epsilon=1e-5, max_grad_norm=cfg.max_grad_norm,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
-        bf16=False, fp16=False, activation_checkpointing=False, use_vllm=False, disable_dropout=True,
+        **trainer_flags(precision), activation_checkpointing=False, use_vllm=False, disable_dropout=True,
         report_to="none", logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
         log_completions=False, **save_args(checkpoint_every),
     )
@@ -196,11 +197,11 @@ def prompt_dataset(prompts: list[str]):
 
 def build_trainer(policy, tok, prompts: list[str], reward_fn, cfg: OnlineRLPipeline, output_dir: str, *,
                   seed: int = 0, use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10,
-                  checkpoint_every: int = 0):
+                  checkpoint_every: int = 0, precision: str = "fp32"):
     """A (guarded) RLOO or GRPO trainer on ``prompts`` with ``reward_fn``. π_ref (when β > 0) is loaded by TRL from
     ``policy.config._name_or_path``: the caller makes sure that is π_SFT."""
     args = trainer_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                          checkpoint_every=checkpoint_every)
+                          checkpoint_every=checkpoint_every, precision=precision)
     trainer = _trainer_class(algorithm(cfg))(model=pad_aware(policy), reward_funcs=[reward_fn], args=args,
                                              train_dataset=prompt_dataset(prompts), processing_class=tok,
                                              callbacks=callbacks or [])
@@ -231,7 +232,8 @@ def run(ctx: RunContext) -> dict:
     reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)  # the evaluator's
     reward_fn, proxy = reward_role(ctx, tok)
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy),
+    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy,
+                                              precision=ctx.precision),
                                     tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     if saved:
         evaluation.resume(saved)
@@ -244,7 +246,7 @@ def run(ctx: RunContext) -> dict:
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation, compute=compute)
     trainer = build_trainer(policy, tok, ctx.task.train_prompts, reward_fn, cfg, str(checkpoint.trainer_dir(ctx.folder)),
                             seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every)
+                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
     log.info("%s (β=%s, k=%d) for %d steps of %d completions (%d episodes)", ctx.method, cfg.beta, cfg.num_generations,
              cfg.max_steps, cfg.batch_size, cfg.episodes)
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)

@@ -52,6 +52,7 @@ from harness import checkpoint, distributed
 from harness.evaluator import Evaluator, texts_of
 from harness.guards import check_finite, check_point
 from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model, use_fused_gelu
+from harness.precision import autocast
 from harness.run import RunContext
 from harness.sampling import Samples, positions, response_logits, sample
 from pipelines import losses as L
@@ -181,11 +182,13 @@ class PPO:
         seed: seeds token sampling and minibatch shuffling.
         reuse_first_pass: run the first minibatch's training forward during the rollout (see ``FirstPass``); the
             result is the same either way, this only skips a duplicate forward of policy and critic per update.
+        precision: ``fp32`` or ``bf16`` (``harness.precision``): every forward pass of every role under bf16 autocast;
+            weights, gradients, optimiser states and the PPO math stay fp32.
     """
 
     def __init__(self, policy, reference, critic, reward: RewardFn, tok, cfg: PPOPipeline, *,
                  score_norm: tuple[float, float] | None = (0.0, 1.0), seed: int = 0,
-                 reuse_first_pass: bool = True) -> None:
+                 reuse_first_pass: bool = True, precision: str = "fp32") -> None:
         self.policy, self.reference, self.critic = policy, freeze(reference), critic
         self.reward, self.tok, self.cfg = reward, tok, cfg
         self.score_norm = score_norm
@@ -200,6 +203,7 @@ class PPO:
         disable_dropout(self.policy).eval()
         disable_dropout(self.critic).eval()
         self.device = next(policy.parameters()).device
+        self.precision = precision
         # Adam's eps=1e-5 as in OpenAI's RLHF code (Huang et al. 2024); no weight decay.
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
         self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, weight_decay=0.0)
@@ -257,6 +261,10 @@ class PPO:
         alpha = L.reference_mix_weight(cfg.ref_update, self.updates_done, cfg.ref_refresh_every, cfg.ref_ema)
         L.mix_parameters_(list(self.reference.parameters()), list(self.policy.parameters()), alpha)
 
+    def forward(self):
+        """The context of every forward pass (bf16 autocast under ``precision=bf16``); backward passes run outside."""
+        return autocast(self.device, self.precision)
+
     def _check(self, quantity: str, value) -> None:
         # on every process's share at once: one process stopping alone would leave the others waiting for it
         distributed.raise_together(check_finite, quantity, value, self.updates_done + 1)
@@ -266,7 +274,8 @@ class PPO:
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict]:
         """Sample one response per prompt and compute everything the update needs (each role runs once)."""
         cfg = self.cfg
-        s = sample(self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen)
+        with self.forward():
+            s = sample(self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen)
         mask = s.response_mask
         B, T = mask.shape
         # Epoch 0's minibatch order is drawn now, so that its first minibatch can be run with autograd right here.
@@ -280,7 +289,7 @@ class PPO:
             if len(idx) == 0:
                 continue
             part = s.subset(idx)
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad), self.forward():
                 logits = response_logits(self.policy, part, cfg.temperature)  # (b, T, V)
                 part_logprobs = L.sequence_logps(logits, part.response, part.response_mask)
                 part_values = critic_values(self.critic, part)
@@ -290,9 +299,9 @@ class PPO:
             values[idx] = part_values.detach() * part.response_mask
             entropy[idx] = L.masked_sum(L.entropy_from_logits(logits.detach()), part.response_mask, dim=-1)  # exact
             del logits
-        ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
-
-        raw = self.reward(s, prompts).float()  # (B,)
+        with self.forward():
+            ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
+            raw = self.reward(s, prompts).float()  # (B,)
         self._check("reward", raw)
         self._check("value", values)
         if self.score_norm is None:  # the whole batch's (every process's share), so every process normalises alike
@@ -360,7 +369,8 @@ class PPO:
                 if first_pass is not None:  # the rollout already ran this forward, at these parameters
                     logits, new_logprobs = first_pass.logits, first_pass.logprobs
                 else:
-                    logits = response_logits(self.policy, mb.samples, cfg.temperature)
+                    with self.forward():
+                        logits = response_logits(self.policy, mb.samples, cfg.temperature)
                     new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
                 pg_loss, clipfrac, approxkl = L.clipped_policy_loss(new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange)
                 self._check("policy loss", pg_loss)  # before the step: the weights never take a non-finite update
@@ -375,7 +385,11 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.policy_opt.step()
 
-                new_values = first_pass.values if first_pass is not None else critic_values(self.critic, mb.samples)
+                if first_pass is not None:
+                    new_values = first_pass.values
+                else:
+                    with self.forward():
+                        new_values = critic_values(self.critic, mb.samples)
                 vf_loss, vf_clipfrac = L.clipped_value_loss(new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value)
                 self._check("value loss", vf_loss)
                 self.critic_opt.zero_grad(set_to_none=True)
@@ -424,8 +438,9 @@ class Roles:
     score_norm: tuple[float, float] | None  # (mean, std) of raw scores on π_SFT samples; None = first rollout's
     proxy: Callable[[list[str]], np.ndarray] | None  # r_φ on texts for the evaluator's proxy_reward (ppo only)
 
-    def ppo(self, cfg: PPOPipeline, seed: int = 0) -> "PPO":
-        return PPO(self.policy, self.reference, self.critic, self.reward, self.tok, cfg, score_norm=self.score_norm, seed=seed)
+    def ppo(self, cfg: PPOPipeline, seed: int = 0, precision: str = "fp32") -> "PPO":
+        return PPO(self.policy, self.reference, self.critic, self.reward, self.tok, cfg, score_norm=self.score_norm, seed=seed,
+                   precision=precision)
 
 
 def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linear:
@@ -488,12 +503,13 @@ def run(ctx: RunContext) -> dict:
     def next_prompts() -> list[str]:
         return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[:cfg.batch_size].tolist()]
 
-    ppo = roles.ppo(cfg, seed=ctx.cfg.seed)
+    ppo = roles.ppo(cfg, seed=ctx.cfg.seed, precision=ctx.precision)
     saved = checkpoint.load(ctx.folder, ctx.key)  # before the tracker: it cuts the row files back to the checkpoint's
     if not distributed.agree(saved is not None):  # every process resumes, or none
         saved = None
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy)
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy,
+                          precision=ctx.precision)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
 

@@ -22,6 +22,7 @@ RUNNERS = {
     "grpo_gt": "pipelines.online_rl:run",
     "kto": "pipelines.kto:run",
     "online_dpo": "pipelines.online_dpo:run",
+    "evaluate": "pipelines.evaluate:run",
 }
 
 

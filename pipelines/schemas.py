@@ -6,7 +6,10 @@ Light on purpose (no torch, no TRL): the CLI validates a whole sweep's configs b
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.config import MAX_NEW_TOKENS, MICRO_BATCH_SIZE, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
 
@@ -412,6 +415,50 @@ class OnlineDPOPipeline(PipelineBase):
                   "max_grad_norm")
         _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
         _check_checkpoint_every(self)
+@dataclass
+class EvaluatePipeline(PipelineBase):
+    """A causal LM trained elsewhere (verl, OpenRLHF, another harness run), put on the frontier as a point of its own:
+    the same evaluator, π_ref (π_SFT from the stage cache), held-out prompts, gold reward and sampling seed as every
+    method (``pipelines/evaluate.py``). One evaluation, one row: method ``evaluate``, setting ``policy=<label>``."""
+
+    name: str = "evaluate"
+    policy: str | None = "???"  # checkpoint folder (save_pretrained) or hub name; the top-level `policy=...` sets it
+    label: str | None = None  # names the point (setting "policy=<label>"); null = the checkpoint's folder name
+    step: int = 0  # the training step the checkpoint was saved at, when known (the row's step)
+    # Run Python code shipped with the checkpoint (config.json's auto_map)? Off, as model.trust_remote_code.
+    trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
+    # Set when the config is validated, not by hand: the sizes and times of a checkpoint folder's config and weights,
+    # so that a checkpoint saved again under the same path is a new job, not a finished one reused. null: a hub name.
+    checkpoint_stamp: str | None = None
+
+    def setting(self) -> str:
+        return f"policy={self.point_label()}"
+
+    def point_label(self) -> str:
+        """``label``, else the checkpoint's last path part (a hub name's model part); ',' and '=' would split the
+        setting, so they become '_'."""
+        text = self.label or str(self.policy).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return re.sub(r"[,=]", "_", text)
+
+    def __post_init__(self) -> None:
+        # "???" is the schema's own placeholder (Hydra's "required"); a composed config has a value or None by now
+        _require(bool(self.policy), "policy", "pipeline=evaluate needs the checkpoint to evaluate",
+                 "set policy=/path/to/a/save_pretrained/folder or policy=<org/name> on the hub")
+        _require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
+                 "drop it (the folder name labels the point) or set pipeline.label=<name>")
+        _require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
+        self.checkpoint_stamp = folder_stamp(self.policy)
+
+
+def folder_stamp(path: str) -> str | None:
+    """A short hash of the names, sizes and modification times of a model folder's config and weight files; None
+    when ``path`` is not a folder (a hub name: its revision is the hub's business)."""
+    folder = Path(str(path))
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    blob = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 SCHEMAS: dict[str, type] = {
@@ -420,6 +467,7 @@ SCHEMAS: dict[str, type] = {
     "preferred_ft": PreferredFTPipeline, "unlikelihood": UnlikelihoodPipeline, "best_of_n": BestOfNPipeline,
     "rloo": RLOOPipeline, "rloo_gt": RLOOPipeline, "grpo": GRPOPipeline, "grpo_gt": GRPOPipeline,
     "kto": KTOPipeline, "online_dpo": OnlineDPOPipeline,
+    "evaluate": EvaluatePipeline,
 }
 
 

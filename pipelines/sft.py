@@ -93,7 +93,7 @@ def run(ctx: RunContext) -> dict:
     policy, tok, art = load_sft(ctx)
     reference = load_pretrained_lm(art.path, tok, ctx.cfg.model.trust_remote_code).to(ctx.device)
     tracker = ctx.tracker()
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval)
+    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, precision=ctx.precision)
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
     tracker.log_eval(point)
     gold = np.asarray(ctx.gold(evaluator.last_texts))

@@ -55,6 +55,8 @@ def test_every_config_file_composes_and_validates(group, name):
         overrides.append("task.path=/tmp/reviews.jsonl")
     if (group, name) == ("gold", "reward_model"):  # the checkpoint is the user's to name
         overrides.append("gold.name_or_path=/tmp/reward_model")
+    if (group, name) == ("pipeline", "evaluate"):  # its one required value: the checkpoint to evaluate
+        overrides.append("policy=/tmp/checkpoint")
     hc = validate(compose(overrides))
     assert hc.pipeline.name
 

@@ -70,6 +70,13 @@ def parse_args(argv=None):
     p.add_argument("--max-prompt-len", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     p.add_argument("--seed", type=int, default=0)
+    # Shape, device and precision (defaults: the CPU configuration above; benchmarks/gpu_check.sh passes gpt2-large's
+    # 36 x 1280 x 20 on cuda). --bf16 is TRL's own flag: autocast over fp32 weights, as the harness's precision=bf16.
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--bf16", action="store_true")
     a = p.parse_args(argv)
     if a.updates < 2:
         p.error("--updates must be >= 2 (the first update is warm-up)")
@@ -113,21 +120,24 @@ def build_prompts(tokenizer, n: int, min_len: int, max_len: int, seed: int):
     return Dataset.from_dict({"input_ids": rows})
 
 
-def build_models(tokenizer, vocab_size: int, n_positions: int):
+def build_models(tokenizer, vocab_size: int, n_positions: int, n_layer: int = 4, n_embd: int = 128, n_head: int = 4,
+                 device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
     cfg = GPT2Config(
-        vocab_size=vocab_size, n_positions=n_positions, n_embd=128, n_layer=4, n_head=4,
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    policy = AutoModelForCausalLM.from_config(cfg)
+    with torch.device(device):  # random init on the device itself (gpt2-large: seconds instead of minutes)
+        policy = AutoModelForCausalLM.from_config(cfg)
     # Reference = frozen copy of the initial policy (what TRL itself builds when ref_model=None,
     # and what an SFT checkpoint loaded twice gives), so KL starts at exactly 0.
     ref_policy = copy.deepcopy(policy)
     rm_cfg = copy.deepcopy(cfg)
     rm_cfg.num_labels = 1
-    reward_model = AutoModelForSequenceClassification.from_config(rm_cfg)
+    with torch.device(device):
+        reward_model = AutoModelForSequenceClassification.from_config(rm_cfg)
     # TRL's PPO recipe (examples/scripts/ppo) loads the value model from the reward-model
     # checkpoint; with random weights we mirror that by copying the reward model.
     value_model = copy.deepcopy(reward_model)
@@ -169,7 +179,8 @@ def run(args) -> dict:
     tokenizer = build_tokenizer(args.vocab_size)
     n_prompts = args.num_prompts or max(512, PROMPTS_PER_UPDATE * args.updates)
     train_dataset = build_prompts(tokenizer, n_prompts, args.min_prompt_len, args.max_prompt_len, args.seed)
-    policy, ref_policy, reward_model, value_model = build_models(tokenizer, args.vocab_size, args.n_positions)
+    policy, ref_policy, reward_model, value_model = build_models(tokenizer, args.vocab_size, args.n_positions, args.n_layer,
+                                                                 args.n_embd, args.n_head, args.device)
 
     class Timer(TrainerCallback):
         """Wall-clock stamp at the end of every PPO update + the per-update metrics TRL logs."""
@@ -183,6 +194,8 @@ def run(args) -> dict:
                 self.logs.append(dict(logs))
 
         def on_step_end(self, _args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the update's kernels have finished, not only been queued
             self.step_end.append(time.perf_counter())
 
     timer = Timer()
@@ -206,8 +219,8 @@ def run(args) -> dict:
             report_to="none",
             logging_steps=1,
             disable_tqdm=True,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=args.device == "cpu",
+            bf16=args.bf16,
             fp16=False,
             seed=args.seed,
             dataloader_num_workers=0,
@@ -251,6 +264,9 @@ def run(args) -> dict:
         # count means another process competed for the CPUs and the rate is not trustworthy.
         "loadavg_1m": [load_start, os.getloadavg()[0]],
         "cpu_pressure_avg10_end": cpu_pressure_avg10(),  # Linux PSI; > ~10 means CPU contention
+        "device": args.device, "precision": "bf16" if args.bf16 else "fp32",
+        "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
 
