@@ -173,8 +173,8 @@ def captured(monkeypatch):
     seen = {}
     make_ppo, make_evaluator = ppo_mod.Roles.ppo, ppo_mod.Evaluator
 
-    def ppo(self, cfg, seed=0):
-        seen["ppo"], seen["sft"] = make_ppo(self, cfg, seed), params(self.reference)
+    def ppo(self, cfg, seed=0, **kwargs):
+        seen["ppo"], seen["sft"] = make_ppo(self, cfg, seed, **kwargs), params(self.reference)
         return seen["ppo"]
 
     def evaluator(reference, *args, **kwargs):
