@@ -424,10 +424,11 @@ def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEva
                   CheckpointCallback(ctx.key, tracker, evaluation)]
 
 
-def finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict) -> dict:
+def finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict,
+           tail: str = "") -> dict:
     """Save the trained policy, write the run's facts (``facts`` + how far the policy moved and its first and last
-    points) to the tracker's summary, close the tracker, print one line. Shared by the methods trained on the
-    preference set (Preferred-FT, Unlikelihood, KTO) and online DPO."""
+    points) to the tracker's summary, close the tracker, print one line (ending in ``tail``). Shared by every method
+    trained through a TRL trainer: the DPO family, Preferred-FT, Unlikelihood, KTO, online DPO, RLOO and GRPO."""
     policy.save_pretrained(ctx.folder / "policy")
     tok.save_pretrained(ctx.folder / "policy")
     first, final = evaluation.rows[0], evaluation.rows[-1]
@@ -437,7 +438,7 @@ def finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: Frontie
     tracker.summary(facts)
     tracker.finish()
     print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps")
+          f"KL {final['kl']:.3f} after {facts['steps']} steps{tail}")
     return facts
 
 
@@ -453,20 +454,8 @@ def run(ctx: RunContext) -> dict:
     log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 
-    policy = trainer.model
-    policy.save_pretrained(ctx.folder / "policy")
-    tok.save_pretrained(ctx.folder / "policy")
-    first, final = evaluation.rows[0], evaluation.rows[-1]
-    facts = {
-        "method": ctx.method, "setting": ctx.setting, "loss_type": cfg.loss_type, "beta": cfg.beta,
-        "label_smoothing": cfg.label_smoothing, "steps": trainer.state.global_step, "train_pairs": len(train),
-        "train_loss": result.training_loss, "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-        "parameter_change": parameter_change(policy, reference), "gold_sft": first["gold_reward"],
-        "gold_final": final["gold_reward"], "kl_final": final["kl"], "points": len(evaluation.rows),
-        "train_seconds": result.metrics.get("train_runtime"), "policy": str(ctx.folder / "policy"),
-    }
-    tracker.summary(facts)
-    tracker.finish()
-    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps ({facts['train_seconds']:.1f} s)")
-    return facts
+    facts = {"loss_type": cfg.loss_type, "beta": cfg.beta, "label_smoothing": cfg.label_smoothing,
+             "steps": trainer.state.global_step, "train_pairs": len(train), "train_loss": result.training_loss,
+             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+             "train_seconds": result.metrics.get("train_runtime")}
+    return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)

@@ -41,7 +41,7 @@ from harness.precision import trainer_flags
 from harness.models import disable_dropout
 from harness.run import RunContext
 from harness.sampling import Samples, encode_prompts, positions
-from pipelines.dpo import (FrontierEvaluation, GuardedTraining, load_frozen_reference, parameter_change, save_args,
+from pipelines.dpo import (FrontierEvaluation, GuardedTraining, finish, load_frozen_reference, save_args,
                            trainer_callbacks)
 from pipelines.ppo import _MIN_SCORE_STD, GoldScore, RewardModelScore
 from pipelines.schemas import GRPOPipeline, OnlineRLPipeline, RLOOPipeline
@@ -251,21 +251,10 @@ def run(ctx: RunContext) -> dict:
              cfg.max_steps, cfg.batch_size, cfg.episodes)
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 
-    policy = trainer.model
-    policy.save_pretrained(ctx.folder / "policy")
-    tok.save_pretrained(ctx.folder / "policy")
-    first, final = evaluation.rows[0], evaluation.rows[-1]
-    facts = {
-        "method": ctx.method, "setting": ctx.setting, "beta": cfg.beta, "num_generations": cfg.num_generations,
-        "steps": trainer.state.global_step, "episodes": cfg.episodes, "train_loss": result.training_loss,
-        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-        "parameter_change": parameter_change(policy, reference), "gold_sft": first["gold_reward"],
-        "gold_final": final["gold_reward"], "kl_final": final["kl"], "proxy_final": final["proxy_reward"],
-        "points": len(evaluation.rows), "tokens_generated": reward_fn.tokens_generated,
-        "train_seconds": result.metrics.get("train_runtime"), "policy": str(ctx.folder / "policy"),
-    }
-    tracker.summary(facts)
-    tracker.finish()
-    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps, {cfg.episodes} episodes ({facts['train_seconds']:.1f} s)")
-    return facts
+    facts = {"beta": cfg.beta, "num_generations": cfg.num_generations, "steps": trainer.state.global_step,
+             "episodes": cfg.episodes, "train_loss": result.training_loss,
+             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+             "proxy_final": evaluation.rows[-1]["proxy_reward"], "tokens_generated": reward_fn.tokens_generated,
+             "train_seconds": result.metrics.get("train_runtime")}
+    return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts,
+                  tail=f", {cfg.episodes} episodes ({facts['train_seconds']:.1f} s)")
