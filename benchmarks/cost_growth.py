@@ -2,7 +2,7 @@
 """Cost growth: seconds per PPO step and per DPO step against model size and response length, fitted power laws,
 and from them an estimate of the GPU-hours of the DPO paper's IMDb setting (gpt2-large).
 
-Grid: three GPT-2 shapes built from config with random weights (``harness.models.load_causal_lm``; reference, critic
+Grid: three GPT-2 shapes built from config with random weights (``harness.lm.models.load_causal_lm``; reference, critic
 and reward model load through the harness's loaders too) — 4 layers × 128 (0.8 M weights in matrix products, the
 embedded default), 6 × 384 (10.6 M), 8 × 576 (31.9 M); 128 positions, the embedded tokenizer (vocabulary 1024) — and
 three response lengths, 24, 48 and 96 new tokens. On each:
@@ -83,7 +83,7 @@ def model_config(base, layers: int, d: int, heads: int):
 
 def save_random_model(mcfg, tok, folder: Path) -> int:
     """A causal LM of this shape with random weights (the harness's loader, seeded), saved; returns its parameters."""
-    from harness.models import count_parameters, load_causal_lm
+    from harness.lm.models import count_parameters, load_causal_lm
 
     model = load_causal_lm(mcfg, tok, seed=0)
     model.save_pretrained(folder)
@@ -93,7 +93,7 @@ def save_random_model(mcfg, tok, folder: Path) -> int:
 
 def load_roles(folder: Path, tok):
     """Policy, reference, critic and reward model from that checkpoint, through the harness's loaders."""
-    from harness.models import load_pretrained_lm, load_scalar_model
+    from harness.lm.models import load_pretrained_lm, load_scalar_model
 
     return (load_pretrained_lm(folder, tok), load_pretrained_lm(folder, tok), load_scalar_model(folder, tok),
             load_scalar_model(folder, tok))
@@ -139,7 +139,7 @@ def measure_ppo_point(st, roles, length: int, args) -> dict:
 
 
 def measure_dpo_point(st, roles, length: int, stream, args) -> R.StageResult:
-    from harness.models import disable_dropout, freeze
+    from harness.lm.models import disable_dropout, freeze
     from pipelines.dpo import build_trainer
 
     policy, reference, _, _ = roles

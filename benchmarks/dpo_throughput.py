@@ -75,7 +75,7 @@ def run(args) -> dict:
 
     sys.path.insert(0, str(REPO))
     from benchmarks.ppo_throughput import _peer_module
-    from harness.models import freeze
+    from harness.lm.models import freeze
     from pipelines.dpo import build_trainer
     from pipelines.schemas import DPOPipeline
 

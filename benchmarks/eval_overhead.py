@@ -35,13 +35,14 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from harness.app import CONF_DIR, resolved
-    from harness.config import validate
-    from harness.evaluator import Evaluator
-    from harness.run import RunContext
+    from harness.app.cli import CONF_DIR
+    from harness.app.jobs import resolved
+    from harness.app.jobs import load as validate
+    from harness.eval.evaluator import Evaluator
+    from harness.runs.context import RunContext
     from pipelines.dpo import EvaluationCallback, FrontierEvaluation, build_trainer, check_pairs, load_frozen_reference
-    from pipelines.preferences import ensure_preferences, load_pairs
-    from pipelines.sft import load_sft
+    from pipelines.stages.preferences import ensure_preferences, load_pairs
+    from pipelines.stages.sft import load_sft
 
     overrides = ["pipeline=dpo", "logger.wandb_mode=disabled", "threads=1", *args.overrides]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -7,9 +7,9 @@ cache when there is one, else random weights of that shape), each side timed alt
    to its longest sequence, against the same batch sorted and split into micro-batches of 16 pairs
    (``harness.batching``; the same update);
 2. activation: forward+backward of a batch with GPT-2's ``gelu_new`` against PyTorch's fused tanh-GELU
-   (``harness.models.use_fused_gelu``; the same function to 3e-7);
+   (``harness.lm.models.use_fused_gelu``; the same function to 3e-7);
 3. sampling: one token per row for 256 rows over the vocabulary with ``torch.multinomial`` against the inverse-CDF
-   draw (``harness.sampling.draw``);
+   draw (``harness.lm.sampling.draw``);
 4. evaluation's exact KL: a policy forward plus the reference forward over 256 sampled responses, against the
    reference forward alone with the policy's log-distributions kept from sampling (``sample(keep_logprobs=True)``).
 
@@ -42,14 +42,14 @@ def best_of(fn, rounds: int) -> float:
 def model_and_tok():
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from harness.models import load_pretrained_lm, train_tokenizer
+    from harness.lm.models import load_pretrained_lm, train_tokenizer
 
     found = sorted(glob.glob(".cache/harness/sft/*[0-9a-f]"))
     if found:
         tok = AutoTokenizer.from_pretrained(found[-1])
         return load_pretrained_lm(found[-1], tok), tok, found[-1]
     from harness.config import TaskConfig
-    from harness.tasks import load_task
+    from harness.data.tasks import load_task
 
     tok = train_tokenizer(load_task(TaskConfig()).train_texts, 1024)
     conf = GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=128, n_layer=4, n_head=4,
@@ -76,11 +76,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from harness.config import MICRO_BATCH_SIZE, TaskConfig
-    from harness.models import use_fused_gelu
-    from harness.sampling import draw, sample
-    from harness.evaluator import kl_stats
-    from harness.tasks import load_task
+    from harness.fields import MICRO_BATCH_SIZE
+    from harness.config import TaskConfig
+    from harness.lm.models import use_fused_gelu
+    from harness.lm.sampling import draw, sample
+    from harness.eval.evaluator import kl_stats
+    from harness.data.tasks import load_task
 
     model, tok, source = model_and_tok()
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from the stage cache when one of the default shape is there (``--sft``/``--cache
 
   sft step          one optimizer step of the SFTTrainer ``pipelines/sft.py`` builds (its ``_build`` is run up to
                     ``trainer.train()`` and the trainer taken from there; tokenizer and a corpus slice handed to it)
-  pref sampling     ``harness.sampling.sample``: one preference batch (preferences.batch_size rows, k per prompt)
+  pref sampling     ``harness.lm.sampling.sample``: one preference batch (preferences.batch_size rows, k per prompt)
   rm step           one optimizer step of the RewardTrainer ``pipelines/reward_model.py`` builds (the same way; its
                     cache look-ups answered with the π_SFT and preference set found, so nothing is ever built)
   ppo sampling      inside ``pipelines.ppo.PPO.step`` (default ppo config): the rollout's ``sample`` call
@@ -24,7 +24,7 @@ from the stage cache when one of the default shape is there (``--sft``/``--cache
   ppo update        ``PPO.update`` (epochs × minibatches of policy and critic forward+backward, two AdamW steps)
   ppo step          the whole ``PPO.step``
   dpo step          one optimizer step of ``pipelines.dpo.build_trainer`` (TRL DPOTrainer, batch pipeline.batch_size)
-  eval: sampling / eval: KL passes / eval: gold   parts of one ``harness.evaluator.Evaluator`` call
+  eval: sampling / eval: KL passes / eval: gold   parts of one ``harness.eval.evaluator.Evaluator`` call
   evaluation        the whole call (eval.samples_per_prompt × the task's held-out prompts)
 
 What is counted (analytically, from the model's shape and the real token counts of the data each call saw;
@@ -200,7 +200,7 @@ def generation_flops(shape: ModelShape, prompt_lens, response_lens) -> Flops:
 
 
 def samples_lengths(s) -> tuple[list[int], list[int], list[bool]]:
-    """(real prompt lengths, response lengths incl. EOS, ended) of a ``harness.sampling.Samples``."""
+    """(real prompt lengths, response lengths incl. EOS, ended) of a ``harness.lm.sampling.Samples``."""
     return (s.query_mask.sum(-1).long().tolist(), s.response_mask.sum(-1).long().tolist(), s.ended.bool().tolist())
 
 
@@ -499,10 +499,10 @@ def compose(pipeline: str, overrides: tuple[str, ...] = ()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.config import validate
+    from harness.app.jobs import load as validate
 
     try:
-        from harness.app import CONF_DIR
+        from harness.app.cli import CONF_DIR
     except ImportError:  # the entry point moved: conf/ beside the packages, as the README installs them
         CONF_DIR = str(Path(os.getcwd()) / "conf")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -593,23 +593,23 @@ class Setting:
 
     def policy(self):
         """A fresh π_SFT (the harness's own loader, so its in-memory model changes apply)."""
-        from harness.models import load_pretrained_lm
+        from harness.lm.models import load_pretrained_lm
 
         return load_pretrained_lm(self.sft_path, self.tok)
 
     def scalar(self, path: Path | None = None):
-        from harness.models import load_scalar_model
+        from harness.lm.models import load_scalar_model
 
         return load_scalar_model(path or self.stages["rm"] or self.sft_path, self.tok)
 
 
 def sft_key_of(hc, workdir: Path) -> str | None:
     """The stage-cache key of the π_SFT this config would train (computed by the code under test; nothing built)."""
-    from harness.cache import key_of
-    from harness.run import RunContext
+    from harness.runs.cache import key_of
+    from harness.runs.context import RunContext
 
     try:
-        from pipelines.sft import sft_identity
+        from pipelines.stages.sft import sft_identity
 
         return key_of(sft_identity(RunContext(cfg=hc, folder=workdir)))
     except (ImportError, AttributeError, TypeError):
@@ -619,8 +619,8 @@ def sft_key_of(hc, workdir: Path) -> str | None:
 def build_setting(args, workdir: Path) -> Setting:
     from transformers import AutoTokenizer
 
-    from harness.gold import load_gold
-    from harness.tasks import load_task
+    from harness.data.gold import load_gold
+    from harness.data.tasks import load_task
 
     cfgs = {name: compose(name) for name in ("sft", "ppo", "dpo")}
     hc = cfgs["sft"]
@@ -633,7 +633,7 @@ def build_setting(args, workdir: Path) -> Setting:
     if stages["sft"] is not None:
         setting.tok = AutoTokenizer.from_pretrained(str(stages["sft"]))
     else:  # no cached π_SFT: the stage's own tokenizer and random weights, saved so every role loads the same way
-        from harness.models import load_causal_lm, load_tokenizer
+        from harness.lm.models import load_causal_lm, load_tokenizer
 
         setting.tok = load_tokenizer(hc.model, task.train_texts)
         model = load_causal_lm(hc.model, setting.tok, seed=hc.task.seed)
@@ -676,7 +676,7 @@ def run_trainer(trainer, clock, name: str) -> StageResult:
 
 def stage_context(st: Setting):
     """A RunContext for the stage builders (its cache is never read: the inputs they ask for are handed to them)."""
-    from harness.run import RunContext
+    from harness.runs.context import RunContext
 
     return RunContext(cfg=st.cfgs["sft"], folder=st.workdir / "ctx")
 
@@ -698,7 +698,7 @@ def sft_trainer(st: Setting, out: Path, n_texts: int):
     """The trainer ``pipelines/sft.py`` builds (a model from scratch), stopped before training. Two inputs are handed
     to it to keep the set-up short: the tokenizer it would train (π_SFT's, trained by the same code on the same
     corpus) and the first ``n_texts`` reviews of the corpus as its training set (the batches are drawn alike)."""
-    import pipelines.sft as sft_mod
+    import pipelines.stages.sft as sft_mod
 
     ctx = stage_context(st)
     ctx.__dict__["task"] = dataclasses.replace(st.task, train_texts=st.task.train_texts[:n_texts])  # the cached property
@@ -712,9 +712,9 @@ def rm_trainer(st: Setting, out: Path, n_pairs: int):
     and the config's cache keys do not matter."""
     from datasets import DatasetDict
 
-    from harness.cache import Artifact
+    from harness.runs.cache import Artifact
 
-    import pipelines.reward_model as rm_mod
+    import pipelines.stages.reward_model as rm_mod
 
     sft = Artifact("sft", Path(st.sft_path).name, Path(st.sft_path), reused=True)
     prefs = Artifact("preferences", "roofline", st.workdir, reused=True)
@@ -768,7 +768,7 @@ def pair_lengths(tok, pairs, max_length: int) -> tuple[list[int], list[int]]:
 
 
 def stage_dpo(st: Setting, reps: int, count: bool) -> StageResult:
-    from harness.models import disable_dropout
+    from harness.lm.models import disable_dropout
     from pipelines.dpo import build_trainer, check_pairs, load_frozen_reference
 
     hc = st.cfgs["dpo"]
@@ -797,7 +797,7 @@ def dpo_parts(shape: ModelShape, seqs: list[int], comps: list[int], steps: int) 
 def stage_pref_sampling(st: Setting, reps: int, count: bool) -> StageResult:
     import torch
 
-    from harness.sampling import sample
+    from harness.lm.sampling import sample
 
     c = st.cfgs["sft"].preferences
     per_batch = max(1, c.batch_size // c.samples_per_prompt)  # as pipelines/preferences.py batches it
@@ -948,7 +948,7 @@ def stage_ppo(st: Setting, reps: int, count: bool, light_warmup: bool = False) -
 
 
 def stage_eval(st: Setting, reps: int, count: bool) -> list[StageResult]:
-    import harness.evaluator as ev_mod
+    import harness.eval.evaluator as ev_mod
 
     hc = st.cfgs["sft"]
     policy = st.policy()

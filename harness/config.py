@@ -5,61 +5,27 @@ these dataclasses; each ``__post_init__`` raises :class:`ConfigError` with a one
 and says how to fix it, so a bad sweep dies before the first tensor is allocated.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid. The message is one line: key, problem, fix."""
-
-
-def _require(ok: bool, key: str, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {problem}; {fix}")
-
-
-def _positive(obj: Any, prefix: str, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        _require(v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>")
-
-
-def micro_batches(batch_size: int, micro_batch_size: int, key: str) -> int:
-    """How many micro-batches make one batch (the gradient-accumulation steps); ``micro_batch_size`` 0 = no split."""
-    if micro_batch_size < 0:
-        raise ConfigError(f"{key}: must be >= 0 (got {micro_batch_size}); set a divisor of the batch size, or 0 for no split")
-    if micro_batch_size == 0 or micro_batch_size >= batch_size:
-        return 1
-    if batch_size % micro_batch_size:
-        raise ConfigError(f"{key}: {micro_batch_size} does not divide the batch size {batch_size}; pick a divisor "
-                          "(equal micro-batches keep the update the batch's own) or 0 for no split")
-    return batch_size // micro_batch_size
-
-
-def _in_unit(obj: Any, prefix: str, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        _require(0.0 <= v <= 1.0, f"{prefix}.{n}", f"must lie in [0, 1] (got {v})", f"set {prefix}.{n} between 0 and 1")
-
-
-# A field that says how a job may run, not what it computes: left out of stage and job identities, so turning it on
-# does not rebuild a cached stage or re-run a finished job.
-NOT_IDENTITY = {"identity": False}
-
-# Tokens sampled per response, the same for the preference set, PPO's rollouts and the evaluator: every method is
-# judged on responses of the same maximum length. 32 lets π_SFT finish > 95% of its samples on the embedded task.
-MAX_NEW_TOKENS = 32
-# Examples (reviews, or pairs) per length-sorted micro-batch, the default of every trainer's ``micro_batch_size``
-# (harness/batching.py: the same update as the whole batch, padded less). On the tiny model a forward+backward of 64
-# reviews took 0.43 s whole, 0.30 s in micro-batches of 32 and 0.25 s in micro-batches of 16.
-MICRO_BATCH_SIZE = 16
+from harness.fields import (
+    MAX_NEW_TOKENS,
+    MICRO_BATCH_SIZE,
+    NOT_IDENTITY,
+    ConfigError,
+    micro_batches,
+    positive,
+    require,
+)
+from harness.methods import Method, lookup
 
 # ----------------------------------------------------------------------------------------------------------- task
 TASKS = ("reviews", "imdb", "local")
@@ -79,18 +45,18 @@ class TaskConfig:
     text_column: str = "text"
 
     def __post_init__(self) -> None:
-        _require(self.name in TASKS, "task.name", f"unknown task '{self.name}'", f"choose one of {', '.join(TASKS)}")
-        _positive(self, "task", "n_train", "n_heldout", "n_train_prompts", "n_eval_prompts")
-        _require(
+        require(self.name in TASKS, "task.name", f"unknown task '{self.name}'", f"choose one of {', '.join(TASKS)}")
+        positive(self, "task", "n_train", "n_heldout", "n_train_prompts", "n_eval_prompts")
+        require(
             1 <= self.prompt_min_tokens <= self.prompt_max_tokens,
             "task.prompt_min_tokens",
             f"invalid prompt-length range [{self.prompt_min_tokens}, {self.prompt_max_tokens}]",
             "set 1 <= task.prompt_min_tokens <= task.prompt_max_tokens",
         )
         if self.name == "local":
-            _require(bool(self.path), "task.path", "task 'local' needs a file", "set task.path=/path/to/reviews.jsonl")
+            require(bool(self.path), "task.path", "task 'local' needs a file", "set task.path=/path/to/reviews.jsonl")
         # A path given to the generated task would be ignored without a word: the user meant another task.
-        _require(self.name != "reviews" or not self.path, "task.path", "task 'reviews' is generated and reads no file",
+        require(self.name != "reviews" or not self.path, "task.path", "task 'reviews' is generated and reads no file",
                  "drop task.path, or use task=local (a .jsonl/.csv file) or task=imdb (a dataset folder)")
 
 
@@ -108,14 +74,16 @@ class ModelConfig:
     trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
-        _positive(self, "model", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
-        _require(self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor")
-        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown '{self.dtype}'", "use float32")
+        require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
+        positive(self, "model", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
+        require(self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor")
+        require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown '{self.dtype}'", "use float32")
 
 
 # ----------------------------------------------------------------------------------------------------------- gold
 GOLD_KINDS = ("vader", "hf_classifier", "hf_reward_model")
+
+
 GOLD_SQUASH = ("none", "sigmoid")
 
 
@@ -133,13 +101,13 @@ class GoldConfig:
     trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)  # hf_*: see ModelConfig
 
     def __post_init__(self) -> None:
-        _require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
+        require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
         if self.kind in ("hf_classifier", "hf_reward_model"):
-            _require(bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>")
-        _require(self.squash in GOLD_SQUASH, "gold.squash", f"unknown '{self.squash}'", f"choose one of {', '.join(GOLD_SQUASH)}")
-        _require(self.squash == "none" or self.kind == "hf_reward_model", "gold.squash",
+            require(bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>")
+        require(self.squash in GOLD_SQUASH, "gold.squash", f"unknown '{self.squash}'", f"choose one of {', '.join(GOLD_SQUASH)}")
+        require(self.squash == "none" or self.kind == "hf_reward_model", "gold.squash",
                  f"applies to gold.kind=hf_reward_model only (kind is {self.kind})", "drop gold.squash")
-        _positive(self, "gold", "batch_size")
+        positive(self, "gold", "batch_size")
 
 
 # --------------------------------------------------------------------------------------------------------- stages
@@ -153,12 +121,16 @@ class SFTStageConfig:
     warmup_ratio: float = 0.05  # passed as a fraction of all steps (transformers 5: warmup_steps < 1)
 
     def __post_init__(self) -> None:
-        _positive(self, "sft", "epochs", "learning_rate", "batch_size", "max_length")
+        positive(self, "sft", "epochs", "learning_rate", "batch_size", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "sft.micro_batch_size")
 
 
 PREFERENCE_LABELS = ("deterministic", "bradley_terry")
+
+
 PREFERENCE_SOURCES = ("generated", "file")
+
+
 EVAL_PROMPTS_FROM = ("file", "task")
 
 
@@ -180,24 +152,24 @@ class PreferencesConfig:
     eval_prompts: str = "file"
 
     def __post_init__(self) -> None:
-        _require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", f"needs >= 2 (got {self.samples_per_prompt})", "set it to 4")
-        _positive(self, "preferences", "max_new_tokens", "temperature", "bt_temperature", "batch_size")
-        _require(self.min_margin >= 0, "preferences.min_margin", f"must be >= 0 (got {self.min_margin})", "set 0 to keep all non-tied pairs")
-        _require(self.labels in PREFERENCE_LABELS, "preferences.labels", f"unknown '{self.labels}'", f"choose one of {', '.join(PREFERENCE_LABELS)}")
-        _require(0 < self.eval_fraction < 1, "preferences.eval_fraction", f"must lie in (0, 1) (got {self.eval_fraction})", "set 0.1")
-        _require(self.source in PREFERENCE_SOURCES, "preferences.source", f"unknown '{self.source}'",
+        require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", f"needs >= 2 (got {self.samples_per_prompt})", "set it to 4")
+        positive(self, "preferences", "max_new_tokens", "temperature", "bt_temperature", "batch_size")
+        require(self.min_margin >= 0, "preferences.min_margin", f"must be >= 0 (got {self.min_margin})", "set 0 to keep all non-tied pairs")
+        require(self.labels in PREFERENCE_LABELS, "preferences.labels", f"unknown '{self.labels}'", f"choose one of {', '.join(PREFERENCE_LABELS)}")
+        require(0 < self.eval_fraction < 1, "preferences.eval_fraction", f"must lie in (0, 1) (got {self.eval_fraction})", "set 0.1")
+        require(self.source in PREFERENCE_SOURCES, "preferences.source", f"unknown '{self.source}'",
                  f"choose one of {', '.join(PREFERENCE_SOURCES)}")
-        _require(self.eval_prompts in EVAL_PROMPTS_FROM, "preferences.eval_prompts", f"unknown '{self.eval_prompts}'",
+        require(self.eval_prompts in EVAL_PROMPTS_FROM, "preferences.eval_prompts", f"unknown '{self.eval_prompts}'",
                  f"choose one of {', '.join(EVAL_PROMPTS_FROM)}")
         if self.source == "file":
-            _require(bool(self.path), "preferences.path", "preferences.source=file needs a file",
+            require(bool(self.path), "preferences.path", "preferences.source=file needs a file",
                      "set preferences.path=/path/to/pairs.jsonl (or .parquet, or a save_to_disk folder)")
             # The labels come with the file: a labelling knob set here would be ignored without a word.
-            _require(self.labels == "deterministic" and self.min_margin == 0, "preferences.labels",
+            require(self.labels == "deterministic" and self.min_margin == 0, "preferences.labels",
                      "labels and min_margin shape generated pairs; a file's pairs come labelled",
                      "drop preferences.labels / preferences.min_margin, or use preferences.source=generated")
         else:
-            _require(not self.path, "preferences.path", "is read only with preferences.source=file",
+            require(not self.path, "preferences.path", "is read only with preferences.source=file",
                      "add preferences.source=file, or drop preferences.path")
 
 
@@ -211,7 +183,7 @@ class RewardModelConfig:
     center_rewards_coefficient: float | None = 0.01  # TRL's auxiliary (r_w + r_l)^2 term (Eisenstein et al. 2023)
 
     def __post_init__(self) -> None:
-        _positive(self, "reward_model", "epochs", "learning_rate", "batch_size", "max_length")
+        positive(self, "reward_model", "epochs", "learning_rate", "batch_size", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "reward_model.micro_batch_size")
 
 
@@ -227,7 +199,7 @@ class EvalConfig:
     # only), shared by all methods of one run seed (paired draws), different for another run seed
 
     def __post_init__(self) -> None:
-        _positive(self, "eval", "every", "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
+        positive(self, "eval", "every", "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
 
 
 # --------------------------------------------------------------------------------------------------------- logger
@@ -239,12 +211,16 @@ class LoggerConfig:
     group: str | None = None  # one group per sweep; defaults to the sweep folder's name
 
     def __post_init__(self) -> None:
-        _require(self.wandb_mode in ("offline", "online", "disabled"), "logger.wandb_mode", f"unknown '{self.wandb_mode}'", "use offline, online or disabled")
+        require(self.wandb_mode in ("offline", "online", "disabled"), "logger.wandb_mode", f"unknown '{self.wandb_mode}'", "use offline, online or disabled")
 
 
 # ------------------------------------------------------------------------------------------------------ top level
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
 PRECISIONS = ("fp32", "bf16")  # fp32 | bf16 mixed precision (fp32 master weights): harness/precision.py
+
+
 @dataclass
 class HarnessConfig:
     task: TaskConfig
@@ -255,7 +231,7 @@ class HarnessConfig:
     reward_model: RewardModelConfig
     eval: EvalConfig
     logger: LoggerConfig
-    pipeline: Any  # a pipeline's own dataclass, picked by pipeline.name (see pipelines.registry)
+    pipeline: Any  # a pipeline's own dataclass, picked by pipeline.name (its registry record's schema)
     seed: int = 0  # the method's seed (stages are seeded by task.seed so every job shares them)
     cache_dir: str = ".cache/harness"
     device: str = "auto"  # auto | cpu | cuda
@@ -266,13 +242,15 @@ class HarnessConfig:
     # data and reward model, RLHF's largest. π_SFT (= π_ref) and the prompts stay shared either way.
     stages_per_seed: bool = False
     raw: dict = field(default_factory=dict)  # the resolved config as plain data, saved with the run
+    # the method's registry record (harness/methods.py): what the library knows of it; not a config value
+    method: Method | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # The syntax only: whether the device exists is a property of the machine the job runs on (harness.checks).
-        _require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
+        require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
                  "use auto, cpu, cuda, cuda:<index> or mps")
-        _require(self.precision in PRECISIONS, "precision", f"unknown '{self.precision}'", "use precision=fp32 or precision=bf16")
-        _require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
+        require(self.precision in PRECISIONS, "precision", f"unknown '{self.precision}'", "use precision=fp32 or precision=bf16")
+        require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
 
     @property
     def stage_seed(self) -> int:
@@ -285,7 +263,7 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
     data = dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
-    _require(not unknown, f"{prefix}.{unknown[0] if unknown else ''}", "unknown key", f"valid keys: {', '.join(sorted(names))}")
+    require(not unknown, f"{prefix}.{unknown[0] if unknown else ''}", "unknown key", f"valid keys: {', '.join(sorted(names))}")
     return cls(**data)
 
 
@@ -303,27 +281,27 @@ def to_container(cfg: DictConfig) -> dict:
         raise ConfigError(f"{key}: cannot resolve its value ({first}); fix the interpolation or give a plain value") from None
 
 
-def validate(cfg: DictConfig | dict) -> HarnessConfig:
-    """Compose-time tree -> typed, validated config. Raises ConfigError before any work starts."""
-    from pipelines.schemas import pipeline_schema  # late import: pipelines depend on harness, not the reverse
-
+def validate(cfg: DictConfig | dict, methods: Mapping[str, Method]) -> HarnessConfig:
+    """Compose-time tree -> typed, validated config, carrying its method's registry record (``methods``: the method
+    registry, handed over by the composition root). Raises ConfigError before any work starts."""
     raw = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     # `+name=value` adds a key that the schema does not declare; unnoticed, a misspelt `+sede=3` would run with seed 0.
     known = {f.name for f in dataclasses.fields(_Schema)}
     unknown = sorted(set(raw) - known - {"hydra"})
-    _require(not unknown, unknown[0] if unknown else "", "unknown top-level key", f"valid keys: {', '.join(sorted(known))}")
+    require(not unknown, unknown[0] if unknown else "", "unknown top-level key", f"valid keys: {', '.join(sorted(known))}")
     pipe = dict(raw.get("pipeline") or {})
-    _require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
-    schema = pipeline_schema(pipe["name"])
-    _require(raw.get("policy") is None or pipe["name"] == "evaluate", "policy", f"is read by pipeline=evaluate only, "
-             f"not by pipeline={pipe['name']}", "add pipeline=evaluate to evaluate a checkpoint, or drop policy=")
+    require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
+    method = lookup(methods, pipe["name"])
+    takers = ", ".join(f"pipeline={m.name}" for m in methods.values() if m.takes_policy)
+    require(raw.get("policy") is None or method.takes_policy, "policy", f"is read by {takers} only, "
+            f"not by pipeline={pipe['name']}", f"use {takers} to evaluate a checkpoint, or drop policy=")
     sections = dict(
         task=TaskConfig, model=ModelConfig, gold=GoldConfig, sft=SFTStageConfig, preferences=PreferencesConfig,
         reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
     )
     built = {k: _build(cls, raw.get(k), k) for k, cls in sections.items()}
     top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads", "stages_per_seed", "precision") if k in raw}
-    return HarnessConfig(pipeline=_build(schema, pipe, "pipeline"), raw=raw, **built, **top)
+    return HarnessConfig(pipeline=_build(method.schema, pipe, "pipeline"), raw=raw, method=method, **built, **top)
 
 
 def identity_of(obj: Any) -> Any:
@@ -366,14 +344,13 @@ class _Schema:
     policy: Any = None  # pipeline=evaluate: the checkpoint to evaluate (short for pipeline.policy)
 
 
-def register_configs() -> None:
+def register_configs(methods: Mapping[str, Method]) -> None:
     """Register the schemas in Hydra's ConfigStore: ``harness_schema`` (top level) and ``pipeline/<name>_schema``
-    for each pipeline, which ``conf/pipeline/<name>.yaml`` lists first in its defaults."""
+    for each method of the registry, which ``conf/pipeline/<name>.yaml`` lists first in its defaults."""
     from hydra.core.config_store import ConfigStore
-
-    from pipelines.schemas import SCHEMAS
 
     cs = ConfigStore.instance()
     cs.store(name="harness_schema", node=_Schema)
-    for name, cls in SCHEMAS.items():
-        cs.store(group="pipeline", name=f"{name}_schema", node=cls(name=name))
+    for name, m in methods.items():
+        cs.store(group="pipeline", name=f"{name}_schema", node=m.schema(name=name))
+

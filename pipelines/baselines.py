@@ -26,13 +26,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness import checkpoint
-from harness.batching import length_sorted_order, micro_batches, trainer_batches, with_length_sorted_micro_batches
-from harness.evaluator import EvalPoint, clustered_sem, prompt_evidence, sampling_seed, texts_of
-from harness.guards import check_finite
-from harness.precision import autocast, trainer_flags
-from harness.run import RunContext
-from harness.sampling import sample
+from harness.eval.evaluator import (
+    EvalPoint,
+    clustered_sem,
+    prompt_evidence,
+    sampling_seed,
+    texts_of,
+)
+from harness.lm.batching import (
+    length_sorted_order,
+    micro_batches,
+    trainer_batches,
+    with_length_sorted_micro_batches,
+)
+from harness.lm.precision import autocast, trainer_flags
+from harness.lm.sampling import sample
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
+from harness.runs.guards import check_finite
 from pipelines.dpo import (
     FrontierEvaluation,
     GuardedTraining,
@@ -43,7 +54,7 @@ from pipelines.dpo import (
 )
 from pipelines.dpo import finish as _finish
 from pipelines.losses import sequence_logps, unlikelihood_loss
-from pipelines.sft import load_sft
+from pipelines.stages.sft import load_sft
 
 log = logging.getLogger("harness.baselines")
 
@@ -264,7 +275,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
     (π_BoN has no per-sample density to take a log-ratio of), proxy_reward = the reward model's mean score of the
     kept samples (null when the scorer is gold and no reward model is loaded).
     """
-    from pipelines.reward_model import load_reward_model, score_samples
+    from pipelines.stages.reward_model import load_reward_model, score_samples
 
     cfg, ev = ctx.cfg.pipeline, ctx.cfg.eval
     policy, tok, _ = load_sft(ctx)

@@ -38,19 +38,20 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from harness import checkpoint, distributed
-from harness.config import ConfigError
-from harness.batching import LengthSortedMicroBatches, trainer_batches
-from harness.evaluator import Evaluator
-from harness.guards import check_finite, check_point
-from harness.precision import trainer_flags
-from harness.models import disable_dropout, freeze, load_pretrained_lm
-from harness.run import RunContext
-from harness.tracking import Tracker
+from harness.eval.evaluator import Evaluator
+from harness.fields import ConfigError
+from harness.lm import distributed
+from harness.lm.batching import LengthSortedMicroBatches, trainer_batches
+from harness.lm.models import disable_dropout, freeze, load_pretrained_lm
+from harness.lm.precision import trainer_flags
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
+from harness.runs.guards import check_finite, check_point
+from harness.runs.tracking import Tracker
 from pipelines.losses import dpo_family_loss
-from pipelines.preferences import ensure_preferences, load_pairs
 from pipelines.schemas import DPOPipeline
-from pipelines.sft import load_sft
+from pipelines.stages.preferences import ensure_preferences, load_pairs
+from pipelines.stages.sft import load_sft
 
 log = logging.getLogger("harness.dpo")
 

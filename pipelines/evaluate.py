@@ -4,7 +4,7 @@ A checkpoint trained elsewhere (verl, OpenRLHF, or another run of this harness: 
 to ``<job>/policy`` with ``save_pretrained``) is evaluated exactly as the methods evaluate their own policies: the
 shared evaluator (``harness.evaluator``), π_ref = π_SFT from the stage cache (trained first if missing, as for every
 method), the task's held-out prompts, the gold reward, and the run seed's sampling seed
-(``harness.evaluator.sampling_seed``: one per run seed, the same at every step and for every method). So the saved
+(``harness.eval.evaluator.sampling_seed``: one per run seed, the same at every step and for every method). So the saved
 policy of a finished run, evaluated with that run's seed, draws the samples that run's last evaluation drew and
 reproduces its row (``tests/test_evaluate.py``).
 
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from harness.checks import TOKENIZER_FILES
-from harness.config import ConfigError
-from harness.models import freeze, load_pretrained_lm
-from harness.run import RunContext
+from harness.data.hub import TOKENIZER_FILES
+from harness.fields import ConfigError
+from harness.lm.models import freeze, load_pretrained_lm
+from harness.runs.context import RunContext
 from pipelines.dpo import start_tracking
 from pipelines.schemas import EvaluatePipeline
-from pipelines.sft import load_sft
+from pipelines.stages.sft import load_sft
 
 log = logging.getLogger("harness.evaluate")
 

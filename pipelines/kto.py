@@ -29,10 +29,16 @@ import math
 
 import numpy as np
 
-from harness import checkpoint
-from harness.batching import micro_batches
-from harness.run import RunContext
-from pipelines.dpo import GuardedTraining, finish, prepare, shared_args, trainer_callbacks
+from harness.lm.batching import micro_batches
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
+from pipelines.dpo import (
+    GuardedTraining,
+    finish,
+    prepare,
+    shared_args,
+    trainer_callbacks,
+)
 from pipelines.schemas import KTOPipeline
 
 log = logging.getLogger("harness.kto")

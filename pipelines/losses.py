@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 # Sums a 0-d tensor over every shard of the data: the identity for a batch in one process,
-# ``harness.distributed.all_reduce_sum`` for a batch split across processes (the batch statistics stay the batch's).
+# ``harness.lm.distributed.all_reduce_sum`` for a batch split across processes (the batch statistics stay the batch's).
 Total = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
@@ -111,7 +111,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, tot
         x: any shape, e.g. (B, T).
         mask: same shape as ``x``; bool or float.
         dim: dimension to average over, or None for all entries.
-        total: sums a 0-d tensor over every shard of the data (``harness.distributed.all_reduce_sum`` when the batch
+        total: sums a 0-d tensor over every shard of the data (``harness.lm.distributed.all_reduce_sum`` when the batch
             is split across processes; the identity by default); only with ``dim`` None.
     Returns:
         0-d tensor if ``dim`` is None, else ``x``'s shape without ``dim``. An empty mask (along ``dim``) gives 0.

@@ -20,7 +20,7 @@ adaptations, each at one of its hooks:
    and GPT-2 (our ``tiny`` model, and gpt2-large) then counts positions from the first *pad* token, so a padded
    prompt's completion is scored at shifted positions: not the distribution ``generate`` sampled from (it derives
    positions from the attention mask), nor the one the evaluator measures. :class:`HarnessOnlineDPOTrainer`
-   overrides ``_forward`` with ``harness.sampling.response_logits`` (positions that skip the padding) and
+   overrides ``_forward`` with ``harness.lm.sampling.response_logits`` (positions that skip the padding) and
    ``losses.sequence_logps``; it also counts the tokens through the policy's forward+backward for the rows'
    compute axis (``generate``'s samples carry no ``input_ids`` for transformers to count).
 
@@ -39,10 +39,10 @@ import math
 
 import torch
 
-from harness import checkpoint
-from harness.models import disable_dropout
-from harness.run import RunContext
-from harness.sampling import Samples, response_logits
+from harness.lm.models import disable_dropout
+from harness.lm.sampling import Samples, response_logits
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
 from pipelines.dpo import (
     GuardedTraining,
     finish,
@@ -59,7 +59,7 @@ log = logging.getLogger("harness.online_dpo")
 
 class RewardModelJudge:
     """TRL's reward-function interface over r_φ: ``(prompts, completions, **kwargs) -> list[float]``, each score
-    r_φ(prompt + completion + EOS) (``pipelines.reward_model.TextScorer``)."""
+    r_φ(prompt + completion + EOS) (``pipelines.stages.reward_model.TextScorer``)."""
 
     __name__ = "reward_model"  # TRL names reward functions by __name__ in its logs
 
@@ -132,8 +132,8 @@ def build_trainer(policy, reference, tok, judge, prompts: list[str], cfg: Online
 def run(ctx: RunContext) -> dict:
     """Train π_θ from π_SFT with online DPO judged by r_φ; evaluate along the way. A killed job continues from its
     last trainer checkpoint, as DPO's."""
-    from pipelines.reward_model import TextScorer, load_reward_model
-    from pipelines.sft import load_sft
+    from pipelines.stages.reward_model import TextScorer, load_reward_model
+    from pipelines.stages.sft import load_sft
 
     cfg: OnlineDPOPipeline = ctx.cfg.pipeline
     resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None

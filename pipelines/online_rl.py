@@ -33,16 +33,22 @@ from typing import Callable
 
 import torch
 
-from harness import checkpoint
-from harness.config import ConfigError
-from harness.evaluator import Evaluator
-from harness.guards import check_finite
-from harness.precision import trainer_flags
-from harness.models import disable_dropout
-from harness.run import RunContext
-from harness.sampling import Samples, encode_prompts, positions
-from pipelines.dpo import (FrontierEvaluation, GuardedTraining, finish, load_frozen_reference, save_args,
-                           trainer_callbacks)
+from harness.eval.evaluator import Evaluator
+from harness.fields import ConfigError
+from harness.lm.models import disable_dropout
+from harness.lm.precision import trainer_flags
+from harness.lm.sampling import Samples, encode_prompts, positions
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
+from harness.runs.guards import check_finite
+from pipelines.dpo import (
+    FrontierEvaluation,
+    GuardedTraining,
+    finish,
+    load_frozen_reference,
+    save_args,
+    trainer_callbacks,
+)
 from pipelines.ppo import _MIN_SCORE_STD, GoldScore, RewardModelScore
 from pipelines.schemas import GRPOPipeline, OnlineRLPipeline, RLOOPipeline
 
@@ -103,7 +109,7 @@ def reward_role(ctx: RunContext, tok) -> tuple[RewardFunction, Callable | None]:
     cfg: OnlineRLPipeline = ctx.cfg.pipeline
     if cfg.name.endswith("_gt"):
         return RewardFunction(GoldScore(ctx.gold, tok), tok, ctx.device, None if cfg.normalize_scores else (0.0, 1.0)), None
-    from pipelines.reward_model import TextScorer, load_reward_model
+    from pipelines.stages.reward_model import TextScorer, load_reward_model
 
     rm, _, facts = load_reward_model(ctx)
     norm = (facts["sft_score_mean"], facts["sft_score_std"]) if cfg.normalize_scores else (0.0, 1.0)
@@ -129,7 +135,7 @@ def trainer_config(cfg: OnlineRLPipeline, output_dir: str, *, seed: int, use_cpu
     activation checkpointing, no vLLM (TRL's configs default to bf16 and to recomputing activations, wrong on CPU and
     wasted on small models); pure sampling at ``temperature``; a constant learning rate with Adam's eps 1e-5, as PPO.
     """
-    from harness.config import micro_batches
+    from harness.fields import micro_batches
 
     accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     common = dict(
@@ -218,7 +224,7 @@ def build_trainer(policy, tok, prompts: list[str], reward_fn, cfg: OnlineRLPipel
 def run(ctx: RunContext) -> dict:
     """Train π_θ from π_SFT with RLOO or GRPO against r_φ or the gold reward; evaluate along the way. A job killed
     after a checkpoint continues from it (``pipelines.dpo``'s machinery)."""
-    from pipelines.sft import load_sft
+    from pipelines.stages.sft import load_sft
 
     cfg: RLOOPipeline | GRPOPipeline = ctx.cfg.pipeline
     resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None

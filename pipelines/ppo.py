@@ -11,7 +11,7 @@ Four roles, each its own model (Huang et al. 2024, "The N+ Implementation Detail
                 (its head rescaled to the normalised score, ``normalised_head``) and from π_SFT's backbone (fresh
                 head) for ``ppo_gt``; trained with its own optimiser.
 
-Policy and critic train with dropout off, as every other method's policy (``harness.models.disable_dropout``).
+Policy and critic train with dropout off, as every other method's policy (``harness.lm.models.disable_dropout``).
 
 One update (``PPO.step``):
 
@@ -48,13 +48,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness import checkpoint, distributed
-from harness.evaluator import Evaluator, texts_of
-from harness.guards import check_finite, check_point
-from harness.models import disable_dropout, freeze, load_pretrained_lm, load_scalar_model, use_fused_gelu
-from harness.precision import autocast
-from harness.run import RunContext
-from harness.sampling import Samples, positions, response_logits, sample
+from harness.eval.evaluator import Evaluator, texts_of
+from harness.lm import distributed
+from harness.lm.models import (
+    disable_dropout,
+    freeze,
+    load_pretrained_lm,
+    load_scalar_model,
+    use_fused_gelu,
+)
+from harness.lm.precision import autocast
+from harness.lm.sampling import Samples, positions, response_logits, sample
+from harness.runs import checkpoint
+from harness.runs.context import RunContext
+from harness.runs.guards import check_finite, check_point
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
 
@@ -80,7 +87,7 @@ class RewardModelScore:
         self.model = use_fused_gelu(freeze(model))
 
     def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
-        from pipelines.reward_model import score_samples
+        from pipelines.stages.reward_model import score_samples
 
         return score_samples(self.model, with_eos(s, self.model.config.eos_token_id, self.model.config.pad_token_id))
 
@@ -244,7 +251,7 @@ class PPO:
         self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
         saved = state["sample_gen"]
         if isinstance(saved, list) != (distributed.world_size() > 1) or isinstance(saved, list) and len(saved) != distributed.world_size():
-            from harness.config import ConfigError
+            from harness.fields import ConfigError
 
             n = len(saved) if isinstance(saved, list) else 1
             raise ConfigError(f"checkpoint: written by {n} process(es), resumed with {distributed.world_size()}; launch "
@@ -463,14 +470,18 @@ def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.
 def build_roles(ctx: RunContext) -> Roles:
     """Load the four roles for ``ctx.cfg.pipeline`` (``ppo`` or ``ppo_gt``) from the stage cache (building stages
     that are missing)."""
-    from pipelines.sft import load_sft
+    from pipelines.stages.sft import load_sft
 
     cfg = ctx.cfg.pipeline
     policy, tok, sft = load_sft(ctx)
     remote = ctx.cfg.model.trust_remote_code
     reference = load_pretrained_lm(sft.path, tok, remote).to(ctx.device)
     if cfg.name == "ppo":
-        from pipelines.reward_model import TextScorer, ensure_reward_model, load_reward_model
+        from pipelines.stages.reward_model import (
+            TextScorer,
+            ensure_reward_model,
+            load_reward_model,
+        )
 
         rm, _, facts = load_reward_model(ctx)
         critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ

@@ -1,7 +1,8 @@
 """Each pipeline's own knobs, declared once (``conf/pipeline/<name>.yaml`` sets the defaults a user sees).
 
 Light on purpose (no torch, no TRL): the CLI validates a whole sweep's configs before importing any trainer.
-``setting_keys`` names the swept knob(s) that label the method's points on the frontier ("beta=0.1").
+The method registry (``pipelines/registry.py``) pairs each schema with its method(s); a record's ``knobs`` name the
+swept knob(s) that label the method's points on the frontier ("beta=0.1").
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import MAX_NEW_TOKENS, MICRO_BATCH_SIZE, NOT_IDENTITY, ConfigError, _in_unit, _positive, _require, micro_batches
+from harness.fields import (
+    MAX_NEW_TOKENS,
+    MICRO_BATCH_SIZE,
+    NOT_IDENTITY,
+    in_unit,
+    micro_batches,
+    positive,
+    require,
+)
 
 
 def _check_checkpoint_every(obj) -> None:
     """``checkpoint_every``, the knob of every method that resumes inside a job (``harness.checkpoint``): a
     checkpoint every this many updates / optimizer steps, 0 = none. It says how a job runs, not what it computes
     (NOT_IDENTITY): changing it neither reruns a finished job nor discards a killed one's checkpoint."""
-    _require(obj.checkpoint_every >= 0, "pipeline.checkpoint_every", f"must be >= 0 (got {obj.checkpoint_every})",
+    require(obj.checkpoint_every >= 0, "pipeline.checkpoint_every", f"must be >= 0 (got {obj.checkpoint_every})",
              "set pipeline.checkpoint_every=10, or 0 for no checkpoints")
 
 
@@ -26,11 +35,9 @@ def _check_checkpoint_every(obj) -> None:
 class PipelineBase:
     name: str = "???"
 
-    setting_keys = ()  # class attribute, not a config field
-    labelled_budget_keys = ()  # budget keys (harness.run.NOT_A_SETTING) that still label this method's points when set
-
-    def setting(self) -> str:
-        return ",".join(f"{k}={getattr(self, k)}" for k in self.setting_keys)
+    def setting(self, knobs: tuple[str, ...]) -> str:
+        """``knobs`` (the registry record's) as "beta=0.1"."""
+        return ",".join(f"{k}={getattr(self, k)}" for k in knobs)
 
 
 @dataclass
@@ -112,12 +119,9 @@ class PPOPipeline(PipelineBase):
     ref_ema: float = 0.1  # weight of π_θ in each EMA step (ref_update=ema); half-life ≈ 0.69 / ref_ema updates
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
-    setting_keys = ("kl_coef",)
-    # For PPO the batch size is an ingredient (Xu et al. 2024), not only a budget: set by a job, it labels the points.
-    labelled_budget_keys = ("batch_size",)
 
-    def setting(self) -> str:
-        base = f"target_kl={self.target_kl}" if self.target_kl is not None else super().setting()
+    def setting(self, knobs: tuple[str, ...]) -> str:
+        base = f"target_kl={self.target_kl}" if self.target_kl is not None else super().setting(knobs)
         return ",".join([base, *self.ingredients()])
 
     def ingredients(self) -> list[str]:
@@ -132,24 +136,24 @@ class PPOPipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         p = "pipeline"
-        _require(self.name in ("ppo", "ppo_gt"), "pipeline.name", f"'{self.name}' is not a PPO pipeline", "use ppo or ppo_gt")
-        _positive(self, p, "updates", "batch_size", "num_minibatches", "ppo_epochs", "learning_rate",
+        require(self.name in ("ppo", "ppo_gt"), "pipeline.name", f"'{self.name}' is not a PPO pipeline", "use ppo or ppo_gt")
+        positive(self, p, "updates", "batch_size", "num_minibatches", "ppo_epochs", "learning_rate",
                   "critic_learning_rate", "cliprange", "cliprange_value", "max_grad_norm", "max_new_tokens", "temperature", "horizon")
-        _require(self.kl_coef >= 0, "pipeline.kl_coef", f"must be >= 0 (got {self.kl_coef})", "set pipeline.kl_coef=0.05")
-        _in_unit(self, p, "gamma", "lam")
-        _require(self.batch_size % self.num_minibatches == 0, "pipeline.num_minibatches",
+        require(self.kl_coef >= 0, "pipeline.kl_coef", f"must be >= 0 (got {self.kl_coef})", "set pipeline.kl_coef=0.05")
+        in_unit(self, p, "gamma", "lam")
+        require(self.batch_size % self.num_minibatches == 0, "pipeline.num_minibatches",
                  f"{self.num_minibatches} minibatches do not divide pipeline.batch_size={self.batch_size}", "pick a divisor of the batch size")
-        _require(self.kl_estimator != "k3", "pipeline.kl_estimator",
+        require(self.kl_estimator != "k3", "pipeline.kl_estimator",
                  "k3 in the reward is biased (its score-function gradient is not ∇KL; only k1's is)",
                  "use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
-        _require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", f"choose one of {', '.join(KL_ESTIMATORS)}")
+        require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", f"choose one of {', '.join(KL_ESTIMATORS)}")
         if self.target_kl is not None:
-            _positive(self, p, "target_kl")
-        _require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
-        _require(self.ref_update in REF_UPDATES, "pipeline.ref_update", f"unknown '{self.ref_update}'",
+            positive(self, p, "target_kl")
+        require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
+        require(self.ref_update in REF_UPDATES, "pipeline.ref_update", f"unknown '{self.ref_update}'",
                  f"choose one of {', '.join(REF_UPDATES)}")
-        _positive(self, p, "ref_refresh_every")
-        _require(0 < self.ref_ema <= 1, "pipeline.ref_ema", f"must lie in (0, 1] (got {self.ref_ema})",
+        positive(self, p, "ref_refresh_every")
+        require(0 < self.ref_ema <= 1, "pipeline.ref_ema", f"must lie in (0, 1] (got {self.ref_ema})",
                  "set pipeline.ref_ema=0.1 (the weight of π_θ in each EMA step)")
         _check_checkpoint_every(self)
 
@@ -177,23 +181,22 @@ class OnlineRLPipeline(PipelineBase):
     normalize_scores: bool = True  # (score − mean) / std: r_φ's stored π_SFT statistics; gold: the first batch's
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-    setting_keys = ("beta",)
     methods = ()  # class attribute: the pipeline names this schema serves
 
     def __post_init__(self) -> None:
         p = "pipeline"
-        _require(self.name in self.methods, "pipeline.name", f"'{self.name}' is not one of {', '.join(self.methods)}",
+        require(self.name in self.methods, "pipeline.name", f"'{self.name}' is not one of {', '.join(self.methods)}",
                  f"use one of {', '.join(self.methods)}")
-        _positive(self, p, "batch_size", "max_steps", "num_iterations", "learning_rate", "epsilon", "max_grad_norm",
+        positive(self, p, "batch_size", "max_steps", "num_iterations", "learning_rate", "epsilon", "max_grad_norm",
                   "max_new_tokens", "temperature")
-        _require(self.beta >= 0, "pipeline.beta", f"must be >= 0 (got {self.beta})", "set pipeline.beta=0.05")
-        _require(self.num_generations >= 2, "pipeline.num_generations",
+        require(self.beta >= 0, "pipeline.beta", f"must be >= 0 (got {self.beta})", "set pipeline.beta=0.05")
+        require(self.num_generations >= 2, "pipeline.num_generations",
                  f"the group baseline needs >= 2 completions per prompt (got {self.num_generations})", "set pipeline.num_generations=4")
-        _require(self.batch_size % self.num_generations == 0, "pipeline.batch_size",
+        require(self.batch_size % self.num_generations == 0, "pipeline.batch_size",
                  f"{self.batch_size} completions do not make whole groups of {self.num_generations}",
                  "set pipeline.batch_size to a multiple of pipeline.num_generations")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        _require(self.max_steps % self.num_iterations == 0, "pipeline.max_steps",
+        require(self.max_steps % self.num_iterations == 0, "pipeline.max_steps",
                  f"{self.max_steps} steps are not whole generations of num_iterations={self.num_iterations} steps",
                  "set pipeline.max_steps to a multiple of pipeline.num_iterations")
         _check_checkpoint_every(self)
@@ -232,9 +235,9 @@ class GRPOPipeline(OnlineRLPipeline):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.loss_type in GRPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'",
+        require(self.loss_type in GRPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'",
                  f"choose one of {', '.join(GRPO_LOSS_TYPES)}")
-        _require(self.scale_rewards in GRPO_SCALE_REWARDS, "pipeline.scale_rewards", f"unknown '{self.scale_rewards}'",
+        require(self.scale_rewards in GRPO_SCALE_REWARDS, "pipeline.scale_rewards", f"unknown '{self.scale_rewards}'",
                  f"choose one of {', '.join(GRPO_SCALE_REWARDS)}")
 
 
@@ -270,32 +273,31 @@ class DPOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-    setting_keys = ("beta",)
 
     def __post_init__(self) -> None:
-        _require(self.name in DPO_METHOD_LOSS, "pipeline.name", f"'{self.name}' is not a DPO pipeline", "use dpo, ipo or cdpo")
+        require(self.name in DPO_METHOD_LOSS, "pipeline.name", f"'{self.name}' is not a DPO pipeline", "use dpo, ipo or cdpo")
         if self.beta is None:
             self.beta = DPO_METHOD_BETA[self.name]
         if self.loss_type is None:
             self.loss_type = DPO_METHOD_LOSS[self.name]
         if self.label_smoothing is None:
             self.label_smoothing = CDPO_LABEL_SMOOTHING if self.name == "cdpo" else 0.0
-        _positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
+        positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        _require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
-        _require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
-        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
+        require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
+        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
         _check_checkpoint_every(self)
         # The method name labels the frontier points, so the loss must be the one the name says.
         if self.name == "ipo":
-            _require(self.loss_type == "ipo", "pipeline.loss_type", f"pipeline ipo trains the IPO loss, not '{self.loss_type}'", "drop pipeline.loss_type or use pipeline=dpo")
-            _require(self.label_smoothing == 0, "pipeline.label_smoothing", "IPO takes no label smoothing", "drop pipeline.label_smoothing")
+            require(self.loss_type == "ipo", "pipeline.loss_type", f"pipeline ipo trains the IPO loss, not '{self.loss_type}'", "drop pipeline.loss_type or use pipeline=dpo")
+            require(self.label_smoothing == 0, "pipeline.label_smoothing", "IPO takes no label smoothing", "drop pipeline.label_smoothing")
         elif self.name == "cdpo":
-            _require(self.loss_type == "sigmoid", "pipeline.loss_type", f"pipeline cdpo is the sigmoid loss with label smoothing, not '{self.loss_type}'", "drop pipeline.loss_type")
-            _require(self.label_smoothing > 0, "pipeline.label_smoothing", "cDPO needs ε > 0", "set pipeline.label_smoothing=0.1, or use pipeline=dpo for ε = 0")
+            require(self.loss_type == "sigmoid", "pipeline.loss_type", f"pipeline cdpo is the sigmoid loss with label smoothing, not '{self.loss_type}'", "drop pipeline.loss_type")
+            require(self.label_smoothing > 0, "pipeline.label_smoothing", "cDPO needs ε > 0", "set pipeline.label_smoothing=0.1, or use pipeline=dpo for ε = 0")
         else:
-            _require(self.loss_type != "ipo", "pipeline.loss_type", "IPO runs under its own name", "use pipeline=ipo")
-            _require(self.loss_type == "robust" or self.label_smoothing == 0, "pipeline.label_smoothing",
+            require(self.loss_type != "ipo", "pipeline.loss_type", "IPO runs under its own name", "use pipeline=ipo")
+            require(self.loss_type == "robust" or self.label_smoothing == 0, "pipeline.label_smoothing",
                      f"dpo with ε={self.label_smoothing} is conservative DPO", "use pipeline=cdpo, or pipeline.loss_type=robust")
 
 
@@ -313,7 +315,7 @@ class PreferredFTPipeline(PipelineBase):
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
     def __post_init__(self) -> None:
-        _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
+        positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
         _check_checkpoint_every(self)
 
@@ -333,12 +335,11 @@ class UnlikelihoodPipeline(PipelineBase):
     max_grad_norm: float = 1.0
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-    setting_keys = ("alpha",)
 
     def __post_init__(self) -> None:
-        _positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
+        positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        _require(self.alpha >= 0, "pipeline.alpha", f"must be >= 0 (got {self.alpha})", "set pipeline.alpha=0.5")
+        require(self.alpha >= 0, "pipeline.alpha", f"must be >= 0 (got {self.alpha})", "set pipeline.alpha=0.5")
         _check_checkpoint_every(self)
 
 
@@ -351,8 +352,8 @@ class BestOfNPipeline(PipelineBase):
     scorer: str = "reward_model"  # reward_model | gold (an oracle upper bound)
 
     def __post_init__(self) -> None:
-        _require(bool(self.ns) and all(int(n) >= 1 for n in self.ns), "pipeline.ns", f"needs N >= 1 (got {self.ns})", "e.g. pipeline.ns=[1,4,16]")
-        _require(self.scorer in ("reward_model", "gold"), "pipeline.scorer", f"unknown '{self.scorer}'", "use reward_model or gold")
+        require(bool(self.ns) and all(int(n) >= 1 for n in self.ns), "pipeline.ns", f"needs N >= 1 (got {self.ns})", "e.g. pipeline.ns=[1,4,16]")
+        require(self.scorer in ("reward_model", "gold"), "pipeline.scorer", f"unknown '{self.scorer}'", "use reward_model or gold")
 
 
 # KTO's budget in preference pairs equals DPO's: each pair gives two examples (its chosen completion as desirable, its
@@ -376,18 +377,17 @@ class KTOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate (as DPO)
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-    setting_keys = ("beta",)
 
     def __post_init__(self) -> None:
-        _positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
-        _require(self.desirable_weight > 0 and self.undesirable_weight > 0, "pipeline.desirable_weight",
+        positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
+        require(self.desirable_weight > 0 and self.undesirable_weight > 0, "pipeline.desirable_weight",
                  f"both weights must be > 0 (got {self.desirable_weight}, {self.undesirable_weight})",
                  "set pipeline.desirable_weight and pipeline.undesirable_weight > 0 (1 and 1 for the paired data)")
         k = micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        _require(self.batch_size // k > 1, "pipeline.micro_batch_size",
+        require(self.batch_size // k > 1, "pipeline.micro_batch_size",
                  "KTO estimates its KL reference point from the other examples of a micro-batch, so it needs >= 2",
                  "set pipeline.micro_batch_size >= 2 (or 0 for no split)")
-        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
         _check_checkpoint_every(self)
 
 
@@ -408,12 +408,11 @@ class OnlineDPOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the updates, then a constant rate (as DPO)
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
-    setting_keys = ("beta",)
 
     def __post_init__(self) -> None:
-        _positive(self, "pipeline", "beta", "updates", "batch_size", "learning_rate", "max_new_tokens", "temperature",
+        positive(self, "pipeline", "beta", "updates", "batch_size", "learning_rate", "max_new_tokens", "temperature",
                   "max_grad_norm")
-        _require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
         _check_checkpoint_every(self)
 @dataclass
 class EvaluatePipeline(PipelineBase):
@@ -431,7 +430,7 @@ class EvaluatePipeline(PipelineBase):
     # so that a checkpoint saved again under the same path is a new job, not a finished one reused. null: a hub name.
     checkpoint_stamp: str | None = None
 
-    def setting(self) -> str:
+    def setting(self, knobs: tuple[str, ...] = ()) -> str:
         return f"policy={self.point_label()}"
 
     def point_label(self) -> str:
@@ -442,11 +441,11 @@ class EvaluatePipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         # "???" is the schema's own placeholder (Hydra's "required"); a composed config has a value or None by now
-        _require(bool(self.policy), "policy", "pipeline=evaluate needs the checkpoint to evaluate",
+        require(bool(self.policy), "policy", "pipeline=evaluate needs the checkpoint to evaluate",
                  "set policy=/path/to/a/save_pretrained/folder or policy=<org/name> on the hub")
-        _require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
+        require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
                  "drop it (the folder name labels the point) or set pipeline.label=<name>")
-        _require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
+        require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
         self.checkpoint_stamp = folder_stamp(self.policy)
 
 
@@ -459,19 +458,3 @@ def folder_stamp(path: str) -> str | None:
     files = sorted(f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
     blob = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-SCHEMAS: dict[str, type] = {
-    "sft": SFTPipeline, "preferences": PreferencesPipeline, "reward_model": RewardModelPipeline,
-    "ppo": PPOPipeline, "ppo_gt": PPOPipeline, "dpo": DPOPipeline, "ipo": DPOPipeline, "cdpo": DPOPipeline,
-    "preferred_ft": PreferredFTPipeline, "unlikelihood": UnlikelihoodPipeline, "best_of_n": BestOfNPipeline,
-    "rloo": RLOOPipeline, "rloo_gt": RLOOPipeline, "grpo": GRPOPipeline, "grpo_gt": GRPOPipeline,
-    "kto": KTOPipeline, "online_dpo": OnlineDPOPipeline,
-    "evaluate": EvaluatePipeline,
-}
-
-
-def pipeline_schema(name: str) -> type:
-    if name not in SCHEMAS:
-        raise ConfigError(f"pipeline.name: unknown pipeline '{name}'; choose one of {', '.join(SCHEMAS)}")
-    return SCHEMAS[name]

@@ -39,8 +39,8 @@ def experiment_jobs(conf_dir: str) -> dict[str, list[list[str]]]:
 def all_keys() -> dict:
     from hydra import compose, initialize_config_dir
 
-    from harness.identity import job_identities
-    from harness.cli import CONF_DIR
+    from harness.app.jobs import job_identities
+    from harness.app.cli import CONF_DIR
 
     os.environ.pop("HARNESS_CACHE_DIR", None)  # the default cache_dir is part of the job's identity
     out = {}

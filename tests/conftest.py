@@ -18,7 +18,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.app import CONF_DIR
+    from harness.app.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
@@ -27,7 +27,7 @@ def compose(overrides: list[str]):
 @pytest.fixture
 def run_pipeline(tmp_path):
     """Run ``pipeline`` on the tiny_debug config with a private cache; returns (result, job folder)."""
-    from harness.app import run_job
+    from harness.app.jobs import run_job
 
     def _run(pipeline: str, *overrides: str, cache: Path | None = None, folder: str = "job"):
         cfg = compose([f"pipeline={pipeline}", "experiment=tiny_debug", f"cache_dir={cache or tmp_path / 'cache'}",

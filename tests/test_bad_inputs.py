@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-import harness.app as app
-from harness import checks
-from harness.config import ConfigError, to_container, validate
+import harness.app.cli as app
+from harness.preflight import checks
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
+from harness.config import to_container
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -350,11 +352,13 @@ def test_the_hub_is_never_waited_on(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(checks, "HUB_PROBE_S", 0.2)
+    from harness.data import hub
+
+    monkeypatch.setattr(hub, "HUB_PROBE_S", 0.2)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **k: time.sleep(30))
     start = time.time()
     with pytest.raises(ConfigError, match="gold.name_or_path: cannot reach the hub") as e:
-        checks.find_pretrained("acme/slow-classifier", "gold.name_or_path")
+        hub.find_pretrained("acme/slow-classifier", "gold.name_or_path")
     assert time.time() - start < 5 and "\n" not in str(e.value)
 
 
@@ -399,12 +403,13 @@ def test_a_secret_in_a_config_value_stops_and_is_never_printed(checked, tmp_path
 
 def test_saved_config_never_holds_a_secret(monkeypatch):
     """``resolved`` (saved with the run, sent to W&B) replaces any secret an interpolation pulled in."""
-    from harness.config import validate
+    from harness.app.jobs import load as validate
     from tests.conftest import compose
 
     monkeypatch.setenv("WANDB_API_KEY", "wandb-" + SECRET)
     hc = validate(compose(["logger.project=p-${oc.env:WANDB_API_KEY}"]))
-    raw = app.resolved(hc)
+    from harness.runs.identity import resolved
+    raw = resolved(hc)
     assert raw["logger"]["project"] == "p-<WANDB_API_KEY>"
     assert SECRET not in json.dumps(raw)
 

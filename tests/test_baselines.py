@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import ConfigError
+from harness.fields import ConfigError
 
 TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
 
@@ -88,7 +88,7 @@ def test_baselines_check_the_data_before_training(method, pairs, match, run_pipe
 
 
 def test_preferred_ft_needs_no_rejected_column():
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
     from pipelines.dpo import check_pairs
 
     tok = train_tokenizer(["a fine film was lovely", "the plot is great"] * 3, 280)
@@ -114,7 +114,7 @@ def test_best_of_n_kl_and_nested_picks():
 
 
 def test_pair_batch_aligns_labels_with_the_completion():
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
     from pipelines.baselines import pair_batch
 
     tok = train_tokenizer(["the film was great", "the film was dull", "a plot"] * 5, 270)
@@ -128,7 +128,7 @@ def test_pair_batch_aligns_labels_with_the_completion():
 
 def test_an_empty_completion_is_data_not_an_error():
     """π_SFT does sample the response that ends at once (EOS only); preferring it is a real label."""
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
     from pipelines.dpo import check_pairs
 
     tok = train_tokenizer(["a fine film was lovely", "the plot is great"] * 3, 280)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.batching import example_width, length_sorted_order
-from harness.config import ConfigError, micro_batches
+from harness.lm.batching import example_width, length_sorted_order
+from harness.fields import ConfigError, micro_batches
 
 CORPUS = ["the film was great and the acting was superb", "a dull plot with awful pacing", "I loved every minute of it",
           "the story is boring but the music is fine", "an excellent cast in a terrible script"]
@@ -56,7 +56,7 @@ def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(micro):
 
 
 def _tok():
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
 
     return train_tokenizer(CORPUS * 4, 300)
 
@@ -117,7 +117,7 @@ def test_reward_model_step_is_the_batch_step(tmp_path):
     from transformers import GPT2ForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from harness.batching import with_length_sorted_micro_batches
+    from harness.lm.batching import with_length_sorted_micro_batches
 
     torch.set_num_threads(1)
     tok = _tok()
@@ -138,7 +138,7 @@ def test_sft_step_is_the_batch_step(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from harness.batching import with_length_sorted_micro_batches
+    from harness.lm.batching import with_length_sorted_micro_batches
 
     torch.set_num_threads(1)
     tok = _tok()

@@ -2,9 +2,9 @@ import threading
 
 import pytest
 
-from harness.cache import build_or_load, key_of
+from harness.runs.cache import build_or_load, key_of
 from harness.config import TaskConfig
-from harness.tasks import generate_reviews, load_task, vocabulary
+from harness.data.tasks import generate_reviews, load_task, vocabulary
 
 
 def test_reviews_are_seeded_varied_and_split():

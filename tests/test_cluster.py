@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness.app import check_launcher_gpus, jobs_run_here
-from harness.cache import MANIFEST, build_or_load, key_of
-from harness.config import ConfigError
+from harness.app.cli import check_launcher_gpus, jobs_run_here
+from harness.runs.cache import MANIFEST, build_or_load, key_of
+from harness.fields import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ def launcher(group: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.app import CONF_DIR
+    from harness.app.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose("config", [f"hydra/launcher={group}"], return_hydra_config=True).hydra.launcher
@@ -132,7 +132,7 @@ def test_every_experiment_goes_to_another_launcher_from_the_command_line(experim
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.app import CONF_DIR
+    from harness.app.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = hydra_compose("config", [f"experiment={experiment}", "hydra/launcher=submitit_slurm"],

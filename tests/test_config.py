@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.app import CONF_DIR
-from harness.config import ConfigError, validate
+from harness.app.cli import CONF_DIR
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
 from tests.conftest import compose
 
 

@@ -28,7 +28,7 @@ def lines(path: Path) -> list[dict]:
 def test_ppo_under_accelerate_launch_with_two_processes(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from harness.app import run_job
+    from harness.app.jobs import run_job
     from tests.conftest import compose
 
     cache, two = tmp_path / "cache", tmp_path / "two"
@@ -85,8 +85,8 @@ def _halves(seed: int = 0):
 def _worker(rank: int, store: str) -> None:
     import torch.distributed as dist
 
-    from harness import distributed as D
-    from harness.config import ConfigError
+    from harness.lm import distributed as D
+    from harness.fields import ConfigError
     from pipelines import losses as L
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -146,7 +146,7 @@ def _worker(rank: int, store: str) -> None:
 def test_reductions_over_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     import torch.multiprocessing as mp
 
-    import harness.config, harness.distributed, pipelines.losses  # noqa: F401, E401 - loaded once, before the fork
+    import harness.config, harness.lm.distributed, pipelines.losses  # noqa: F401, E401 - loaded once, before the fork
 
     # fork: the two processes start with this one's modules loaded (spawn would import torch twice more)
     mp.start_processes(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True, start_method="fork")

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from harness.config import ConfigError
+from harness.fields import ConfigError
 
 TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
 
@@ -75,7 +75,7 @@ def _by_hand(name, beta, eps, pi_c, pi_r, ref_c, ref_r, n_c, n_r) -> float:
 def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
     from datasets import Dataset
 
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
     from pipelines.dpo import build_trainer
     from pipelines.schemas import DPOPipeline
 

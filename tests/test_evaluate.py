@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, validate
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def trained(tmp_path_factory):
 def test_saved_policy_reproduces_the_runs_last_row(trained):
     from transformers import AutoModelForCausalLM
 
-    from harness.report import REQUIRED_KEYS, make_report
+    from harness.report.frontier import REQUIRED_KEYS, make_report
 
     policy = trained / "study" / "dpo" / "policy"
     AutoModelForCausalLM.from_pretrained(str(policy))  # researchers load it as any checkpoint
@@ -84,9 +85,9 @@ def test_a_checkpoint_with_another_vocabulary_is_refused(trained, tmp_path):
     """A checkpoint with a tokenizer of its own that is not π_SFT's: one ConfigError, before its weights load."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from harness.app import run_job
-    from harness.models import train_tokenizer
-    from harness.tasks import load_task
+    from harness.app.jobs import run_job
+    from harness.lm.models import train_tokenizer
+    from harness.data.tasks import load_task
 
     cfg = compose(["pipeline=evaluate", f"policy={tmp_path / 'other'}", "experiment=tiny_debug",
                    f"cache_dir={trained / 'cache'}", "logger.wandb_mode=disabled"])
@@ -128,12 +129,12 @@ def test_policy_is_read_by_evaluate_only(tmp_path):
     with pytest.raises(ConfigError, match="policy: pipeline=evaluate needs the checkpoint"):
         validate(compose(["pipeline=evaluate", "experiment=tiny_debug"]))
     hc = validate(compose(["pipeline=evaluate", "pipeline.policy=org/some-model", "experiment=tiny_debug"]))
-    assert hc.pipeline.policy == "org/some-model" and hc.pipeline.setting() == "policy=some-model"
+    assert hc.pipeline.policy == "org/some-model" and hc.method.setting(hc.pipeline) == "policy=some-model"
     assert hc.pipeline.checkpoint_stamp is None  # a hub name
 
 
 def test_a_checkpoint_saved_again_is_a_new_job_not_a_reused_one(tmp_path):
-    from harness.app import job_key, resolved
+    from harness.app.jobs import job_key, resolved
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
@@ -141,7 +142,7 @@ def test_a_checkpoint_saved_again_is_a_new_job_not_a_reused_one(tmp_path):
     def key():
         hc = validate(compose(["pipeline=evaluate", f"policy={tmp_path}", "experiment=tiny_debug"]))
         hc.raw = resolved(hc)
-        return job_key(hc), hc.pipeline.setting()
+        return job_key(hc), hc.method.setting(hc.pipeline)
 
     first = key()
     assert key() == first  # the same files: the same job (a rerun reuses it)

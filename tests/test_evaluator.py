@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from harness.config import EvalConfig
-from harness.evaluator import Evaluator, kl_stats
-from harness.kl import sequence_kl_exact, token_kl_exact
-from harness.sampling import Samples, encode_prompts
+from harness.eval.evaluator import Evaluator, kl_stats
+from harness.eval.kl import sequence_kl_exact, token_kl_exact
+from harness.lm.sampling import Samples, encode_prompts
 
 T = 3  # max_new_tokens
 
@@ -64,8 +64,8 @@ def enumerated_samples(tok, prompt):
 
 @torch.no_grad()
 def seq_logprob(model, s):
-    from harness.kl import token_logprobs
-    from harness.sampling import response_logits
+    from harness.eval.kl import token_logprobs
+    from harness.lm.sampling import response_logits
 
     return (token_logprobs(response_logits(model, s), s.response) * s.response_mask).sum(-1)
 
@@ -119,8 +119,8 @@ def test_evaluator_sampled_estimate_within_3_sem_and_self_kl_is_zero(tiny):
 def test_exact_kl_at_the_sampling_temperature_matches_brute_force(tiny):
     """At T = 0.7 the evaluator samples from softmax(logits / T); its KL is between the tempered policy and the
     tempered reference, equal to the whole-response KL of those two distributions."""
-    from harness.kl import token_logprobs
-    from harness.sampling import response_logits
+    from harness.eval.kl import token_logprobs
+    from harness.lm.sampling import response_logits
 
     tok, policy, ref = tiny
     temp = 0.7

@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from harness.config import validate
-from harness.run import RunContext
+from harness.app.jobs import load as validate
+from harness.runs.context import RunContext
 from tests.conftest import compose
 
 
@@ -46,7 +46,7 @@ def train_mode_logits_twice(model, tok) -> tuple[torch.Tensor, torch.Tensor]:
 def test_prepare_hands_over_a_policy_without_dropout(pipeline, tiny_cache, tmp_path):
     """``pipelines.dpo.prepare`` is the shared set-up of the DPO family, Preferred-FT and Unlikelihood."""
     from pipelines.dpo import prepare
-    from pipelines.sft import load_sft
+    from pipelines.stages.sft import load_sft
 
     ctx = context(pipeline, tiny_cache, tmp_path)
     sft, tok, _ = load_sft(ctx)
@@ -78,7 +78,7 @@ def test_ppo_policy_and_critic_have_no_dropout(tiny_cache, tmp_path):
 def test_preferred_ft_trains_on_the_chosen_completion_of_every_pair(run_pipeline, tiny_cache, tmp_path):
     """One example per training pair (duplicate chosen completions kept, as the DPO paper's SFT on y_w), and the saved
     policy has no dropout."""
-    from pipelines.preferences import ensure_preferences, load_pairs
+    from pipelines.stages.preferences import ensure_preferences, load_pairs
 
     facts, folder = run_pipeline("preferred_ft", "pipeline.max_steps=2", "eval.every=2", "threads=1", cache=tiny_cache,
                                  folder="preferred_ft")
@@ -99,10 +99,10 @@ def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_mod
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from harness.models import load_scalar_model
+    from harness.lm.models import load_scalar_model
     from pipelines.dpo import build_trainer, load_frozen_reference
-    from pipelines.preferences import ensure_preferences, load_pairs
-    from pipelines.sft import load_sft
+    from pipelines.stages.preferences import ensure_preferences, load_pairs
+    from pipelines.stages.sft import load_sft
 
     ctx = context("dpo", tiny_cache, tmp_path)
     policy, tok, sft = load_sft(ctx)

@@ -4,7 +4,7 @@ import json
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.evaluator import EvalPoint
+from harness.eval.evaluator import EvalPoint
 
 ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence goes to evidence.jsonl
 

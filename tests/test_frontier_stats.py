@@ -4,7 +4,7 @@ simulation with a known difference between two methods (interval coverage; selec
 import numpy as np
 import pytest
 
-from harness import frontier_stats as fs
+from harness.report import stats as fs
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from harness.config import ConfigError, GoldConfig
-from harness.gold import ClassifierGold, VaderGold, load_gold
+from harness.fields import ConfigError
+from harness.config import GoldConfig
+from harness.data.gold import ClassifierGold, VaderGold, load_gold
 
 
 def test_vader_orders_sentiment_and_stays_in_unit_interval():
@@ -23,7 +24,7 @@ def tiny_classifier(tmp_path_factory):
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
 
     path = tmp_path_factory.mktemp("clf")
     tok = train_tokenizer(["a good movie", "a bad movie", "fine"] * 10, vocab_size=300)

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.config import MAX_NEW_TOKENS, ConfigError, TaskConfig
-from harness.evaluator import clustered_sem, sampling_seed
-from harness.tasks import load_task
+from harness.fields import MAX_NEW_TOKENS, ConfigError
+from harness.config import TaskConfig
+from harness.eval.evaluator import clustered_sem, sampling_seed
+from harness.data.tasks import load_task
 
 # Openings that repeat across reviews, so short prefixes collide between the training and held-out splits.
 OPENINGS = ["The plot was", "I loved the", "This movie is", "The acting felt", "A truly great"]
@@ -64,8 +65,8 @@ def test_default_reviews_fit_in_max_new_tokens():
     samples were cut off)."""
     import random
 
-    from harness.models import train_tokenizer
-    from harness.tasks import _prompt
+    from harness.lm.models import train_tokenizer
+    from harness.data.tasks import _prompt
 
     t = load_task(TaskConfig())
     tok = train_tokenizer(t.train_texts, 1024)

@@ -36,8 +36,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
 import harness, pipelines.registry, hydra_plugins.harness_study.study_sweeper as sweeper
-from harness.app import CONF_DIR
-from harness.config import validate
+from harness.app.cli import CONF_DIR
+from harness.app.jobs import load as validate
 
 def job(*overrides):
     return validate(compose(config_name="config", overrides=list(overrides)))

@@ -72,8 +72,8 @@ def test_online_dpo_update_is_dpo_on_the_pair_the_reward_picks(tmp_path):
     skip the left padding), and TRL's own ``_forward``, which ignores the padding, gives other log-probs."""
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
-    from harness.models import train_tokenizer
-    from harness.sampling import Samples, encode_prompts, response_logits
+    from harness.lm.models import train_tokenizer
+    from harness.lm.sampling import Samples, encode_prompts, response_logits
     from pipelines.losses import dpo_family_loss, sequence_logps
     from pipelines.online_dpo import build_trainer
     from pipelines.schemas import OnlineDPOPipeline
@@ -135,7 +135,7 @@ def test_online_dpo_update_is_dpo_on_the_pair_the_reward_picks(tmp_path):
 
 def _cli(tmp_path, cache, *argv):
     """``python -m harness <argv>`` in-process; returns the job's folder and its done.json result."""
-    from harness import app
+    from harness.app import cli as app
 
     out = tmp_path / "run"
     try:
@@ -147,7 +147,7 @@ def _cli(tmp_path, cache, *argv):
 
 def _dpo_row_keys() -> set[str]:
     """The keys of a DPO result row: ``EvalPoint.row()``, which every method's FrontierEvaluation writes."""
-    from harness.evaluator import EvalPoint
+    from harness.eval.evaluator import EvalPoint
 
     return {f.name for f in dataclasses.fields(EvalPoint)} - {"evidence"}
 
@@ -159,7 +159,7 @@ def _dpo_row_keys() -> set[str]:
     ("online_dpo", ["pipeline.updates=4", "pipeline.beta=0.2", "pipeline.batch_size=8"], "beta=0.2"),
 ])
 def test_method_trains_through_the_cli_and_writes_dpo_rows(method, argv, setting, tmp_path, tiny_cache):
-    from harness.report import OPTIONAL_KEYS, REQUIRED_KEYS
+    from harness.report.frontier import OPTIONAL_KEYS, REQUIRED_KEYS
 
     folder, facts = _cli(tmp_path, tiny_cache, f"pipeline={method}", *TRAINING, *argv)
     assert facts["steps"] == 4 and facts["losses_finite"] and math.isfinite(facts["train_loss"])

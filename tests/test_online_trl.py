@@ -11,7 +11,7 @@ import statistics
 import pytest
 import torch
 
-from harness.config import ConfigError
+from harness.fields import ConfigError
 
 TINY = ["pipeline.max_steps=2", "pipeline.batch_size=8", "pipeline.num_generations=4", "pipeline.max_new_tokens=8",
         "eval.every=1", "threads=1"]
@@ -31,7 +31,7 @@ def _rows(folder):
 @pytest.fixture(scope="module")
 def online_runs(tiny_cache, tmp_path_factory):
     """Every online method, and one DPO job for the row schema, on the tiny config: {method: (facts, rows)}."""
-    from harness.app import run_job
+    from harness.app.jobs import run_job
     from tests.conftest import compose
 
     out = tmp_path_factory.mktemp("online")
@@ -89,7 +89,7 @@ def _tiny_policy(tmp_path):
     """A tiny GPT-2 saved to ``tmp_path`` (TRL loads π_ref from there) and loaded back as the policy."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from harness.models import load_pretrained_lm, train_tokenizer
+    from harness.lm.models import load_pretrained_lm, train_tokenizer
 
     tok = train_tokenizer(CORPUS, 120)
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def _fixed_rewards(seen: list):
 
 def _sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> list[float]:
     """Σ_t log π(y_t | x, y_<t) over the completion tokens, from plain logits."""
-    from harness.sampling import positions
+    from harness.lm.sampling import positions
 
     ids = torch.cat([prompt_ids, completion_ids], 1)
     attn = torch.cat([prompt_mask, completion_mask], 1)
@@ -168,7 +168,7 @@ def test_rloo_puts_the_sequence_kl_into_the_reward(tmp_path):
     cfg = RLOOPipeline(name="rloo", beta=beta, batch_size=8, num_generations=K, max_steps=1, max_new_tokens=6)
 
     def by_hand(out, trainer, tok):
-        from harness.models import load_pretrained_lm
+        from harness.lm.models import load_pretrained_lm
 
         tensors = (out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
         pi = _sequence_logps(trainer.model, *tensors)  # the policy before its update

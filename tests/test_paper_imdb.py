@@ -24,7 +24,7 @@ LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 
 def _reviews(n: int, seed: int) -> list[str]:
     """Movie reviews from the embedded generator, some with IMDb's HTML line breaks."""
-    from harness.tasks import generate_reviews
+    from harness.data.tasks import generate_reviews
 
     texts = generate_reviews(n, seed)
     return [t.replace(". ", ". <br /><br />", 1) if i % 3 == 0 else t for i, t in enumerate(texts)]
@@ -202,7 +202,7 @@ def test_imdb_test_split_sorted_by_label_gives_prompts_from_both_labels(stand_in
     from datasets import load_from_disk
 
     from harness.config import TaskConfig
-    from harness.tasks import load_task
+    from harness.data.tasks import load_task
 
     test = load_from_disk(str(stand_ins["imdb"]))["test"]
     negatives = sum(1 for y in test["label"] if y == 0)
@@ -242,7 +242,7 @@ def test_paper_gold_by_hub_name_with_the_hub_off_stops_before_training(stand_ins
 ], ids=["model by hub name", "dataset by hub name"])
 def test_every_hub_name_of_the_paper_is_checked(stand_ins, tmp_path, monkeypatch, capsys, given, key):
     """The base model and the IMDb dataset by their hub names are checked like the classifier (in-process)."""
-    import harness.app as app
+    import harness.app.cli as app
 
     def no_training(*args, **kwargs):
         raise AssertionError("reached run_job: it would have trained")

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.app import run_job
-from harness.config import ConfigError, validate
-from harness.evaluator import EvalPoint
-from harness.run import RunContext
+from harness.app.jobs import run_job
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
+from harness.eval.evaluator import EvalPoint
+from harness.runs.context import RunContext
 from tests.conftest import compose
 
 ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence goes to evidence.jsonl
@@ -122,7 +123,7 @@ def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_pat
 
 def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
     """The critic's per-position values equal its own sequence-classification output read at each prefix's end."""
-    from harness.sampling import Samples
+    from harness.lm.sampling import Samples
     from pipelines.ppo import build_roles, critic_values
 
     ctx = context("ppo", cache, tmp_path)
@@ -142,7 +143,7 @@ def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
 
 def responses(tok, prompt: list[int], rows: list[list[int]], ended: list[bool]):
     """``Samples`` of one prompt (token ids) and the given responses (+ EOS where ``ended``), right-padded."""
-    from harness.sampling import Samples
+    from harness.lm.sampling import Samples
 
     rows = [r + [tok.eos_token_id] * e for r, e in zip(rows, ended)]
     T = max(len(r) for r in rows)
@@ -193,7 +194,7 @@ def test_reward_model_scores_a_truncated_response_with_eos_appended(cache, tmp_p
     """r_φ was trained on completions + EOS (TRL's RewardTrainer appends it), so a truncated response (no EOS) is
     scored with EOS appended; a finished one, in the same batch, is scored as before, at its own EOS."""
     from pipelines.ppo import build_roles
-    from pipelines.reward_model import score_samples
+    from pipelines.stages.reward_model import score_samples
 
     ctx = context("ppo", cache, tmp_path)
     roles = build_roles(ctx)

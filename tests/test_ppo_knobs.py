@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.app import job_key, run_job, swept_pipeline_keys
-from harness.config import ConfigError, validate
-from harness.run import RunContext
+from harness.app.jobs import job_key, run_job, swept_pipeline_keys
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
+from harness.runs.context import RunContext
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
 from tests.conftest import compose
@@ -218,7 +219,7 @@ def test_refreshed_reference_penalises_nothing_while_the_frontier_kl_to_pi_sft_g
 
 # ------------------------------------------------------------------------------------------------ the report
 def test_report_tables_the_final_point_of_each_setting():
-    from harness.report import settings_table
+    from harness.report.frontier import settings_table
 
     def row(setting, seed, step, kl, gold, run):
         return dict(method="ppo", setting=setting, seed=seed, step=step, kl=kl, kl_sem=0.1, gold_reward=gold,

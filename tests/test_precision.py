@@ -5,8 +5,9 @@ import argparse
 import pytest
 import torch
 
-from harness.config import ConfigError, validate
-from harness.precision import autocast, check_precision, trainer_flags
+from harness.fields import ConfigError
+from harness.app.jobs import load as validate
+from harness.lm.precision import autocast, check_precision, trainer_flags
 from tests.conftest import compose
 
 
@@ -67,7 +68,7 @@ def test_bf16_where_the_device_cannot_is_one_line():
 
 
 def test_precision_is_validated_and_saved_with_the_run():
-    from harness.app import resolved
+    from harness.app.jobs import resolved
 
     with pytest.raises(ConfigError, match="^precision: unknown 'fp16'; use precision=fp32 or precision=bf16"):
         validate(compose(["pipeline=dpo", "precision=fp16"]))
@@ -77,7 +78,7 @@ def test_precision_is_validated_and_saved_with_the_run():
 
 
 def test_device_auto_picks_cuda_when_torch_sees_one(monkeypatch):
-    from harness.models import pick_device
+    from harness.lm.models import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto") == torch.device("cuda")

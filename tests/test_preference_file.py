@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import harness.app as app
-from harness.config import ConfigError
-from harness.preference_file import (
-    load_preference_file,
-    render_plain,
-    render_template,
-    shared_text_prompt,
-    split_prompts,
-)
-from harness.tasks import _NEG_ADJ, _PARTS, _POS_ADJ
+import harness.app.cli as app
+from harness.fields import ConfigError
+from harness.data.preference_file import load_preference_file, render_plain, render_template, shared_text_prompt, split_prompts
+from harness.data.tasks import _NEG_ADJ, _PARTS, _POS_ADJ
 
 BUDGET = ["experiment=tiny_debug", "task.n_train=160", "task.n_heldout=40", "preferences.eval_fraction=0.2",
           "eval.every=2", "threads=1", "logger.wandb_mode=disabled"]
@@ -58,7 +52,7 @@ def _gold_reward_model(folder: Path) -> Path:
     """A GPT-2-style sequence classifier with one output (num_labels=1), random weights: a reward-model checkpoint."""
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from harness.models import train_tokenizer
+    from harness.lm.models import train_tokenizer
 
     tok = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in _standard()], 300)
     torch.manual_seed(0)
@@ -99,7 +93,7 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     on the same pairs and validated on the held-out ones; the set's identity is the file's content."""
     from datasets import load_from_disk
 
-    from harness.evaluator import prompts_key
+    from harness.eval.evaluator import prompts_key
 
     cache, rows = data["cache"], _standard()
     dpo = _harness(["pipeline=dpo", "preferences.source=file", f"preferences.path={data['standard']}",
@@ -126,9 +120,9 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     assert {e["prompts_key"] for e in _rows(tmp_path / "ppo" / "evidence.jsonl")} == {prompts_key(held[:8])}
 
     # Editing the file in place (one more pair) makes a new job and a new preference set; a moved copy, the same set.
-    from harness.app import job_key
-    from harness.checks import preference_file
-    from harness.config import validate
+    from harness.app.jobs import job_key
+    from harness.data.caches import preference_file
+    from harness.app.jobs import load as validate
     from tests.conftest import compose
 
     def keys(path):
@@ -147,7 +141,7 @@ def test_conversational_file_runs_dpo_with_a_reward_model_as_gold(data, tmp_path
     checkpoint, whose raw score is what the pairs and the evaluator report."""
     from datasets import load_from_disk
 
-    from harness.gold import ClassifierGold
+    from harness.data.gold import ClassifierGold
 
     cache = data["cache"]
     result = _harness(["pipeline=dpo", "preferences.source=file", f"preferences.path={data['conversational']}",
@@ -217,7 +211,7 @@ def test_chat_template_renders_like_trl(data):
 def test_reward_model_gold_is_its_raw_or_squashed_score(data):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from harness.gold import ClassifierGold
+    from harness.data.gold import ClassifierGold
 
     texts = ["The plot was great.", "The cast was awful and the plot dull."]
     tok = AutoTokenizer.from_pretrained(str(data["gold_rm"]))
@@ -234,8 +228,9 @@ def test_reward_model_gold_is_its_raw_or_squashed_score(data):
 def test_evaluation_prompts_come_from_the_file_or_the_task(data):
     """eval_prompts=file: the file's held-out prompts; =task: the task's, less any the file trains on. PPO's rollout
     prompts are the file's training prompts either way; the SFT corpus stays the task's."""
-    from harness.checks import preflight, preference_file, task_data
-    from harness.config import validate
+    from harness.preflight.checks import preflight
+    from harness.data.caches import preference_file, task_data
+    from harness.app.jobs import load as validate
     from tests.conftest import compose
 
     base = ["experiment=tiny_debug", "preferences.source=file", f"preferences.path={data['standard']}",
@@ -255,8 +250,8 @@ def test_a_pretrained_model_renders_with_its_chat_template_and_counts_its_tokens
     checked in its own tokens (the tiny model is checked in words, a lower bound)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from harness.checks import preflight
-    from harness.config import validate
+    from harness.preflight.checks import preflight
+    from harness.app.jobs import load as validate
     from tests.conftest import compose
 
     tok = AutoTokenizer.from_pretrained(str(data["gold_rm"]))

@@ -1,7 +1,7 @@
 import numpy as np
 
 from harness.config import PreferencesConfig
-from pipelines.preferences import make_pairs
+from pipelines.stages.preferences import make_pairs
 
 
 def test_all_six_pairs_chosen_outscores_rejected():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import report
+from harness.report import frontier as report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -455,7 +455,7 @@ def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------
 
 def test_pool_methods_stacks_members_on_their_common_seeds():
-    from harness import frontier_stats as fs
+    from harness.report import stats as fs
     g = lambda v, m: (np.full((m, 3), v), np.full((m, 3), v / 10))   # noqa: E731  (gold, kl) of m points
     points = {"ppo": {0: g(0.1, 2), 1: g(0.2, 2)}, "rloo": {0: g(0.3, 1)}, "dpo": {0: g(0.5, 4)}}
     pooled = fs.pool_methods(points, ["ppo", "rloo", "grpo"])       # grpo absent: ignored

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import checkpoint
-from harness.app import run_job, swept_pipeline_keys
+from harness.runs import checkpoint
+from harness.app.jobs import run_job, swept_pipeline_keys
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,7 +214,7 @@ def test_stopped_unlikelihood_job_resumes_to_the_uninterrupted_result(tiny_cache
 
 
 def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
-    from harness.batching import LengthSortedSampler
+    from harness.lm.batching import LengthSortedSampler
 
     def make():
         return LengthSortedSampler([3, 1, 4, 1, 5, 9, 2, 6], batch_size=4, seed=0)
@@ -234,7 +234,7 @@ def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
 
 # ------------------------------------------------------------------------------------------- numerical guards
 def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
-    from harness import app
+    from harness.app import cli as app
     from pipelines import ppo
 
     score, calls, at_failure = ppo.RewardModelScore.__call__, [], {}
@@ -301,7 +301,7 @@ def test_killed_dpo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, 
 def test_a_run_is_named_by_its_job_not_by_a_row_file(tmp_path):
     # the row-file loop once reused the name `name`: every run of every sweep got run_id "updates.jsonl"
     from harness.config import LoggerConfig
-    from harness.tracking import Tracker
+    from harness.runs.tracking import Tracker
 
     t = Tracker(tmp_path, LoggerConfig(wandb_mode="disabled"), {}, method="ppo", name="ppo-kl_coef=0.05-seed0")
     assert t.run_id == "ppo-kl_coef=0.05-seed0"

@@ -33,7 +33,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from harness.checks import STAGE_DEPTH
+from harness.methods import SFT
+from pipelines.registry import METHODS
 
 log = logging.getLogger("harness.study")
 
@@ -45,7 +46,9 @@ def _value(overrides: list[str], key: str) -> str | None:
 
 
 def _depth(job: list[str]) -> int:
-    return STAGE_DEPTH.get(_value(job, "pipeline") or "sft", 1)
+    """How deep into the stage cache the job reaches (its method's record; the default pipeline's when unset)."""
+    method = METHODS.get(_value(job, "pipeline") or "")
+    return method.stages if method is not None else SFT
 
 
 def stage_first(jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
@@ -132,18 +135,19 @@ class StudySweeper(BasicSweeper):
         nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
         the job. The devices are checked only when the jobs run on this machine (``harness.app.jobs_run_here``),
         and against the GPUs the launcher gives each job there."""
-        from harness.app import check_launcher_gpus, jobs_run_here
-        from harness.checks import check_jobs, check_writable
+        from harness.app.cli import check_launcher_gpus, jobs_run_here
+        from harness.app.jobs import load
+        from harness.preflight.checks import check_jobs, check_writable
 
         check_writable(sweep_dir, "hydra.sweep.dir")
         devices = set()
 
-        def compose_job(overrides: list[str]):
+        def load_job(overrides: list[str]):
             job = self._job_config(overrides)
             devices.add(job.get("device"))
-            return job
+            return load(job)
 
-        check_jobs(jobs, compose_job, jobs_run_here(self.config.hydra.launcher))
+        check_jobs(jobs, load_job, jobs_run_here(self.config.hydra.launcher))
         check_launcher_gpus(self.config.hydra.launcher, devices)
 
     def sweep(self, arguments: List[str]) -> Any:

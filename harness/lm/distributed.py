@@ -77,7 +77,7 @@ def per_process(n: int, key: str, processes: int | None = None) -> int:
     """This process's share of ``n`` items (a batch); ConfigError when the processes cannot share it equally (equal
     shares keep every process's optimiser steps and collectives in step, and make the mean of the processes' means
     the batch mean). ``processes``: how many share it (default: the group's size)."""
-    from harness.config import ConfigError
+    from harness.fields import ConfigError
 
     w = processes or world_size()
     if n % w:

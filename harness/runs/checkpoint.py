@@ -30,10 +30,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.cache import key_of
-from harness.tracking import progress_on_disk
+from harness.runs.cache import key_of
+from harness.runs.tracking import progress_on_disk
 
-log = logging.getLogger("harness.checkpoint")
+log = logging.getLogger("harness.runs.checkpoint")
 FOLDER = "checkpoint"
 STATE = "state.pt"  # our own loops' checkpoint
 TRAINER = "trainer"  # transformers' output_dir: checkpoint-<step> folders

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from harness.config import ConfigError
+from harness.fields import ConfigError
 
 
 def supports_bf16(device: torch.device) -> bool:

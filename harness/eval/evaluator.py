@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from harness.config import EvalConfig
-from harness.precision import autocast
-from harness.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
-from harness.sampling import Samples, response_logits, response_texts, sample
+from harness.eval.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
+from harness.lm.precision import autocast
+from harness.lm.sampling import Samples, response_logits, response_texts, sample
 
 
 @dataclass

@@ -44,10 +44,22 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from harness import frontier_stats as fstats
-from harness.frontier_stats import (  # noqa: F401  (re-exported: report.<name> keeps working)
-    DEFAULT_KLS, MIN_COMMON_KL, N_BOOT, ZERO_KL, common_kl_range, compare_envelopes, envelope_area,
-    envelope_at, fit_gao, gao_curve, higher_intervals, mean_ci95, t_quantile_975, unimodal_envelope,
+from harness.report import stats as fstats
+from harness.report.stats import (
+    DEFAULT_KLS,
+    MIN_COMMON_KL,
+    N_BOOT,
+    ZERO_KL,
+    common_kl_range,
+    compare_envelopes,
+    envelope_area,
+    envelope_at,
+    fit_gao,
+    gao_curve,
+    higher_intervals,
+    mean_ci95,
+    t_quantile_975,
+    unimodal_envelope,
     upper_envelope,
 )
 

@@ -39,7 +39,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.fields import ConfigError
 
 KEY = "preferences.path"
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -77,7 +77,7 @@ def content_hash(path: str) -> str:
 def read_rows(path: str) -> tuple[str, list[tuple[str, dict]]]:
     """(how the data is named in messages, [(place, row)]): ``line N`` of a .jsonl file, ``row i`` of a Parquet file
     or dataset. An unreadable file or an unknown container is a ConfigError."""
-    from harness.tasks import _decode, _jsonl_rows
+    from harness.data.tasks import _decode, _jsonl_rows
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -120,7 +120,7 @@ def _dataset_rows(p: Path, path: str) -> tuple[str, list[tuple[str, dict]]]:
 
 # ---------------------------------------------------------------------------------------------- checking a field
 def _kind(value: object) -> str:
-    from harness.tasks import _kind as kind
+    from harness.data.tasks import _kind as kind
 
     return "text" if isinstance(value, str) else kind(value)
 

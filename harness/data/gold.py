@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from harness.config import ConfigError, GoldConfig
+from harness.config import GoldConfig
+from harness.fields import ConfigError
 
 
 class GoldReward(Protocol):

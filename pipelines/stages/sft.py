@@ -10,20 +10,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cache import Artifact, build_or_load
-from harness.config import stage_fingerprint
-from harness.evaluator import Evaluator
-from harness.batching import trainer_batches, with_length_sorted_micro_batches
-from harness.models import count_parameters, load_causal_lm, load_pretrained_lm, load_tokenizer
-from harness.run import RunContext
+from harness.config import HarnessConfig, stage_fingerprint
+from harness.eval.evaluator import Evaluator
+from harness.lm.batching import trainer_batches, with_length_sorted_micro_batches
+from harness.lm.models import (
+    count_parameters,
+    load_causal_lm,
+    load_pretrained_lm,
+    load_tokenizer,
+)
+from harness.runs.cache import Artifact, build_or_load, key_of
+from harness.runs.context import RunContext
 
 log = logging.getLogger("harness.sft")
 
 
-def sft_identity(ctx: RunContext) -> dict:
-    t = ctx.cfg.task
+def sft_identity(hc: HarnessConfig) -> dict:
+    t = hc.task
     task_part = {k: getattr(t, k) for k in ("name", "n_train", "n_heldout", "seed", "path", "text_column")}
-    return stage_fingerprint("sft", task_part, ctx.cfg.model, ctx.cfg.sft)
+    return stage_fingerprint("sft", task_part, hc.model, hc.sft)
+
+
+def sft_key(hc: HarnessConfig) -> str:
+    """π_SFT's cache key, computed without building it."""
+    return key_of(sft_identity(hc))
 
 
 @torch.no_grad()
@@ -73,7 +83,7 @@ def _build(ctx: RunContext, out: Path) -> dict:
 
 
 def ensure_sft(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "sft", sft_identity(ctx), lambda out: _build(ctx, out))
+    art = build_or_load(ctx.cache_root, "sft", sft_identity(ctx.cfg), lambda out: _build(ctx, out))
     log.info("π_SFT %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art
 

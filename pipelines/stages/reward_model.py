@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cache import Artifact, build_or_load
-from harness.config import stage_fingerprint
-from harness.batching import trainer_batches, with_length_sorted_micro_batches
-from harness.models import freeze, load_scalar_model
-from harness.run import RunContext
-from harness.sampling import Samples, positions
-from pipelines.preferences import ensure_preferences, load_pairs
-from pipelines.sft import ensure_sft
+from harness.config import HarnessConfig, stage_fingerprint
+from harness.lm.batching import trainer_batches, with_length_sorted_micro_batches
+from harness.lm.models import freeze, load_scalar_model
+from harness.lm.sampling import Samples, positions
+from harness.runs.cache import Artifact, build_or_load, key_of
+from harness.runs.context import RunContext
+from pipelines.stages.preferences import ensure_preferences, load_pairs, preferences_key
+from pipelines.stages.sft import ensure_sft
 
 log = logging.getLogger("harness.reward_model")
 
@@ -54,9 +54,13 @@ class TextScorer:
         return np.concatenate(out) if out else np.zeros(0)
 
 
-def reward_model_identity(ctx: RunContext) -> dict:
-    return stage_fingerprint("reward_model", ensure_preferences(ctx).key, ctx.cfg.reward_model,
-                             {"stage_seed": ctx.cfg.stage_seed})
+def reward_model_identity(hc: HarnessConfig) -> dict:
+    return stage_fingerprint("reward_model", preferences_key(hc), hc.reward_model, {"stage_seed": hc.stage_seed})
+
+
+def reward_model_key(hc: HarnessConfig) -> str:
+    """The reward model's cache key, computed without building it (nor what it stands on)."""
+    return key_of(reward_model_identity(hc))
 
 
 def _build(ctx: RunContext, out: Path) -> dict:
@@ -97,7 +101,7 @@ def _build(ctx: RunContext, out: Path) -> dict:
 
 
 def ensure_reward_model(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "reward_model", reward_model_identity(ctx), lambda out: _build(ctx, out))
+    art = build_or_load(ctx.cache_root, "reward_model", reward_model_identity(ctx.cfg), lambda out: _build(ctx, out))
     log.info("reward model %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art
 

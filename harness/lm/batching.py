@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.config import micro_batches  # noqa: F401  (re-exported: the trainers' split and its validation are one fact)
+from harness.fields import micro_batches  # noqa: F401  (re-exported: the trainers' split and its validation are one fact)
 
 
 def length_sorted_order(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[int]:
@@ -96,7 +96,7 @@ def trainer_batches(batch_size: int, micro_batch_size: int, key: str) -> tuple[i
     """(``per_device_train_batch_size``, ``gradient_accumulation_steps``) of a transformers/TRL trainer whose optimiser
     batch is ``batch_size`` examples over all processes (``harness.distributed``; one without a launcher): each process
     takes an equal share, split into micro-batches of ``micro_batch_size`` (0: none). ``key``: the config section."""
-    from harness.distributed import per_process
+    from harness.lm.distributed import per_process
 
     share = per_process(batch_size, f"{key}.batch_size")
     accumulate = micro_batches(share, micro_batch_size, f"{key}.micro_batch_size")

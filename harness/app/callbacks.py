@@ -20,7 +20,11 @@ class FrontierReport(Callback):
         self.title = title
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from harness.report import load_points, log_report_to_wandb, make_report
+        from harness.report.frontier import (
+            load_points,
+            log_report_to_wandb,
+            make_report,
+        )
 
         folder = Path(config.hydra.sweep.dir)
         rows = load_points(folder)

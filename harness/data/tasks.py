@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import ConfigError, TaskConfig
+from harness.config import TaskConfig
+from harness.fields import ConfigError
 
 
 @dataclass

@@ -26,11 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.cache import Artifact, build_or_load
-from harness.config import PreferencesConfig, identity_of, stage_fingerprint
-from harness.run import RunContext
-from harness.sampling import response_texts, sample
-from pipelines.sft import ensure_sft, load_sft
+from harness.config import (
+    HarnessConfig,
+    PreferencesConfig,
+    identity_of,
+    stage_fingerprint,
+)
+from harness.lm.sampling import response_texts, sample
+from harness.runs.cache import Artifact, build_or_load, key_of
+from harness.runs.context import RunContext
+from pipelines.stages.sft import load_sft, sft_key
 
 log = logging.getLogger("harness.preferences")
 
@@ -56,19 +61,24 @@ def make_pairs(scores: np.ndarray, cfg: PreferencesConfig, rng: np.random.Genera
     return out
 
 
-def preferences_identity(ctx: RunContext) -> dict:
-    t = ctx.cfg.task
-    if ctx.cfg.preferences.source == "file":
-        from harness.checks import preference_file
+def preferences_identity(hc: HarnessConfig) -> dict:
+    t = hc.task
+    if hc.preferences.source == "file":
+        from harness.data.caches import preference_file
 
         # The file's content, not its path (moving it does not rebuild); the split's seed and π_SFT's samples.
-        knobs = {k: v for k, v in identity_of(ctx.cfg.preferences).items() if k not in ("path", "eval_prompts")}
-        return stage_fingerprint("preferences", ensure_sft(ctx).key, preference_file(ctx.cfg).identity(), knobs,
-                                 {"n_train_prompts": t.n_train_prompts, "seed": t.seed}, ctx.cfg.gold,
-                                 {"stage_seed": ctx.cfg.stage_seed})
+        knobs = {k: v for k, v in identity_of(hc.preferences).items() if k not in ("path", "eval_prompts")}
+        return stage_fingerprint("preferences", sft_key(hc), preference_file(hc).identity(), knobs,
+                                 {"n_train_prompts": t.n_train_prompts, "seed": t.seed}, hc.gold,
+                                 {"stage_seed": hc.stage_seed})
     prompts = {k: getattr(t, k) for k in ("n_train_prompts", "prompt_min_tokens", "prompt_max_tokens", "seed")}
-    return stage_fingerprint("preferences", ensure_sft(ctx).key, prompts, ctx.cfg.preferences, ctx.cfg.gold,
-                             {"stage_seed": ctx.cfg.stage_seed})
+    return stage_fingerprint("preferences", sft_key(hc), prompts, hc.preferences, hc.gold,
+                             {"stage_seed": hc.stage_seed})
+
+
+def preferences_key(hc: HarnessConfig) -> str:
+    """The preference set's cache key, computed without building it (nor π_SFT)."""
+    return key_of(preferences_identity(hc))
 
 
 @torch.no_grad()
@@ -94,7 +104,7 @@ def _build_from_file(ctx: RunContext, out: Path) -> dict:
     π_SFT's samples on the training prompts beside them."""
     from datasets import Dataset, DatasetDict
 
-    from harness.checks import preference_file
+    from harness.data.caches import preference_file
 
     pf = preference_file(ctx.cfg)
     splits = {}
@@ -162,7 +172,7 @@ def _build(ctx: RunContext, out: Path) -> dict:
 
 
 def ensure_preferences(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "preferences", preferences_identity(ctx), lambda out: _build(ctx, out))
+    art = build_or_load(ctx.cache_root, "preferences", preferences_identity(ctx.cfg), lambda out: _build(ctx, out))
     log.info("preference set %s: %s", "reused from cache" if art.reused else "built", art.path)
     return art
 

@@ -34,7 +34,7 @@ from typing import Callable
 
 from filelock import FileLock, SoftFileLock
 
-from harness import distributed
+from harness.lm import distributed
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
@@ -45,7 +45,7 @@ def stage_lock(path: Path):
     """The lock that guards one artifact's build (``HARNESS_CACHE_LOCK`` picks its kind)."""
     kind = os.environ.get("HARNESS_CACHE_LOCK") or "flock"
     if kind not in LOCKS:
-        from harness.config import ConfigError
+        from harness.fields import ConfigError
 
         raise ConfigError(f"HARNESS_CACHE_LOCK: '{kind}' is no lock kind; use one of {', '.join(LOCKS)} (soft: a "
                           "filesystem where flock does not hold across machines)")

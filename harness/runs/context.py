@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from harness.config import HarnessConfig
-from harness.gold import load_gold
-from harness.models import pick_device
-from harness.tasks import TaskData, load_task
-from harness.tracking import Tracker
+from harness.data.gold import load_gold
+from harness.data.tasks import TaskData, load_task
+from harness.lm.models import pick_device
+from harness.runs.tracking import Tracker
 
 log = logging.getLogger("harness")
 # Pipeline keys that set a job's budget, not the method's setting: they never label a point. (``evaluate``'s label,
@@ -40,7 +40,7 @@ class RunContext:
 
     def autocast(self):
         """The context of the methods' forward passes: bf16 autocast with ``precision=bf16`` (harness/precision.py)."""
-        from harness.precision import autocast
+        from harness.lm.precision import autocast
 
         return autocast(self.device, self.cfg.precision)
 
@@ -50,7 +50,7 @@ class RunContext:
         ``preferences.source=file``."""
         data = load_task(self.cfg.task)
         if self.cfg.preferences.source == "file":
-            from harness.checks import with_file_prompts
+            from harness.data.caches import with_file_prompts
 
             data = with_file_prompts(self.cfg, data)
         return data
@@ -71,18 +71,18 @@ class RunContext:
     def setting(self) -> str:
         """The method's knob(s) as "beta=0.1": its declared knob plus any other pipeline knob this job set
         (so a clip ablation's points read "kl_coef=0.05,cliprange=0.2")."""
-        base = self.cfg.pipeline.setting()
+        base = self.cfg.method.setting(self.cfg.pipeline)
         have = {part.split("=")[0] for part in base.split(",") if part}
-        labelled = getattr(self.cfg.pipeline, "labelled_budget_keys", ())
+        labelled = self.cfg.method.labelled_budget_keys
         extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept
                  if k not in have and (k not in NOT_A_SETTING or k in labelled)]
         return ",".join([p for p in [base] if p] + extra)
 
     def tracker(self, resume: dict | None = None) -> Tracker:
         """The job's tracker; ``resume``: the run-folder progress of the checkpoint the job continues from."""
-        from harness.checkpoint import wandb_run_id
-        from harness.distributed import is_main
-        from harness.tracking import SilentTracker
+        from harness.lm.distributed import is_main
+        from harness.runs.checkpoint import wandb_run_id
+        from harness.runs.tracking import SilentTracker
 
         name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"
         if not is_main():  # multi-process training: the main process alone writes the run's rows and W&B run

@@ -64,7 +64,7 @@ class Tracker:
 
     def __init__(self, folder: str | Path, cfg: LoggerConfig, raw_config: dict, *, method: str, name: str,
                  group: str | None = None, wandb_id: str | None = None, resume: dict | None = None) -> None:
-        """``wandb_id``: the job's fixed W&B run id (``harness.checkpoint.wandb_run_id``); ``resume``: the
+        """``wandb_id``: the job's fixed W&B run id (``harness.runs.checkpoint.wandb_run_id``); ``resume``: the
         ``progress()`` a checkpoint recorded, to continue the run folder from (None: start it afresh)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ class Tracker:
             self.run.log({**metrics, "train/step": step})
 
     def log_eval(self, point) -> dict:
-        """Log an ``harness.evaluator.EvalPoint``: its row and its per-prompt evidence (see ``log_point``)."""
+        """Log an ``harness.eval.evaluator.EvalPoint``: its row and its per-prompt evidence (see ``log_point``)."""
         return self.log_point(point.row(), point.evidence)
 
     def log_point(self, row: dict, evidence: dict | None = None) -> dict:

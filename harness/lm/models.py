@@ -23,7 +23,8 @@ from transformers import (
 )
 from transformers.activations import NewGELUActivation
 
-from harness.config import ConfigError, ModelConfig
+from harness.config import ModelConfig
+from harness.fields import ConfigError
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 log = logging.getLogger(__name__)

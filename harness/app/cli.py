@@ -1,21 +1,20 @@
 """The Hydra application behind ``python -m harness``.
 
 ``main(argv)`` checks a command before Hydra runs it: the config composes, every value validates, and the job's
-model, data, device and folders pass ``harness.checks.preflight`` (for a sweep, every job: the study sweeper does it
+model, data, device and folders pass ``harness.preflight.checks.preflight`` (for a sweep, every job: the study sweeper does it
 for ``experiment=`` studies, ``main`` for plain ``-m`` sweeps). Any user error, Hydra's own included, ends as one
 line on stderr and exit status 2, before a folder is made or a stage trains.
 
-A job that was killed continues from its last checkpoint when the same command runs again (``harness.checkpoint``);
+A job that was killed continues from its last checkpoint when the same command runs again (``harness.runs.checkpoint``);
 one that has finished is reused. A training quantity that turns NaN or infinite stops the job with one line on stderr
-and exit status 3 (``harness.guards``), keeping its rows and its last checkpoint.
+and exit status 3 (``harness.runs.guards``), keeping its rows and its last checkpoint.
 
 Exit status: 0 done; 2 a user error, nothing trained; 3 a non-finite loss, reward, advantage, value or KL.
 """
 
+
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
@@ -26,118 +25,29 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.cache import key_of
-from harness.config import ConfigError, HarnessConfig, register_configs, validate
-from harness.guards import EXIT_STATUS as NON_FINITE_STATUS
-from harness.guards import NonFiniteError
+from harness.app.jobs import checked, load, run_job, swept_pipeline_keys
+from harness.config import register_configs
+from harness.fields import ConfigError
+from harness.runs.guards import EXIT_STATUS as NON_FINITE_STATUS
+from harness.runs.guards import NonFiniteError
+from pipelines.registry import METHODS
 
 log = logging.getLogger("harness")
-DONE = "done.json"  # written when a job finished; holds its config key and result
 
 
 def conf_dir() -> str:
     """The Hydra config folder: ``harness/conf`` in an installed wheel (pyproject.toml ships the checkout's top-level
     conf/ there), else conf/ beside the packages (a checkout, or an editable install of one). An absolute path keeps
     Hydra from reading it as a Python module name."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # harness/, two up from harness/app/cli.py
     installed = package / "conf"
     return str(installed if (installed / "config.yaml").is_file() else package.parent / "conf")
 
 
 CONF_DIR = conf_dir()
-SECTIONS = ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")
-register_configs()
 
 
-def resolved(hc: HarnessConfig) -> dict:
-    """The full config as run: YAML values plus every schema default, so a run folder says everything."""
-    out = {k: dataclasses.asdict(getattr(hc, k)) for k in SECTIONS}
-    out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads, stages_per_seed=hc.stages_per_seed,
-               precision=hc.precision)
-    out["experiment_name"] = hc.raw.get("experiment_name")
-    # (the study's job list and seed list are the sweep's, not the job's: a job stays "finished" when the study grows)
-    from harness.checks import redact
-
-    return redact(out)  # saved with the run and sent to W&B: no secret an interpolation pulled in
-
-
-def job_key(hc: HarnessConfig) -> str:
-    """The job's identity is what it computes: neither the thread count (how fast) nor a permission such as
-    ``trust_remote_code`` (how it may run), so a rerun under another launcher still reuses the finished job."""
-    ident = {k: v for k, v in hc.raw.items() if k != "threads"}
-    for name in SECTIONS:
-        skip = {f.name for f in dataclasses.fields(getattr(hc, name)) if f.metadata.get("identity") is False}
-        ident[name] = {k: v for k, v in ident[name].items() if k not in skip}
-    if hc.preferences.source == "file":  # the file's content, not its name: an edited file makes a new job
-        from harness.preference_file import content_hash
-
-        ident["preferences"] = {**ident["preferences"], "file_sha256": content_hash(hc.preferences.path)}
-    return key_of(ident)
-
-
-def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:
-    """``pipeline.cliprange=0.2`` -> ``cliprange``: the pipeline knobs a job's overrides set."""
-    keys = []
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key.startswith("pipeline.") and key.count(".") == 1:
-            keys.append(key.split(".", 1)[1])
-    return tuple(dict.fromkeys(keys))
-
-
-def finished(folder: Path, key: str) -> dict | None:
-    """The ``done.json`` record of ``folder`` if it holds a finished run of the job ``key``, else None."""
-    try:
-        record = json.loads((folder / DONE).read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: the job has not (provably) finished
-        return None
-    return record if isinstance(record, dict) and record.get("key") == key else None
-
-
-def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept: tuple[str, ...] = ()) -> dict:
-    """Validate, then run the pipeline ``cfg.pipeline.name``. Everything a job does starts here.
-
-    A finished job (its done.json has this config's key) is reused; a killed one continues from its last checkpoint
-    (the pipelines find it in the job folder, ``harness.checkpoint``), which is removed once done.json is written."""
-    import torch
-
-    from harness import checkpoint
-    from harness.checks import preflight
-    from harness.run import RunContext
-    from pipelines.registry import runner
-
-    from harness import distributed
-    from harness.models import pick_device
-
-    hc = validate(cfg)
-    hc.raw = resolved(hc)
-    key = job_key(hc)
-    # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
-    # process's: each process's Hydra made its own, named by its own clock).
-    distributed.init(cpu=pick_device(hc.device).type == "cpu")
-    folder = Path(distributed.on_main(lambda: str(folder)))
-    record = finished(folder, key)
-    if record is not None:
-        # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
-        print(f"reusing finished job {folder}")
-        return record["result"]
-    task = preflight(hc)  # model, data, device, folders: all before the first stage trains
-    if hc.threads > 0:
-        torch.set_num_threads(hc.threads)
-    torch.manual_seed(hc.seed)
-    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
-    ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
-    result = runner(hc.pipeline.name)(ctx)
-
-    def finish() -> None:
-        folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
-        # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
-        blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
-        checkpoint.commit(folder / DONE, lambda f: f.write(blob))
-        checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
-
-    distributed.on_main(finish)
-    return result
+register_configs(METHODS)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -177,6 +87,8 @@ def _parse_args(argv: list[str]):
 # device there. Two of them narrow the GPUs a job sees to those it was given, the key below: submitit's local executor
 # sets CUDA_VISIBLE_DEVICES from gpus_per_node (unset: none), Ray from num_gpus (unset: Ray leaves it alone).
 _ALL_GPUS = ("BasicLauncher", "JoblibLauncher")
+
+
 _GIVEN_GPUS = {"hydra_submitit_launcher.submitit_launcher.LocalLauncher": ("gpus_per_node", 0),
                "hydra_ray_launcher.ray_launcher.RayLauncher": ("ray.remote.num_gpus", None)}
 
@@ -231,7 +143,7 @@ def _job_config(cfg: DictConfig) -> DictConfig:
 
 def _check_run(cfg: DictConfig, parsed: list) -> None:
     """One job: no sweep syntax, a writable run folder, and the job's own checks."""
-    from harness.checks import check_writable, preflight
+    from harness.preflight.checks import check_writable
 
     sweep = next((o for o in parsed if o.is_sweep_override()), None)
     if sweep is not None:
@@ -240,7 +152,8 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
     out = _folder(cfg, "hydra.run.dir")
     if out:
         check_writable(out, "hydra.run.dir")
-    preflight(validate(_job_config(cfg)), here=True)  # one run is no sweep: Hydra runs it in this process
+    # one run is no sweep: Hydra runs it next, in this process, which takes this preflight's data (checked once)
+    checked(load(_job_config(cfg)), here=True, keep=True)
 
 
 def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
@@ -250,7 +163,7 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from harness.checks import check_jobs, check_writable
+    from harness.preflight.checks import check_jobs, check_writable
 
     out = _folder(cfg, "hydra.sweep.dir")
     if out:
@@ -262,13 +175,13 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
 
     devices = set()
 
-    def compose_job(overrides: list[str]) -> DictConfig:
+    def load_job(overrides: list[str]):
         job = _job_config(loader.compose_config("config", overrides, run_mode=RunMode.RUN,
                                                 with_log_configuration=False))
         devices.add(job.get("device"))
-        return job
+        return load(job)
 
-    check_jobs([job for batch in batches for job in batch], compose_job, jobs_run_here(cfg.hydra.launcher))
+    check_jobs([job for batch in batches for job in batch], load_job, jobs_run_here(cfg.hydra.launcher))
     check_launcher_gpus(cfg.hydra.launcher, devices)
 
 
@@ -296,10 +209,10 @@ def preflight_command(argv: list[str]) -> None:
 
 
 def stop_on_user_error(fn, *args, full_traces: bool = False):
-    """``fn(*args)``; a user error (see ``harness.checks.user_error``) becomes one line on stderr and exit status 2,
-    a non-finite training quantity (``harness.guards``) one line and exit status 3. Anything else, a bug, propagates
+    """``fn(*args)``; a user error (see ``harness.preflight.errors.user_error``) becomes one line on stderr and exit status 2,
+    a non-finite training quantity (``harness.runs.guards``) one line and exit status 3. Anything else, a bug, propagates
     with its traceback; so does everything when ``full_traces``."""
-    from harness.checks import user_error
+    from harness.preflight.errors import user_error
 
     try:
         return fn(*args)
@@ -338,3 +251,4 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+

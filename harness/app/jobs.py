@@ -1,0 +1,106 @@
+"""The composition root's job runner: a composed config becomes a validated, preflighted job that its method runs.
+
+This module and ``harness/app/cli.py`` are the only parts of the library that see the method registry
+(``pipelines/registry.py``); everything below them reads the record a validated config carries (``hc.method``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from harness.config import HarnessConfig, validate
+from harness.runs.identity import DONE, finished, job_key, resolved
+from pipelines.registry import METHODS
+
+# Task data checked by a preflight in this process, by (job key, here), for the run of that job that comes next: a
+# single run is checked by the command line before Hydra makes its folder, then run by Hydra in the same process, and
+# it is preflighted once (see ``checked``).
+_CHECKED: dict[tuple[str, bool], Any] = {}
+
+
+def load(cfg: DictConfig | dict) -> HarnessConfig:
+    """Validate a composed config against the method registry and resolve it (every schema default filled in)."""
+    hc = validate(cfg, METHODS)
+    hc.raw = resolved(hc)
+    return hc
+
+
+def checked(hc: HarnessConfig, here: bool = True, keep: bool = False):
+    """``preflight(hc)``'s task data, the preflight run once per job: ``keep`` leaves the result for the job's run
+    (the command line's check of a single run, the study sweeper's of its jobs under the basic launcher), which takes
+    it."""
+    from harness.preflight.checks import preflight
+
+    slot = (job_key(hc), here)
+    data = _CHECKED.pop(slot, None)
+    if data is None:
+        data = preflight(hc, here)
+    if keep:
+        _CHECKED[slot] = data
+    return data
+
+
+def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:
+    """``pipeline.cliprange=0.2`` -> ``cliprange``: the pipeline knobs a job's overrides set."""
+    keys = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith("pipeline.") and key.count(".") == 1:
+            keys.append(key.split(".", 1)[1])
+    return tuple(dict.fromkeys(keys))
+
+
+def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept: tuple[str, ...] = ()) -> dict:
+    """Validate, then run the method ``cfg.pipeline.name``. Everything a job does starts here.
+
+    A finished job (its done.json has this config's key) is reused; a killed one continues from its last checkpoint
+    (the pipelines find it in the job folder, ``harness.runs.checkpoint``), which is removed once done.json is
+    written."""
+    import torch
+
+    from harness.lm import distributed
+    from harness.lm.models import pick_device
+    from harness.runs import checkpoint
+    from harness.runs.context import RunContext
+
+    hc = load(cfg)
+    key = job_key(hc)
+    # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
+    # process's: each process's Hydra made its own, named by its own clock).
+    distributed.init(cpu=pick_device(hc.device).type == "cpu")
+    folder = Path(distributed.on_main(lambda: str(folder)))
+    record = finished(folder, key)
+    if record is not None:
+        # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
+        print(f"reusing finished job {folder}")
+        return record["result"]
+    task = checked(hc)  # model, data, device, folders: all before the first stage trains
+    if hc.threads > 0:
+        torch.set_num_threads(hc.threads)
+    torch.manual_seed(hc.seed)
+    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
+    ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
+    result = hc.method.run(ctx)
+
+    def finish() -> None:
+        folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
+        # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
+        blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
+        checkpoint.commit(folder / DONE, lambda f: f.write(blob))
+        checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
+
+    distributed.on_main(finish)
+    return result
+
+
+def job_identities(cfg: DictConfig) -> dict[str, str]:
+    """The job key of a composed config and the cache keys of the stages it stands on, computed without building
+    anything (``scripts/job_keys.py``, the golden test)."""
+    from pipelines.stages import stage_keys
+
+    hc = load(cfg)
+    return {"job": job_key(hc), **stage_keys(hc)}

@@ -1,0 +1,92 @@
+"""The one line a user error ends with: ours (:class:`ConfigError`), Hydra's and OmegaConf's composition errors, a
+folder that cannot be written. ``user_error(exc)`` returns None for anything else, so a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import errno
+from typing import Any
+
+from harness.fields import ConfigError
+
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+
+
+# --------------------------------------------------------------------------------------------- one-line errors
+def _first_line(text: str) -> str:
+    return next((s.strip() for s in str(text).splitlines() if s.strip()), "")
+
+
+def _fields(cls: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _omegaconf_line(e: Exception) -> str | None:
+    """An OmegaConf error with a ``full_key``: an unknown key (with the keys allowed there), a value of the wrong
+    type (with the type wanted), a missing value."""
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        ValidationError,
+    )
+
+    key = getattr(e, "full_key", None)
+    if not key:
+        return None
+    owner = getattr(e, "object_type", None)
+    allowed = _fields(owner)
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and allowed:
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, allowed, n=1)
+        hint = f" (did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?)" if close else ""
+        where = f"under {key.rsplit('.', 1)[0]}" if "." in key else "at the top level"
+        return f"{key}: unknown key{hint}; valid keys {where}: {', '.join(allowed)}"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key}: required value is missing (???); set it, e.g. {key}=<value>"
+    if isinstance(e, ValidationError):
+        leaf = key.rsplit(".", 1)[-1]
+        wanted = next((str(f.type) for f in dataclasses.fields(owner) if f.name == leaf), None) if allowed else None
+        return f"{key}: {_first_line(str(e))}" + (f"; give {key} a value of type {wanted}" if wanted else "")
+    return f"{key}: {_first_line(str(e))}"
+
+
+def _hydra_line(e: Exception) -> str | None:
+    from hydra.errors import (
+        HydraException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, option = str(e.missing_cfg_file).rpartition("/")
+        return f"{group}: no option '{option}'; choose one of {', '.join(e.options)}"
+    if isinstance(e, OverrideParseException):
+        return f"command line: cannot parse '{e.override}' ({_first_line(e.message)}); write overrides as key=value"
+    if isinstance(e.__cause__, OmegaConfBaseException):
+        line = _omegaconf_line(e.__cause__)
+        if line:
+            return line
+    if isinstance(e, OmegaConfBaseException):
+        return _omegaconf_line(e) or f"config: {_first_line(str(e))}"
+    if isinstance(e, HydraException):
+        first = _first_line(str(e))
+        if first.startswith("Ambiguous value for argument"):
+            return f"command line: {first}; write a list as key=[a,b], or add -m to sweep over the values"
+        return f"config: {first}"
+    return None
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one line a user error ends with, or None when ``e`` is not a user error (a bug keeps its traceback)."""
+    if isinstance(e, ConfigError):
+        return _first_line(str(e))
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and e.filename:
+        return (f"output: cannot write '{e.filename}' ({e.strerror}); set hydra.run.dir (hydra.sweep.dir with -m) and "
+                "cache_dir to folders you can write, with free space")
+    if isinstance(e, Exception):
+        return _hydra_line(e)
+    return None
+
