@@ -222,25 +222,37 @@ PRECISIONS = ("fp32", "bf16")  # fp32 | bf16 mixed precision (fp32 master weight
 
 
 @dataclass
-class HarnessConfig:
-    task: TaskConfig
-    model: ModelConfig
-    gold: GoldConfig
-    sft: SFTStageConfig
-    preferences: PreferencesConfig
-    reward_model: RewardModelConfig
-    eval: EvalConfig
-    logger: LoggerConfig
-    pipeline: Any  # a pipeline's own dataclass, picked by pipeline.name (its registry record's schema)
+class Sections:
+    """The top-level schema, declared once: every section and top-level key with its default. ``_Schema`` (what Hydra
+    composes ``conf/config.yaml`` onto) and ``HarnessConfig`` (the validated config a job runs) both extend it."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    pipeline: Any = None  # a pipeline's own dataclass, picked by pipeline.name (its registry record's schema)
     seed: int = 0  # the method's seed (stages are seeded by task.seed so every job shares them)
-    cache_dir: str = ".cache/harness"
+    cache_dir: str = ".cache/harness"  # conf/config.yaml reads HARNESS_CACHE_DIR first
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    precision: str = "fp32"  # fp32 | bf16: bf16 autocast over fp32 weights for the methods (harness/precision.py)
+    precision: str = "fp32"  # fp32 | bf16: bf16 autocast over fp32 weights for the methods (harness/lm/precision.py)
     # false: one preference set and reward model for all seeds (seeded by task.seed); true: each run seed builds its
     # own (sampling, labels, split, reward-model training), so seed-to-seed intervals include the variance of the
     # data and reward model, RLHF's largest. π_SFT (= π_ref) and the prompts stay shared either way.
     stages_per_seed: bool = False
+
+
+# The typed sections (task, model, ..., logger) by name, in the schema's order: each is built from its own node.
+SECTION_TYPES: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Sections)
+                                  if f.default_factory is not dataclasses.MISSING}
+
+
+@dataclass
+class HarnessConfig(Sections):
     raw: dict = field(default_factory=dict)  # the resolved config as plain data, saved with the run
     # the method's registry record (harness/methods.py): what the library knows of it; not a config value
     method: Method | None = field(default=None, compare=False, repr=False)
@@ -295,12 +307,9 @@ def validate(cfg: DictConfig | dict, methods: Mapping[str, Method]) -> HarnessCo
     takers = ", ".join(f"pipeline={m.name}" for m in methods.values() if m.takes_policy)
     require(raw.get("policy") is None or method.takes_policy, "policy", f"is read by {takers} only, "
             f"not by pipeline={pipe['name']}", f"use {takers} to evaluate a checkpoint, or drop policy=")
-    sections = dict(
-        task=TaskConfig, model=ModelConfig, gold=GoldConfig, sft=SFTStageConfig, preferences=PreferencesConfig,
-        reward_model=RewardModelConfig, eval=EvalConfig, logger=LoggerConfig,
-    )
-    built = {k: _build(cls, raw.get(k), k) for k, cls in sections.items()}
-    top = {k: raw[k] for k in ("seed", "cache_dir", "device", "threads", "stages_per_seed", "precision") if k in raw}
+    built = {k: _build(cls, raw.get(k), k) for k, cls in SECTION_TYPES.items()}
+    top = {f.name: raw[f.name] for f in dataclasses.fields(Sections) if f.name not in SECTION_TYPES and f.name != "pipeline"
+           and f.name in raw}
     return HarnessConfig(pipeline=_build(method.schema, pipe, "pipeline"), raw=raw, method=method, **built, **top)
 
 
@@ -319,25 +328,11 @@ def stage_fingerprint(*parts: Any) -> dict:
 
 
 @dataclass
-class _Schema:
+class _Schema(Sections):
     """What ``conf/config.yaml`` is merged onto: every section typed, so a misspelt key or a wrong type fails at
-    composition and every knob can be overridden without ``+``. (``pipeline`` is typed by its own group schema.)"""
+    composition and every knob can be overridden without ``+``. (``pipeline`` is typed by its own group schema.) Adds
+    the keys of experiment files and of ``pipeline=evaluate``'s shorthand, which are no job's settings."""
 
-    task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    gold: GoldConfig = field(default_factory=GoldConfig)
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    preferences: PreferencesConfig = field(default_factory=PreferencesConfig)
-    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    pipeline: Any = None
-    seed: int = 0
-    cache_dir: str = ".cache/harness"
-    device: str = "auto"
-    threads: int = 0
-    precision: str = "fp32"
-    stages_per_seed: bool = False
     experiment_name: str | None = None  # set by experiment files; names the sweep folder and the W&B group
     study: Any = None  # experiment files: a list of jobs, each a list of overrides (hydra_plugins/harness_study)
     seeds: Any = None  # experiment files: the seeds every study entry runs with

@@ -11,13 +11,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from harness.config import HarnessConfig
+from harness.config import SECTION_TYPES, HarnessConfig
 from harness.runs.cache import key_of
 
 DONE = "done.json"  # written when a job finished; holds its config key and result
 
 
-SECTIONS = ("task", "model", "gold", "sft", "preferences", "reward_model", "eval", "logger", "pipeline")
+SECTIONS = (*SECTION_TYPES, "pipeline")  # the config's sections, the method's own last
 
 
 def resolved(hc: HarnessConfig) -> dict:
