@@ -5,7 +5,7 @@ cache when there is one, else random weights of that shape), each side timed alt
 
 1. padding: forward+backward of one DPO batch (128 pairs = 256 sequences of the preference set's lengths) padded
    to its longest sequence, against the same batch sorted and split into micro-batches of 16 pairs
-   (``harness.batching``; the same update);
+   (``harness.lm.batching``; the same update);
 2. activation: forward+backward of a batch with GPT-2's ``gelu_new`` against PyTorch's fused tanh-GELU
    (``harness.lm.models.use_fused_gelu``; the same function to 3e-7);
 3. sampling: one token per row for 256 rows over the vocabulary with ``torch.multinomial`` against the inverse-CDF

@@ -64,7 +64,7 @@ for name in need:
 import torch
 print("python", sys.version.split()[0], "|", " ".join(f"{k} {v}" for k, v in versions.items()))
 cuda = torch.cuda.is_available()
-from harness.models import pick_device
+from harness.lm.models import pick_device
 print("cuda:", cuda, "|", torch.cuda.get_device_name(0) if cuda else "-", "| bf16:",
       torch.cuda.is_bf16_supported(including_emulation=False) if cuda else "cpu autocast",
       "| device=auto ->", pick_device("auto"))

@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--n-positions", type=int, default=128)
     # The model's shape (default: the 4x128x4 CPU configuration; gpt2-large is 36 x 1280 x 20, vocab 50257, 1024
-    # positions: benchmarks/gpu_check.sh), where it runs, and in which precision (harness/precision.py).
+    # positions: benchmarks/gpu_check.sh), where it runs, and in which precision (harness/lm/precision.py).
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
     p.add_argument("--n-head", type=int, default=4)

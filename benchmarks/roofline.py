@@ -14,10 +14,10 @@ One run measures the peak and times each stage of the embedded default, at the s
 Stages, each timed through the harness's own public code on the default config (``conf/``, ``pipeline=...``), π_SFT
 from the stage cache when one of the default shape is there (``--sft``/``--cache-dir``; random weights otherwise):
 
-  sft step          one optimizer step of the SFTTrainer ``pipelines/sft.py`` builds (its ``_build`` is run up to
+  sft step          one optimizer step of the SFTTrainer ``pipelines/stages/sft.py`` builds (its ``_build`` is run up to
                     ``trainer.train()`` and the trainer taken from there; tokenizer and a corpus slice handed to it)
   pref sampling     ``harness.lm.sampling.sample``: one preference batch (preferences.batch_size rows, k per prompt)
-  rm step           one optimizer step of the RewardTrainer ``pipelines/reward_model.py`` builds (the same way; its
+  rm step           one optimizer step of the RewardTrainer ``pipelines/stages/reward_model.py`` builds (the same way; its
                     cache look-ups answered with the π_SFT and preference set found, so nothing is ever built)
   ppo sampling      inside ``pipelines.ppo.PPO.step`` (default ppo config): the rollout's ``sample`` call
   ppo scoring       the rest of ``PPO.rollout`` (log-probs, values, reference, reward model, GAE)
@@ -695,7 +695,7 @@ def patched(owner, **attrs):
 
 
 def sft_trainer(st: Setting, out: Path, n_texts: int):
-    """The trainer ``pipelines/sft.py`` builds (a model from scratch), stopped before training. Two inputs are handed
+    """The trainer ``pipelines/stages/sft.py`` builds (a model from scratch), stopped before training. Two inputs are handed
     to it to keep the set-up short: the tokenizer it would train (π_SFT's, trained by the same code on the same
     corpus) and the first ``n_texts`` reviews of the corpus as its training set (the batches are drawn alike)."""
     import pipelines.stages.sft as sft_mod
@@ -707,7 +707,7 @@ def sft_trainer(st: Setting, out: Path, n_texts: int):
 
 
 def rm_trainer(st: Setting, out: Path, n_pairs: int):
-    """The trainer ``pipelines/reward_model.py`` builds, stopped before training. Its inputs are handed to it in place
+    """The trainer ``pipelines/stages/reward_model.py`` builds, stopped before training. Its inputs are handed to it in place
     of the cache look-ups (π_SFT, the preference set cut to its first ``n_pairs`` training pairs), so nothing is built
     and the config's cache keys do not matter."""
     from datasets import DatasetDict
@@ -800,7 +800,7 @@ def stage_pref_sampling(st: Setting, reps: int, count: bool) -> StageResult:
     from harness.lm.sampling import sample
 
     c = st.cfgs["sft"].preferences
-    per_batch = max(1, c.batch_size // c.samples_per_prompt)  # as pipelines/preferences.py batches it
+    per_batch = max(1, c.batch_size // c.samples_per_prompt)  # as pipelines/stages/preferences.py batches it
     prompts = st.task.train_prompts[:per_batch]
     policy = st.policy()
     gen = torch.Generator().manual_seed(0)

@@ -145,7 +145,7 @@ class PreferencesConfig:
     eval_fraction: float = 0.1  # share of prompts held out as a validation split (reward-model accuracy)
     batch_size: int = 256
     # generated: π_SFT samples scored by the gold reward (above) | file: your own pairs in TRL's standard or
-    # conversational format (harness/preference_file.py), at ``path``: .jsonl, .parquet or a save_to_disk folder
+    # conversational format (harness/data/preference_file.py), at ``path``: .jsonl, .parquet or a save_to_disk folder
     source: str = "generated"
     path: str | None = None
     # source=file: evaluation prompts are the file's held-out prompts (file) or the task's (task)
@@ -218,7 +218,7 @@ class LoggerConfig:
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
-PRECISIONS = ("fp32", "bf16")  # fp32 | bf16 mixed precision (fp32 master weights): harness/precision.py
+PRECISIONS = ("fp32", "bf16")  # fp32 | bf16 mixed precision (fp32 master weights): harness/lm/precision.py
 
 
 @dataclass
@@ -258,7 +258,7 @@ class HarnessConfig(Sections):
     method: Method | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # The syntax only: whether the device exists is a property of the machine the job runs on (harness.checks).
+        # The syntax only: whether the device exists is a property of the machine the job runs on (harness.preflight.checks).
         require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
                  "use auto, cpu, cuda, cuda:<index> or mps")
         require(self.precision in PRECISIONS, "precision", f"unknown '{self.precision}'", "use precision=fp32 or precision=bf16")

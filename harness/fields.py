@@ -50,7 +50,7 @@ MAX_NEW_TOKENS = 32
 
 
 # Examples (reviews, or pairs) per length-sorted micro-batch, the default of every trainer's ``micro_batch_size``
-# (harness/batching.py: the same update as the whole batch, padded less). On the tiny model a forward+backward of 64
+# (harness/lm/batching.py: the same update as the whole batch, padded less). On the tiny model a forward+backward of 64
 # reviews took 0.43 s whole, 0.30 s in micro-batches of 32 and 0.25 s in micro-batches of 16.
 MICRO_BATCH_SIZE = 16
 

@@ -12,9 +12,9 @@
 
 The trained baselines write their frontier points with the same :class:`pipelines.dpo.FrontierEvaluation` as DPO (at
 step 0, every ``eval.every`` optimizer steps and at the end) and run the same data checks first. Both resume a killed
-job from its last checkpoint (every ``pipeline.checkpoint_every`` steps; ``harness.checkpoint``): Preferred-FT from
+job from its last checkpoint (every ``pipeline.checkpoint_every`` steps; ``harness.runs.checkpoint``): Preferred-FT from
 its trainer's, as DPO; Unlikelihood from its own ``checkpoint/state.pt``. Both stop at a non-finite loss
-(``harness.guards``).
+(``harness.runs.guards``).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     with tqdm(total=total_steps, initial=step, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
         while step < total_steps:
             if order is None or start >= len(order):
-                # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/batching.py)
+                # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/lm/batching.py)
                 order, start = length_sorted_order(widths, cfg.batch_size, rng), 0
             idx = order[start: start + cfg.batch_size]
             start += cfg.batch_size

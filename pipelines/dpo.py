@@ -23,9 +23,9 @@ end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
 
 Resume and guards, shared the same way: the trainer writes a checkpoint every ``pipeline.checkpoint_every`` optimizer
 steps under ``<job>/checkpoint/trainer`` (:class:`CheckpointCallback` marks each complete with the run folder's
-progress, ``harness.checkpoint``), and a rerun of a killed job continues from the newest with
+progress, ``harness.runs.checkpoint``), and a rerun of a killed job continues from the newest with
 ``resume_from_checkpoint`` (the length-sorted sampler gives a resumed epoch the order of an uninterrupted run);
-:class:`GuardedTraining` stops at the first non-finite loss (``harness.guards``) where transformers would average it
+:class:`GuardedTraining` stops at the first non-finite loss (``harness.runs.guards``) where transformers would average it
 out of its logs and train on.
 """
 
@@ -278,7 +278,7 @@ def _dpo_trainer_class():
         completion tokens, summed), the reference log-probs from TRL's own ``compute_ref_log_probs`` (or the
         precomputed ones), then −(1−ε) log σ(βh) − ε log σ(−βh), and TRL's pair metrics (rewards/*, logps/*).
         Every other case is TRL's code, untouched. Batches are split into length-sorted micro-batches
-        (``harness.batching``): the same update with less padding. A non-finite loss stops training
+        (``harness.lm.batching``): the same update with less padding. A non-finite loss stops training
         (:class:`GuardedTraining`), and a resumed run sees the data in the order of an uninterrupted one
         (``LengthSortedSampler.set_epoch``).
         """
@@ -335,7 +335,7 @@ def save_args(every: int) -> dict:
 def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0,
                 precision: str = "fp32") -> dict:
     """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32 (or, with
-    ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.precision``), no activation
+    ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.lm.precision``), no activation
     checkpointing, no TRL reporting (our tracker does that), checkpoints every ``checkpoint_every`` steps (0: none),
     no data-loader worker processes.
 

@@ -2,7 +2,7 @@
 
 A checkpoint trained elsewhere (verl, OpenRLHF, or another run of this harness: every method saves its final policy
 to ``<job>/policy`` with ``save_pretrained``) is evaluated exactly as the methods evaluate their own policies: the
-shared evaluator (``harness.evaluator``), π_ref = π_SFT from the stage cache (trained first if missing, as for every
+shared evaluator (``harness.eval.evaluator``), π_ref = π_SFT from the stage cache (trained first if missing, as for every
 method), the task's held-out prompts, the gold reward, and the run seed's sampling seed
 (``harness.eval.evaluator.sampling_seed``: one per run seed, the same at every step and for every method). So the saved
 policy of a finished run, evaluated with that run's seed, draws the samples that run's last evaluation drew and

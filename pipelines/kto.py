@@ -16,7 +16,7 @@ alias of the same class). We use it as it is, with the harness's reference, call
 Two constraints of TRL's trainer shape the data path. (1) z_ref's mismatched pairs are built once, before training,
 by rotating the completions by one inside each consecutive block of ``per_device_train_batch_size`` examples, and the
 trainer insists on sequential sampling so that the blocks are the batches; so :func:`unpaired_examples` fixes a
-seeded random order up front and the length-sorted micro-batches of DPO (``harness.batching``) are not used: sorting
+seeded random order up front and the length-sorted micro-batches of DPO (``harness.lm.batching``) are not used: sorting
 by length would change which completions estimate each block's z_ref. (2) With micro-batches (gradient
 accumulation) a block is a micro-batch, so z_ref is estimated per micro-batch (``pipeline.micro_batch_size``
 examples), the losses are averaged over the batch as usual.

@@ -13,7 +13,7 @@ adaptations, each at one of its hooks:
 1. **The judge is a function, not the reward model.** Given a reward *model*, TRL scores the decoded text
    ``prompt + completion`` without EOS (``batch_decode(..., skip_special_tokens=True)``, ``add_special_tokens=False``),
    so r_φ would be read at the last response token. Our r_φ was trained by TRL's RewardTrainer, which appends EOS,
-   and reads its score at that EOS (``pipelines.reward_model``). So the judge is :class:`RewardModelJudge`, TRL's
+   and reads its score at that EOS (``pipelines.stages.reward_model``). So the judge is :class:`RewardModelJudge`, TRL's
    callable reward interface around ``TextScorer``, which appends EOS as in training, exactly as the evaluator's
    proxy_reward and PPO's truncated responses are scored.
 2. **Log-probs with position ids.** TRL's ``_forward`` runs the left-padded prompt + completion without position ids,

@@ -28,10 +28,10 @@ One update (``PPO.step``):
 4. with ``ref_update`` refresh or ema, the penalty's reference moves towards π_θ (``losses.reference_mix_weight``).
 
 A non-finite reward, value, KL, advantage or loss stops the run before the update that would take it in
-(``harness.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
+(``harness.runs.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
 optimisers, the KL controller, the sampling and shuffling generators; ``run`` adds the prompt generator, the global
 generators and the run folder's progress) goes to ``<job>/checkpoint/state.pt``, and a rerun of a killed job continues
-from there with the same rows an uninterrupted run writes (``harness.checkpoint``).
+from there with the same rows an uninterrupted run writes (``harness.runs.checkpoint``).
 
 All the math is in ``pipelines/losses.py``; this module only moves tensors between the roles. ``PPO`` needs no
 Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same update on its own models.
@@ -189,7 +189,7 @@ class PPO:
         seed: seeds token sampling and minibatch shuffling.
         reuse_first_pass: run the first minibatch's training forward during the rollout (see ``FirstPass``); the
             result is the same either way, this only skips a duplicate forward of policy and critic per update.
-        precision: ``fp32`` or ``bf16`` (``harness.precision``): every forward pass of every role under bf16 autocast;
+        precision: ``fp32`` or ``bf16`` (``harness.lm.precision``): every forward pass of every role under bf16 autocast;
             weights, gradients, optimiser states and the PPO math stay fp32.
     """
 
@@ -217,7 +217,7 @@ class PPO:
         self.kl_ctl = (L.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.horizon) if cfg.target_kl is not None
                        else L.FixedKLController(cfg.kl_coef))
         # Under multi-process training each process samples its own share of the prompts from its own stream
-        # (harness.distributed); the replicas start identical and stay so (their gradients are averaged).
+        # (harness.lm.distributed); the replicas start identical and stay so (their gradients are averaged).
         distributed.broadcast_parameters(self.policy)
         distributed.broadcast_parameters(self.critic)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(distributed.process_seed(seed))

@@ -24,7 +24,7 @@ from harness.fields import (
 
 
 def _check_checkpoint_every(obj) -> None:
-    """``checkpoint_every``, the knob of every method that resumes inside a job (``harness.checkpoint``): a
+    """``checkpoint_every``, the knob of every method that resumes inside a job (``harness.runs.checkpoint``): a
     checkpoint every this many updates / optimizer steps, 0 = none. It says how a job runs, not what it computes
     (NOT_IDENTITY): changing it neither reruns a finished job nor discards a killed one's checkpoint."""
     require(obj.checkpoint_every >= 0, "pipeline.checkpoint_every", f"must be >= 0 (got {obj.checkpoint_every})",
@@ -265,7 +265,7 @@ class DPOPipeline(PipelineBase):
     label_smoothing: float | None = None  # ε, the assumed label-flip rate (cdpo, robust); null = the method's own
     learning_rate: float = 3e-4  # tuned on the embedded tiny model; the DPO paper used ~1e-6 for gpt2-large
     batch_size: int = 128  # preference pairs per optimizer step; large enough that evaluating every 10 steps costs ~10%
-    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/lm/batching.py); 0 = none
     epochs: float = 1.0  # passes over the training pairs, used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; 20 x 128 pairs (0.4 epoch): a job takes ~40 s on 1 CPU thread
     max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
@@ -308,7 +308,7 @@ class PreferredFTPipeline(PipelineBase):
     name: str = "preferred_ft"
     learning_rate: float = 3e-4
     batch_size: int = 128  # (prompt, chosen) examples per optimizer step
-    micro_batch_size: int = MICRO_BATCH_SIZE  # examples per length-sorted micro-batch (harness/batching.py); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # examples per length-sorted micro-batch (harness/lm/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
@@ -328,7 +328,7 @@ class UnlikelihoodPipeline(PipelineBase):
     alpha: float = 0.5  # weight of the unlikelihood term; the DPO paper sweeps 0.05, 0.1, 0.5, 1
     learning_rate: float = 3e-4
     batch_size: int = 128  # preference pairs per optimizer step
-    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/batching.py); 0 = none
+    micro_batch_size: int = MICRO_BATCH_SIZE  # pairs per length-sorted micro-batch (harness/lm/batching.py); 0 = none
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)

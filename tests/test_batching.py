@@ -1,4 +1,4 @@
-"""Length-sorted micro-batches (harness/batching.py): the batches stay the random ones, only their order inside
+"""Length-sorted micro-batches (harness/lm/batching.py): the batches stay the random ones, only their order inside
 changes, and one optimiser step on a batch split into micro-batches equals the step on the whole batch, for every
 trainer that uses them (TRL's DPO, reward and SFT trainers, our Unlikelihood loop)."""
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NEEDS_STAGE = r"""
 import json, os, sys, time
 from pathlib import Path
-from harness.cache import build_or_load
+from harness.runs.cache import build_or_load
 
 root, log, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 

@@ -1,4 +1,4 @@
-"""Multi-process training (harness/distributed.py): PPO under ``accelerate launch`` with 2 CPU processes (gloo) writes
+"""Multi-process training (harness/lm/distributed.py): PPO under ``accelerate launch`` with 2 CPU processes (gloo) writes
 what a single-process run writes, once, and finishes (a hang fails the test by its timeout); and the all-reduced batch
 statistics, whitening and gradients of 2 processes equal those of one process on the concatenated data."""
 

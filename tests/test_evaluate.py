@@ -69,7 +69,7 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
     # The report places it beside DPO, as a method of its own.
     paths = make_report(trained / "study", n_boot=50)
     summary = Path(paths["summary_md"]).read_text()
-    assert "Evaluated checkpoint" in summary and "DPO" in summary  # harness/report.py's label for method evaluate
+    assert "Evaluated checkpoint" in summary and "DPO" in summary  # harness/report/'s label for method evaluate
 
 
 def test_a_missing_checkpoint_is_one_line_before_any_work(tmp_path):

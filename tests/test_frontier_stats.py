@@ -1,4 +1,4 @@
-"""harness.frontier_stats: hand-checked envelopes, selection, cross-fit interpolation and paired resampling, and a
+"""harness.report.stats: hand-checked envelopes, selection, cross-fit interpolation and paired resampling, and a
 simulation with a known difference between two methods (interval coverage; selection bias of the naive envelope)."""
 
 import numpy as np

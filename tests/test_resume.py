@@ -43,7 +43,7 @@ DOOMED_JOBS = """
 import importlib, json, os, sys, time, traceback
 from pathlib import Path
 
-import harness.checkpoint as ck
+import harness.runs.checkpoint as ck
 from harness.app import main
 
 commit, seen = ck.commit, []

@@ -98,7 +98,7 @@ def _rendering_tokenizer(hc: HarnessConfig):
 
 
 def preference_file(hc: HarnessConfig):
-    """The checked, rendered and split ``preferences.path`` (``harness.preference_file``), read once per job: the
+    """The checked, rendered and split ``preferences.path`` (``harness.data.preference_file``), read once per job: the
     preflight's read is the one the preference stage stores."""
     from harness.data.preference_file import content_hash, load_preference_file
 

@@ -11,7 +11,7 @@ random numbers (paired comparisons); different run seeds draw different samples,
 the evaluation's own sampling noise.
 
 Per-prompt evidence (each prompt's mean gold reward, KL and truncation) goes with every point: the frontier report's
-paired bootstrap resamples prompts from it (``harness/frontier_stats.py``).
+paired bootstrap resamples prompts from it (``harness/report/stats.py``).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class Evaluator:
     """
 
     def __init__(self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None, precision: str = "fp32") -> None:
-        """``precision``: the job's (``harness.precision``): with bf16 the sampling and KL forward passes of policy and
+        """``precision``: the job's (``harness.lm.precision``): with bf16 the sampling and KL forward passes of policy and
         reference run under bf16 autocast, as the method's own forward passes do."""
         self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = reference, tok, prompts, gold, cfg, proxy
         self.precision = precision

@@ -94,7 +94,7 @@ def with_length_sorted_micro_batches(trainer_cls):
 
 def trainer_batches(batch_size: int, micro_batch_size: int, key: str) -> tuple[int, int]:
     """(``per_device_train_batch_size``, ``gradient_accumulation_steps``) of a transformers/TRL trainer whose optimiser
-    batch is ``batch_size`` examples over all processes (``harness.distributed``; one without a launcher): each process
+    batch is ``batch_size`` examples over all processes (``harness.lm.distributed``; one without a launcher): each process
     takes an equal share, split into micro-batches of ``micro_batch_size`` (0: none). ``key``: the config section."""
     from harness.lm.distributed import per_process
 

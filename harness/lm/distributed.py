@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 # How long a process waits in a collective for the others. The main process evaluates and writes checkpoints while the
-# others wait, and a stage build may wait for another job's build to finish (harness.cache): longer than torch's 30 min.
+# others wait, and a stage build may wait for another job's build to finish (harness.runs.cache): longer than torch's 30 min.
 TIMEOUT = timedelta(hours=6)
 # Gradients are averaged in flat buckets of at most this many elements (a few collectives per step, bounded memory).
 BUCKET = 2**24

@@ -3,7 +3,7 @@
 With bf16, every weight, gradient and optimiser state stays fp32; the forward passes of our own loops (PPO's rollout
 and update, Unlikelihood's step, the sampler, the evaluator) run under ``torch.autocast(dtype=torch.bfloat16)``,
 and the TRL/transformers trainers (DPO, IPO, cDPO, Preferred-FT, RLOO, GRPO) get their ``bf16`` flag, which does the
-same through accelerate. Log-probabilities, KLs and losses are taken from logits cast to fp32 (``harness.sampling``),
+same through accelerate. Log-probabilities, KLs and losses are taken from logits cast to fp32 (``harness.lm.sampling``),
 so only the matrix products run in bf16. The stages (π_SFT, the preference set, the reward model) are built in fp32
 whatever this says: one cached π_SFT is π_ref for both precisions, and their points share one frontier.
 """

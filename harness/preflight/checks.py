@@ -202,7 +202,7 @@ def preflight(hc: HarnessConfig, here: bool = True):
 
 
 def check_process_split(hc: HarnessConfig) -> None:
-    """Launched as several processes (``accelerate launch``, ``torchrun``: ``harness.distributed``), each batch the
+    """Launched as several processes (``accelerate launch``, ``torchrun``: ``harness.lm.distributed``), each batch the
     job may train on is shared equally by them: π_SFT's, the reward model's, and the method's (PPO: each minibatch)."""
     from harness.lm.distributed import launched_processes, per_process
 

@@ -14,7 +14,7 @@ exact KL, truncation; see ``load_evidence``).  This module reads a whole sweep a
                       verdict on where DPO is above, indistinguishable, below; the Gao et al. (2022) fits; the
                       commit that made the numbers.
 
-The statistics live in ``harness.frontier_stats`` (numpy only; its docstring gives the method): a method's
+The statistics live in ``harness.report.stats`` (numpy only; its docstring gives the method): a method's
 curve is the cross-fitted unimodal upper envelope of its points (selected on one half of the prompts, reported
 on the other), averaged over seeds, with intervals from a paired bootstrap over prompts (and seeds) shared by
 all methods.  This module joins rows to evidence, renders and writes.

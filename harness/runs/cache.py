@@ -14,7 +14,7 @@ without ``-o flock``) keeps flock local to each machine, and two machines would 
 atomic exclusive create (NFSv3 and later) shares. Its cost: a holder that crashed on another machine leaves its marker
 (filelock reclaims one whose holder died on this machine), and that key waits until its ``<key>.lock`` is removed.
 
-Under multi-process training (``harness.distributed``) the processes of one job build a missing stage together (its
+Under multi-process training (``harness.lm.distributed``) the processes of one job build a missing stage together (its
 trainer is data-parallel across them, so they must all run it): the main process holds the lock and decides, every
 process builds into its own temporary folder, and the main process's becomes the artifact.
 """

@@ -39,7 +39,7 @@ class RunContext:
         return self.cfg.precision
 
     def autocast(self):
-        """The context of the methods' forward passes: bf16 autocast with ``precision=bf16`` (harness/precision.py)."""
+        """The context of the methods' forward passes: bf16 autocast with ``precision=bf16`` (harness/lm/precision.py)."""
         from harness.lm.precision import autocast
 
         return autocast(self.device, self.cfg.precision)

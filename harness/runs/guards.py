@@ -4,7 +4,7 @@ A non-finite loss, reward, advantage, value or KL poisons every later update (Ad
 transformers would only average it out of its logs. So the run stops at the first one, before the optimiser step that
 would take it in, with a one-line :class:`NonFiniteError` naming the quantity and the step. ``python -m harness``
 prints that line and exits with status :data:`EXIT_STATUS` (3; bad input is 2). Nothing written before is touched:
-the rows so far stay in ``points.jsonl`` and the last checkpoint stays where it is (``harness.checkpoint``), so a fix
+the rows so far stay in ``points.jsonl`` and the last checkpoint stays where it is (``harness.runs.checkpoint``), so a fix
 (e.g. a lower learning rate) can be tried from there.
 """
 

@@ -3,7 +3,7 @@
 Result rows are appended to ``points.jsonl`` first and logged to W&B second, so nothing computed is lost if the
 tracker fails. W&B keys are namespaced: ``objective/``, ``policy/``, ``val/``, ``loss/``, ``rewards/``, ``frontier/``.
 
-A job that starts afresh starts its row files afresh; a job resumed from a checkpoint (``harness.checkpoint``) cuts
+A job that starts afresh starts its row files afresh; a job resumed from a checkpoint (``harness.runs.checkpoint``) cuts
 them back to the lines the checkpoint counted (``Tracker.progress``), so the lines a killed attempt wrote after its
 last checkpoint are written once, by the resumed run. Its W&B run keeps one id per job and is resumed, so a killed
 and resumed job is one W&B run (offline, W&B keeps one folder per attempt, all with that id; synced, they are one run).
@@ -145,7 +145,7 @@ class Tracker:
 
 
 class SilentTracker(Tracker):
-    """The tracker of every process but the main one under multi-process training (``harness.distributed``): the same
+    """The tracker of every process but the main one under multi-process training (``harness.lm.distributed``): the same
     rows and counts in memory, nothing written (no run folder files, no W&B run), so each row is written once."""
 
     def __init__(self, folder: str | Path, *, name: str) -> None:  # noqa: D107 - no super(): it would write

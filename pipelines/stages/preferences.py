@@ -9,7 +9,7 @@ text, TRL's reward and DPO trainers append EOS to it, and PPO scores its own tru
 Seeds: ``stage_seed`` (``task.seed``, or the run's seed with ``stages_per_seed=true``) seeds the sampling, the
 Bradley–Terry labels and the split, and is part of the cache key.
 
-Your own pairs (``preferences.source=file``, ``harness.preference_file``): the file's pairs, checked, rendered to text
+Your own pairs (``preferences.source=file``, ``harness.data.preference_file``): the file's pairs, checked, rendered to text
 and split by prompt during the preflight, are stored here in the same format, so every method reads them unchanged.
 The set's identity is the file's content hash, its layout and rendering, the split's knobs, π_SFT and the gold
 reward: editing the file rebuilds the set and everything built on it. The gold reward scores each pair (columns
