@@ -769,7 +769,8 @@ def pair_lengths(tok, pairs, max_length: int) -> tuple[list[int], list[int]]:
 
 def stage_dpo(st: Setting, reps: int, count: bool) -> StageResult:
     from harness.lm.models import disable_dropout
-    from pipelines.dpo import build_trainer, check_pairs, load_frozen_reference
+    from pipelines.dpo import build_trainer
+    from pipelines.trainer_run import check_pairs, load_frozen_reference
 
     hc = st.cfgs["dpo"]
     steps, clock = trainer_plan(reps, count)

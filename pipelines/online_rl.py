@@ -21,7 +21,7 @@ temperature (pure sampling: top_k 0, top_p 1), dropout off, a constant learning 
 in episodes: ``max_steps`` optimizer steps of ``batch_size`` completions (``batch_size / num_generations`` prompts),
 one generation per step when ``num_iterations`` = 1. PPO's default 20 updates × 64 episodes = this default 20 × 64.
 
-The frontier rows come from the same callbacks as DPO's (``pipelines.dpo``: the shared evaluator at step 0, every
+The frontier rows come from the same callbacks as DPO's (``pipelines.trainer_run``: the shared evaluator at step 0, every
 ``eval.every`` optimizer steps and at the end; logs, checkpoint marks), with the sampled-token count as the compute.
 """
 
@@ -41,7 +41,7 @@ from harness.lm.sampling import Samples, encode_prompts, positions
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
-from pipelines.dpo import (
+from pipelines.trainer_run import (
     FrontierEvaluation,
     GuardedTraining,
     finish,
@@ -223,7 +223,7 @@ def build_trainer(policy, tok, prompts: list[str], reward_fn, cfg: OnlineRLPipel
 
 def run(ctx: RunContext) -> dict:
     """Train π_θ from π_SFT with RLOO or GRPO against r_φ or the gold reward; evaluate along the way. A job killed
-    after a checkpoint continues from it (``pipelines.dpo``'s machinery)."""
+    after a checkpoint continues from it (``pipelines.trainer_run``'s machinery)."""
     from pipelines.stages.sft import load_sft
 
     cfg: RLOOPipeline | GRPOPipeline = ctx.cfg.pipeline

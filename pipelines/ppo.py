@@ -206,7 +206,7 @@ class PPO:
             self.reference = freeze(copy.deepcopy(reference))
         # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
         # the ratio is noise. Eval mode does not stop gradients; disable_dropout also keeps it off if anything calls
-        # train(), and in the saved policy's config, as for every other method (pipelines/dpo.py ``prepare``).
+        # train(), and in the saved policy's config, as for every other method (pipelines/trainer_run.py ``prepare``).
         disable_dropout(self.policy).eval()
         disable_dropout(self.critic).eval()
         self.device = next(policy.parameters()).device

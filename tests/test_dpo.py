@@ -99,7 +99,7 @@ def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
 
 
 def test_logged_metrics_are_namespaced():
-    from pipelines.dpo import namespaced
+    from pipelines.metrics import namespaced
 
     out = namespaced({"loss": 0.7, "rewards/margins": 0.1, "logps/chosen": -9.0, "grad_norm": 1.0, "epoch": 0.5,
                       "eval_rewards/accuracies": 0.6, "note": "text"})
@@ -163,9 +163,9 @@ def _bad_pairs(kind: str):
     ("long_prompt", r"pipeline.max_length: 1 of 2 prompts"),
 ])
 def test_bad_preference_data_stops_before_training(kind, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
-    import pipelines.dpo
+    import pipelines.trainer_run
 
-    monkeypatch.setattr(pipelines.dpo, "load_pairs", lambda art: _bad_pairs(kind))
+    monkeypatch.setattr(pipelines.trainer_run, "load_pairs", lambda art: _bad_pairs(kind))
     with pytest.raises(ConfigError, match=match) as e:
         run_pipeline("dpo", *TRAINING, cache=tiny_cache, folder=f"bad_{kind}")
     assert "\n" not in str(e.value)
