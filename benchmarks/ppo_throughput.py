@@ -100,8 +100,9 @@ def build_ours(args):
 def run_ours(args) -> dict:
     import torch
 
-    from pipelines.ppo import PPO, RewardModelScore
+    from pipelines.ppo import PPO
     from pipelines.schemas import PPOPipeline
+    from pipelines.scoring import RewardModelScore
 
     torch.set_num_threads(args.threads)
     tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)

@@ -33,7 +33,8 @@ optimisers, the KL controller, the sampling and shuffling generators; ``run`` ad
 generators and the run folder's progress) goes to ``<job>/checkpoint/state.pt``, and a rerun of a killed job continues
 from there with the same rows an uninterrupted run writes (``harness.checkpoint``).
 
-All the math is in ``pipelines/losses.py``; this module only moves tensors between the roles. ``PPO`` needs no
+All the math is in ``pipelines/losses.py`` and the reward roles with their score normalisation in
+``pipelines/scoring.py`` (shared with RLOO and GRPO); this module only moves tensors between the roles. ``PPO`` needs no
 Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same update on its own models.
 """
 
@@ -48,7 +49,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.eval.evaluator import Evaluator, texts_of
+from harness.eval.evaluator import Evaluator
 from harness.lm import distributed
 from harness.lm.models import (
     disable_dropout,
@@ -64,56 +65,14 @@ from harness.runs.context import RunContext
 from harness.runs.guards import check_finite, check_point
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
+from pipelines.scoring import RewardFn, normalised, reward_role
 
 log = logging.getLogger("harness.ppo")
 
-# (samples, the prompt strings they were sampled from) -> (B,) raw scores. The reward role.
-RewardFn = Callable[[Samples, list[str]], torch.Tensor]
-# A floor on the std that normalises scores, so a near-constant first rollout cannot blow the scores up.
-_MIN_SCORE_STD = 1e-2
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# Roles and the rollout record
+# The rollout record
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class RewardModelScore:
-    """The ``ppo`` reward role: frozen r_φ(prompt + response + EOS), read at that EOS, where the RM was trained to put
-    its score. A finished response already ends in EOS; a truncated one gets it appended (``with_eos``), as TRL's
-    RewardTrainer and ``TextScorer`` append EOS to every completion, so r_φ never scores a sequence unlike its data."""
-
-    def __init__(self, model) -> None:
-        self.model = use_fused_gelu(freeze(model))
-
-    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
-        from pipelines.stages.reward_model import score_samples
-
-        return score_samples(self.model, with_eos(s, self.model.config.eos_token_id, self.model.config.pad_token_id))
-
-
-def with_eos(s: Samples, eos_id: int, pad_id: int) -> Samples:
-    """``s`` with one more response column: EOS right after the last real token of each truncated row (``ended``
-    False), padding (mask 0) elsewhere. Finished rows keep their tokens, so their scores do not change. -> (B, T+1)"""
-    B = s.response.shape[0]
-    response = torch.cat([s.response, s.response.new_full((B, 1), pad_id)], dim=1)
-    mask = torch.cat([s.response_mask, s.response_mask.new_zeros(B, 1)], dim=1)
-    rows = (~s.ended).nonzero().squeeze(-1)
-    at = s.response_mask[rows].sum(-1).long()  # first column after the real tokens
-    response[rows, at] = eos_id
-    mask[rows, at] = 1
-    return Samples(s.query, s.query_mask, response, mask, s.ended, s.prompt_index)
-
-
-class GoldScore:
-    """The ``ppo_gt`` reward role: the gold scorer (VADER by default) on the decoded prompt + response."""
-
-    def __init__(self, gold, tok) -> None:
-        self.gold, self.tok = gold, tok
-
-    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:
-        scores = np.asarray(self.gold(texts_of(self.tok, prompts, s)), dtype=np.float32)
-        return torch.from_numpy(scores).to(s.response.device)
 
 
 @dataclass
@@ -311,13 +270,12 @@ class PPO:
             raw = self.reward(s, prompts).float()  # (B,)
         self._check("reward", raw)
         self._check("value", values)
-        if self.score_norm is None:  # the whole batch's (every process's share), so every process normalises alike
-            batch_raw = distributed.all_gather(raw)
-            self.score_norm = (batch_raw.mean().item(), max(batch_raw.std().item(), _MIN_SCORE_STD))
-        # Score normalisation, then the optional missing-EOS penalty (Huang et al. 2024; 0 by default, see
-        # PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
-        mean, std = self.score_norm
-        scores = (raw - mean) / std - cfg.missing_eos_penalty * (~s.ended).float()
+        # Score normalisation (``scoring.normalised``; with no stored statistics, the whole batch's, every process's
+        # share, so every process normalises alike), then the optional missing-EOS penalty (Huang et al. 2024; 0 by
+        # default, see PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
+        whole = distributed.all_gather(raw) if self.score_norm is None else None
+        scores, self.score_norm = normalised(raw, self.score_norm, batch=whole)
+        scores = scores - cfg.missing_eos_penalty * (~s.ended).float()
 
         beta = self.kl_ctl.value
         kl = L.kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
@@ -469,7 +427,7 @@ def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.
 
 def build_roles(ctx: RunContext) -> Roles:
     """Load the four roles for ``ctx.cfg.pipeline`` (``ppo`` or ``ppo_gt``) from the stage cache (building stages
-    that are missing)."""
+    that are missing); the reward role is ``scoring.reward_role``'s."""
     from pipelines.stages.sft import load_sft
 
     cfg = ctx.cfg.pipeline
@@ -477,24 +435,18 @@ def build_roles(ctx: RunContext) -> Roles:
     remote = ctx.cfg.model.trust_remote_code
     reference = load_pretrained_lm(sft.path, tok, remote).to(ctx.device)
     if cfg.name == "ppo":
-        from pipelines.stages.reward_model import (
-            TextScorer,
-            ensure_reward_model,
-            load_reward_model,
-        )
+        from pipelines.stages.reward_model import ensure_reward_model
 
-        rm, _, facts = load_reward_model(ctx)
-        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
         # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
-        norm = (facts["sft_score_mean"], facts["sft_score_std"])
+        role = reward_role(ctx, tok, gold=False, normalize=cfg.normalize_scores)
+        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
         if cfg.normalize_scores:  # the critic predicts returns of the normalised score: start it on that scale
-            critic.score = normalised_head(critic.score, *norm)
-        reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
+            critic.score = normalised_head(critic.score, *role.norm)
     else:
         critic = load_scalar_model(sft.path, tok, remote)  # π_SFT's backbone, fresh scalar head
         # The gold scorer has no stored statistics: the first rollout (π_SFT's own samples) gives them.
-        norm, reward, proxy = None, GoldScore(ctx.gold, tok), None
-    return Roles(policy, reference, critic.to(ctx.device), reward, tok, norm if cfg.normalize_scores else (0.0, 1.0), proxy)
+        role = reward_role(ctx, tok, gold=True, normalize=cfg.normalize_scores)
+    return Roles(policy, reference, critic.to(ctx.device), role.score, tok, role.norm, role.proxy)
 
 
 def run(ctx: RunContext) -> dict:

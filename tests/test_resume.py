@@ -235,9 +235,9 @@ def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
 # ------------------------------------------------------------------------------------------- numerical guards
 def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
     from harness.app import cli as app
-    from pipelines import ppo
+    from pipelines import scoring
 
-    score, calls, at_failure = ppo.RewardModelScore.__call__, [], {}
+    score, calls, at_failure = scoring.RewardModelScore.__call__, [], {}
     state = checkpoint.folder(tmp_path / "job") / checkpoint.STATE
 
     def nan_at_update_2(self, s, prompts):
@@ -247,7 +247,7 @@ def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_c
             return torch.full((s.response.shape[0],), float("nan"))
         return score(self, s, prompts)
 
-    monkeypatch.setattr(ppo.RewardModelScore, "__call__", nan_at_update_2)
+    monkeypatch.setattr(scoring.RewardModelScore, "__call__", nan_at_update_2)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         app.main(overrides(PPO, tiny_cache) + [f"hydra.run.dir={tmp_path / 'job'}"])
