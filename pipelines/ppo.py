@@ -27,6 +27,9 @@ One update (``PPO.step``):
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``);
 4. with ``ref_update`` refresh or ema, the penalty's reference moves towards π_θ (``losses.reference_mix_weight``).
 
+Each update's metrics (``PPO.step``; W&B and the run folder's updates.jsonl) are named in ``pipelines.metrics``'
+namespaces: objective/ (policy loss, KL, β_KL), policy/, critic/ (the value function), rewards/, compute/.
+
 A non-finite reward, value, KL, advantage or loss stops the run before the update that would take it in
 (``harness.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
 optimisers, the KL controller, the sampling and shuffling generators; ``run`` adds the prompt generator, the global
@@ -295,10 +298,10 @@ class PPO:
         stats = distributed.batch_means({
             "objective/kl": seq_kl,
             "objective/kl_k3": seq_kl_k3,
-            "objective/scores": scores,
             "objective/rlhf_reward": scores - beta * kl.sum(-1),
             "objective/non_score_reward": -beta * kl.sum(-1),
-            "objective/entropy": entropy,
+            "policy/sequence_entropy": entropy,
+            "rewards/scores": scores,
             "rewards/raw_score": raw,
             "rewards/missing_eos_frac": (~s.ended).float(),
             "rewards/response_tokens": mask.sum(-1),
@@ -306,9 +309,9 @@ class PPO:
         total = distributed.all_reduce_sum
         stats.update({
             "compute/tokens_generated": int(total(mask.sum()).item()),
-            "val/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
-            "val/mean": L.masked_mean(values, mask, total=total).item(),
-            "kl_coef": beta,
+            "critic/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
+            "critic/value_mean": L.masked_mean(values, mask, total=total).item(),
+            "objective/kl_coef": beta,
         })
         ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass)
         return ro, stats
@@ -320,8 +323,8 @@ class PPO:
         B = ro.masks.shape[0]
         size = B // cfg.num_minibatches
         tokens_trained = 0
-        acc: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
-                                                        "val/clipfrac", "policy/entropy")}
+        acc: dict[str, list[float]] = {k: [] for k in ("objective/policy_loss", "critic/value_loss", "policy/clipfrac",
+                                                        "policy/approxkl", "critic/clipfrac", "policy/entropy")}
         for epoch in range(cfg.ppo_epochs):
             order = ro.epoch0_order if epoch == 0 and ro.epoch0_order is not None else \
                 torch.randperm(B, generator=self.shuffle_gen).to(self.device)
@@ -363,8 +366,8 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.critic_opt.step()
 
-                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
-                             ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
+                for k, v in (("objective/policy_loss", pg_loss), ("critic/value_loss", vf_loss), ("policy/clipfrac", clipfrac),
+                             ("policy/approxkl", approxkl), ("critic/clipfrac", vf_clipfrac)):
                     acc[k].append(v.item())
                 # policy and critic each run forward+backward over the minibatch's prompt + response tokens
                 tokens_trained += 2 * int(mb.samples.attention_mask.sum().item())
@@ -382,7 +385,7 @@ class PPO:
         self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
         self.updates_done += 1
         self.move_reference()
-        stats["charts/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
+        stats["compute/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
         return stats
 
 
@@ -513,8 +516,8 @@ def run(ctx: RunContext) -> dict:
         tracker.log(stats, step=update)
         # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
         tracker.append("updates.jsonl", {"update": update, **stats})
-        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                        beta=f"{stats['kl_coef']:.3g}", refresh=False)
+        bar.set_postfix(score=f"{stats['rewards/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
+                        beta=f"{stats['objective/kl_coef']:.3g}", refresh=False)
         if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
             points.append(evaluate(update))
         # None after the last update: the finished job's done.json makes it unnecessary
