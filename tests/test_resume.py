@@ -43,8 +43,8 @@ DOOMED_JOBS = """
 import importlib, json, os, sys, time, traceback
 from pathlib import Path
 
-import harness.checkpoint as ck
-from harness.app import main
+import harness.runs.checkpoint as ck
+from harness.app.cli import main
 
 commit, seen = ck.commit, []
 
