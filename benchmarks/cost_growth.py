@@ -121,10 +121,11 @@ def length_pairs(tok, task, stream: list[int], n: int, length: int, seed: int):
 
 def measure_ppo_point(st, roles, length: int, args) -> dict:
     import pipelines.ppo as ppo_mod
+    from pipelines.scoring import RewardModelScore
 
     policy, reference, critic, rm = roles
     cfg = dataclasses.replace(st.cfgs["ppo"].pipeline, batch_size=args.ppo_batch, max_new_tokens=length)
-    ppo = ppo_mod.PPO(policy, reference, critic, ppo_mod.RewardModelScore(rm), st.tok, cfg, score_norm=(0.0, 1.0), seed=0)
+    ppo = ppo_mod.PPO(policy, reference, critic, RewardModelScore(rm), st.tok, cfg, score_norm=(0.0, 1.0), seed=0)
     prompts = st.task.train_prompts
     cursor = [0]
 

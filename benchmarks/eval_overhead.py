@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     from harness.app.jobs import load as validate
     from harness.eval.evaluator import Evaluator
     from harness.runs.context import RunContext
-    from pipelines.dpo import EvaluationCallback, FrontierEvaluation, build_trainer, check_pairs, load_frozen_reference
+    from pipelines.dpo import build_trainer
+    from pipelines.trainer_run import EvaluationCallback, FrontierEvaluation, check_pairs, load_frozen_reference
     from pipelines.stages.preferences import ensure_preferences, load_pairs
     from pipelines.stages.sft import load_sft
 

@@ -100,8 +100,9 @@ def build_ours(args):
 def run_ours(args) -> dict:
     import torch
 
-    from pipelines.ppo import PPO, RewardModelScore
+    from pipelines.ppo import PPO
     from pipelines.schemas import PPOPipeline
+    from pipelines.scoring import RewardModelScore
 
     torch.set_num_threads(args.threads)
     tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)
@@ -127,7 +128,7 @@ def run_ours(args) -> dict:
     return {
         "impl": "harness-ppo", "episodes_per_s": (args.updates - 1) * PROMPTS_PER_UPDATE / wall,
         "updates": args.updates, "timed_updates": args.updates - 1, "wall_s": wall,
-        "kl": [lg["objective/kl"] for lg in logs], "scores": [lg["objective/scores"] for lg in logs],
+        "kl": [lg["objective/kl"] for lg in logs], "scores": [lg["rewards/scores"] for lg in logs],
         "torch_threads": torch.get_num_threads(), "warmup_s": ends[0] - t_start, "total_wall_s": ends[-1] - t_start,
         "episodes_per_update": PROMPTS_PER_UPDATE, "seed": args.seed, "loadavg_1m": [load_start, os.getloadavg()[0]],
         "device": args.device, "precision": args.precision, "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],

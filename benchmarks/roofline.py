@@ -769,7 +769,8 @@ def pair_lengths(tok, pairs, max_length: int) -> tuple[list[int], list[int]]:
 
 def stage_dpo(st: Setting, reps: int, count: bool) -> StageResult:
     from harness.lm.models import disable_dropout
-    from pipelines.dpo import build_trainer, check_pairs, load_frozen_reference
+    from pipelines.dpo import build_trainer
+    from pipelines.trainer_run import check_pairs, load_frozen_reference
 
     hc = st.cfgs["dpo"]
     steps, clock = trainer_plan(reps, count)
@@ -830,13 +831,14 @@ def build_ppo(st: Setting, cfg):
     """``pipelines.ppo.PPO`` on the four roles as ``build_roles`` makes them for ``ppo`` (from the cached stages,
     without building any): policy and reference π_SFT, critic = r_φ with its head rescaled to the normalised score."""
     import pipelines.ppo as ppo_mod
+    from pipelines.scoring import RewardModelScore
 
     facts = st.stages["rm_facts"]
     norm = (facts["sft_score_mean"], facts["sft_score_std"]) if "sft_score_mean" in facts else (0.0, 1.0)
     critic = st.scalar()
     if cfg.normalize_scores and hasattr(ppo_mod, "normalised_head"):
         critic.score = ppo_mod.normalised_head(critic.score, *norm)
-    reward = ppo_mod.RewardModelScore(st.scalar())
+    reward = RewardModelScore(st.scalar())
     return ppo_mod.PPO(st.policy(), st.policy(), critic, reward, st.tok, cfg,
                        score_norm=norm if cfg.normalize_scores else (0.0, 1.0), seed=0)
 

@@ -10,7 +10,7 @@
 * **Best-of-N** (:func:`run_best_of_n`): N samples from π_SFT per held-out prompt, keep the one the learned reward
   model scores highest (or the gold reward: an oracle), report the gold reward of the kept ones. No training.
 
-The trained baselines write their frontier points with the same :class:`pipelines.dpo.FrontierEvaluation` as DPO (at
+The trained baselines write their frontier points with the same :class:`pipelines.trainer_run.FrontierEvaluation` as DPO (at
 step 0, every ``eval.every`` optimizer steps and at the end) and run the same data checks first. Both resume a killed
 job from its last checkpoint (every ``pipeline.checkpoint_every`` steps; ``harness.runs.checkpoint``): Preferred-FT from
 its trainer's, as DPO; Unlikelihood from its own ``checkpoint/state.pt``. Both stop at a non-finite loss
@@ -44,15 +44,14 @@ from harness.lm.sampling import sample
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
-from pipelines.dpo import (
-    FrontierEvaluation,
+from pipelines.trainer_run import (
     GuardedTraining,
     prepare,
     save_args,
     trainer_callbacks,
     trainer_max_steps,
 )
-from pipelines.dpo import finish as _finish
+from pipelines.trainer_run import finish as _finish
 from pipelines.losses import sequence_logps, unlikelihood_loss
 from pipelines.stages.sft import load_sft
 

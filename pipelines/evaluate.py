@@ -27,7 +27,7 @@ from harness.data.hub import TOKENIZER_FILES
 from harness.fields import ConfigError
 from harness.lm.models import freeze, load_pretrained_lm
 from harness.runs.context import RunContext
-from pipelines.dpo import start_tracking
+from pipelines.trainer_run import start_tracking
 from pipelines.schemas import EvaluatePipeline
 from pipelines.stages.sft import load_sft
 

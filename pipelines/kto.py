@@ -10,7 +10,7 @@ included) and the reference point z_ref = max(0, mean over mismatched (x, y') of
 
 TRL 1.16 has ``KTOTrainer`` in its stable API (``from trl import KTOTrainer``; ``trl.experimental.kto`` is a deprecated
 alias of the same class). We use it as it is, with the harness's reference, callbacks, checkpoints and guard
-(``pipelines.dpo``); the examples come from the same cached preference set every other method trains on
+(``pipelines.trainer_run``); the examples come from the same cached preference set every other method trains on
 (:func:`unpaired_examples`).
 
 Two constraints of TRL's trainer shape the data path. (1) z_ref's mismatched pairs are built once, before training,
@@ -32,7 +32,7 @@ import numpy as np
 from harness.lm.batching import micro_batches
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
-from pipelines.dpo import (
+from pipelines.trainer_run import (
     GuardedTraining,
     finish,
     prepare,
@@ -77,7 +77,7 @@ def unpaired_examples(prompts: list[str], chosen: list[str], rejected: list[str]
 
 def kto_config(cfg: KTOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
                checkpoint_every: int = 0, precision: str = "fp32"):
-    """TRL's KTOConfig from our pipeline config, on :func:`pipelines.dpo.shared_args`; warm-up then a constant
+    """TRL's KTOConfig from our pipeline config, on :func:`pipelines.trainer_run.shared_args`; warm-up then a constant
     learning rate, as DPO."""
     from trl import KTOConfig
 

@@ -36,6 +36,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+# Declared once, in the light schemas module (no torch) that validates the configs: kl_penalty's estimators (only k1
+# may be a reward) and dpo_family_loss's loss types.
+from pipelines.schemas import DPO_LOSS_TYPES, KL_ESTIMATORS
+
 # Sums a 0-d tensor over every shard of the data: the identity for a batch in one process,
 # ``harness.lm.distributed.all_reduce_sum`` for a batch split across processes (the batch statistics stay the batch's).
 Total = Callable[[torch.Tensor], torch.Tensor]
@@ -65,8 +69,6 @@ __all__ = [
     "sequence_logps",
 ]
 
-KL_ESTIMATORS = ("k1", "k3")  # estimates of the KL's value; only k1 may be a reward (see kl_penalty)
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
 
 # Added to a variance before taking its inverse square root, so that whitening a constant batch gives 0, not NaN.
 _WHITEN_EPS = 1e-8

@@ -5,7 +5,7 @@ Each update: for each of ``batch_size`` prompts, sample two completions from the
 ``temperature``, up to ``max_new_tokens``, stop at EOS); the learned Bradley–Terry reward model r_φ (from the stage
 cache, as ``ppo`` uses it) scores both and the higher is chosen (a tie goes to the first sample, TRL's rule); the
 DPO loss −log σ(β h) on that pair against the frozen π_ref = π_SFT; one AdamW step. The shared evaluator runs from
-the same callback as DPO's (``pipelines.dpo``), so the rows are DPO's rows.
+the same callback as DPO's (``pipelines.trainer_run``), so the rows are DPO's rows.
 
 TRL's trainer serves on CPU with our models (transformers' ``generate`` samples, no vLLM needed), with two
 adaptations, each at one of its hooks:
@@ -43,7 +43,7 @@ from harness.lm.models import disable_dropout
 from harness.lm.sampling import Samples, response_logits
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
-from pipelines.dpo import (
+from pipelines.trainer_run import (
     GuardedTraining,
     finish,
     load_frozen_reference,
@@ -94,7 +94,7 @@ def _online_dpo_trainer_class():
 
 def online_dpo_config(cfg: OnlineDPOPipeline, output_dir: str, *, max_length: int, seed: int, use_cpu: bool,
                       logging_steps: int = 10, checkpoint_every: int = 0, precision: str = "fp32"):
-    """TRL's OnlineDPOConfig from our pipeline config, on :func:`pipelines.dpo.shared_args`: DPO's sigmoid loss,
+    """TRL's OnlineDPOConfig from our pipeline config, on :func:`pipelines.trainer_run.shared_args`: DPO's sigmoid loss,
     pure sampling (no top-k/top-p) at ``temperature``, no missing-EOS penalty (PPO's default: every method is
     compared on the same objective), warm-up then a constant learning rate (as DPO). ``max_length``: the model's
     positions, so TRL never cuts a prompt (the preflight checks prompt + ``max_new_tokens`` fit)."""
@@ -138,7 +138,7 @@ def run(ctx: RunContext) -> dict:
     cfg: OnlineDPOPipeline = ctx.cfg.pipeline
     resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None
     policy, tok, sft = load_sft(ctx)
-    policy = disable_dropout(policy)  # as every method's policy (pipelines.dpo.prepare)
+    policy = disable_dropout(policy)  # as every method's policy (pipelines.trainer_run.prepare)
     reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)
     reward_model, _, _ = load_reward_model(ctx)
     judge = RewardModelJudge(TextScorer(reward_model, tok))

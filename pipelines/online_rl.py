@@ -10,9 +10,9 @@ Four methods, two algorithms × two rewards:
                   over the group, and β · k3 per token (exp(Δ) − Δ − 1, Δ = log π_ref − log π_θ) in the *loss*.
 
 The score is the learned Bradley–Terry r_φ from the stage cache for ``rloo`` / ``grpo`` (read at EOS, appended to a
-truncated completion, normalised with r_φ's stored π_SFT statistics: PPO's ``RewardModelScore``) and the gold reward
-on the decoded prompt + completion for the ``_gt`` variants (normalised with the first batch, π_SFT's own samples:
-PPO's ``GoldScore``). Both reach TRL as a reward function (:class:`RewardFunction`), which rebuilds the sampled token
+truncated completion, normalised with r_φ's stored π_SFT statistics: ``RewardModelScore``) and the gold reward on
+the decoded prompt + completion for the ``_gt`` variants (normalised with the first batch, π_SFT's own samples:
+``GoldScore``), the reward roles and the normalisation PPO uses (``pipelines.scoring``). Both reach TRL as a reward function (:class:`RewardFunction`), which rebuilds the sampled token
 tensors from the completion ids TRL hands it, so r_φ scores exactly the tokens that were sampled.
 
 What is held equal to PPO: the prompts (the task's training prompts), π_SFT as the initial policy and as π_ref (TRL
@@ -21,7 +21,7 @@ temperature (pure sampling: top_k 0, top_p 1), dropout off, a constant learning 
 in episodes: ``max_steps`` optimizer steps of ``batch_size`` completions (``batch_size / num_generations`` prompts),
 one generation per step when ``num_iterations`` = 1. PPO's default 20 updates × 64 episodes = this default 20 × 64.
 
-The frontier rows come from the same callbacks as DPO's (``pipelines.dpo``: the shared evaluator at step 0, every
+The frontier rows come from the same callbacks as DPO's (``pipelines.trainer_run``: the shared evaluator at step 0, every
 ``eval.every`` optimizer steps and at the end; logs, checkpoint marks), with the sampled-token count as the compute.
 """
 
@@ -41,7 +41,7 @@ from harness.lm.sampling import Samples, encode_prompts, positions
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
-from pipelines.dpo import (
+from pipelines.trainer_run import (
     FrontierEvaluation,
     GuardedTraining,
     finish,
@@ -49,8 +49,8 @@ from pipelines.dpo import (
     save_args,
     trainer_callbacks,
 )
-from pipelines.ppo import _MIN_SCORE_STD, GoldScore, RewardModelScore
 from pipelines.schemas import GRPOPipeline, OnlineRLPipeline, RLOOPipeline
+from pipelines.scoring import normalised, reward_role
 
 log = logging.getLogger("harness.online_rl")
 
@@ -79,8 +79,9 @@ def completion_samples(tok, prompts: list[str], completion_ids: list[list[int]],
 class RewardFunction:
     """The reward role in TRL's form, ``(prompts, completions, completion_ids, **kw) -> list[float]``.
 
-    ``score``: PPO's reward role, ``(samples, prompts) -> (B,)`` raw scores. Scores become (raw − mean) / std with
-    ``norm`` = (mean, std); ``norm`` None: taken from the first batch (π_SFT's own samples), as PPO-GT does. Every
+    ``score``: the reward role (``pipelines.scoring``, as PPO's), ``(samples, prompts) -> (B,)`` raw scores. Scores
+    become (raw − mean) / std with ``norm`` = (mean, std) (``scoring.normalised``); ``norm`` None: taken from the first
+    batch (π_SFT's own samples), as PPO-GT does. Every
     completion passes through here exactly once, so this is also where the sampled tokens are counted.
     """
 
@@ -96,24 +97,17 @@ class RewardFunction:
         s = completion_samples(self.tok, prompts, completion_ids, self.device)
         raw = self.score(s, prompts).float()
         check_finite("reward", raw, (trainer_state.global_step if trainer_state is not None else 0) + 1, unit="step")
-        if self.norm is None:
-            self.norm = (raw.mean().item(), max(raw.std().item(), _MIN_SCORE_STD))
+        scores, self.norm = normalised(raw, self.norm)
         self.tokens_generated += int(s.response_mask.sum().item())
-        mean, std = self.norm
-        return ((raw - mean) / std).tolist()
+        return scores.tolist()
 
 
-def reward_role(ctx: RunContext, tok) -> tuple[RewardFunction, Callable | None]:
-    """(the reward function, the evaluator's proxy scorer or None) for ``ctx``'s method: r_φ for rloo / grpo, the
-    gold reward for the _gt variants."""
+def reward_function(ctx: RunContext, tok) -> tuple[RewardFunction, Callable | None]:
+    """(the reward function, the evaluator's proxy scorer or None) for ``ctx``'s method: ``scoring.reward_role``, r_φ
+    for rloo / grpo, the gold reward for the _gt variants."""
     cfg: OnlineRLPipeline = ctx.cfg.pipeline
-    if cfg.name.endswith("_gt"):
-        return RewardFunction(GoldScore(ctx.gold, tok), tok, ctx.device, None if cfg.normalize_scores else (0.0, 1.0)), None
-    from pipelines.stages.reward_model import TextScorer, load_reward_model
-
-    rm, _, facts = load_reward_model(ctx)
-    norm = (facts["sft_score_mean"], facts["sft_score_std"]) if cfg.normalize_scores else (0.0, 1.0)
-    return RewardFunction(RewardModelScore(rm), tok, ctx.device, norm), TextScorer(rm, tok)
+    role = reward_role(ctx, tok, gold=cfg.name.endswith("_gt"), normalize=cfg.normalize_scores)
+    return RewardFunction(role.score, tok, ctx.device, role.norm), role.proxy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,7 +217,7 @@ def build_trainer(policy, tok, prompts: list[str], reward_fn, cfg: OnlineRLPipel
 
 def run(ctx: RunContext) -> dict:
     """Train π_θ from π_SFT with RLOO or GRPO against r_φ or the gold reward; evaluate along the way. A job killed
-    after a checkpoint continues from it (``pipelines.dpo``'s machinery)."""
+    after a checkpoint continues from it (``pipelines.trainer_run``'s machinery)."""
     from pipelines.stages.sft import load_sft
 
     cfg: RLOOPipeline | GRPOPipeline = ctx.cfg.pipeline
@@ -236,7 +230,7 @@ def run(ctx: RunContext) -> dict:
         raise RuntimeError(f"π_SFT's config names {policy.config._name_or_path!r}, not its folder {sft.path}: TRL would "
                            "load another model as the reference")
     reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)  # the evaluator's
-    reward_fn, proxy = reward_role(ctx, tok)
+    reward_fn, proxy = reward_function(ctx, tok)
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy,
                                               precision=ctx.precision),

@@ -27,13 +27,17 @@ One update (``PPO.step``):
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``);
 4. with ``ref_update`` refresh or ema, the penalty's reference moves towards π_θ (``losses.reference_mix_weight``).
 
+Each update's metrics (``PPO.step``; W&B and the run folder's updates.jsonl) are named in ``pipelines.metrics``'
+namespaces: objective/ (policy loss, KL, β_KL), policy/, critic/ (the value function), rewards/, compute/.
+
 A non-finite reward, value, KL, advantage or loss stops the run before the update that would take it in
 (``harness.runs.guards``). Every ``checkpoint_every`` updates the whole state (``PPO.state_dict``: both models and
 optimisers, the KL controller, the sampling and shuffling generators; ``run`` adds the prompt generator, the global
 generators and the run folder's progress) goes to ``<job>/checkpoint/state.pt``, and a rerun of a killed job continues
 from there with the same rows an uninterrupted run writes (``harness.runs.checkpoint``).
 
-All the math is in ``pipelines/losses.py``; this module only moves tensors between the roles. ``PPO`` needs no
+All the math is in ``pipelines/losses.py`` and the reward roles with their score normalisation in
+``pipelines/scoring.py`` (shared with RLOO and GRPO); this module only moves tensors between the roles. ``PPO`` needs no
 Hydra or RunContext, so ``benchmarks/ppo_throughput.py`` drives exactly the same update on its own models.
 """
 
@@ -48,7 +52,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.eval.evaluator import Evaluator, texts_of
+from harness.eval.evaluator import Evaluator
 from harness.lm import distributed
 from harness.lm.models import (
     disable_dropout,
@@ -64,56 +68,14 @@ from harness.runs.context import RunContext
 from harness.runs.guards import check_finite, check_point
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
+from pipelines.scoring import RewardFn, normalised, reward_role
 
 log = logging.getLogger("harness.ppo")
 
-# (samples, the prompt strings they were sampled from) -> (B,) raw scores. The reward role.
-RewardFn = Callable[[Samples, list[str]], torch.Tensor]
-# A floor on the std that normalises scores, so a near-constant first rollout cannot blow the scores up.
-_MIN_SCORE_STD = 1e-2
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# Roles and the rollout record
+# The rollout record
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class RewardModelScore:
-    """The ``ppo`` reward role: frozen r_φ(prompt + response + EOS), read at that EOS, where the RM was trained to put
-    its score. A finished response already ends in EOS; a truncated one gets it appended (``with_eos``), as TRL's
-    RewardTrainer and ``TextScorer`` append EOS to every completion, so r_φ never scores a sequence unlike its data."""
-
-    def __init__(self, model) -> None:
-        self.model = use_fused_gelu(freeze(model))
-
-    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:  # noqa: ARG002 - reads the tokens
-        from pipelines.stages.reward_model import score_samples
-
-        return score_samples(self.model, with_eos(s, self.model.config.eos_token_id, self.model.config.pad_token_id))
-
-
-def with_eos(s: Samples, eos_id: int, pad_id: int) -> Samples:
-    """``s`` with one more response column: EOS right after the last real token of each truncated row (``ended``
-    False), padding (mask 0) elsewhere. Finished rows keep their tokens, so their scores do not change. -> (B, T+1)"""
-    B = s.response.shape[0]
-    response = torch.cat([s.response, s.response.new_full((B, 1), pad_id)], dim=1)
-    mask = torch.cat([s.response_mask, s.response_mask.new_zeros(B, 1)], dim=1)
-    rows = (~s.ended).nonzero().squeeze(-1)
-    at = s.response_mask[rows].sum(-1).long()  # first column after the real tokens
-    response[rows, at] = eos_id
-    mask[rows, at] = 1
-    return Samples(s.query, s.query_mask, response, mask, s.ended, s.prompt_index)
-
-
-class GoldScore:
-    """The ``ppo_gt`` reward role: the gold scorer (VADER by default) on the decoded prompt + response."""
-
-    def __init__(self, gold, tok) -> None:
-        self.gold, self.tok = gold, tok
-
-    def __call__(self, s: Samples, prompts: list[str]) -> torch.Tensor:
-        scores = np.asarray(self.gold(texts_of(self.tok, prompts, s)), dtype=np.float32)
-        return torch.from_numpy(scores).to(s.response.device)
 
 
 @dataclass
@@ -206,7 +168,7 @@ class PPO:
             self.reference = freeze(copy.deepcopy(reference))
         # Dropout off everywhere (Huang et al. 2024): otherwise log π_old and log π_θ differ before any update and
         # the ratio is noise. Eval mode does not stop gradients; disable_dropout also keeps it off if anything calls
-        # train(), and in the saved policy's config, as for every other method (pipelines/dpo.py ``prepare``).
+        # train(), and in the saved policy's config, as for every other method (pipelines/trainer_run.py ``prepare``).
         disable_dropout(self.policy).eval()
         disable_dropout(self.critic).eval()
         self.device = next(policy.parameters()).device
@@ -311,13 +273,12 @@ class PPO:
             raw = self.reward(s, prompts).float()  # (B,)
         self._check("reward", raw)
         self._check("value", values)
-        if self.score_norm is None:  # the whole batch's (every process's share), so every process normalises alike
-            batch_raw = distributed.all_gather(raw)
-            self.score_norm = (batch_raw.mean().item(), max(batch_raw.std().item(), _MIN_SCORE_STD))
-        # Score normalisation, then the optional missing-EOS penalty (Huang et al. 2024; 0 by default, see
-        # PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
-        mean, std = self.score_norm
-        scores = (raw - mean) / std - cfg.missing_eos_penalty * (~s.ended).float()
+        # Score normalisation (``scoring.normalised``; with no stored statistics, the whole batch's, every process's
+        # share, so every process normalises alike), then the optional missing-EOS penalty (Huang et al. 2024; 0 by
+        # default, see PPOPipeline.missing_eos_penalty): a response cut at max_new_tokens is scored as if it were worse.
+        whole = distributed.all_gather(raw) if self.score_norm is None else None
+        scores, self.score_norm = normalised(raw, self.score_norm, batch=whole)
+        scores = scores - cfg.missing_eos_penalty * (~s.ended).float()
 
         beta = self.kl_ctl.value
         kl = L.kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
@@ -337,10 +298,10 @@ class PPO:
         stats = distributed.batch_means({
             "objective/kl": seq_kl,
             "objective/kl_k3": seq_kl_k3,
-            "objective/scores": scores,
             "objective/rlhf_reward": scores - beta * kl.sum(-1),
             "objective/non_score_reward": -beta * kl.sum(-1),
-            "objective/entropy": entropy,
+            "policy/sequence_entropy": entropy,
+            "rewards/scores": scores,
             "rewards/raw_score": raw,
             "rewards/missing_eos_frac": (~s.ended).float(),
             "rewards/response_tokens": mask.sum(-1),
@@ -348,9 +309,9 @@ class PPO:
         total = distributed.all_reduce_sum
         stats.update({
             "compute/tokens_generated": int(total(mask.sum()).item()),
-            "val/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
-            "val/mean": L.masked_mean(values, mask, total=total).item(),
-            "kl_coef": beta,
+            "critic/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
+            "critic/value_mean": L.masked_mean(values, mask, total=total).item(),
+            "objective/kl_coef": beta,
         })
         ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass)
         return ro, stats
@@ -362,8 +323,8 @@ class PPO:
         B = ro.masks.shape[0]
         size = B // cfg.num_minibatches
         tokens_trained = 0
-        acc: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
-                                                        "val/clipfrac", "policy/entropy")}
+        acc: dict[str, list[float]] = {k: [] for k in ("objective/policy_loss", "critic/value_loss", "policy/clipfrac",
+                                                        "policy/approxkl", "critic/clipfrac", "policy/entropy")}
         for epoch in range(cfg.ppo_epochs):
             order = ro.epoch0_order if epoch == 0 and ro.epoch0_order is not None else \
                 torch.randperm(B, generator=self.shuffle_gen).to(self.device)
@@ -405,8 +366,8 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.critic_opt.step()
 
-                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
-                             ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
+                for k, v in (("objective/policy_loss", pg_loss), ("critic/value_loss", vf_loss), ("policy/clipfrac", clipfrac),
+                             ("policy/approxkl", approxkl), ("critic/clipfrac", vf_clipfrac)):
                     acc[k].append(v.item())
                 # policy and critic each run forward+backward over the minibatch's prompt + response tokens
                 tokens_trained += 2 * int(mb.samples.attention_mask.sum().item())
@@ -424,7 +385,7 @@ class PPO:
         self.kl_ctl.update(stats["objective/kl"], n_steps=len(prompts))
         self.updates_done += 1
         self.move_reference()
-        stats["charts/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
+        stats["compute/episodes_per_s"] = len(prompts) / (time.perf_counter() - t0)
         return stats
 
 
@@ -469,7 +430,7 @@ def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.
 
 def build_roles(ctx: RunContext) -> Roles:
     """Load the four roles for ``ctx.cfg.pipeline`` (``ppo`` or ``ppo_gt``) from the stage cache (building stages
-    that are missing)."""
+    that are missing); the reward role is ``scoring.reward_role``'s."""
     from pipelines.stages.sft import load_sft
 
     cfg = ctx.cfg.pipeline
@@ -477,24 +438,18 @@ def build_roles(ctx: RunContext) -> Roles:
     remote = ctx.cfg.model.trust_remote_code
     reference = load_pretrained_lm(sft.path, tok, remote).to(ctx.device)
     if cfg.name == "ppo":
-        from pipelines.stages.reward_model import (
-            TextScorer,
-            ensure_reward_model,
-            load_reward_model,
-        )
+        from pipelines.stages.reward_model import ensure_reward_model
 
-        rm, _, facts = load_reward_model(ctx)
-        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
         # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
-        norm = (facts["sft_score_mean"], facts["sft_score_std"])
+        role = reward_role(ctx, tok, gold=False, normalize=cfg.normalize_scores)
+        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
         if cfg.normalize_scores:  # the critic predicts returns of the normalised score: start it on that scale
-            critic.score = normalised_head(critic.score, *norm)
-        reward, proxy = RewardModelScore(rm), TextScorer(rm, tok)
+            critic.score = normalised_head(critic.score, *role.norm)
     else:
         critic = load_scalar_model(sft.path, tok, remote)  # π_SFT's backbone, fresh scalar head
         # The gold scorer has no stored statistics: the first rollout (π_SFT's own samples) gives them.
-        norm, reward, proxy = None, GoldScore(ctx.gold, tok), None
-    return Roles(policy, reference, critic.to(ctx.device), reward, tok, norm if cfg.normalize_scores else (0.0, 1.0), proxy)
+        role = reward_role(ctx, tok, gold=True, normalize=cfg.normalize_scores)
+    return Roles(policy, reference, critic.to(ctx.device), role.score, tok, role.norm, role.proxy)
 
 
 def run(ctx: RunContext) -> dict:
@@ -561,8 +516,8 @@ def run(ctx: RunContext) -> dict:
         tracker.log(stats, step=update)
         # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
         tracker.append("updates.jsonl", {"update": update, **stats})
-        bar.set_postfix(score=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                        beta=f"{stats['kl_coef']:.3g}", refresh=False)
+        bar.set_postfix(score=f"{stats['rewards/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
+                        beta=f"{stats['objective/kl_coef']:.3g}", refresh=False)
         if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
             points.append(evaluate(update))
         # None after the last update: the finished job's done.json makes it unnecessary

@@ -62,11 +62,13 @@ class RewardModelPipeline(PipelineBase):
     name: str = "reward_model"
 
 
-# The KL estimators PPO may put into the per-token reward. Only k1: a reward is differentiated through the score
-# function, E[k ∇log π], and that equals ∇KL(π‖π_ref) for k1 only; k3 is an unbiased estimate of the KL's *value*
-# but biased as a reward (tests/test_losses.py shows it; verl PR #2953, OpenRLHF PR #1309, arXiv:2512.21852), so it
-# is logged as objective/kl_k3 and never trained on. The field stays, for an estimator that is unbiased there.
-KL_ESTIMATORS = ("k1",)
+# The per-token estimators of KL(π‖π_ref) that ``losses.kl_penalty`` computes (J. Schulman 2020): k1 = log π − log
+# π_ref, k3 = (r − 1) − log r. Both estimate the KL's *value* without bias, but PPO puts only k1 into the per-token
+# reward (PPOPipeline.kl_estimator refuses k3): a reward is differentiated through the score function, E[k ∇log π],
+# and that equals ∇KL(π‖π_ref) for k1 only, so k3 is biased as a reward (tests/test_losses.py shows it; verl PR
+# #2953, OpenRLHF PR #1309, arXiv:2512.21852) and is logged as objective/kl_k3, never trained on. The field stays,
+# for an estimator that is unbiased there.
+KL_ESTIMATORS = ("k1", "k3")
 # How PPO's penalty reference moves (PPOPipeline.ref_update): frozen π_SFT, refreshed copies of π_θ, or an EMA of π_θ.
 REF_UPDATES = ("none", "refresh", "ema")
 
@@ -146,7 +148,7 @@ class PPOPipeline(PipelineBase):
         require(self.kl_estimator != "k3", "pipeline.kl_estimator",
                  "k3 in the reward is biased (its score-function gradient is not ∇KL; only k1's is)",
                  "use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
-        require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", f"choose one of {', '.join(KL_ESTIMATORS)}")
+        require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", "use pipeline.kl_estimator=k1")
         if self.target_kl is not None:
             positive(self, p, "target_kl")
         require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
@@ -241,6 +243,7 @@ class GRPOPipeline(OnlineRLPipeline):
                  f"choose one of {', '.join(GRPO_SCALE_REWARDS)}")
 
 
+# The DPO-family losses (``losses.dpo_family_loss`` and TRL's DPOTrainer): DPO's sigmoid, IPO, robust DPO.
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
 # Each DPO-family method's own loss and β; `loss_type: null` / `beta: null` in a config mean "the method's own".
 DPO_METHOD_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "sigmoid"}

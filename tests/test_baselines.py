@@ -79,9 +79,9 @@ def _pairs(**change):
     ("preferred_ft", _pairs(chosen=["", " "]), r"every one of the 2 chosen texts is empty"),
 ])
 def test_baselines_check_the_data_before_training(method, pairs, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
-    import pipelines.dpo
+    import pipelines.trainer_run
 
-    monkeypatch.setattr(pipelines.dpo, "load_pairs", lambda art: pairs)  # baselines read pairs through dpo.prepare
+    monkeypatch.setattr(pipelines.trainer_run, "load_pairs", lambda art: pairs)  # baselines read pairs through trainer_run.prepare
     with pytest.raises(ConfigError, match=match) as e:
         run_pipeline(method, *TRAINING, cache=tiny_cache, folder="bad")
     assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
@@ -89,7 +89,7 @@ def test_baselines_check_the_data_before_training(method, pairs, match, run_pipe
 
 def test_preferred_ft_needs_no_rejected_column():
     from harness.lm.models import train_tokenizer
-    from pipelines.dpo import check_pairs
+    from pipelines.trainer_run import check_pairs
 
     tok = train_tokenizer(["a fine film was lovely", "the plot is great"] * 3, 280)
     out = check_pairs(_pairs(rejected=None)["train"], tok, 64, columns=("prompt", "chosen"))
@@ -129,7 +129,7 @@ def test_pair_batch_aligns_labels_with_the_completion():
 def test_an_empty_completion_is_data_not_an_error():
     """π_SFT does sample the response that ends at once (EOS only); preferring it is a real label."""
     from harness.lm.models import train_tokenizer
-    from pipelines.dpo import check_pairs
+    from pipelines.trainer_run import check_pairs
 
     tok = train_tokenizer(["a fine film was lovely", "the plot is great"] * 3, 280)
     out = check_pairs(_pairs(chosen=["", " is great."])["train"], tok, 64)

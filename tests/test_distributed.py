@@ -59,7 +59,7 @@ def test_ppo_under_accelerate_launch_with_two_processes(tmp_path):
     assert [set(u) for u in updates] == [set(u) for u in updates_one]
     for u in updates:  # the logged numbers are the whole batch's: its mean length × 8 episodes = all tokens sampled
         assert u["compute/tokens_generated"] == round(u["rewards/response_tokens"] * 8)
-        assert all(math.isfinite(u[k]) for k in ("loss/policy", "loss/value", "objective/kl", "objective/scores"))
+        assert all(math.isfinite(u[k]) for k in ("objective/policy_loss", "critic/value_loss", "objective/kl", "rewards/scores"))
     assert (two / "done.json").exists() and not (two / "checkpoint").exists()
 
     (sft,) = [p for p in (cache / "sft").iterdir() if (p / "artifact.json").exists()]

@@ -99,12 +99,23 @@ def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
 
 
 def test_logged_metrics_are_namespaced():
-    from pipelines.dpo import namespaced
+    from pipelines.metrics import NAMESPACES, namespaced
 
     out = namespaced({"loss": 0.7, "rewards/margins": 0.1, "logps/chosen": -9.0, "grad_norm": 1.0, "epoch": 0.5,
-                      "eval_rewards/accuracies": 0.6, "note": "text"})
-    assert out == {"objective/loss": 0.7, "rewards/margins": 0.1, "logps/chosen": -9.0, "policy/grad_norm": 1.0,
-                   "train/epoch": 0.5, "val/rewards/accuracies": 0.6}
+                      "eval_rewards/accuracies": 0.6, "eval_loss": 0.8, "note": "text"})
+    assert out == {"objective/loss": 0.7, "rewards/margins": 0.1, "policy/logps/chosen": -9.0, "policy/grad_norm": 1.0,
+                   "train/epoch": 0.5, "eval/rewards/accuracies": 0.6, "eval/loss": 0.8}
+    # the other TRL trainers' keys (GRPO/RLOO, KTO, online DPO) land in the same scheme as PPO's metrics
+    trl = namespaced({"kl": 0.1, "beta": 0.05, "policy_loss": 0.2, "entropy": 1.5, "reward": 0.3, "num_tokens": 9.0,
+                      "clip_ratio/region_mean": 0.0, "completions/mean_length": 7.0, "rewards/score/mean": 0.3,
+                      "objective/entropy": 12.0, "objective/scores": 0.4, "objective/rlhf_reward": 0.2,
+                      "objective/non_score_reward": -0.1, "val/contain_eos_token": 0.5})
+    assert trl == {"objective/kl": 0.1, "objective/kl_coef": 0.05, "objective/policy_loss": 0.2, "policy/entropy": 1.5,
+                   "rewards/mean": 0.3, "compute/num_tokens": 9.0, "policy/clip_ratio/region_mean": 0.0,
+                   "policy/completions/mean_length": 7.0, "rewards/score/mean": 0.3, "policy/sequence_entropy": 12.0,
+                   "rewards/scores": 0.4, "objective/rlhf_reward": 0.2, "objective/non_score_reward": -0.1,
+                   "rewards/contain_eos_token": 0.5}
+    assert {k.split("/")[0] for k in {**out, **trl}} <= set(NAMESPACES)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,9 +174,9 @@ def _bad_pairs(kind: str):
     ("long_prompt", r"pipeline.max_length: 1 of 2 prompts"),
 ])
 def test_bad_preference_data_stops_before_training(kind, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
-    import pipelines.dpo
+    import pipelines.trainer_run
 
-    monkeypatch.setattr(pipelines.dpo, "load_pairs", lambda art: _bad_pairs(kind))
+    monkeypatch.setattr(pipelines.trainer_run, "load_pairs", lambda art: _bad_pairs(kind))
     with pytest.raises(ConfigError, match=match) as e:
         run_pipeline("dpo", *TRAINING, cache=tiny_cache, folder=f"bad_{kind}")
     assert "\n" not in str(e.value)

@@ -44,8 +44,8 @@ def train_mode_logits_twice(model, tok) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("pipeline", ["dpo", "unlikelihood", "preferred_ft"])
 def test_prepare_hands_over_a_policy_without_dropout(pipeline, tiny_cache, tmp_path):
-    """``pipelines.dpo.prepare`` is the shared set-up of the DPO family, Preferred-FT and Unlikelihood."""
-    from pipelines.dpo import prepare
+    """``pipelines.trainer_run.prepare`` is the shared set-up of the DPO family, Preferred-FT and Unlikelihood."""
+    from pipelines.trainer_run import prepare
     from pipelines.stages.sft import load_sft
 
     ctx = context(pipeline, tiny_cache, tmp_path)
@@ -100,7 +100,8 @@ def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_mod
     from trl import RewardConfig, RewardTrainer
 
     from harness.lm.models import load_scalar_model
-    from pipelines.dpo import build_trainer, load_frozen_reference
+    from pipelines.dpo import build_trainer
+    from pipelines.trainer_run import load_frozen_reference
     from pipelines.stages.preferences import ensure_preferences, load_pairs
     from pipelines.stages.sft import load_sft
 

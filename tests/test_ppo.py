@@ -64,7 +64,7 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
     updates = [json.loads(line) for line in (folder / "updates.jsonl").read_text().splitlines()]
     assert [u["update"] for u in updates] == [1, 2, 3] and all("objective/kl" in u for u in updates)
 
-    for k in ("loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/clipfrac", "val/clipfrac"):
+    for k in ("objective/policy_loss", "critic/value_loss", "objective/kl", "rewards/scores", "policy/clipfrac", "critic/clipfrac"):
         assert math.isfinite(summary["last_update"][k]), k
     assert summary["policy"] == str(folder / "policy") and summary["gold_reward"] == rows[-1]["gold_reward"]
     trained = AutoModelForCausalLM.from_pretrained(summary["policy"])
@@ -77,6 +77,7 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
 # ------------------------------------------------------------------------------------------ one update, every role
 @pytest.mark.parametrize("pipeline", ["ppo", "ppo_gt"])
 def test_one_update_trains_policy_and_critic_only(pipeline, cache, tmp_path):
+    from pipelines.metrics import NAMESPACES
     from pipelines.ppo import build_roles
 
     ctx = context(pipeline, cache, tmp_path)
@@ -88,7 +89,8 @@ def test_one_update_trains_policy_and_critic_only(pipeline, cache, tmp_path):
 
     stats = ppo.step(ctx.task.train_prompts[:16])
 
-    assert all(math.isfinite(v) for k, v in stats.items() if k != "val/explained_variance"), stats
+    assert all(math.isfinite(v) for k, v in stats.items() if k != "critic/explained_variance"), stats
+    assert {k.split("/")[0] for k in stats} <= set(NAMESPACES) - {"frontier", "eval", "train"}, stats  # one scheme
     assert changed(policy, before["policy"]), "the policy did not move"
     assert changed(critic, before["critic"]), "the critic did not move"
     for i, m in enumerate(frozen):
@@ -114,7 +116,7 @@ def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_pat
         runs.append((stats, roles.policy.state_dict(), roles.critic.state_dict()))
     (stats_a, pol_a, crit_a), (stats_b, pol_b, crit_b) = runs
     for a, b in zip(stats_a, stats_b):
-        for k in ("loss/policy", "loss/value", "policy/approxkl", "objective/kl", "objective/scores"):
+        for k in ("objective/policy_loss", "critic/value_loss", "policy/approxkl", "objective/kl", "rewards/scores"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
     for a, b in ((pol_a, pol_b), (crit_a, crit_b)):
         for k in a:
@@ -284,7 +286,7 @@ def test_adaptive_controller_moves_beta_towards_target(cache, tmp_path):
     ppo = build_roles(ctx).ppo(ctx.cfg.pipeline)
     stats = ppo.step(ctx.task.train_prompts[:16])
     # KL far below the target: error clipped to −0.2, β ← β (1 − 0.2 · 16/100)
-    assert stats["kl_coef"] == 0.05 and ppo.kl_ctl.value == pytest.approx(0.05 * (1 - 0.2 * 16 / 100))
+    assert stats["objective/kl_coef"] == 0.05 and ppo.kl_ctl.value == pytest.approx(0.05 * (1 - 0.2 * 16 / 100))
     assert ctx.setting == "target_kl=1000.0"
 
 

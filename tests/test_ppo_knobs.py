@@ -161,7 +161,7 @@ def test_a_resumed_job_continues_from_the_moved_reference(cache, tmp_path):
     resumed.load_state_dict(copy.deepcopy(first.state_dict()))  # as through torch.save / load: no shared tensors
     assert max_diff(params(resumed.reference), params(first.reference)) == 0
     a, b = first.step(batches[2]), resumed.step(batches[2])
-    assert a["objective/kl"] == b["objective/kl"] and a["loss/policy"] == b["loss/policy"]
+    assert a["objective/kl"] == b["objective/kl"] and a["objective/policy_loss"] == b["objective/policy_loss"]
     assert max_diff(params(resumed.reference), params(first.reference)) == 0
 
 

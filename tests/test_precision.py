@@ -14,8 +14,9 @@ from tests.conftest import compose
 def tiny_ppo(precision: str):
     """The PPO benchmark's four roles on a 1-layer GPT-2 (random weights), driven by the pipeline's PPO class."""
     from benchmarks.ppo_throughput import build_ours
-    from pipelines.ppo import PPO, RewardModelScore
+    from pipelines.ppo import PPO
     from pipelines.schemas import PPOPipeline
+    from pipelines.scoring import RewardModelScore
 
     args = argparse.Namespace(seed=0, updates=1, vocab_size=64, n_positions=32, n_layer=1, n_embd=32, n_head=2, device="cpu")
     tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)

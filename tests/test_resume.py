@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PPO = ["pipeline=ppo", "pipeline.updates=4", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
        "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
 DPO = ["pipeline=dpo", "pipeline.max_steps=4", "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
-TIMING = {"wall_s", "compute_wall_s", "charts/episodes_per_s"}  # seconds: the only values that may differ
+TIMING = {"wall_s", "compute_wall_s", "compute/episodes_per_s"}  # seconds: the only values that may differ
 
 # `python -m harness <argv>` for several jobs at once: one process imports what each job needs (most of a tiny job's
 # time), then forks a child for it, which runs the command line's `main(argv)` and is the process the test kills. Each
@@ -44,7 +44,7 @@ import importlib, json, os, sys, time, traceback
 from pathlib import Path
 
 import harness.runs.checkpoint as ck
-from harness.app import main
+from harness.app.cli import main
 
 commit, seen = ck.commit, []
 
@@ -235,9 +235,9 @@ def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_run():
 # ------------------------------------------------------------------------------------------- numerical guards
 def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
     from harness.app import cli as app
-    from pipelines import ppo
+    from pipelines import scoring
 
-    score, calls, at_failure = ppo.RewardModelScore.__call__, [], {}
+    score, calls, at_failure = scoring.RewardModelScore.__call__, [], {}
     state = checkpoint.folder(tmp_path / "job") / checkpoint.STATE
 
     def nan_at_update_2(self, s, prompts):
@@ -247,7 +247,7 @@ def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_c
             return torch.full((s.response.shape[0],), float("nan"))
         return score(self, s, prompts)
 
-    monkeypatch.setattr(ppo.RewardModelScore, "__call__", nan_at_update_2)
+    monkeypatch.setattr(scoring.RewardModelScore, "__call__", nan_at_update_2)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         app.main(overrides(PPO, tiny_cache) + [f"hydra.run.dir={tmp_path / 'job'}"])

@@ -28,7 +28,7 @@ def run_toy(ctx) -> dict:
     import torch
 
     from harness.lm.models import freeze
-    from pipelines.dpo import start_tracking
+    from pipelines.trainer_run import start_tracking
     from pipelines.stages.sft import load_sft
 
     reference, tok, _ = load_sft(ctx)

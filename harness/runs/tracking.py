@@ -1,7 +1,8 @@
 """Tracking: the run folder (resolved config, points.jsonl) and W&B (offline by default, no account needed).
 
 Result rows are appended to ``points.jsonl`` first and logged to W&B second, so nothing computed is lost if the
-tracker fails. W&B keys are namespaced: ``objective/``, ``policy/``, ``val/``, ``loss/``, ``rewards/``, ``frontier/``.
+tracker fails. W&B keys are namespaced (the scheme: ``pipelines.metrics``): ``objective/``, ``policy/``, ``critic/``,
+``rewards/``, ``compute/``, ``train/``, ``eval/`` for per-step metrics, ``frontier/`` for the result rows.
 
 A job that starts afresh starts its row files afresh; a job resumed from a checkpoint (``harness.runs.checkpoint``) cuts
 them back to the lines the checkpoint counted (``Tracker.progress``), so the lines a killed attempt wrote after its
