@@ -27,12 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.eval.evaluator import (
-    EvalPoint,
     clustered_sem,
     prompt_evidence,
     sampling_seed,
     texts_of,
 )
+from harness.eval.row import EvalPoint
 from harness.lm.batching import (
     length_sorted_order,
     micro_batches,
@@ -320,7 +320,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
             method=ctx.method, setting=f"N={n}", seed=ctx.cfg.seed, step=0, kl=best_of_n_kl(n), kl_sem=0.0, kl_sample=None,
             gold_reward=float(gold_kept.mean()), gold_reward_sem=clustered_sem(gold_kept, prompt_index, len(prompts)),
             proxy_reward=float(np.take_along_axis(proxy, pick, -1).mean()) if proxy is not None else None,
-            response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()), wall_s=0.0, run_id=tracker.run_id,
+            response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()), run_id=tracker.run_id,
             truncated_frac=float(cut_kept.mean()), compute_tokens_generated=int(lengths[..., :n].sum()),  # the N drawn
             evidence=prompt_evidence(prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)),
                                      truncated=cut_kept),

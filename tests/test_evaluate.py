@@ -45,7 +45,9 @@ def trained(tmp_path_factory):
 def test_saved_policy_reproduces_the_runs_last_row(trained):
     from transformers import AutoModelForCausalLM
 
-    from harness.report.frontier import REQUIRED_KEYS, make_report
+    from harness.eval.row import REQUIRED_KEYS
+    from harness.report.make import make_report
+    from pipelines.registry import COMPARISONS, METHODS
 
     policy = trained / "study" / "dpo" / "policy"
     AutoModelForCausalLM.from_pretrained(str(policy))  # researchers load it as any checkpoint
@@ -67,9 +69,9 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
     assert evidence[0]["prompts_key"] == evidence[1]["prompts_key"]  # the same held-out prompts, prompt by prompt
 
     # The report places it beside DPO, as a method of its own.
-    paths = make_report(trained / "study", n_boot=50)
+    paths = make_report(trained / "study", METHODS, COMPARISONS, n_boot=50)
     summary = Path(paths["summary_md"]).read_text()
-    assert "Evaluated checkpoint" in summary and "DPO" in summary  # harness/report/'s label for method evaluate
+    assert "Evaluated checkpoint" in summary and "DPO" in summary  # the registry's label for method evaluate
 
 
 def test_a_missing_checkpoint_is_one_line_before_any_work(tmp_path):

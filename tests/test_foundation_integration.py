@@ -4,9 +4,9 @@ import json
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.eval.evaluator import EvalPoint
+from harness.eval import row as result_row
 
-ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence goes to evidence.jsonl
+ROW_KEYS = set(result_row.ROW_KEYS)  # the evidence goes to evidence.jsonl
 
 
 def test_sft_preferences_and_evaluation(run_pipeline, tmp_path):

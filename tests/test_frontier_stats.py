@@ -149,12 +149,16 @@ def test_seed_mean_covers_the_range_all_seeds_cover():
 
 def test_common_kl_range_rules():
     ranges = {"dpo": (0.0, 6.0), "ppo": (0.0, 5.0), "best_of_n": (0.0, 1.83), "sft": (0.0, 0.0)}
-    rng = fs.common_kl_range(ranges)
+    rng = fs.common_kl_range(ranges, reference=("sft",))
     assert (rng["lo"], rng["hi"], rng["limited_by"]) == (0.0, 5.0, "ppo")
     assert set(rng["excluded"]) == {"sft", "best_of_n"}
+    assert rng["excluded"]["sft"] == "the reference policy, a single point at KL 0"
+    assert rng["excluded"]["best_of_n"].startswith("its curve ends at 1.83 nats, below 2")
     ranges["best_of_n"] = (0.0, 3.17)
-    assert fs.common_kl_range(ranges)["limited_by"] == "best_of_n"
-    assert np.isnan(fs.common_kl_range({"sft": (0.0, 0.0)})["lo"])
+    assert fs.common_kl_range(ranges, reference=("sft",))["limited_by"] == "best_of_n"
+    assert np.isnan(fs.common_kl_range({"sft": (0.0, 0.0)}, reference=("sft",))["lo"])
+    # the statistics know no method by name: only the caller's `reference` keeps a method from setting the range
+    assert fs.common_kl_range({"sft": (0.0, 0.0)})["limited_by"] == "sft"
 
 
 def test_sign_runs_and_curve_area_by_hand():

@@ -5,7 +5,6 @@ with DPO's schema)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import Counter
@@ -147,9 +146,9 @@ def _cli(tmp_path, cache, *argv):
 
 def _dpo_row_keys() -> set[str]:
     """The keys of a DPO result row: ``EvalPoint.row()``, which every method's FrontierEvaluation writes."""
-    from harness.eval.evaluator import EvalPoint
+    from harness.eval.row import ROW_KEYS
 
-    return {f.name for f in dataclasses.fields(EvalPoint)} - {"evidence"}
+    return set(ROW_KEYS)
 
 
 @pytest.mark.parametrize("method, argv, setting", [
@@ -159,7 +158,7 @@ def _dpo_row_keys() -> set[str]:
     ("online_dpo", ["pipeline.updates=4", "pipeline.beta=0.2", "pipeline.batch_size=8"], "beta=0.2"),
 ])
 def test_method_trains_through_the_cli_and_writes_dpo_rows(method, argv, setting, tmp_path, tiny_cache):
-    from harness.report.frontier import OPTIONAL_KEYS, REQUIRED_KEYS
+    from harness.eval.row import OPTIONAL_KEYS, REQUIRED_KEYS
 
     folder, facts = _cli(tmp_path, tiny_cache, f"pipeline={method}", *TRAINING, *argv)
     assert facts["steps"] == 4 and facts["losses_finite"] and math.isfinite(facts["train_loss"])

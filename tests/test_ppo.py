@@ -13,11 +13,11 @@ import torch
 from harness.app.jobs import run_job
 from harness.fields import ConfigError
 from harness.app.jobs import load as validate
-from harness.eval.evaluator import EvalPoint
+from harness.eval import row as result_row
 from harness.runs.context import RunContext
 from tests.conftest import compose
 
-ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence goes to evidence.jsonl
+ROW_KEYS = set(result_row.ROW_KEYS)  # the evidence goes to evidence.jsonl
 # A few small updates: enough to move every trained role, seconds per run.
 SMALL = ["pipeline.updates=3", "pipeline.batch_size=16", "pipeline.max_new_tokens=12", "eval.every=2", "threads=1"]
 

@@ -219,7 +219,8 @@ def test_refreshed_reference_penalises_nothing_while_the_frontier_kl_to_pi_sft_g
 
 # ------------------------------------------------------------------------------------------------ the report
 def test_report_tables_the_final_point_of_each_setting():
-    from harness.report.frontier import settings_table
+    from harness.report.text import settings_table
+    from pipelines.registry import METHODS
 
     def row(setting, seed, step, kl, gold, run):
         return dict(method="ppo", setting=setting, seed=seed, step=step, kl=kl, kl_sem=0.1, gold_reward=gold,
@@ -228,9 +229,9 @@ def test_report_tables_the_final_point_of_each_setting():
     rows = [row("kl_coef=0.05", 0, 0, 0.0, 0.5, "a"), row("kl_coef=0.05", 0, 20, 4.0, 0.8, "a"),
             row("kl_coef=0.05", 1, 20, 6.0, 0.9, "b"),
             row("kl_coef=0.05,ref_update=ema,ref_ema=0.1", 0, 20, 9.0, 0.85, "c")]
-    lines = settings_table(rows).splitlines()
+    lines = settings_table(rows, METHODS).splitlines()
     # two seeds: mean and the SEM across them (std 1.414 / sqrt 2 = 1 for KL, 0.0707 / sqrt 2 = 0.05 for gold)
     assert "| PPO (learned RM) | kl_coef=0.05 | 2 | 20 | 5.000 ± 1.000 | 0.850 ± 0.050 |" in lines
     # one run: its own evaluation's SEM over prompts
     assert "| PPO (learned RM) | kl_coef=0.05,ref_update=ema,ref_ema=0.1 | 1 | 20 | 9.000 ± 0.100 | 0.850 ± 0.020 |" in lines
-    assert settings_table(rows[:3]) == ""  # one setting: nothing a per-method table does not already say
+    assert settings_table(rows[:3], METHODS) == ""  # one setting: nothing a per-method table does not already say

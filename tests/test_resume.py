@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PPO = ["pipeline=ppo", "pipeline.updates=4", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
        "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
 DPO = ["pipeline=dpo", "pipeline.max_steps=4", "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
-TIMING = {"wall_s", "compute_wall_s", "compute/episodes_per_s"}  # seconds: the only values that may differ
+TIMING = {"wall_s", "compute_wall_s", "eval_s", "compute/episodes_per_s"}  # seconds: the only values that may differ
 
 # `python -m harness <argv>` for several jobs at once: one process imports what each job needs (most of a tiny job's
 # time), then forks a child for it, which runs the command line's `main(argv)` and is the process the test kills. Each

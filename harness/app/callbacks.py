@@ -20,18 +20,17 @@ class FrontierReport(Callback):
         self.title = title
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from harness.report.frontier import (
-            load_points,
-            log_report_to_wandb,
-            make_report,
-        )
+        from harness.report.load import load_points
+        from harness.report.make import make_report
+        from harness.report.wandb_log import log_report_to_wandb
+        from pipelines.registry import COMPARISONS, METHODS
 
         folder = Path(config.hydra.sweep.dir)
         rows = load_points(folder)
         if not rows:
             print(f"no result rows under {folder}; no report")
             return
-        paths = make_report(folder, title=self.title, rows=rows)
+        paths = make_report(folder, METHODS, COMPARISONS, title=self.title, rows=rows)
         mode = config.logger.wandb_mode
         if mode != "disabled":
             import wandb
@@ -40,6 +39,6 @@ class FrontierReport(Callback):
                              group=config.logger.group or folder.name, job_type="report", name=f"report-{folder.name}",
                              dir=str(folder), mode=mode, reinit="finish_previous",
                              settings=wandb.Settings(console="off", x_disable_stats=True))
-            log_report_to_wandb(folder, rows, run, title=self.title or "Reward vs KL frontier")
+            log_report_to_wandb(folder, rows, run, METHODS, COMPARISONS, title=self.title or "Reward vs KL frontier")
             run.finish()
         print(f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}")

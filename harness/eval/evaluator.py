@@ -11,7 +11,7 @@ random numbers (paired comparisons); different run seeds draw different samples,
 the evaluation's own sampling noise.
 
 Per-prompt evidence (each prompt's mean gold reward, KL and truncation) goes with every point: the frontier report's
-paired bootstrap resamples prompts from it (``harness/report/stats.py``).
+paired bootstrap resamples prompts from it (``harness/report/stats.py``). The row itself is ``harness.eval.row``.
 """
 
 from __future__ import annotations
@@ -19,48 +19,15 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from harness.config import EvalConfig
 from harness.eval.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
+from harness.eval.row import EvalPoint
 from harness.lm.precision import autocast
 from harness.lm.sampling import Samples, response_logits, response_texts, sample
-
-
-@dataclass
-class EvalPoint:
-    """One evaluation = one result row (the schema the frontier report reads)."""
-
-    method: str
-    setting: str
-    seed: int
-    step: int
-    kl: float  # mean over samples of Σ_t KL(π_θ(·|s_t) ‖ π_ref(·|s_t)), exact over the vocabulary (nats)
-    kl_sem: float
-    kl_sample: float  # mean of Σ_t log π_θ(y_t|s_t)/π_ref(y_t|s_t) over the same samples
-    gold_reward: float
-    gold_reward_sem: float
-    proxy_reward: float | None  # the learned reward model's mean score where the method has one
-    response_tokens: float
-    wall_s: float
-    run_id: str
-    truncated_frac: float | None = None  # share of responses that reached max_new_tokens without EOS
-    # Training compute spent before this evaluation (the report's compute axis): tokens sampled during training,
-    # tokens through a forward+backward pass of a trained model (policy, and PPO's critic), training seconds
-    # (evaluations excluded).
-    compute_tokens_generated: int = 0
-    compute_tokens_trained: int = 0
-    compute_wall_s: float = 0.0
-    evidence: dict | None = field(default=None, repr=False)  # per-prompt means, see ``prompt_evidence``
-
-    def row(self) -> dict:
-        """The result row (points.jsonl); the per-prompt evidence goes to its own file."""
-        out = asdict(self)
-        del out["evidence"]
-        return out
 
 
 def sem(x: np.ndarray) -> float:
@@ -185,9 +152,10 @@ class Evaluator:
             method=method, setting=setting, seed=seed, step=step,
             kl=float(exact.mean()), kl_sem=clustered_sem(exact, idx, n), kl_sample=float(sampled.mean()),
             gold_reward=float(gold.mean()), gold_reward_sem=clustered_sem(gold, idx, n), proxy_reward=proxy,
-            response_tokens=float(s.lengths().float().mean()), wall_s=time.time() - t0, run_id=run_id,
+            response_tokens=float(s.lengths().float().mean()), run_id=run_id,
             truncated_frac=float(truncated.mean()), compute_tokens_generated=int(tokens_generated),
             compute_tokens_trained=int(tokens_trained), compute_wall_s=round(train_s, 3),
+            eval_s=round(time.time() - t0, 3),
             evidence=prompt_evidence(self.prompts, idx, gold=gold, kl=exact, truncated=truncated),
         )
         self.eval_seconds += time.time() - t0

@@ -1,6 +1,7 @@
 """Frontier statistics: envelopes, cross-fitting, the paired bootstrap, areas, differences, Gao fits.
 
-numpy only: no torch, no matplotlib, no I/O.  ``harness.report`` renders what these functions compute.
+numpy only: no torch, no matplotlib, no I/O, no method names (the caller says which methods are the reference
+policy and which pairs to compare).  ``harness.report.analysis`` calls them; the rest of ``harness.report`` renders.
 
 Shapes: ``M`` points (evaluations) of one method and seed, ``P`` evaluation prompts (the same prompts for every
 method of a sweep), ``R`` bootstrap replicates, ``G`` KLs of a grid, ``S`` seeds.
@@ -499,14 +500,14 @@ def compare_curves(grid, est_a, reps_a, est_b, reps_b, level: float = LEVEL) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 def common_kl_range(ranges: Mapping[str, tuple[float, float]], min_kl: float = MIN_COMMON_KL,
-                    never: Sequence[str] = ("sft",)) -> dict:
+                    reference: Sequence[str] = ()) -> dict:
     """The KL range ``[lo, hi]`` every range-setting method's curve covers.
 
     Args:
         ranges: ``{method: (lo, hi)}`` of each method's (point-estimate) curve; NaN for no curve.
         min_kl: a method whose curve ends below this while another reaches it does not set the range (it
             would squeeze every comparison into a sliver: Best-of-N with small N, Preferred-FT).
-        never: methods that never set it (SFT: the reference policy, one point at KL 0).
+        reference: the methods that are the reference policy itself (one point at KL 0): they never set it.
 
     Returns:
         ``dict(lo, hi, limited_by, excluded)``: ``limited_by`` the method whose curve ends first,
@@ -515,8 +516,8 @@ def common_kl_range(ranges: Mapping[str, tuple[float, float]], min_kl: float = M
     excluded = {}
     setters = []
     for m, (lo, hi) in ranges.items():
-        if m in never:
-            excluded[m] = "the reference policy, a single point at KL 0" if m == "sft" else "never sets it"
+        if m in reference:
+            excluded[m] = "the reference policy, a single point at KL 0"
         elif not (np.isfinite(lo) and np.isfinite(hi)):
             excluded[m] = "it has no curve"
         else:
@@ -550,9 +551,9 @@ def analysis_grid(ranges: Mapping[str, tuple[float, float]], extra: Iterable[flo
 
 def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]],
             kls: Sequence[float] = DEFAULT_KLS,
-            pairs: Sequence[tuple[str, str]] = (("dpo", "ppo"), ("dpo", "ppo_gt")),
+            pairs: Sequence[tuple[str, str]] = (),
             n_boot: int = N_BOOT, seed: int = BOOT_SEED, n_grid: int = GRID_POINTS,
-            min_kl: float = MIN_COMMON_KL, never: Sequence[str] = ("sft",), level: float = LEVEL) -> dict:
+            min_kl: float = MIN_COMMON_KL, reference: Sequence[str] = (), level: float = LEVEL) -> dict:
     """Every method's cross-fitted curve with bootstrap intervals, its statistics and pairwise differences.
 
     Args:
@@ -562,7 +563,7 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
         pairs: ``(a, b)`` method pairs whose difference a − b is analysed.
         n_boot: bootstrap replicates R; seed: their rng seed.
         n_grid: evenly spaced grid KLs (range ends and ``kls`` are added).
-        min_kl, never: see ``common_kl_range``.
+        min_kl, reference: see ``common_kl_range``.
 
     Returns:
         ``dict(grid (G,), n_prompts, n_boot, halves, range, seeds {m: [seed, ...]}, curves {m: dict(est (G,),
@@ -586,7 +587,7 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
     for m, rs in seed_ranges.items():
         lo, hi = max(r[0] for r in rs), min(r[1] for r in rs)
         ranges[m] = (lo, hi) if hi >= lo else (float("nan"), float("nan"))
-    rng_common = common_kl_range(ranges, min_kl, never)
+    rng_common = common_kl_range(ranges, min_kl, reference)
     extra = list(kls) + [rng_common["lo"], rng_common["hi"]]
     grid = analysis_grid(ranges, extra, n_grid)
 

@@ -40,7 +40,7 @@ def check_finite(quantity: str, value, step: int, unit: str = "update") -> None:
 
 
 def check_point(point, step: int, unit: str = "update") -> None:
-    """An evaluation (``harness.eval.evaluator.EvalPoint``) before its row is written: a non-finite gold reward or KL
+    """An evaluation (``harness.eval.row.EvalPoint``) before its row is written: a non-finite gold reward or KL
     would poison the frontier report."""
     check_finite("evaluation gold reward", point.gold_reward, step, unit)
     check_finite("evaluation KL", point.kl, step, unit)

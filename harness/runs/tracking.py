@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from harness.config import LoggerConfig
+from harness.eval.row import evidence_record
 
 log = logging.getLogger(__name__)
 # The run folder's line-per-record files: result rows, their per-prompt evidence, PPO's per-update log.
@@ -97,16 +98,16 @@ class Tracker:
             self.run.log({**metrics, "train/step": step})
 
     def log_eval(self, point) -> dict:
-        """Log an ``harness.eval.evaluator.EvalPoint``: its row and its per-prompt evidence (see ``log_point``)."""
+        """Log an ``harness.eval.row.EvalPoint``: its row and its per-prompt evidence (see ``log_point``)."""
         return self.log_point(point.row(), point.evidence)
 
     def log_point(self, row: dict, evidence: dict | None = None) -> dict:
-        """Append one evaluation row (wall_s = seconds since the run started) and, when given, its per-prompt
-        evidence (``evidence.jsonl``, keyed like the row by run_id, setting and step); mirror the row to W&B."""
+        """Append one evaluation row, with its ``wall_s`` (seconds since the run started, ``EvalPoint.wall_s``) and
+        this run's id, and, when given, its per-prompt evidence (``evidence.jsonl``, joined to the row on
+        ``harness.eval.row.EVIDENCE_JOIN``); mirror the row to W&B."""
         row = {**row, "wall_s": round(time.time() - self.start, 3), "run_id": self.run_id}
         if evidence is not None:
-            keys = {k: row[k] for k in ("run_id", "method", "setting", "seed", "step")}
-            self.append("evidence.jsonl", {**keys, **evidence})
+            self.append("evidence.jsonl", evidence_record(row, evidence))
         self.append("points.jsonl", row)
         if self.run is not None:
             self.run.log({f"frontier/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and v is not None})
