@@ -14,24 +14,8 @@ TRL 1.16 computes the first, second and fourth itself. Its ``sigmoid`` ignores `
 silently train plain DPO; :class:`HarnessDPOTrainer` overrides the one loss hook TRL has (``_compute_loss``) for that
 case only and takes the loss from ``pipelines.losses.dpo_family_loss``.
 
-<<<<<<< HEAD
-Everything shared with the other trainer-based methods (Preferred-FT, KTO, online DPO) lives here too: the data
-checks every preference-trained method runs before training (:func:`check_pairs`), the trainer arguments they share
-(:func:`shared_args`), the tracker with its evaluation (:func:`start_tracking`) and the end of a run
-(:func:`finish`), and the two callbacks that put a TRL/transformers trainer on the
-frontier (:class:`EvaluationCallback`: the shared evaluator at step 0, every ``eval.every`` optimizer steps and at the
-end; :class:`TrackerCallback`: the trainer's logs, namespaced, to the tracker).
-
-Resume and guards, shared the same way: the trainer writes a checkpoint every ``pipeline.checkpoint_every`` optimizer
-steps under ``<job>/checkpoint/trainer`` (:class:`CheckpointCallback` marks each complete with the run folder's
-progress, ``harness.runs.checkpoint``), and a rerun of a killed job continues from the newest with
-``resume_from_checkpoint`` (the length-sorted sampler gives a resumed epoch the order of an uninterrupted run);
-:class:`GuardedTraining` stops at the first non-finite loss (``harness.runs.guards``) where transformers would average it
-out of its logs and train on.
-=======
 The set-up, the trainer arguments, the callbacks that put the trainer on the frontier, the guards, resume and the end
 of a run are those of every trainer-based method: ``pipelines.trainer_run``.
->>>>>>> runtime
 """
 
 from __future__ import annotations
@@ -112,38 +96,6 @@ def _dpo_trainer_class():
     return HarnessDPOTrainer
 
 
-<<<<<<< HEAD
-def trainer_max_steps(max_steps: int) -> int:
-    """Our ``max_steps`` (<= 0: the epochs decide) as transformers reads it: only a negative value lets the epochs
-    decide there; 0 would train no step at all."""
-    return max_steps if max_steps > 0 else -1
-
-
-def save_args(every: int) -> dict:
-    """The trainer arguments of a checkpoint every ``every`` optimizer steps (0: none). Complete checkpoints are
-    pruned by :class:`CheckpointCallback`, not by ``save_total_limit``, which deletes the previous checkpoint before
-    the new one is marked complete."""
-    if not every:
-        return {"save_strategy": "no"}
-    return {"save_strategy": "steps", "save_steps": every, "save_total_limit": None, "save_only_model": False}
-
-
-def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0,
-                precision: str = "fp32") -> dict:
-    """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32 (or, with
-    ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.lm.precision``), no activation
-    checkpointing, no TRL reporting (our tracker does that), checkpoints every ``checkpoint_every`` steps (0: none),
-    no data-loader worker processes.
-
-    TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
-    which is wrong on CPU and wasted time on small models, so both are off."""
-    return dict(output_dir=output_dir, **trainer_flags(precision), activation_checkpointing=False, report_to="none",
-                **save_args(checkpoint_every), logging_steps=logging_steps, seed=seed, use_cpu=use_cpu,
-                dataloader_num_workers=0)
-
-
-=======
->>>>>>> runtime
 def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
                checkpoint_every: int = 0, precision: str = "fp32"):
     """TRL's DPOConfig from our pipeline config, on :func:`shared_args` (fp32, a checkpoint every ``checkpoint_every``
