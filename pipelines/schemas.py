@@ -64,7 +64,7 @@ class RewardModelPipeline(PipelineBase):
 
 # The KL estimators PPO may put into the per-token reward. Only k1: a reward is differentiated through the score
 # function, E[k ∇log π], and that equals ∇KL(π‖π_ref) for k1 only; k3 is an unbiased estimate of the KL's *value*
-# but biased as a reward (tests/test_losses.py shows it; verl PR #2953, OpenRLHF PR #1309, arXiv:2512.21852), so it
+# but biased as a reward (tests/pipelines/test_losses.py shows it; verl PR #2953, OpenRLHF PR #1309, arXiv:2512.21852), so it
 # is logged as objective/kl_k3 and never trained on. The field stays, for an estimator that is unbiased there.
 KL_ESTIMATORS = ("k1",)
 # How PPO's penalty reference moves (PPOPipeline.ref_update): frozen π_SFT, refreshed copies of π_θ, or an EMA of π_θ.

@@ -12,7 +12,7 @@ import pytest
 
 from harness.report import frontier as report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -434,8 +434,14 @@ def execute_notebook(sweep, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    nbclient.NotebookClient(nb, km=km, timeout=120,
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    client = nbclient.NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(path.parent)}})
+    try:
+        # cleanup_kc: stop the kernel client's channels and shut the kernel down here. nbclient leaves both running
+        # for a kernel manager it was handed, and the client's __del__ then logs into pytest's closed stream at exit.
+        client.execute(cleanup_kc=True)
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     return nb
 
 

@@ -22,10 +22,10 @@ ROW_KEYS = set(EvalPoint.__dataclass_fields__) - {"evidence"}  # the evidence go
 SMALL = ["pipeline.updates=3", "pipeline.batch_size=16", "pipeline.max_new_tokens=12", "eval.every=2", "threads=1"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """One stage cache (π_SFT, preferences, reward model) shared by every test here; built on first use."""
-    return tmp_path_factory.mktemp("ppo_cache")
+@pytest.fixture
+def cache(tiny_cache) -> Path:
+    """The session's tiny stage cache (tests/conftest.py): π_SFT, preferences and reward model, built once."""
+    return tiny_cache
 
 
 def config(pipeline: str, cache: Path, *overrides: str):
@@ -302,7 +302,7 @@ def test_adaptive_controller_moves_beta_towards_target(cache, tmp_path):
         ("pipeline.gamma=-1", "pipeline.gamma"),
         ("pipeline.num_minibatches=3", "pipeline.num_minibatches"),  # 64 episodes do not split in 3
         ("pipeline.kl_estimator=k2", "pipeline.kl_estimator"),
-        ("pipeline.kl_estimator=k3", "pipeline.kl_estimator"),  # biased in the reward (tests/test_losses.py)
+        ("pipeline.kl_estimator=k3", "pipeline.kl_estimator"),  # biased in the reward (tests/pipelines/test_losses.py)
         ("pipeline.target_kl=0", "pipeline.target_kl"),
     ],
 )
@@ -350,7 +350,7 @@ def test_throughput_benchmark_drives_the_same_ppo():
     """Our side of benchmarks/ppo_throughput.py still builds and steps (2 updates), so the script cannot rot."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ppo_throughput.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ppo_throughput.py"
     spec = importlib.util.spec_from_file_location("ppo_throughput", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

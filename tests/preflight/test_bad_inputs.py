@@ -29,7 +29,7 @@ from harness.app.jobs import load as validate
 from harness.config import to_container
 from tests.conftest import compose
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hf_notARealToken0123456789"
 
 

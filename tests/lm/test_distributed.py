@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A tiny budget: 3 updates of 8 episodes (4 per process), a checkpoint after update 2 (its collectives too).
 TINY = ["pipeline=ppo", "experiment=tiny_debug", "pipeline.updates=3", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
         "pipeline.checkpoint_every=2", "eval.every=2", "threads=1", "device=cpu", "logger.wandb_mode=disabled"]

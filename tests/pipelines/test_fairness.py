@@ -2,7 +2,7 @@
 Preferred-FT's SFTTrainer and Unlikelihood's own loop put the policy in train mode; PPO's policy and critic), and
 Preferred-FT on the chosen completion of every training pair, as DPO sees the pairs. The PPO-specific parts (critic on
 the normalised score, EOS appended to truncated responses, k1 only in the reward, no missing-EOS penalty by default)
-are tested in tests/test_ppo.py and tests/test_losses.py."""
+are tested in tests/pipelines/test_ppo.py and tests/pipelines/test_losses.py."""
 
 from __future__ import annotations
 
@@ -14,12 +14,6 @@ import torch
 from harness.app.jobs import load as validate
 from harness.runs.context import RunContext
 from tests.conftest import compose
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """The same stage cache as tests/test_dpo.py and tests/test_baselines.py (same session, same folder)."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
 
 
 def context(pipeline: str, cache, folder, *overrides: str) -> RunContext:
@@ -95,7 +89,7 @@ def test_preferred_ft_trains_on_the_chosen_completion_of_every_pair(run_pipeline
 def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_model(tiny_cache, tmp_path):
     """Truncation is treated alike in every stage: a completion cut at max_new_tokens enters the pairs as text, and
     both TRL trainers that learn from the pairs train on it with EOS appended; PPO scores its truncated rollouts with
-    EOS appended too (tests/test_ppo.py::test_reward_model_scores_a_truncated_response_with_eos_appended)."""
+    EOS appended too (tests/pipelines/test_ppo.py::test_reward_model_scores_a_truncated_response_with_eos_appended)."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 

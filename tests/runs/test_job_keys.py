@@ -4,10 +4,9 @@ registry and the layered library (issue 17), so existing sweeps and stage caches
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_experiments_job_and_stage_keys_match_the_golden_file(monkeypatch):

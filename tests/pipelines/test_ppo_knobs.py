@@ -25,9 +25,10 @@ SMALL = ["experiment=tiny_debug", "logger.wandb_mode=disabled", "pipeline.update
          "pipeline.max_new_tokens=12", "pipeline.learning_rate=3e-3", "eval.every=3", "threads=1"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ppo_knobs_cache")
+@pytest.fixture
+def cache(tiny_cache) -> Path:
+    """The session's tiny stage cache (tests/conftest.py): π_SFT, preferences and reward model, built once."""
+    return tiny_cache
 
 
 def config(cache: Path, *overrides: str):

@@ -18,7 +18,7 @@ from harness.app.cli import check_launcher_gpus, jobs_run_here
 from harness.runs.cache import MANIFEST, build_or_load, key_of
 from harness.fields import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # One process needing the stage artifact {"x": 1}. It logs "ready" just before asking for it; its build logs "start",
 # then (mode "peer") waits until another process is ready too, so that process asks while this one builds, or (mode
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NEEDS_STAGE = r"""
 import json, os, sys, time
 from pathlib import Path
-from harness.cache import build_or_load
+from harness.runs.cache import build_or_load
 
 root, log, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CODE = ("harness", "pipelines", "hydra_plugins")  # the packages the wheel ships
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
-# Run inside the installed copy: where each package was imported from; every experiment composed from the shipped
-# config and validated, and so is every job of the smoke study (its entries, which name every method's config
-# group, after the experiment as the study sweeper orders them; composing every job of every study costs ~0.3 s of
-# CPU each, and tests/test_config.py composes the checkout's files).
-COMPOSE_EVERY_EXPERIMENT = r"""
+# Run inside the installed copy: where each package was imported from; an experiment composed from the shipped config
+# and validated, and so is every job of the smoke study (its entries, which name every method's config group, after
+# the experiment as the study sweeper orders them). Every experiment's every job is composed from the checkout by
+# tests/runs/test_job_keys.py, and the wheel holds every YAML file of conf/ (the first test here).
+COMPOSE_FROM_THE_PACKAGE = r"""
 import json
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.plugins import Plugins
@@ -43,8 +42,7 @@ def job(*overrides):
     return validate(compose(config_name="config", overrides=list(overrides)))
 
 with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-    experiments = {p.stem: job(f"experiment={p.stem}").raw.get("experiment_name")
-                   for p in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml"))}
+    experiments = {name: job(f"experiment={name}").raw.get("experiment_name") for name in ("frontier", "smoke")}
     smoke = [job("experiment=smoke", *map(str, entry)).pipeline.name for entry in compose(
         config_name="config", overrides=["experiment=smoke"]).study]
 sweepers = [f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)]  # how Hydra finds its plugins
@@ -85,26 +83,30 @@ def test_the_wheel_holds_every_module_and_config_file(installed):
     assert not want - names, f"missing from the wheel (list the package in pyproject.toml): {sorted(want - names)}"
 
 
-def test_every_experiment_composes_from_the_installed_package(installed, tmp_path):
+def test_the_installed_package_composes_its_shipped_config(installed, tmp_path):
     _, site, env = installed
-    found = json.loads(run([sys.executable, "-c", COMPOSE_EVERY_EXPERIMENT], tmp_path, env).stdout.splitlines()[-1])
+    found = json.loads(run([sys.executable, "-c", COMPOSE_FROM_THE_PACKAGE], tmp_path, env).stdout.splitlines()[-1])
     for module in found["modules"]:
         assert Path(module).resolve().is_relative_to(site.resolve()), f"{module} is not the installed copy"
     assert Path(found["conf"]).resolve() == (site / "harness" / "conf").resolve()
     assert "hydra_plugins.harness_study.study_sweeper.StudySweeper" in found["sweepers"]  # experiment=... can sweep
-    assert set(found["experiments"]) == {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
-    assert found["experiments"]["frontier"] == "frontier"  # the experiment file itself was applied
+    assert found["experiments"] == {"frontier": "frontier", "smoke": "smoke"}  # the experiment files were applied
     assert {"sft", "ppo", "ppo_gt", "dpo", "unlikelihood", "preferred_ft", "best_of_n"} <= set(found["smoke"])
 
 
-def test_python_m_harness_runs_a_job_from_another_folder(installed, tmp_path):
-    """The command line itself, from a folder that is neither the checkout nor the install: a tiny SFT job."""
+def test_python_m_harness_runs_a_job_from_another_folder(installed, tiny_cache, tmp_path):
+    """The command line itself, from a folder that is neither the checkout nor the install: a tiny SFT job, on a copy
+    of the session's stage cache, whose π_SFT the installed copy finds under the same key (its identities are the
+    checkout's)."""
+    from tests.conftest import copy_stage_cache
+
     _, site, env = installed
+    copy_stage_cache(tiny_cache, tmp_path / "cache")
     cmd = [sys.executable, "-m", "harness", "pipeline=sft", "experiment=tiny_debug", f"cache_dir={tmp_path / 'cache'}",
            "threads=1", "hydra.run.dir=job", "pipeline.show_samples=0"]
     run(["nice", "-n", "10", *cmd], tmp_path, env)
     record = json.loads((tmp_path / "job" / "done.json").read_text())
-    assert record["result"]
+    assert record["result"]["reused"] and record["result"]["checkpoint"].startswith(str(tmp_path / "cache" / "sft"))
     rows = [json.loads(line) for line in (tmp_path / "job" / "points.jsonl").read_text().splitlines()]
     assert rows and rows[0]["method"] == "sft"
     assert (tmp_path / "cache" / "sft").is_dir()

@@ -18,12 +18,6 @@ TINY = ["pipeline.max_steps=2", "pipeline.batch_size=8", "pipeline.num_generatio
 METHODS = ("rloo", "grpo", "rloo_gt", "grpo_gt")
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """The stage cache the DPO and baseline tests build (same folder, so one session builds it once)."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
-
-
 def _rows(folder):
     return [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
 

@@ -62,7 +62,7 @@ def _tok():
 
 
 def _lm(tok, seed=0, cls=None):
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     conf = GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=16, n_layer=1, n_head=2, num_labels=1,

@@ -14,12 +14,6 @@ from harness.fields import ConfigError
 TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """One stage cache (tiny π_SFT, preference set, reward model) for every DPO and baseline test of the session."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # (a) the harness trainer's loss = the papers' formulas, by hand, on a fixed batch
 # ----------------------------------------------------------------------------------------------------------------

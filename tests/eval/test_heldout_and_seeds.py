@@ -95,8 +95,8 @@ def test_sampling_seed_derives_from_the_run_seed():
     assert sampling_seed(1234, 0) != sampling_seed(99, 0)
 
 
-def test_best_of_n_varies_with_the_seed(run_pipeline, tmp_path):
-    cache = tmp_path / "cache"
+def test_best_of_n_varies_with_the_seed(run_pipeline, tiny_cache):
+    cache = tiny_cache  # the seed is not part of a stage's identity (stages_per_seed=false): both reuse π_SFT
     rows = []
     for seed in (0, 1):
         _, folder = run_pipeline("best_of_n", f"seed={seed}", "pipeline.ns=[1,4]", "pipeline.scorer=gold",
@@ -110,8 +110,8 @@ def test_best_of_n_varies_with_the_seed(run_pipeline, tmp_path):
     assert [r["gold_reward"] for r in rows[0]] != [r["gold_reward"] for r in rows[1]]
 
 
-def test_stages_per_seed_rebuilds_preferences_and_reward_model(run_pipeline, tmp_path):
-    cache = tmp_path / "cache"
+def test_stages_per_seed_rebuilds_preferences_and_reward_model(run_pipeline, tiny_cache_copy):
+    cache = tiny_cache_copy  # a copy: this test adds artifacts and counts them
     small = ["reward_model.epochs=1"]
     shared = [run_pipeline("reward_model", f"seed={s}", *small, cache=cache, folder=f"shared{s}")[0]["path"] for s in (0, 1)]
     assert shared[0] == shared[1]
@@ -125,8 +125,8 @@ def test_stages_per_seed_rebuilds_preferences_and_reward_model(run_pipeline, tmp
     assert sorted(f["stage_seed"] for f in facts) == [0, 1]
 
 
-def test_rows_carry_truncation_and_compute(run_pipeline):
-    _, folder = run_pipeline("dpo", "pipeline.max_steps=4", "pipeline.batch_size=16", "eval.every=2")
+def test_rows_carry_truncation_and_compute(run_pipeline, tiny_cache):
+    _, folder = run_pipeline("dpo", "pipeline.max_steps=4", "pipeline.batch_size=16", "eval.every=2", cache=tiny_cache)
     rows = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4]
     assert all(0.0 <= r["truncated_frac"] <= 1.0 for r in rows)

@@ -16,12 +16,6 @@ import torch
 TRAINING = ["experiment=tiny_debug", "eval.every=2", "threads=1", "logger.wandb_mode=disabled"]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """The tiny stage cache of tests/test_dpo.py (same folder), so a session builds π_SFT, pairs and r_φ once."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # KTO's unpaired examples
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from harness.runs import checkpoint
 from harness.app.jobs import run_job, swept_pipeline_keys
 from tests.conftest import compose
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Four updates (steps), a checkpoint after each, an evaluation every two: seconds per run.
 PPO = ["pipeline=ppo", "pipeline.updates=4", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
        "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
@@ -43,7 +43,7 @@ DOOMED_JOBS = """
 import importlib, json, os, sys, time, traceback
 from pathlib import Path
 
-import harness.checkpoint as ck
+import harness.runs.checkpoint as ck
 from harness.app import main
 
 commit, seen = ck.commit, []
@@ -81,12 +81,6 @@ for paused, modules, argv in json.loads(sys.argv[1]):
 while children:  # reap each child as it dies, in whatever order the tests kill them
     children.remove(os.wait()[0])
 """
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """The stage cache tests/test_dpo.py and tests/test_baselines.py share (same session, same folder)."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
 
 
 def overrides(base: list[str], cache: Path, wandb: str = "disabled") -> list[str]:

@@ -17,7 +17,7 @@ from harness.fields import ConfigError
 from harness.app.jobs import load as validate
 from tests.conftest import compose
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -32,9 +32,13 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished tiny DPO job (a learning rate that moves the policy in 3 steps) under <tmp>/study/dpo."""
+def trained(tiny_cache, tmp_path_factory):
+    """A finished tiny DPO job (a learning rate that moves the policy in 3 steps) under <tmp>/study/dpo, on a copy of
+    the session's stage cache (<tmp>/cache: the evaluation's study shares it)."""
+    from tests.conftest import copy_stage_cache
+
     tmp = tmp_path_factory.mktemp("evaluate")
+    copy_stage_cache(tiny_cache, tmp / "cache")
     done = harness_cli("pipeline=dpo", "experiment=tiny_debug", "pipeline.max_steps=3", "pipeline.batch_size=16",
                        "pipeline.learning_rate=5e-3", f"cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'study' / 'dpo'}",
                        "threads=1")

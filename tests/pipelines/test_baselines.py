@@ -14,12 +14,6 @@ from harness.fields import ConfigError
 TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """The same stage cache as tests/test_dpo.py (same session, same folder): built once."""
-    return tmp_path_factory.getbasetemp() / "tiny_stage_cache"
-
-
 def _rows(folder):
     return [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
 
