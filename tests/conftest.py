@@ -28,6 +28,17 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+def pytest_collection_modifyitems(config, items):
+    """A ``-m`` on the command line (``-m "not slow"``) replaces addopts' ``-m 'not benchmark'``: benchmarks stay out
+    unless the expression names them."""
+    if "benchmark" in (config.option.markexpr or ""):
+        return
+    benchmarks = [item for item in items if item.get_closest_marker("benchmark")]
+    if benchmarks:
+        config.hook.pytest_deselected(items=benchmarks)
+        items[:] = [item for item in items if not item.get_closest_marker("benchmark")]
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """The stage cache of ``experiment=tiny_debug`` (π_SFT, preference set, reward model), built once per session

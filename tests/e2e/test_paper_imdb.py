@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the study runs in a child process (900 s at most)
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 
 

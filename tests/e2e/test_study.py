@@ -29,6 +29,8 @@ def smoke(tmp_path_factory):
     return tmp / "sweep", first, cmd, env
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_smoke_study_writes_the_report(smoke):
     sweep, first, _, _ = smoke
     # a parallel launcher is handed the stage-building job first, then the other eight at once
@@ -48,6 +50,8 @@ def test_smoke_study_writes_the_report(smoke):
     assert "DPO vs PPO" in summary  # the plain sentence on the paper's claim (whatever this tiny run says)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_wandb_offline_runs_hold_the_frontier_table(smoke):
     sweep, *_ = smoke
     tables = list(sweep.glob("wandb/offline-run-*/files/media/table/frontier/points*.table.json"))
@@ -58,6 +62,8 @@ def test_wandb_offline_runs_hold_the_frontier_table(smoke):
     assert len(job_runs) >= 8  # one W&B run per job, in the job's folder
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_no_secret_reaches_a_saved_config_or_log(smoke):
     """The W&B key and the hub token were in the study's environment; no config, log or W&B file holds either."""
     sweep, first, *_ = smoke
@@ -69,6 +75,8 @@ def test_no_secret_reaches_a_saved_config_or_log(smoke):
     assert not any(v in first.stdout + first.stderr for v in SECRETS.values())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_rerun_under_another_launcher_reuses_every_finished_job(smoke):
     """The same study again on the basic launcher: one job at a time with a progress line, and every job the first
     (joblib) run finished is reused."""

@@ -25,6 +25,8 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(HANG_TIMEOUT_S + 300)  # the child's own timeout first, then the in-process run
 def test_ppo_under_accelerate_launch_with_two_processes(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -445,6 +445,8 @@ def execute_notebook(sweep, tmp_path, monkeypatch):
     return nb
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a kernel process; each cell may take 120 s
 def test_notebook_runs_headless_on_a_sweep(sweep_dir, tmp_path, monkeypatch):
     add_evidence(sweep_dir)
     monkeypatch.setenv("FRONTIER_N_BOOT", "100")

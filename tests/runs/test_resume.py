@@ -13,6 +13,7 @@ Time: the jobs to kill start with the module, so their imports overlap the in-pr
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -131,9 +132,14 @@ class Doomed:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def doomed(tiny_cache, tmp_path_factory):
+def doomed(request, tiny_cache, tmp_path_factory):
     """A PPO job (W&B offline) and a DPO job, started with the module: their process imports torch and TRL (most of
-    its time) while the in-process tests below run. Killed at teardown whatever happened."""
+    its time) while the in-process tests below run. Killed at teardown whatever happened. Not started when no test
+    that kills them was selected (``-m "not slow"``)."""
+    if not any(item.module is request.module and "doomed" in inspect.signature(item.function).parameters
+               for item in request.session.items):
+        yield {}
+        return
     tmp = tmp_path_factory.mktemp("resume")
     log = tmp / "jobs.log"
     jobs = {method: Doomed(method, overrides(base, tiny_cache, wandb), tmp / method, tmp / f"{method}.paused", log)
@@ -257,6 +263,8 @@ def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_c
 
 
 # ------------------------------------------------------------------------------------- killed with SIGKILL
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, tmp_path):
     job, folder = doomed["ppo"], doomed["ppo"].folder
     run_in_process(overrides(PPO, tiny_cache), tmp_path / "clean")  # while the job to kill gets there
@@ -279,6 +287,8 @@ def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, 
     assert lines(folder / "points.jsonl")[0]["run_id"].endswith("-" + ids.pop())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_killed_dpo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, tmp_path):
     job, folder = doomed["dpo"], doomed["dpo"].folder
     run_in_process(overrides(DPO, tiny_cache), tmp_path / "clean")
