@@ -28,9 +28,17 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+TRAINED = {"tiny_cache", "tiny_cache_copy"}  # the fixtures that stand on the trained tiny stages
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects
 def pytest_collection_modifyitems(config, items):
-    """A ``-m`` on the command line (``-m "not slow"``) replaces addopts' ``-m 'not benchmark'``: benchmarks stay out
-    unless the expression names them."""
+    """Every test that stands on the trained tiny stage cache is ``slow`` (it trains or runs a method: seconds each),
+    as are those marked so (end to end, child processes). A ``-m`` on the command line (``-m "not slow"``) replaces
+    addopts' ``-m 'not benchmark'``: benchmarks stay out unless the expression names them."""
+    for item in items:
+        if TRAINED & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
     if "benchmark" in (config.option.markexpr or ""):
         return
     benchmarks = [item for item in items if item.get_closest_marker("benchmark")]

@@ -71,6 +71,7 @@ def events(log: Path) -> list[tuple[str, int, float]]:
     return [(w, int(p), float(t)) for w, p, t in (line.split() for line in log.read_text().splitlines())]
 
 
+@pytest.mark.slow  # a child Python process
 @pytest.mark.parametrize("lock", ["flock", "soft"])
 def test_two_processes_needing_one_missing_stage_build_it_once(tmp_path, lock):
     log = tmp_path / "log"
@@ -86,6 +87,7 @@ def test_two_processes_needing_one_missing_stage_build_it_once(tmp_path, lock):
     assert asked < built <= b["done"]  # it asked while the other was building, and returned only after
 
 
+@pytest.mark.slow  # a child Python process
 @pytest.mark.parametrize("lock", ["flock", "soft"])
 def test_a_builder_killed_mid_build_leaves_nothing_finished_and_the_next_builds(tmp_path, lock):
     log, root = tmp_path / "log", tmp_path / "cache"
@@ -171,6 +173,7 @@ def test_a_job_asking_for_a_gpu_its_launcher_does_not_give_stops(monkeypatch):
         check_launcher_gpus(elsewhere, {"cuda:3"})
 
 
+@pytest.mark.slow  # a child Python process
 def test_cli_study_under_submitit_local_checks_this_machines_device(tmp_path):
     """submitit_local runs the jobs here, so a GPU this machine lacks (or the launcher does not give) stops the study
     before anything is made."""

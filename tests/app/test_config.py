@@ -90,6 +90,7 @@ def test_unknown_model_name_fails_before_training(run_pipeline, tmp_path):
         run_pipeline("sft", "model.name=no-such-model-anywhere")
 
 
+@pytest.mark.slow  # a child Python process
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     import subprocess
     import sys

@@ -88,6 +88,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- end to end (the CLI)
+@pytest.mark.slow  # trains on the tiny config
 def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     """DPO trains on the file's training pairs and is evaluated on its held-out prompts; PPO's reward model is fitted
     on the same pairs and validated on the held-out ones; the set's identity is the file's content."""
@@ -136,6 +137,7 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     assert before[0] != after[0] and before[1] != after[1] and before[1] == keys(data["standard"])[1]
 
 
+@pytest.mark.slow  # trains on the tiny config
 def test_conversational_file_runs_dpo_with_a_reward_model_as_gold(data, tmp_path):
     """Messages rendered plainly (the tiny tokenizer has no chat template); the gold reward is a reward-model
     checkpoint, whose raw score is what the pairs and the evaluator report."""

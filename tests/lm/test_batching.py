@@ -94,6 +94,7 @@ def _assert_same_step(make_trainer):
     assert worst < 2e-5, worst
 
 
+@pytest.mark.slow  # a step of a TRL trainer (its import and set-up: seconds)
 def test_dpo_step_is_the_batch_step(tmp_path):
     from datasets import Dataset
 
@@ -112,6 +113,7 @@ def test_dpo_step_is_the_batch_step(tmp_path):
     _assert_same_step(make)
 
 
+@pytest.mark.slow  # a step of a TRL trainer (its import and set-up: seconds)
 def test_reward_model_step_is_the_batch_step(tmp_path):
     from datasets import Dataset
     from transformers import GPT2ForSequenceClassification
@@ -134,6 +136,7 @@ def test_reward_model_step_is_the_batch_step(tmp_path):
     _assert_same_step(make)
 
 
+@pytest.mark.slow  # a step of a TRL trainer (its import and set-up: seconds)
 def test_sft_step_is_the_batch_step(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer

@@ -77,6 +77,7 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
     assert "Evaluated checkpoint" in summary and "DPO" in summary  # harness/report.py's label for method evaluate
 
 
+@pytest.mark.slow  # a child Python process
 def test_a_missing_checkpoint_is_one_line_before_any_work(tmp_path):
     done = harness_cli("pipeline=evaluate", f"policy={tmp_path / 'no_such_checkpoint'}", "experiment=tiny_debug",
                        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)

@@ -346,6 +346,7 @@ def test_bad_config_stops_before_any_rollout(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- benchmark
+@pytest.mark.slow  # trains on the tiny config
 def test_throughput_benchmark_drives_the_same_ppo():
     """Our side of benchmarks/ppo_throughput.py still builds and steps (2 updates), so the script cannot rot."""
     import importlib.util

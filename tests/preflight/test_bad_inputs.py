@@ -422,11 +422,13 @@ def _harness(*argv: str, tmp: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a child Python process
 def test_cli_hydra_composition_error_is_one_line(tmp_path):
     r = _harness("sft.epochz=2", tmp=tmp_path)
     assert_stopped(r.returncode, r.stderr.splitlines(), "sft.epochz: unknown key (did you mean sft.epochs?)", tmp_path)
 
 
+@pytest.mark.slow  # a child Python process
 def test_cli_study_checks_every_job_before_the_first(tmp_path):
     """A study whose gold classifier cannot load stops before π_SFT trains, naming the key and the job."""
     r = _harness("-m", "experiment=smoke", "gold=siebert", tmp=tmp_path)

@@ -210,6 +210,7 @@ def simulation():
     return {k: np.array([o[k] for o in out], dtype=float) for k in out[0]}
 
 
+@pytest.mark.slow  # the simulation: many bootstrapped analyses
 def test_bootstrap_interval_of_the_difference_covers_the_truth(simulation):
     area, point = simulation["cover_area"].mean(), simulation["cover_point"].mean()
     print(f"coverage over {N_REP} repetitions: area difference {area:.3f}, difference at KL {X:g} {point:.3f}")
@@ -217,6 +218,7 @@ def test_bootstrap_interval_of_the_difference_covers_the_truth(simulation):
     assert 0.90 <= point <= 1.0       # pointwise: conservative (re-selection in replicates adds spread)
 
 
+@pytest.mark.slow  # the simulation: many bootstrapped analyses
 def test_naive_envelope_is_biased_up_and_crossfit_is_not(simulation):
     se = lambda v: v.std(ddof=1) / np.sqrt(v.size)
     naive, cross, diff = simulation["err_naive"], simulation["err_crossfit"], simulation["err_diff"]

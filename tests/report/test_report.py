@@ -230,6 +230,7 @@ def test_comparison_sentence_names_above_indistinguishable_and_below():
 # The written report
 # ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # renders the report's figures (seconds)
 def test_make_report_writes_csv_plot_and_summary(sweep_dir):
     paths = report.make_report(sweep_dir, title="synthetic reviews", commit="abc1234", n_boot=200)
     assert {"points_csv", "frontier_png", "summary_md", "ablations_png"} <= set(paths)
@@ -270,6 +271,7 @@ def test_best_of_n_sets_or_leaves_the_range_by_the_2_nat_rule(tmp_path):
     assert s["range"]["hi"] == pytest.approx(math.log(64) - 63 / 64) and s["range"]["limited_by"] == "best_of_n"
 
 
+@pytest.mark.slow  # renders the report's figures (seconds)
 def test_single_seed_summary_without_evidence_says_so_and_reports_missing_ppo(tmp_path):
     sweep = {k: v for k, v in SWEEP.items() if k != "ppo"}
     write_sweep(tmp_path, sweep=sweep, seeds=(3,), with_bon=False)
@@ -345,6 +347,7 @@ def test_load_evidence_rejects_bad_lines_and_different_prompts(tmp_path):
     assert "b/evidence.jsonl:1" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # renders the report's figures (seconds)
 def test_compute_fields_add_a_second_panel(sweep_dir):
     rows = report.load_points(sweep_dir)
     assert not report.has_compute(rows)
@@ -384,12 +387,14 @@ def test_ablation_panels_and_final_points(sweep_dir):
     assert all(r["step"] == 250 for r in finals if r["method"] == "dpo")
 
 
+@pytest.mark.slow  # a child Python process
 def test_cli_prints_the_paths(sweep_dir):
     out = subprocess.run([sys.executable, "-m", "harness.report", str(sweep_dir), "--title", "cli", "--n-boot", "30"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert out == [str(sweep_dir / "frontier.png"), str(sweep_dir / "summary.md")]
 
 
+@pytest.mark.slow  # a W&B run (its service process)
 def test_log_report_to_wandb_logs_table_scatter_and_image(sweep_dir):
     import wandb
     logged = []

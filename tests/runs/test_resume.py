@@ -132,7 +132,7 @@ class Doomed:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def doomed(request, tiny_cache, tmp_path_factory):
+def doomed(request, tmp_path_factory):
     """A PPO job (W&B offline) and a DPO job, started with the module: their process imports torch and TRL (most of
     its time) while the in-process tests below run. Killed at teardown whatever happened. Not started when no test
     that kills them was selected (``-m "not slow"``)."""
@@ -140,6 +140,7 @@ def doomed(request, tiny_cache, tmp_path_factory):
                for item in request.session.items):
         yield {}
         return
+    tiny_cache = request.getfixturevalue("tiny_cache")
     tmp = tmp_path_factory.mktemp("resume")
     log = tmp / "jobs.log"
     jobs = {method: Doomed(method, overrides(base, tiny_cache, wandb), tmp / method, tmp / f"{method}.paused", log)
