@@ -47,6 +47,21 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("benchmark")]
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """The root logger's handlers and level as before the test: the command line in-process (Hydra's job logging)
+    adds a handler on the stream pytest captured for that test, which later jobs' log lines would meet closed."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """The stage cache of ``experiment=tiny_debug`` (π_SFT, preference set, reward model), built once per session

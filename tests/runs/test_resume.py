@@ -45,7 +45,7 @@ import importlib, json, os, sys, time, traceback
 from pathlib import Path
 
 import harness.runs.checkpoint as ck
-from harness.app import main
+from harness.app.cli import main
 
 commit, seen = ck.commit, []
 
