@@ -6,7 +6,7 @@ shared evaluator (``harness.eval.evaluator``), π_ref = π_SFT from the stage ca
 method), the task's held-out prompts, the gold reward, and the run seed's sampling seed
 (``harness.eval.evaluator.sampling_seed``: one per run seed, the same at every step and for every method). So the saved
 policy of a finished run, evaluated with that run's seed, draws the samples that run's last evaluation drew and
-reproduces its row (``tests/test_evaluate.py``).
+reproduces its row (``tests/pipelines/test_evaluate.py``).
 
 The row is one point: method ``evaluate``, setting ``policy=<label>`` (``pipeline.label``, else the checkpoint's
 folder name), step ``pipeline.step``, and no training compute (it was spent elsewhere).

@@ -1,7 +1,7 @@
 """All of the project's loss and advantage math, as small pure functions.
 
 Tensors in, tensors out: no I/O, no Hydra, no W&B. Every other module (PPO, DPO, baselines, the evaluator)
-imports its math from here, and ``tests/test_losses.py`` checks it against values worked out by hand.
+imports its math from here, and ``tests/pipelines/test_losses.py`` checks it against values worked out by hand.
 
 Shape conventions
 -----------------
@@ -189,7 +189,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
       * ``"k3"``: (r - 1) - log r. An unbiased estimate of the KL's value, >= 0 for every token (since
         log r <= r - 1), lower variance. A diagnostic only, never a reward: a reward's gradient is the score
         function E[k ∇log pi], which is ∇KL for k1 but not for k3 (E[k3 ∇log pi] = ∇KL + E_ref[∇log pi]; verl
-        PR #2953, OpenRLHF PR #1309, arXiv:2512.21852; ``tests/test_losses.py`` checks both).
+        PR #2953, OpenRLHF PR #1309, arXiv:2512.21852; ``tests/pipelines/test_losses.py`` checks both).
 
     Args:
         logprobs: (B, T) log pi of the sampled tokens.

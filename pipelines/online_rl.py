@@ -169,7 +169,7 @@ def pad_aware(model):
     the loss) with ``model(input_ids, attention_mask)`` and no position ids, so a model with absolute positions
     (GPT-2, the embedded default) sees a prompt with p pad tokens shifted p positions to the right; ``generate``
     (which sampled the completion), our sampler and the evaluator number from the first real token. Without this
-    hook the loss and the KL would be those of a different, shifted input: tests/test_online_trl.py computes the
+    hook the loss and the KL would be those of a different, shifted input: tests/pipelines/test_online_trl.py computes the
     trainer's advantages by hand with pad-skipping positions and they agree only with it. Models with relative
     positions (RoPE) are unchanged by it. Callers that pass position ids are untouched."""
     if not getattr(model, "_harness_pad_aware", False):

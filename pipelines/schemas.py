@@ -65,7 +65,7 @@ class RewardModelPipeline(PipelineBase):
 # The per-token estimators of KL(π‖π_ref) that ``losses.kl_penalty`` computes (J. Schulman 2020): k1 = log π − log
 # π_ref, k3 = (r − 1) − log r. Both estimate the KL's *value* without bias, but PPO puts only k1 into the per-token
 # reward (PPOPipeline.kl_estimator refuses k3): a reward is differentiated through the score function, E[k ∇log π],
-# and that equals ∇KL(π‖π_ref) for k1 only, so k3 is biased as a reward (tests/test_losses.py shows it; verl PR
+# and that equals ∇KL(π‖π_ref) for k1 only, so k3 is biased as a reward (tests/pipelines/test_losses.py shows it; verl PR
 # #2953, OpenRLHF PR #1309, arXiv:2512.21852) and is logged as objective/kl_k3, never trained on. The field stays,
 # for an estimator that is unbiased there.
 KL_ESTIMATORS = ("k1", "k3")

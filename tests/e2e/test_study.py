@@ -1,0 +1,119 @@
+"""The smoke study end to end through the CLI: every method as one Hydra multirun, the report, W&B offline, and a
+rerun that reuses every finished job (the notebook runs on a sweep in tests/report/test_report.py)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = {"sft", "ppo", "ppo_gt", "dpo", "unlikelihood", "preferred_ft", "best_of_n"}
+# Secrets in the study's environment, as on a user's machine: none may reach a file the study writes.
+SECRETS = {"WANDB_API_KEY": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c", "HF_TOKEN": "hf_studyTokenNotReal0123456789"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **SECRETS}
+    cmd = [sys.executable, "-m", "harness", "experiment=smoke", f"cache_dir={tmp / 'cache'}",
+           f"hydra.sweep.dir={tmp / 'sweep'}", "logger.wandb_mode=offline"]
+    # The first run on two joblib workers (the launcher the frontier studies use); the rerun on the basic launcher.
+    first = subprocess.run(cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp / "sweep", first, cmd, env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
+def test_smoke_study_writes_the_report(smoke):
+    sweep, first, _, _ = smoke
+    # a parallel launcher is handed the stage-building job first, then the other eight at once
+    assert "=== 1 stage-building jobs" in first.stdout and "=== 8 all other jobs" in first.stdout
+    assert "JoblibLauncher" in first.stdout
+    assert f"frontier plot: {sweep / 'frontier.png'}" in first.stdout
+    assert (sweep / "frontier.png").stat().st_size > 10_000
+    rows = list(csv.DictReader((sweep / "points.csv").open()))
+    assert {r["method"] for r in rows} == METHODS
+    for method in METHODS - {"sft", "best_of_n"}:
+        steps = {int(r["step"]) for r in rows if r["method"] == method}
+        assert len(steps) >= 2 and 0 in steps  # step 0 and at least one later evaluation
+    assert {r["setting"] for r in rows if r["method"] == "best_of_n"} == {"N=1", "N=2", "N=4"}
+    summary = (sweep / "summary.md").read_text()
+    for label in ("PPO (learned RM)", "DPO", "Best of N", "Unlikelihood", "Preferred-FT"):
+        assert label in summary
+    assert "DPO vs PPO" in summary  # the plain sentence on the paper's claim (whatever this tiny run says)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
+def test_wandb_offline_runs_hold_the_frontier_table(smoke):
+    sweep, *_ = smoke
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/frontier/points*.table.json"))
+    assert tables, "the report run logged no frontier table"
+    table = json.loads(tables[0].read_text())
+    assert "kl" in table["columns"] and "gold_reward" in table["columns"] and len(table["data"]) > 10
+    job_runs = list(sweep.glob("*/wandb/offline-run-*"))
+    assert len(job_runs) >= 8  # one W&B run per job, in the job's folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
+def test_no_secret_reaches_a_saved_config_or_log(smoke):
+    """The W&B key and the hub token were in the study's environment; no config, log or W&B file holds either."""
+    sweep, first, *_ = smoke
+    files = [p for p in sweep.parent.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files) and any(".wandb" in p.name for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert not any(v.encode() in data for v in SECRETS.values()), f"a secret reached {path}"
+    assert not any(v in first.stdout + first.stderr for v in SECRETS.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
+def test_rerun_under_another_launcher_reuses_every_finished_job(smoke):
+    """The same study again on the basic launcher: one job at a time with a progress line, and every job the first
+    (joblib) run finished is reused."""
+    sweep, first, cmd, env = smoke
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "=== job 1/9" in again.stdout and "=== job 9/9" in again.stdout  # progress: which job, how many
+    assert again.stdout.count("reusing finished job") == 9
+    assert (sweep / "summary.md").exists()
+
+
+def test_stage_building_jobs_go_first_one_per_seed():
+    from hydra_plugins.harness_study.study_sweeper import stage_first
+
+    jobs = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"], ["pipeline=dpo", "seed=0"],
+            ["pipeline=ppo", "pipeline.kl_coef=0.1", "seed=0"], ["pipeline=ppo", "seed=0"],
+            ["pipeline=sft", "seed=1"], ["pipeline=dpo", "seed=1"]]
+    builders, rest = stage_first(jobs)
+    # first batch, per seed: the first job that builds π_SFT and the preference set (seed 1 needs nothing deeper)
+    assert builders == [jobs[2], jobs[6]]
+    # then seed 0's reward-model builder, the jobs that do not need a reward model, and last the ones that do
+    assert rest == [jobs[i] for i in (3, 0, 1, 5, 4)]
+    only_sft = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"]]
+    assert stage_first(only_sft) == ([only_sft[0]], [only_sft[1]])
+
+
+
+@pytest.mark.parametrize("busy_jiffies, expected", [(0, 2), (100, 1), (200, 1)])
+def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, monkeypatch):
+    import io
+
+    from hydra_plugins.harness_study import study_sweeper
+
+    # two /proc/stat snapshots 200 jiffies apart on 2 cores: `busy_jiffies` of them spent working
+    lines = iter(["cpu 1000 0 500 8000 0 0 0 0 0 0\n",
+                  f"cpu {1000 + busy_jiffies} 0 500 {8000 + 200 - busy_jiffies} 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(study_sweeper, "open", lambda *a, **k: io.StringIO(next(lines)), raising=False)
+    monkeypatch.setattr(study_sweeper.time, "sleep", lambda s: None)
+    monkeypatch.setattr(study_sweeper.os, "cpu_count", lambda: 2)
+    assert study_sweeper.idle_cores() == expected
