@@ -95,8 +95,12 @@ def load_roles(folder: Path, tok):
     """Policy, reference, critic and reward model from that checkpoint, through the harness's loaders."""
     from harness.lm.models import load_pretrained_lm, load_scalar_model
 
-    return (load_pretrained_lm(folder, tok), load_pretrained_lm(folder, tok), load_scalar_model(folder, tok),
-            load_scalar_model(folder, tok))
+    return (
+        load_pretrained_lm(folder, tok),
+        load_pretrained_lm(folder, tok),
+        load_scalar_model(folder, tok),
+        load_scalar_model(folder, tok),
+    )
 
 
 def token_stream(tok, texts: list[str]) -> list[int]:
@@ -112,10 +116,10 @@ def length_pairs(tok, task, stream: list[int], n: int, length: int, seed: int):
     rng = random.Random(seed)
     rows = {"prompt": [], "chosen": [], "rejected": []}
     for _ in range(n):
-        rows["prompt"].append(" ".join(rng.choice(task.heldout_texts).split()[:rng.randint(2, 8)]))
+        rows["prompt"].append(" ".join(rng.choice(task.heldout_texts).split()[: rng.randint(2, 8)]))
         for col in ("chosen", "rejected"):
             i = rng.randrange(0, len(stream) - length)
-            rows[col].append(tok.decode(stream[i:i + length]))
+            rows[col].append(tok.decode(stream[i : i + length]))
     return Dataset.from_dict(rows)
 
 
@@ -131,10 +135,10 @@ def measure_ppo_point(st, roles, length: int, args) -> dict:
 
     def next_prompts() -> list[str]:
         cursor[0] += cfg.batch_size
-        return prompts[cursor[0]:cursor[0] + cfg.batch_size]
+        return prompts[cursor[0] : cursor[0] + cfg.batch_size]
 
     # A small warm-up step: the one-time costs (allocator, lazy initialisation) without a full step of the big model.
-    warmup = prompts[:2 * cfg.num_minibatches]
+    warmup = prompts[: 2 * cfg.num_minibatches]
     results = R.measure_ppo(ppo, next_prompts, args.reps, count=False, warmup=warmup)
     return {r.name.replace("ppo ", "ppo_"): r for r in results}
 
@@ -145,10 +149,21 @@ def measure_dpo_point(st, roles, length: int, stream, args) -> R.StageResult:
 
     policy, reference, _, _ = roles
     steps, clock = R.trainer_plan(args.reps, False)
-    cfg = dataclasses.replace(st.cfgs["dpo"].pipeline, batch_size=args.dpo_batch, max_steps=steps, max_length=N_POSITIONS)
+    cfg = dataclasses.replace(
+        st.cfgs["dpo"].pipeline, batch_size=args.dpo_batch, max_steps=steps, max_length=N_POSITIONS
+    )
     pairs = length_pairs(st.tok, st.task, stream, steps * cfg.batch_size, length, seed=length)
-    trainer = build_trainer(disable_dropout(policy), freeze(reference), st.tok, pairs, cfg, str(st.workdir / "dpo"),
-                            seed=0, use_cpu=True, callbacks=[clock])
+    trainer = build_trainer(
+        disable_dropout(policy),
+        freeze(reference),
+        st.tok,
+        pairs,
+        cfg,
+        str(st.workdir / "dpo"),
+        seed=0,
+        use_cpu=True,
+        callbacks=[clock],
+    )
     res = R.run_trainer(trainer, clock, "dpo_step")
     seqs, comps = R.pair_lengths(st.tok, pairs, cfg.max_length)
     res.parts = R.dpo_parts(R.ModelShape.of(policy), seqs, comps, steps)
@@ -163,8 +178,16 @@ def measure_point(st, size, folder: Path, n_params: int, length: int, stream, ar
     shape = R.ModelShape(layers, d, heads, len(st.tok))
     ppo = measure_ppo_point(st, load_roles(folder, st.tok), length, args)
     dpo = measure_dpo_point(st, load_roles(folder, st.tok), length, stream, args)
-    point = {"layers": layers, "d": d, "heads": heads, "params": n_params, "matmul_params": shape.matmul_params,
-             "new_tokens": length, "ppo_batch": args.ppo_batch, "dpo_batch": args.dpo_batch}
+    point = {
+        "layers": layers,
+        "d": d,
+        "heads": heads,
+        "params": n_params,
+        "matmul_params": shape.matmul_params,
+        "new_tokens": length,
+        "ppo_batch": args.ppo_batch,
+        "dpo_batch": args.dpo_batch,
+    }
     for name, res in {**ppo, "dpo_step": dpo}.items():
         row = res.row(peaks)
         point[name] = {k: row[k] for k in ("seconds", "seconds_all", "gflop", "gflop_s", "frac_peak")}
@@ -187,7 +210,7 @@ def least_squares(xs: list[list[float]], ys: list[float]) -> tuple[list[float], 
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = y - X @ coef
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
     return coef.tolist(), r2
 
 
@@ -199,7 +222,7 @@ def fit_stage(points: list[dict], stage: str) -> dict:
     logt = [math.log(p[stage]["seconds"]) for p in pts]
     out: dict = {"stage": stage}
     if len({*logN}) > 1 and len({*logL}) > 1 and len(pts) >= 4:
-        (c, a, b), r2 = least_squares([[n, l] for n, l in zip(logN, logL)], logt)
+        (c, a, b), r2 = least_squares([[n, length] for n, length in zip(logN, logL)], logt)
         out.update(log_c=c, size_exponent=a, length_exponent=b, r2=r2)
     out["size_exponent_at_length"] = _one_axis(pts, stage, "new_tokens", "matmul_params")
     out["length_exponent_at_size"] = _one_axis(pts, stage, "matmul_params", "new_tokens")
@@ -228,7 +251,9 @@ def _one_axis(pts: list[dict], stage: str, fixed: str, varied: str) -> dict:
     for value in sorted({p[fixed] for p in pts}):
         sel = [p for p in pts if p[fixed] == value]
         if len(sel) >= 2:
-            (c, e), r2 = least_squares([[math.log(p[varied])] for p in sel], [math.log(p[stage]["seconds"]) for p in sel])
+            (c, e), r2 = least_squares(
+                [[math.log(p[varied])] for p in sel], [math.log(p[stage]["seconds"]) for p in sel]
+            )
             out[str(value)] = {"exponent": e, "r2": r2, "points": len(sel)}
     return out
 
@@ -253,8 +278,12 @@ class Paper:
     dpo_steps: int = 2344  # one epoch over 25,000 prefixes × 6 pairs = 150,000 pairs at batch 64 (assumption)
     ppo_updates: int = 391  # one pass over the 25,000 prefixes at 64 episodes per update (assumption)
     ppo_runs: int = 8  # PPO target KL 3, 6, 9, 12 and PPO-GT at the same four (Fig. 2's sweep)
-    dpo_runs: int = 11  # DPO β 0.05, 0.1, 1, 5; Unlikelihood α 0.05, 0.1, 0.5, 1; Preferred-FT 3 seeds, at DPO's step cost
-    seeds: int = 3  # each of the 19 trained runs repeated (Best-of-N's 3 runs only sample: left out); 22 runs in the paper
+    dpo_runs: int = (
+        11  # DPO β 0.05, 0.1, 1, 5; Unlikelihood α 0.05, 0.1, 0.5, 1; Preferred-FT 3 seeds, at DPO's step cost
+    )
+    seeds: int = (
+        3  # each of the 19 trained runs repeated (Best-of-N's 3 runs only sample: left out); 22 runs in the paper
+    )
     sft_tokens: float = 25_000 * 300  # 1 epoch over IMDb train, ~300 GPT-2 tokens per review
     rm_epochs: int = 3  # reward model: 3 epochs over the 150,000 pairs
     pairs: int = 150_000
@@ -264,11 +293,17 @@ class Paper:
 def paper_step_flops(paper: Paper, ppo_cfg) -> dict[str, float]:
     """Analytic FLOPs per PPO update (sampling, scoring, update) and per DPO step on gpt2-large."""
     B, P, T = paper.batch, paper.prompt_tokens, paper.response_tokens
-    ppo = R.ppo_step_flops(PAPER_SHAPE, dataclasses.replace(PAPER_SHAPE, vocab=1), [P] * B, [T] * B, [False] * B, ppo_cfg)
+    ppo = R.ppo_step_flops(
+        PAPER_SHAPE, dataclasses.replace(PAPER_SHAPE, vocab=1), [P] * B, [T] * B, [False] * B, ppo_cfg
+    )
     seqs, comps = [P + T + 1] * (2 * B), [T + 1] * (2 * B)  # chosen and rejected, EOS appended
     dpo = sum((p.flops for p in R.dpo_parts(PAPER_SHAPE, seqs, comps, 1)), R.Flops())
-    return {"ppo_sampling": ppo["sampling"].total, "ppo_scoring": ppo["scoring"].total,
-            "ppo_update": ppo["update"].total, "dpo_step": dpo.total}
+    return {
+        "ppo_sampling": ppo["sampling"].total,
+        "ppo_scoring": ppo["scoring"].total,
+        "ppo_update": ppo["update"].total,
+        "dpo_step": dpo.total,
+    }
 
 
 def stage_flops(paper: Paper) -> dict[str, float]:
@@ -277,7 +312,13 @@ def stage_flops(paper: Paper) -> dict[str, float]:
     sft = R.TRAIN * (2.0 * s.matmul_params + 2.0 * s.d * s.vocab) * paper.sft_tokens  # attention left out (< 5%)
     gen = R.generation_flops(s, [paper.prompt_tokens], [paper.response_tokens]).total * paper.pref_completions
     rm_seq = paper.prompt_tokens + paper.response_tokens + 1
-    rm = R.TRAIN * R.forward_flops(dataclasses.replace(s, vocab=1), [rm_seq], 1, 1).total * 2 * paper.pairs * paper.rm_epochs
+    rm = (
+        R.TRAIN
+        * R.forward_flops(dataclasses.replace(s, vocab=1), [rm_seq], 1, 1).total
+        * 2
+        * paper.pairs
+        * paper.rm_epochs
+    )
     return {"sft": sft, "pref_sampling": gen, "rm": rm}
 
 
@@ -302,14 +343,28 @@ def estimate(points: list[dict], fits: dict, paper: Paper, ppo_cfg, cpu_peak: fl
     ppo_parts = ("ppo_sampling", "ppo_scoring", "ppo_update")
     # item -> (steps in all runs, measured batch, {part: FLOPs per step}); a part's efficiency is its own stage's
     items = {
-        "ppo_step": (paper.ppo_runs * paper.seeds * paper.ppo_updates, points[0]["ppo_batch"], {k: flops[k] for k in ppo_parts}),
-        "dpo_step": (paper.dpo_runs * paper.seeds * paper.dpo_steps, points[0]["dpo_batch"], {"dpo_step": flops["dpo_step"]}),
+        "ppo_step": (
+            paper.ppo_runs * paper.seeds * paper.ppo_updates,
+            points[0]["ppo_batch"],
+            {k: flops[k] for k in ppo_parts},
+        ),
+        "dpo_step": (
+            paper.dpo_runs * paper.seeds * paper.dpo_steps,
+            points[0]["dpo_batch"],
+            {"dpo_step": flops["dpo_step"]},
+        ),
     }
     # the stages once, each at the efficiency of the measured stage most like it (training: DPO step; generation: PPO sampling)
     stages = stage_flops(paper)
     like = {"sft": "dpo_step", "pref_sampling": "ppo_sampling", "rm": "dpo_step"}
-    out = {"assumptions": dataclasses.asdict(paper), "vocab_factor": vf, "cpu_peak_gflop_s": cpu_peak,
-           "gpu_utilisation": util, "cpu_fraction_of_peak": {k: frac(k) for k in (*ppo_parts, "dpo_step")}, "items": []}
+    out = {
+        "assumptions": dataclasses.asdict(paper),
+        "vocab_factor": vf,
+        "cpu_peak_gflop_s": cpu_peak,
+        "gpu_utilisation": util,
+        "cpu_fraction_of_peak": {k: frac(k) for k in (*ppo_parts, "dpo_step")},
+        "items": [],
+    }
     for gpu, peak in GPU_PEAKS.items():
         ratio = peak / cpu_peak
         for name, (steps, batch, parts) in items.items():
@@ -317,14 +372,30 @@ def estimate(points: list[dict], fits: dict, paper: Paper, ppo_cfg, cpu_peak: fl
             cpu_s = predict(fit, n, L) * (paper.batch / batch) * vf if "log_c" in fit else float("nan")
             at_cpu_frac = sum(fl / (peak * 1e9 * frac(k)) for k, fl in parts.items())
             total = sum(parts.values())
-            out["items"].append({"gpu": gpu, "item": name, "steps": steps, "gflop_per_step": total / 1e9,
-                                 "cpu_s_per_step_power_law": cpu_s, "hours_power_law": cpu_s / ratio * steps / 3600,
-                                 "hours_cpu_fraction": at_cpu_frac * steps / 3600,
-                                 "hours_utilisation": total / (peak * 1e9 * util) * steps / 3600})
+            out["items"].append(
+                {
+                    "gpu": gpu,
+                    "item": name,
+                    "steps": steps,
+                    "gflop_per_step": total / 1e9,
+                    "cpu_s_per_step_power_law": cpu_s,
+                    "hours_power_law": cpu_s / ratio * steps / 3600,
+                    "hours_cpu_fraction": at_cpu_frac * steps / 3600,
+                    "hours_utilisation": total / (peak * 1e9 * util) * steps / 3600,
+                }
+            )
         for name, fl in stages.items():
-            out["items"].append({"gpu": gpu, "item": name, "steps": 1, "gflop_per_step": fl / 1e9, "hours_power_law": None,
-                                 "hours_cpu_fraction": fl / (peak * 1e9 * frac(like[name])) / 3600,
-                                 "hours_utilisation": fl / (peak * 1e9 * util) / 3600})
+            out["items"].append(
+                {
+                    "gpu": gpu,
+                    "item": name,
+                    "steps": 1,
+                    "gflop_per_step": fl / 1e9,
+                    "hours_power_law": None,
+                    "hours_cpu_fraction": fl / (peak * 1e9 * frac(like[name])) / 3600,
+                    "hours_utilisation": fl / (peak * 1e9 * util) / 3600,
+                }
+            )
     return out
 
 
@@ -334,11 +405,15 @@ def estimate(points: list[dict], fits: dict, paper: Paper, ppo_cfg, cpu_peak: fl
 
 
 def print_grid(points: list[dict], stages: list[str]) -> None:
-    head = f"{'shape':<10}{'params':>8}{'N(matmul)':>10}{'tokens':>7}" + "".join(f"{s + ' s':>15}{'GF/s':>7}" for s in stages)
+    head = f"{'shape':<10}{'params':>8}{'N(matmul)':>10}{'tokens':>7}" + "".join(
+        f"{s + ' s':>15}{'GF/s':>7}" for s in stages
+    )
     print(head)
     print("-" * len(head))
     for p in points:
-        line = f"{p['layers']}x{p['d']:<7}{p['params'] / 1e6:>7.1f}M{p['matmul_params'] / 1e6:>9.1f}M{p['new_tokens']:>7}"
+        line = (
+            f"{p['layers']}x{p['d']:<7}{p['params'] / 1e6:>7.1f}M{p['matmul_params'] / 1e6:>9.1f}M{p['new_tokens']:>7}"
+        )
         for s in stages:
             r = p.get(s)
             line += f"{r['seconds']:>15.3f}{R._fmt(r['gflop_s'], '.1f'):>7}" if r else f"{'-':>15}{'-':>7}"
@@ -346,14 +421,21 @@ def print_grid(points: list[dict], stages: list[str]) -> None:
 
 
 def print_fits(fits: dict) -> None:
-    print(f"\n{'stage':<14}{'t ∝ N^a·L^b':>14}{'R²':>7}{'a(top 2)':>9}   size exponent at each length [R²]; "
-          "length exponent at each size [R²]")
+    print(
+        f"\n{'stage':<14}{'t ∝ N^a·L^b':>14}{'R²':>7}{'a(top 2)':>9}   size exponent at each length [R²]; "
+        "length exponent at each size [R²]"
+    )
     for stage, f in fits.items():
         joint = f"a={f['size_exponent']:.2f} b={f['length_exponent']:.2f}" if "size_exponent" in f else "-"
         r2 = f"{f['r2']:.3f}" if "r2" in f else "-"
         top2 = R._fmt(f.get("size_exponent_top2"), ".2f")
-        by_len = ", ".join(f"L={k}: {v['exponent']:.2f} [{v['r2']:.2f}]" for k, v in f["size_exponent_at_length"].items())
-        by_size = ", ".join(f"N={float(k) / 1e6:.1f}M: {v['exponent']:.2f} [{v['r2']:.2f}]" for k, v in f["length_exponent_at_size"].items())
+        by_len = ", ".join(
+            f"L={k}: {v['exponent']:.2f} [{v['r2']:.2f}]" for k, v in f["size_exponent_at_length"].items()
+        )
+        by_size = ", ".join(
+            f"N={float(k) / 1e6:.1f}M: {v['exponent']:.2f} [{v['r2']:.2f}]"
+            for k, v in f["length_exponent_at_size"].items()
+        )
         print(f"{stage:<14}{joint:>14}{r2:>7}{top2:>9}   {by_len}; {by_size}")
 
 
@@ -361,30 +443,47 @@ def print_estimate(est: dict, cpu_peak: float) -> None:
     a = est["assumptions"]
     fr = est["cpu_fraction_of_peak"]
     print("\nGPU-hour estimate of the DPO paper's IMDb setting (gpt2-large), assumptions:")
-    print(f"  gpt2-large: 36 layers, d=1280, vocab 50257, {PAPER_PARAMS / 1e6:.0f}M parameters "
-          f"({PAPER_SHAPE.matmul_params / 1e6:.0f}M in matrix products); prompts {a['prompt_tokens']} tokens, responses "
-          f"{a['response_tokens']} tokens; batch {a['batch']} (PPO episodes, DPO pairs)")
-    print(f"  PPO: {a['ppo_runs']} runs × {a['seeds']} seeds × {a['ppo_updates']} updates (harness default 2 epochs × 2 "
-          f"minibatches; policy, reference, critic and RM all gpt2-large)")
-    print(f"  DPO-cost runs: {a['dpo_runs']} runs × {a['seeds']} seeds × {a['dpo_steps']} steps; stages once: SFT "
-          f"{a['sft_tokens'] / 1e6:.1f}M tokens, {a['pref_completions']} completions, RM {a['rm_epochs']} epochs × {a['pairs']} pairs")
-    print(f"  law: fitted CPU seconds at N=708M, L={a['response_tokens']}, × batch {a['batch']}/measured, × {est['vocab_factor']:.3f} "
-          f"(LM head of vocab 50257), ÷ R = GPU peak / this CPU's fp32 peak {cpu_peak:.1f} GFLOP/s ("
-          + ", ".join(f"{g.split(' (')[0]}: {v / cpu_peak:,.0f}" for g, v in GPU_PEAKS.items())
-          + "), i.e. the GPU at the same fraction of its peak as this CPU of its own")
-    print("  cpu-frac: FLOP count ÷ (GPU peak × this CPU's fraction of peak at the largest size: "
-          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in fr.items()) + "; stages at DPO's or PPO sampling's)")
+    print(
+        f"  gpt2-large: 36 layers, d=1280, vocab 50257, {PAPER_PARAMS / 1e6:.0f}M parameters "
+        f"({PAPER_SHAPE.matmul_params / 1e6:.0f}M in matrix products); prompts {a['prompt_tokens']} tokens, responses "
+        f"{a['response_tokens']} tokens; batch {a['batch']} (PPO episodes, DPO pairs)"
+    )
+    print(
+        f"  PPO: {a['ppo_runs']} runs × {a['seeds']} seeds × {a['ppo_updates']} updates (harness default 2 epochs × 2 "
+        f"minibatches; policy, reference, critic and RM all gpt2-large)"
+    )
+    print(
+        f"  DPO-cost runs: {a['dpo_runs']} runs × {a['seeds']} seeds × {a['dpo_steps']} steps; stages once: SFT "
+        f"{a['sft_tokens'] / 1e6:.1f}M tokens, {a['pref_completions']} completions, RM {a['rm_epochs']} epochs × {a['pairs']} pairs"
+    )
+    print(
+        f"  law: fitted CPU seconds at N=708M, L={a['response_tokens']}, × batch {a['batch']}/measured, × {est['vocab_factor']:.3f} "
+        f"(LM head of vocab 50257), ÷ R = GPU peak / this CPU's fp32 peak {cpu_peak:.1f} GFLOP/s ("
+        + ", ".join(f"{g.split(' (')[0]}: {v / cpu_peak:,.0f}" for g, v in GPU_PEAKS.items())
+        + "), i.e. the GPU at the same fraction of its peak as this CPU of its own"
+    )
+    print(
+        "  cpu-frac: FLOP count ÷ (GPU peak × this CPU's fraction of peak at the largest size: "
+        + ", ".join(f"{k} {100 * v:.0f}%" for k, v in fr.items())
+        + "; stages at DPO's or PPO sampling's)"
+    )
     print(f"  util: FLOP count ÷ (GPU peak × {100 * est['gpu_utilisation']:.0f}%)")
     head = f"{'GPU':<26}{'item':<15}{'steps':>8}{'GFLOP/step':>12}{'GPU-h law':>11}{'cpu-frac':>10}{'util':>9}"
     print(head)
     for it in est["items"]:
-        print(f"{it['gpu']:<26}{it['item']:<15}{it['steps']:>8}{it['gflop_per_step']:>12.0f}"
-              f"{R._fmt(it['hours_power_law'], '.2f'):>11}{it['hours_cpu_fraction']:>10.2f}{it['hours_utilisation']:>9.2f}")
+        print(
+            f"{it['gpu']:<26}{it['item']:<15}{it['steps']:>8}{it['gflop_per_step']:>12.0f}"
+            f"{R._fmt(it['hours_power_law'], '.2f'):>11}{it['hours_cpu_fraction']:>10.2f}{it['hours_utilisation']:>9.2f}"
+        )
     for gpu in GPU_PEAKS:
         items = [i for i in est["items"] if i["gpu"] == gpu]
-        law = sum(i["hours_power_law"] or i["hours_cpu_fraction"] for i in items)  # stages have no law: their FLOP count
-        print(f"{'total ' + gpu:<61}{law:>11.1f}{sum(i['hours_cpu_fraction'] for i in items):>10.1f}"
-              f"{sum(i['hours_utilisation'] for i in items):>9.1f}")
+        law = sum(
+            i["hours_power_law"] or i["hours_cpu_fraction"] for i in items
+        )  # stages have no law: their FLOP count
+        print(
+            f"{'total ' + gpu:<61}{law:>11.1f}{sum(i['hours_cpu_fraction'] for i in items):>10.1f}"
+            f"{sum(i['hours_utilisation'] for i in items):>9.1f}"
+        )
 
 
 def parse_args(argv=None):
@@ -397,19 +496,35 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default=None, help="layers x width x heads, comma-separated, e.g. 4x128x4,6x384x6")
     p.add_argument("--lengths", default=None, help="new tokens, comma-separated (default 24,48,96)")
     for field in dataclasses.fields(Paper):
-        p.add_argument(f"--paper-{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
-                       help=f"paper setting: {field.name} (default {field.default})")
+        p.add_argument(
+            f"--paper-{field.name.replace('_', '-')}",
+            type=type(field.default),
+            default=field.default,
+            help=f"paper setting: {field.name} (default {field.default})",
+        )
     p.add_argument("--cache-dir", default=None, help="stage cache for the tokenizer (π_SFT's); nothing is built")
     p.add_argument("--sft", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--gpu-utilisation", type=float, default=0.4,
-                   help="fraction of the GPU's peak for the third estimate (default 0.4)")
+    p.add_argument(
+        "--gpu-utilisation",
+        type=float,
+        default=0.4,
+        help="fraction of the GPU's peak for the third estimate (default 0.4)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--from-json", default=None, metavar="PATH",
-                   help="re-fit and re-estimate from a saved run's grid (e.g. with other --paper-* assumptions); measures nothing")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="re-fit and re-estimate from a saved run's grid (e.g. with other --paper-* assumptions); measures nothing",
+    )
     a = p.parse_args(argv)
     a.ppo_batch = a.ppo_batch or (8 if a.quick else 16)
     a.dpo_batch = a.dpo_batch or (8 if a.quick else 16)
-    a.sizes = [tuple(int(x) for x in s.split("x")) for s in a.sizes.split(",")] if a.sizes else list(SIZES[:2] if a.quick else SIZES)
+    a.sizes = (
+        [tuple(int(x) for x in s.split("x")) for s in a.sizes.split(",")]
+        if a.sizes
+        else list(SIZES[:2] if a.quick else SIZES)
+    )
     a.lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else list(LENGTHS[:2] if a.quick else LENGTHS)
     return a
 
@@ -427,14 +542,20 @@ def measure_grid(args, peaks) -> tuple[list[dict], int]:
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(sys.stderr):
                     points.append(measure_point(st, size, folder, n_params, length, stream, args, peaks))
-                print(f"  [{size[0]}x{size[1]}, {length} tokens: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+                print(
+                    f"  [{size[0]}x{size[1]}, {length} tokens: {time.perf_counter() - t0:.1f} s]",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return points, len(st.tok)
 
 
 def report(points: list[dict], cpu_peak: float, vocab: int, args) -> dict:
     """The grid table, the fits and the estimate (printed), as one dict."""
     stages = ["ppo_sampling", "ppo_scoring", "ppo_update", "ppo_step", "dpo_step"]
-    print(f"\nseconds per step (PPO: {points[0]['ppo_batch']} episodes, DPO: {points[0]['dpo_batch']} pairs) and achieved GFLOP/s:")
+    print(
+        f"\nseconds per step (PPO: {points[0]['ppo_batch']} episodes, DPO: {points[0]['dpo_batch']} pairs) and achieved GFLOP/s:"
+    )
     print_grid(points, stages)
     fits = {s: fit_stage(points, s) for s in stages}
     print_fits(fits)
@@ -449,8 +570,10 @@ def main(argv=None) -> dict:
     R.use_working_tree_harness()
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        print(f"cost growth from {args.from_json} (measured {saved['meta']['date']}, commit {saved['meta']['commit']}, "
-              f"{saved['meta']['threads']} thread(s))")
+        print(
+            f"cost growth from {args.from_json} (measured {saved['meta']['date']}, commit {saved['meta']['commit']}, "
+            f"{saved['meta']['threads']} thread(s))"
+        )
         result = {**saved, **report(saved["points"], saved["cpu_peak_gflop_s"], saved.get("vocab", 1024), args)}
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2, default=str))
@@ -463,18 +586,28 @@ def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     meta = {**R.machine_identity(args.threads), **R.code_identity()}
     print(f"cost growth: harness from {meta['harness']}, pipelines from {meta['pipelines']} (commit {meta['commit']})")
-    print(f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} with {args.threads} thread(s), "
-          f"load {meta['loadavg_1m_start']:.2f}, {meta['date']}", flush=True)
+    print(
+        f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} with {args.threads} thread(s), "
+        f"load {meta['loadavg_1m_start']:.2f}, {meta['date']}",
+        flush=True,
+    )
     peaks = R.Peaks(1024 if args.quick else 1536, 0.3 if args.quick else 1.0)
     print(f"CPU peak: {peaks.square:.1f} GFLOP/s (fp32 mm {peaks.square_n}³)", flush=True)
     t_start = time.perf_counter()
     points, vocab = measure_grid(args, peaks)
     meta["loadavg_1m_end"] = os.getloadavg()[0]
     meta["grid_seconds"] = round(time.perf_counter() - t_start, 1)
-    result = {"meta": meta, "cpu_peak_gflop_s": peaks.square, "vocab": vocab, "points": points,
-              **report(points, peaks.square, vocab, args)}
-    print(f"\nload average (1 min): {meta['loadavg_1m_start']:.2f} at start, {meta['loadavg_1m_end']:.2f} at end; "
-          f"grid {meta['grid_seconds']:.0f} s")
+    result = {
+        "meta": meta,
+        "cpu_peak_gflop_s": peaks.square,
+        "vocab": vocab,
+        "points": points,
+        **report(points, peaks.square, vocab, args),
+    }
+    print(
+        f"\nload average (1 min): {meta['loadavg_1m_start']:.2f} at start, {meta['loadavg_1m_end']:.2f} at end; "
+        f"grid {meta['grid_seconds']:.0f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -63,8 +63,11 @@ def synthetic_pairs(n: int, vocab_size: int, completion_words: int, seed: int) -
         return " ".join(f"w{rng.randint(4, vocab_size - 1)}" for _ in range(k))
 
     prompts = [words(rng.randint(2, 8)) for _ in range(n)]
-    return {"prompt": prompts, "chosen": [" " + words(completion_words) for _ in range(n)],
-            "rejected": [" " + words(completion_words) for _ in range(n)]}
+    return {
+        "prompt": prompts,
+        "chosen": [" " + words(completion_words) for _ in range(n)],
+        "rejected": [" " + words(completion_words) for _ in range(n)],
+    }
 
 
 def run(args) -> dict:
@@ -84,16 +87,33 @@ def run(args) -> dict:
     set_seed(args.seed)
     tok = _peer_module().build_tokenizer(args.vocab_size)
     tok.padding_side = "right"
-    data = Dataset.from_dict(synthetic_pairs(args.batch_size * args.steps, args.vocab_size, args.completion_words, args.seed))
-    cfg = GPT2Config(vocab_size=args.vocab_size, n_positions=args.n_positions, n_embd=args.n_embd, n_layer=args.n_layer,
-                     n_head=args.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id)
+    data = Dataset.from_dict(
+        synthetic_pairs(args.batch_size * args.steps, args.vocab_size, args.completion_words, args.seed)
+    )
+    cfg = GPT2Config(
+        vocab_size=args.vocab_size,
+        n_positions=args.n_positions,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.device(args.device):
         policy = GPT2LMHeadModel(cfg)
     reference = freeze(copy.deepcopy(policy))
-    pipe = DPOPipeline(name="dpo", beta=0.1, learning_rate=1e-6, batch_size=args.batch_size,
-                       micro_batch_size=args.micro_batch_size, max_steps=args.steps, max_length=8 + args.completion_words + 2,
-                       warmup_ratio=0.0, checkpoint_every=0)
+    pipe = DPOPipeline(
+        name="dpo",
+        beta=0.1,
+        learning_rate=1e-6,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        max_steps=args.steps,
+        max_length=8 + args.completion_words + 2,
+        warmup_ratio=0.0,
+        checkpoint_every=0,
+    )
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -106,17 +126,36 @@ def run(args) -> dict:
 
     timer = Timer()
     with tempfile.TemporaryDirectory(prefix="dpo-throughput-") as out:
-        trainer = build_trainer(policy, reference, tok, data, pipe, out, seed=args.seed, use_cpu=args.device == "cpu",
-                                callbacks=[timer], logging_steps=1, precision=args.precision)
+        trainer = build_trainer(
+            policy,
+            reference,
+            tok,
+            data,
+            pipe,
+            out,
+            seed=args.seed,
+            use_cpu=args.device == "cpu",
+            callbacks=[timer],
+            logging_steps=1,
+            precision=args.precision,
+        )
         t0 = time.perf_counter()
         result = trainer.train()
     wall = timer.step_end[-1] - timer.step_end[0]
-    return {"impl": "harness-dpo (TRL DPOTrainer)", "pairs_per_s": (len(timer.step_end) - 1) * args.batch_size / wall,
-            "steps": len(timer.step_end), "wall_s": wall, "warmup_s": timer.step_end[0] - t0,
-            "train_loss": result.training_loss, "batch_size": args.batch_size, "device": args.device,
-            "precision": args.precision, "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
-            "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+    return {
+        "impl": "harness-dpo (TRL DPOTrainer)",
+        "pairs_per_s": (len(timer.step_end) - 1) * args.batch_size / wall,
+        "steps": len(timer.step_end),
+        "wall_s": wall,
+        "warmup_s": timer.step_end[0] - t0,
+        "train_loss": result.training_loss,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "precision": args.precision,
+        "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+    }
 
 
 def main(argv=None) -> int:

@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> dict:
     from hydra import compose, initialize_config_dir
 
     from harness.app.cli import CONF_DIR
-    from harness.app.jobs import resolved
     from harness.app.jobs import load as validate
+    from harness.app.jobs import resolved
     from harness.eval.evaluator import Evaluator
     from harness.runs.context import RunContext
     from pipelines.dpo import build_trainer
-    from pipelines.trainer_run import EvaluationCallback, FrontierEvaluation, check_pairs, load_frozen_reference
     from pipelines.stages.preferences import ensure_preferences, load_pairs
     from pipelines.stages.sft import load_sft
+    from pipelines.trainer_run import EvaluationCallback, FrontierEvaluation, check_pairs, load_frozen_reference
 
     overrides = ["pipeline=dpo", "logger.wandb_mode=disabled", "threads=1", *args.overrides]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -68,8 +68,17 @@ def main(argv: list[str] | None = None) -> dict:
             ctx.folder = work / f"run{i}"
             evaluation = FrontierEvaluation(evaluator, ctx.tracker(), method="dpo", setting=ctx.setting, seed=hc.seed)
             callbacks.append(EvaluationCallback(evaluation, hc.eval.every))
-        trainer = build_trainer(policy, reference, tok, train, cfg, str(work / "_trainer"), seed=hc.seed,
-                                use_cpu=ctx.device.type == "cpu", callbacks=callbacks)
+        trainer = build_trainer(
+            policy,
+            reference,
+            tok,
+            train,
+            cfg,
+            str(work / "_trainer"),
+            seed=hc.seed,
+            use_cpu=ctx.device.type == "cpu",
+            callbacks=callbacks,
+        )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -77,24 +86,41 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {"on": [], "off": []}
     for r in range(args.rounds):
-        for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):  # alternate which goes first
+        for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):  # alternate which goes first
             seconds, steps, evals = one_run(mode == "on", r)
-            results[mode].append({"seconds": seconds, "steps": steps, "evaluations": evals, "steps_per_s": steps / seconds})
+            results[mode].append(
+                {"seconds": seconds, "steps": steps, "evaluations": evals, "steps_per_s": steps / seconds}
+            )
             load = os.getloadavg()[0]  # a contended number shows here (the box is shared)
             results[mode][-1]["load_1min"] = load
-            print(f"round {r} eval {mode:3s}: {steps} steps in {seconds:6.2f} s = {steps / seconds:6.2f} steps/s"
-                  + (f" ({evals} evaluations)" if evals else "") + f"  [load {load:.2f}]", flush=True)
+            print(
+                f"round {r} eval {mode:3s}: {steps} steps in {seconds:6.2f} s = {steps / seconds:6.2f} steps/s"
+                + (f" ({evals} evaluations)" if evals else "")
+                + f"  [load {load:.2f}]",
+                flush=True,
+            )
 
     on = statistics.median(x["steps_per_s"] for x in results["on"])
     off = statistics.median(x["steps_per_s"] for x in results["off"])
     summary = {
-        "config": {"eval.every": hc.eval.every, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
-                   "eval_prompts": len(ctx.task.eval_prompts), "eval.samples_per_prompt": hc.eval.samples_per_prompt,
-                   "eval.max_new_tokens": hc.eval.max_new_tokens, "threads": hc.threads},
-        "steps_per_s_eval_on": on, "steps_per_s_eval_off": off, "slowdown": 1 - on / off, "runs": results,
+        "config": {
+            "eval.every": hc.eval.every,
+            "max_steps": cfg.max_steps,
+            "batch_size": cfg.batch_size,
+            "eval_prompts": len(ctx.task.eval_prompts),
+            "eval.samples_per_prompt": hc.eval.samples_per_prompt,
+            "eval.max_new_tokens": hc.eval.max_new_tokens,
+            "threads": hc.threads,
+        },
+        "steps_per_s_eval_on": on,
+        "steps_per_s_eval_off": off,
+        "slowdown": 1 - on / off,
+        "runs": results,
     }
-    print(f"\nmedian steps/s: eval off {off:.2f}, eval on {on:.2f} -> {100 * (1 - on / off):.1f}% slower "
-          f"(eval.every={hc.eval.every}; target <= 15%)")
+    print(
+        f"\nmedian steps/s: eval off {off:.2f}, eval on {on:.2f} -> {100 * (1 - on / off):.1f}% slower "
+        f"(eval.every={hc.eval.every}; target <= 15%)"
+    )
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
     return summary

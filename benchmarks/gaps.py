@@ -52,8 +52,15 @@ def model_and_tok():
     from harness.data.tasks import load_task
 
     tok = train_tokenizer(load_task(TaskConfig()).train_texts, 1024)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=128, n_layer=4, n_head=4,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=96,
+        n_embd=128,
+        n_layer=4,
+        n_head=4,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return GPT2LMHeadModel(conf), tok, "random weights"
 
 
@@ -76,12 +83,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from harness.fields import MICRO_BATCH_SIZE
     from harness.config import TaskConfig
+    from harness.data.tasks import load_task
+    from harness.eval.evaluator import kl_stats
+    from harness.fields import MICRO_BATCH_SIZE
     from harness.lm.models import use_fused_gelu
     from harness.lm.sampling import draw, sample
-    from harness.eval.evaluator import kl_stats
-    from harness.data.tasks import load_task
 
     model, tok, source = model_and_tok()
     rng = np.random.default_rng(0)
@@ -95,8 +102,11 @@ def main() -> None:
     batch = np.concatenate([pair_lengths(128, rng)] * 2)  # rows [chosen; rejected], same prompts
     fused = use_fused_gelu(copy.deepcopy(model))
     chunks = np.array_split(np.sort(batch), len(batch) // (2 * MICRO_BATCH_SIZE))
-    ab("DPO batch fwd+bwd: padded whole -> length-sorted micro-batches", lambda: fwd_bwd(fused, batch),
-       lambda: [fwd_bwd(fused, c) for c in chunks])
+    ab(
+        "DPO batch fwd+bwd: padded whole -> length-sorted micro-batches",
+        lambda: fwd_bwd(fused, batch),
+        lambda: [fwd_bwd(fused, c) for c in chunks],
+    )
     # 2. activation
     from transformers.activations import NewGELUActivation
 
@@ -105,14 +115,19 @@ def main() -> None:
         for n, child in module.named_children():
             if isinstance(child, torch.nn.GELU):
                 setattr(module, n, NewGELUActivation())
-    ab("fwd+bwd 256 x 24 tokens: gelu_new -> fused tanh-GELU", lambda: fwd_bwd(unfused, [24] * 256),
-       lambda: fwd_bwd(fused, [24] * 256))
+    ab(
+        "fwd+bwd 256 x 24 tokens: gelu_new -> fused tanh-GELU",
+        lambda: fwd_bwd(unfused, [24] * 256),
+        lambda: fwd_bwd(fused, [24] * 256),
+    )
     # 3. sampling
     probs = torch.softmax(torch.randn(256, model.config.vocab_size) * 3, -1)
     gen = torch.Generator().manual_seed(0)
-    ab("draw 1 token x 256 rows, 32 steps: multinomial -> inverse CDF",
-       lambda: [torch.multinomial(probs, 1, generator=gen) for _ in range(32)],
-       lambda: [draw(probs, gen) for _ in range(32)])
+    ab(
+        "draw 1 token x 256 rows, 32 steps: multinomial -> inverse CDF",
+        lambda: [torch.multinomial(probs, 1, generator=gen) for _ in range(32)],
+        lambda: [draw(probs, gen) for _ in range(32)],
+    )
     # 4. evaluation's exact KL
     prompts = load_task(TaskConfig()).eval_prompts
     reference = copy.deepcopy(fused).eval()
@@ -121,12 +136,17 @@ def main() -> None:
         kept = sample(fused, tok, prompts, 2, 32, 1.0, generator=torch.Generator().manual_seed(1), keep_logprobs=True)
     plain = copy.copy(kept)
     plain.logprobs = None
-    ab("exact KL of 256 samples: policy + reference forward -> reference only",
-       lambda: kl_stats(fused, reference, plain, 256), lambda: kl_stats(fused, reference, kept, 256))
+    ab(
+        "exact KL of 256 samples: policy + reference forward -> reference only",
+        lambda: kl_stats(fused, reference, plain, 256),
+        lambda: kl_stats(fused, reference, kept, 256),
+    )
 
     load = os.getloadavg()[0]
-    print(f"model: {source}; threads {args.threads}; torch {torch.__version__}; best of {args.rounds}; "
-          f"1-min load {load:.2f}\n")
+    print(
+        f"model: {source}; threads {args.threads}; torch {torch.__version__}; best of {args.rounds}; "
+        f"1-min load {load:.2f}\n"
+    )
     print("| gap | before (s) | after (s) | speedup |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['gap']} | {r['before_s']:.4f} | {r['after_s']:.4f} | {r['speedup']:.2f}x |")

@@ -49,7 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--updates", type=int, default=6, help="PPO updates of 64 episodes; the first is warm-up")
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=1, help="ours/peer pairs to run (alternating); the best of each is kept")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="ours/peer pairs to run (alternating); the best of each is kept"
+    )
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--n-positions", type=int, default=128)
     # The model's shape (default: the 4x128x4 CPU configuration; gpt2-large is 36 x 1280 x 20, vocab 50257, 1024
@@ -84,9 +86,16 @@ def build_ours(args):
     n_prompts = max(512, PROMPTS_PER_UPDATE * args.updates)
     rows = peer.build_prompts(tok, n_prompts, 2, 8, args.seed)["input_ids"]
     prompts = [tok.decode(r) for r in rows]  # "w17 w903 ..." re-encodes to the same ids (WordLevel, whitespace split)
-    cfg = GPT2Config(vocab_size=args.vocab_size, n_positions=args.n_positions, n_embd=args.n_embd, n_layer=args.n_layer,
-                     n_head=args.n_head, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=args.vocab_size,
+        n_positions=args.n_positions,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.device(args.device):  # random init on the device itself: seconds, not minutes, for gpt2-large
         policy = GPT2LMHeadModel(cfg)
         reference = copy.deepcopy(policy)
@@ -107,18 +116,43 @@ def run_ours(args) -> dict:
     torch.set_num_threads(args.threads)
     tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)
     # TRL 1.12 PPOConfig defaults where the configuration does not fix a value.
-    cfg = PPOPipeline(name="ppo", updates=args.updates, batch_size=PROMPTS_PER_UPDATE, num_minibatches=1, ppo_epochs=4,
-                      max_new_tokens=24, temperature=1.0, missing_eos_penalty=1.0, kl_coef=0.05, kl_estimator="k1",
-                      learning_rate=3e-6, critic_learning_rate=3e-6, vf_coef=0.1, cliprange=0.2, cliprange_value=0.2,
-                      gamma=1.0, lam=0.95, normalize_scores=False)
-    ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, score_norm=(0.0, 1.0), seed=args.seed,
-              precision=args.precision)
+    cfg = PPOPipeline(
+        name="ppo",
+        updates=args.updates,
+        batch_size=PROMPTS_PER_UPDATE,
+        num_minibatches=1,
+        ppo_epochs=4,
+        max_new_tokens=24,
+        temperature=1.0,
+        missing_eos_penalty=1.0,
+        kl_coef=0.05,
+        kl_estimator="k1",
+        learning_rate=3e-6,
+        critic_learning_rate=3e-6,
+        vf_coef=0.1,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        gamma=1.0,
+        lam=0.95,
+        normalize_scores=False,
+    )
+    ppo = PPO(
+        policy,
+        reference,
+        critic,
+        RewardModelScore(reward_model),
+        tok,
+        cfg,
+        score_norm=(0.0, 1.0),
+        seed=args.seed,
+        precision=args.precision,
+    )
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     ends, logs = [], []
     for u in range(args.updates):
-        batch = prompts[u * PROMPTS_PER_UPDATE:(u + 1) * PROMPTS_PER_UPDATE]
+        batch = prompts[u * PROMPTS_PER_UPDATE : (u + 1) * PROMPTS_PER_UPDATE]
         logs.append(ppo.step(batch))
         sync()
         ends.append(time.perf_counter())
@@ -126,12 +160,22 @@ def run_ours(args) -> dict:
     import transformers
 
     return {
-        "impl": "harness-ppo", "episodes_per_s": (args.updates - 1) * PROMPTS_PER_UPDATE / wall,
-        "updates": args.updates, "timed_updates": args.updates - 1, "wall_s": wall,
-        "kl": [lg["objective/kl"] for lg in logs], "scores": [lg["rewards/scores"] for lg in logs],
-        "torch_threads": torch.get_num_threads(), "warmup_s": ends[0] - t_start, "total_wall_s": ends[-1] - t_start,
-        "episodes_per_update": PROMPTS_PER_UPDATE, "seed": args.seed, "loadavg_1m": [load_start, os.getloadavg()[0]],
-        "device": args.device, "precision": args.precision, "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+        "impl": "harness-ppo",
+        "episodes_per_s": (args.updates - 1) * PROMPTS_PER_UPDATE / wall,
+        "updates": args.updates,
+        "timed_updates": args.updates - 1,
+        "wall_s": wall,
+        "kl": [lg["objective/kl"] for lg in logs],
+        "scores": [lg["rewards/scores"] for lg in logs],
+        "torch_threads": torch.get_num_threads(),
+        "warmup_s": ends[0] - t_start,
+        "total_wall_s": ends[-1] - t_start,
+        "episodes_per_update": PROMPTS_PER_UPDATE,
+        "seed": args.seed,
+        "loadavg_1m": [load_start, os.getloadavg()[0]],
+        "device": args.device,
+        "precision": args.precision,
+        "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
     }
@@ -143,8 +187,18 @@ def _side(cmd: list[str]) -> dict:
 
 
 def run_both(args) -> dict:
-    common = ["--updates", str(args.updates), "--threads", str(args.threads), "--seed", str(args.seed),
-              "--vocab-size", str(args.vocab_size), "--n-positions", str(args.n_positions)]
+    common = [
+        "--updates",
+        str(args.updates),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--vocab-size",
+        str(args.vocab_size),
+        "--n-positions",
+        str(args.n_positions),
+    ]
     if not PEER_PYTHON.exists():
         sys.exit(f"error: {PEER_PYTHON} is missing; run `bash benchmarks/trl112/setup.sh` first")
     ours, peer = [], []
@@ -160,18 +214,26 @@ def run_both(args) -> dict:
     def fmt(xs):
         return " ".join(f"{x:+.3f}" for x in xs)
 
-    print(f"PPO throughput, GPT-2 4x128x4 (vocab {args.vocab_size}), 64 episodes/update, 24 new tokens, 4 epochs x 1 "
-          f"minibatch, {args.threads} threads, {args.updates} updates (first = warm-up), best of {args.rounds}")
+    print(
+        f"PPO throughput, GPT-2 4x128x4 (vocab {args.vocab_size}), 64 episodes/update, 24 new tokens, 4 epochs x 1 "
+        f"minibatch, {args.threads} threads, {args.updates} updates (first = warm-up), best of {args.rounds}"
+    )
     print(f"{'side':<16}{'episodes/s':>12}{'s/update':>10}{'load before/after':>20}")
     for name, d in (("harness PPO", best_o), ("TRL 1.12 PPO", best_p)):
-        print(f"{name:<16}{d['episodes_per_s']:>12.2f}{64 / d['episodes_per_s']:>10.2f}"
-              f"{d['loadavg_1m'][0]:>10.2f} / {d['loadavg_1m'][1]:.2f}")
+        print(
+            f"{name:<16}{d['episodes_per_s']:>12.2f}{64 / d['episodes_per_s']:>10.2f}"
+            f"{d['loadavg_1m'][0]:>10.2f} / {d['loadavg_1m'][1]:.2f}"
+        )
     print(f"ratio ours/TRL: {ratio:.2f}x  (target >= 2.5x)")
     print(f"KL     ours: {fmt(best_o['kl'])}\n       TRL : {fmt(best_p['kl'])}")
     print(f"score  ours: {fmt(best_o['scores'])}\n       TRL : {fmt(best_p['scores'])}")
     if args.rounds > 1:
-        print("all rounds episodes/s: ours " + ", ".join(f"{d['episodes_per_s']:.2f}" for d in ours)
-              + "; TRL " + ", ".join(f"{d['episodes_per_s']:.2f}" for d in peer))
+        print(
+            "all rounds episodes/s: ours "
+            + ", ".join(f"{d['episodes_per_s']:.2f}" for d in ours)
+            + "; TRL "
+            + ", ".join(f"{d['episodes_per_s']:.2f}" for d in peer)
+        )
     return {"ours": best_o, "peer": best_p, "ratio": ratio, "rounds": {"ours": ours, "peer": peer}}
 
 
@@ -181,8 +243,22 @@ def main(argv=None) -> int:
     if args.side == "ours":
         print(json.dumps(run_ours(args)))
     elif args.side == "peer":
-        print(json.dumps(_side([str(PEER_PYTHON), str(PEER), "--updates", str(args.updates), "--threads", str(args.threads),
-                                "--seed", str(args.seed)])))
+        print(
+            json.dumps(
+                _side(
+                    [
+                        str(PEER_PYTHON),
+                        str(PEER),
+                        "--updates",
+                        str(args.updates),
+                        "--threads",
+                        str(args.threads),
+                        "--seed",
+                        str(args.seed),
+                    ]
+                )
+            )
+        )
     else:
         run_both(args)
     return 0

@@ -76,9 +76,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,13 +110,21 @@ def code_identity() -> dict:
     import pipelines
 
     tree = Path(harness.__file__).resolve().parent.parent
-    out = {"harness": str(Path(harness.__file__).resolve()), "pipelines": str(Path(pipelines.__file__).resolve()),
-           "tree": str(tree)}
+    out = {
+        "harness": str(Path(harness.__file__).resolve()),
+        "pipelines": str(Path(pipelines.__file__).resolve()),
+        "tree": str(tree),
+    }
     try:
-        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "harness", "pipelines", "conf"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "harness", "pipelines", "conf"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         out["commit"] = commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         out["commit"] = "unknown"
@@ -131,8 +139,14 @@ def machine_identity(threads: int) -> dict:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
             if line.startswith("Model name:"):
                 cpu = line.split(":", 1)[1].strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_1m_start": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "loadavg_1m_start": os.getloadavg()[0],
+    }
 
 
 # ================================================================================================================
@@ -153,10 +167,10 @@ class ModelShape:
     def matmul_params(self) -> int:
         """Weights that take part in a matrix product per token: Q, K, V and the output projection (4d²) and the MLP
         (8d²) of each layer. Embeddings are lookups; biases and layer norms are elementwise."""
-        return 12 * self.n_layer * self.d ** 2
+        return 12 * self.n_layer * self.d**2
 
     @classmethod
-    def of(cls, model) -> "ModelShape":
+    def of(cls, model) -> ModelShape:
         c = model.config
         return cls(c.n_layer, c.n_embd, c.n_head, c.vocab_size)
 
@@ -172,13 +186,13 @@ class Flops:
     def total(self) -> float:
         return self.dense + self.attention
 
-    def __add__(self, other: "Flops") -> "Flops":
+    def __add__(self, other: Flops) -> Flops:
         return Flops(self.dense + other.dense, self.attention + other.attention)
 
-    def __sub__(self, other: "Flops") -> "Flops":
+    def __sub__(self, other: Flops) -> Flops:
         return Flops(self.dense - other.dense, self.attention - other.attention)
 
-    def __mul__(self, k: float) -> "Flops":
+    def __mul__(self, k: float) -> Flops:
         return Flops(self.dense * k, self.attention * k)
 
     __rmul__ = __mul__
@@ -279,8 +293,17 @@ class Peaks:
         return self.shapes[key]
 
     def table(self) -> list[dict]:
-        return [{"layers": s.n_layer, "d": s.d, "vocab": s.vocab, "rows": r, "mode": "train" if t else "forward",
-                 "gflop_s": round(v, 2)} for (s, r, t), v in sorted(self.shapes.items(), key=lambda kv: (kv[0][1], kv[0][2]))]
+        return [
+            {
+                "layers": s.n_layer,
+                "d": s.d,
+                "vocab": s.vocab,
+                "rows": r,
+                "mode": "train" if t else "forward",
+                "gflop_s": round(v, 2),
+            }
+            for (s, r, t), v in sorted(self.shapes.items(), key=lambda kv: (kv[0][1], kv[0][2]))
+        ]
 
 
 # ================================================================================================================
@@ -326,13 +349,20 @@ class StageResult:
         t, fl = self.median, self.flops
         rate = fl.total / t / 1e9 if t > 0 and fl.total > 0 else None
         return {
-            "stage": self.name, "seconds": t, "seconds_all": self.seconds, "gflop": fl.total / 1e9,
-            "gflop_attention": fl.attention / 1e9, "gflop_s": rate,
+            "stage": self.name,
+            "seconds": t,
+            "seconds_all": self.seconds,
+            "gflop": fl.total / 1e9,
+            "gflop_attention": fl.attention / 1e9,
+            "gflop_s": rate,
             "frac_peak": rate / peaks.square if rate else None,
             "frac_shape_peak": self.bound_seconds(peaks) / t if rate else None,
             "executed_gflop": self.executed / 1e9 if self.executed is not None else None,
-            "executed_over_required": (self.executed / fl.total if self.executed is not None and fl.total > 0 else None),
-            "note": self.note, **self.info,
+            "executed_over_required": (
+                self.executed / fl.total if self.executed is not None and fl.total > 0 else None
+            ),
+            "note": self.note,
+            **self.info,
         }
 
 
@@ -411,13 +441,16 @@ def step_clock(counted_step: int | None):
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
-            self.lengths: list[list[int]] = []  # per finished step, every sequence of every forward of the watched model
+            self.lengths: list[
+                list[int]
+            ] = []  # per finished step, every sequence of every forward of the watched model
             self._current: list[int] = []
             self.counter = None
             self.executed: float | None = None
 
         def watch(self, model) -> None:
             """Record each forward's real sequence lengths (attention-mask row sums; all columns where there is none)."""
+
             def pre_hook(module, args, kwargs):
                 mask = kwargs.get("attention_mask")
                 ids = kwargs.get("input_ids", args[0] if args else None)
@@ -448,7 +481,7 @@ def step_clock(counted_step: int | None):
 
         def timed_lengths(self) -> list[list[int]]:
             """Sequence lengths of the timed steps (2 .. len(ends))."""
-            return self.lengths[1:len(self.ends)]
+            return self.lengths[1 : len(self.ends)]
 
     return StepClock()
 
@@ -506,8 +539,11 @@ def compose(pipeline: str, overrides: tuple[str, ...] = ()):
     except ImportError:  # the entry point moved: conf/ beside the packages, as the README installs them
         CONF_DIR = str(Path(os.getcwd()) / "conf")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return validate(hydra_compose(config_name="config",
-                                      overrides=[f"pipeline={pipeline}", "logger.wandb_mode=disabled", *overrides]))
+        return validate(
+            hydra_compose(
+                config_name="config", overrides=[f"pipeline={pipeline}", "logger.wandb_mode=disabled", *overrides]
+            )
+        )
 
 
 def _manifests(root: Path, stage: str) -> list[tuple[Path, dict]]:
@@ -519,7 +555,9 @@ def _manifests(root: Path, stage: str) -> list[tuple[Path, dict]]:
 
 
 def _model_part(manifest: dict) -> dict | None:
-    return next((p for p in manifest.get("identity", {}).get("parts", []) if isinstance(p, dict) and "n_layer" in p), None)
+    return next(
+        (p for p in manifest.get("identity", {}).get("parts", []) if isinstance(p, dict) and "n_layer" in p), None
+    )
 
 
 def find_stages(roots: list[Path], model_cfg, stage_seed: int, sft_key: str | None = None) -> dict:
@@ -643,7 +681,9 @@ def build_setting(args, workdir: Path) -> Setting:
     if stages["prefs"] is not None:
         from datasets import load_from_disk
 
-        setting.pairs = load_from_disk(str(stages["prefs"] / "pairs"))["train"].select_columns(["prompt", "chosen", "rejected"])
+        setting.pairs = load_from_disk(str(stages["prefs"] / "pairs"))["train"].select_columns(
+            ["prompt", "chosen", "rejected"]
+        )
     else:
         setting.pairs = synthetic_pairs(task, 4096)
     return setting
@@ -701,7 +741,9 @@ def sft_trainer(st: Setting, out: Path, n_texts: int):
     import pipelines.stages.sft as sft_mod
 
     ctx = stage_context(st)
-    ctx.__dict__["task"] = dataclasses.replace(st.task, train_texts=st.task.train_texts[:n_texts])  # the cached property
+    ctx.__dict__["task"] = dataclasses.replace(
+        st.task, train_texts=st.task.train_texts[:n_texts]
+    )  # the cached property
     with patched(sft_mod, load_tokenizer=lambda cfg, texts: st.tok):
         return capture_trainer(lambda: sft_mod._build(ctx, out))
 
@@ -712,14 +754,17 @@ def rm_trainer(st: Setting, out: Path, n_pairs: int):
     and the config's cache keys do not matter."""
     from datasets import DatasetDict
 
-    from harness.runs.cache import Artifact
-
     import pipelines.stages.reward_model as rm_mod
+    from harness.runs.cache import Artifact
 
     sft = Artifact("sft", Path(st.sft_path).name, Path(st.sft_path), reused=True)
     prefs = Artifact("preferences", "roofline", st.workdir, reused=True)
-    pairs = DatasetDict({"train": st.pairs.select(range(min(n_pairs, len(st.pairs)))), "test": st.pairs.select(range(16))})
-    with patched(rm_mod, ensure_sft=lambda ctx: sft, ensure_preferences=lambda ctx: prefs, load_pairs=lambda art: pairs):
+    pairs = DatasetDict(
+        {"train": st.pairs.select(range(min(n_pairs, len(st.pairs)))), "test": st.pairs.select(range(16))}
+    )
+    with patched(
+        rm_mod, ensure_sft=lambda ctx: sft, ensure_preferences=lambda ctx: prefs, load_pairs=lambda art: pairs
+    ):
         return capture_trainer(lambda: rm_mod._build(stage_context(st), out))
 
 
@@ -739,8 +784,14 @@ def stage_sft(st: Setting, reps: int, count: bool) -> StageResult:
     n = planned_steps(reps, count) * st.cfgs["sft"].sft.batch_size
     res, steps, shape = train_captured(sft_trainer(st, st.workdir / "sft", n), reps, count, "sft step")
     lens = [n for step in steps for n in step]
-    res.parts = [Part(TRAIN * forward_flops(shape, lens, sum(n - 1 for n in lens), shape.vocab) * (1.0 / len(steps)),
-                      shape, sum(lens) // len(steps), True)]
+    res.parts = [
+        Part(
+            TRAIN * forward_flops(shape, lens, sum(n - 1 for n in lens), shape.vocab) * (1.0 / len(steps)),
+            shape,
+            sum(lens) // len(steps),
+            True,
+        )
+    ]
     return res
 
 
@@ -750,8 +801,11 @@ def stage_rm(st: Setting, reps: int, count: bool) -> StageResult:
     n = planned_steps(reps, count) * st.cfgs["sft"].reward_model.batch_size
     res, steps, shape = train_captured(rm_trainer(st, st.workdir / "rm", n), reps, count, "rm step")
     lens = [n for step in steps for n in step]
-    res.parts = [Part(TRAIN * forward_flops(shape, lens, len(lens), 1) * (1.0 / len(steps)), shape,
-                      sum(lens) // len(steps), True)]
+    res.parts = [
+        Part(
+            TRAIN * forward_flops(shape, lens, len(lens), 1) * (1.0 / len(steps)), shape, sum(lens) // len(steps), True
+        )
+    ]
     return res
 
 
@@ -780,8 +834,9 @@ def stage_dpo(st: Setting, reps: int, count: bool) -> StageResult:
 
     policy = disable_dropout(st.policy())
     reference = load_frozen_reference(st.sft_path, st.tok, torch.device("cpu"))
-    trainer = build_trainer(policy, reference, st.tok, pairs, cfg, str(st.workdir / "dpo"), seed=hc.seed,
-                            use_cpu=True, callbacks=[clock])
+    trainer = build_trainer(
+        policy, reference, st.tok, pairs, cfg, str(st.workdir / "dpo"), seed=hc.seed, use_cpu=True, callbacks=[clock]
+    )
     res = run_trainer(trainer, clock, "dpo step")
     res.parts = dpo_parts(ModelShape.of(policy), *pair_lengths(st.tok, pairs, cfg.max_length), steps)
     return res
@@ -808,11 +863,17 @@ def stage_pref_sampling(st: Setting, reps: int, count: bool) -> StageResult:
     out: list = []
 
     def call():
-        out.append(sample(policy, st.tok, prompts, c.samples_per_prompt, c.max_new_tokens, c.temperature, generator=gen))
+        out.append(
+            sample(policy, st.tok, prompts, c.samples_per_prompt, c.max_new_tokens, c.temperature, generator=gen)
+        )
 
     call()  # warm-up
-    res = StageResult("pref sampling", [time_call(call) for _ in range(reps)], note=response_note(out[1:]),
-                      info={"response_tokens": mean_response(out[1:])})
+    res = StageResult(
+        "pref sampling",
+        [time_call(call) for _ in range(reps)],
+        note=response_note(out[1:]),
+        info={"response_tokens": mean_response(out[1:])},
+    )
     shape = ModelShape.of(policy)
     flops = Flops()
     for s in out[1:]:
@@ -839,11 +900,21 @@ def build_ppo(st: Setting, cfg):
     if cfg.normalize_scores and hasattr(ppo_mod, "normalised_head"):
         critic.score = ppo_mod.normalised_head(critic.score, *norm)
     reward = RewardModelScore(st.scalar())
-    return ppo_mod.PPO(st.policy(), st.policy(), critic, reward, st.tok, cfg,
-                       score_norm=norm if cfg.normalize_scores else (0.0, 1.0), seed=0)
+    return ppo_mod.PPO(
+        st.policy(),
+        st.policy(),
+        critic,
+        reward,
+        st.tok,
+        cfg,
+        score_norm=norm if cfg.normalize_scores else (0.0, 1.0),
+        seed=0,
+    )
 
 
-def ppo_step_flops(shape_lm: ModelShape, shape_scalar: ModelShape, prompt_lens, response_lens, ended, cfg) -> dict[str, Flops]:
+def ppo_step_flops(
+    shape_lm: ModelShape, shape_scalar: ModelShape, prompt_lens, response_lens, ended, cfg
+) -> dict[str, Flops]:
     """Counted work of one PPO step on episodes of these lengths: sampling, scoring (reference, critic and reward
     model forwards) and update (epochs × policy and critic forward+backward, less the shared critic forward)."""
     seqs = [a + b for a, b in zip(prompt_lens, response_lens)]
@@ -851,8 +922,11 @@ def ppo_step_flops(shape_lm: ModelShape, shape_scalar: ModelShape, prompt_lens, 
     critic = forward_flops(shape_scalar, seqs, sum(response_lens), 1)
     rm = forward_flops(shape_scalar, [n + (not e) for n, e in zip(seqs, ended)], len(seqs), 1)  # + EOS where cut
     update = TRAIN * cfg.ppo_epochs * (ref + critic) - critic * (1.0 / cfg.num_minibatches)
-    return {"sampling": generation_flops(shape_lm, prompt_lens, response_lens), "scoring": ref + critic + rm,
-            "update": update}
+    return {
+        "sampling": generation_flops(shape_lm, prompt_lens, response_lens),
+        "scoring": ref + critic + rm,
+        "update": update,
+    }
 
 
 def mean_response(samples: list) -> float | None:
@@ -883,8 +957,14 @@ def ppo_parts(shape_lm: ModelShape, shape_scalar: ModelShape, samples: list, cfg
     }
 
 
-def measure_ppo(ppo, next_prompts: Callable[[], list[str]], reps: int, count: bool, prefix: str = "ppo",
-                warmup: list[str] | None = None) -> list[StageResult]:
+def measure_ppo(
+    ppo,
+    next_prompts: Callable[[], list[str]],
+    reps: int,
+    count: bool,
+    prefix: str = "ppo",
+    warmup: list[str] | None = None,
+) -> list[StageResult]:
     """Time ``ppo.step`` (1 warm-up + ``reps``) and split it with probes on its rollout's ``sample`` call, ``rollout``
     and ``update``; then, if ``count``, one more step under FlopCounterMode. ``warmup``: the warm-up step's prompts
     (default a full batch)."""
@@ -912,13 +992,22 @@ def measure_ppo(ppo, next_prompts: Callable[[], list[str]], reps: int, count: bo
     parts = ppo_parts(ModelShape.of(ppo.policy), ModelShape.of(ppo.critic), samples, cfg) if samples else {}
     out = []
     if "sampling" in seconds:
-        out.append(StageResult(f"{prefix} sampling", seconds["sampling"], parts.get("sampling", []), executed.get("sampling"),
-                               note=response_note(samples), info={"response_tokens": mean_response(samples)}))
+        out.append(
+            StageResult(
+                f"{prefix} sampling",
+                seconds["sampling"],
+                parts.get("sampling", []),
+                executed.get("sampling"),
+                note=response_note(samples),
+                info={"response_tokens": mean_response(samples)},
+            )
+        )
     if "rollout" in seconds and "sampling" in seconds:
         scoring = [r - s for r, s in zip(seconds["rollout"], seconds["sampling"])]
         ex = executed["rollout"] - executed["sampling"] if "rollout" in executed and "sampling" in executed else None
-        out.append(StageResult(f"{prefix} scoring", scoring, parts.get("scoring", []), ex,
-                               note="rollout minus its sampling"))
+        out.append(
+            StageResult(f"{prefix} scoring", scoring, parts.get("scoring", []), ex, note="rollout minus its sampling")
+        )
     if "update" in seconds:
         out.append(StageResult(f"{prefix} update", seconds["update"], parts.get("update", []), executed.get("update")))
     all_parts = [p for v in parts.values() for p in v]
@@ -940,9 +1029,9 @@ def stage_ppo(st: Setting, reps: int, count: bool, light_warmup: bool = False) -
     def next_prompts() -> list[str]:  # a fresh batch each step, as the pipeline draws them
         i = cursor[0]
         cursor[0] = (i + cfg.batch_size) % max(1, len(prompts) - cfg.batch_size)
-        return [prompts[j] for j in order[i:i + cfg.batch_size]]
+        return [prompts[j] for j in order[i : i + cfg.batch_size]]
 
-    warmup = prompts[:2 * cfg.num_minibatches] if light_warmup else None
+    warmup = prompts[: 2 * cfg.num_minibatches] if light_warmup else None
     return measure_ppo(ppo, next_prompts, reps, count, warmup=warmup)
 
 
@@ -994,11 +1083,22 @@ def stage_eval(st: Setting, reps: int, count: bool) -> list[StageResult]:
     kl_part = [Part(kl * (1.0 / n), shape, chunk_tokens, False)] if samples else []
     out = []
     if "sampling" in seconds:
-        out.append(StageResult("eval: sampling", seconds["sampling"], gen_part, executed.get("sampling"),
-                               note=response_note(samples), info={"response_tokens": mean_response(samples)}))
+        out.append(
+            StageResult(
+                "eval: sampling",
+                seconds["sampling"],
+                gen_part,
+                executed.get("sampling"),
+                note=response_note(samples),
+                info={"response_tokens": mean_response(samples)},
+            )
+        )
     if "kl" in seconds:
-        out.append(StageResult("eval: KL passes", seconds["kl"], kl_part, executed.get("kl"),
-                               note="required: the reference's forward"))
+        out.append(
+            StageResult(
+                "eval: KL passes", seconds["kl"], kl_part, executed.get("kl"), note="required: the reference's forward"
+            )
+        )
     if "gold" in seconds:
         out.append(StageResult("eval: gold", seconds["gold"], [], None, note="VADER on text, no FLOPs"))
     note = ("parts missing: " + ", ".join(probe.missing)) if probe.missing else ""
@@ -1038,19 +1138,26 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
     print("-" * len(head), file=out)
     for r in rows:
         pct = lambda v: None if v is None else 100 * v  # noqa: E731
-        print(f"{r['stage']:<18}{r['seconds']:>9.3f}{r['gflop']:>9.2f}{_fmt(r['gflop_s'], '.1f'):>9}"
-              f"{_fmt(pct(r['frac_peak']), '.0f'):>7}{_fmt(pct(r['frac_shape_peak']), '.0f'):>8}"
-              f"{_fmt(r['executed_gflop'], '.2f'):>12}{_fmt(r['executed_over_required'], '.2f'):>9}  {r['note']}", file=out)
+        print(
+            f"{r['stage']:<18}{r['seconds']:>9.3f}{r['gflop']:>9.2f}{_fmt(r['gflop_s'], '.1f'):>9}"
+            f"{_fmt(pct(r['frac_peak']), '.0f'):>7}{_fmt(pct(r['frac_shape_peak']), '.0f'):>8}"
+            f"{_fmt(r['executed_gflop'], '.2f'):>12}{_fmt(r['executed_over_required'], '.2f'):>9}  {r['note']}",
+            file=out,
+        )
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| stage | s/call | GFLOP | GFLOP/s | % of peak | % of shape peak | executed GFLOP | exec/req |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| stage | s/call | GFLOP | GFLOP/s | % of peak | % of shape peak | executed GFLOP | exec/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         pct = lambda v: "–" if v is None else f"{100 * v:.0f}%"  # noqa: E731
-        lines.append(f"| {r['stage']} | {r['seconds']:.3f} | {r['gflop']:.2f} | {_fmt(r['gflop_s'], '.1f', '–')} | "
-                     f"{pct(r['frac_peak'])} | {pct(r['frac_shape_peak'])} | {_fmt(r['executed_gflop'], '.2f', '–')} | "
-                     f"{_fmt(r['executed_over_required'], '.2f', '–')} |")
+        lines.append(
+            f"| {r['stage']} | {r['seconds']:.3f} | {r['gflop']:.2f} | {_fmt(r['gflop_s'], '.1f', '–')} | "
+            f"{pct(r['frac_peak'])} | {pct(r['frac_shape_peak'])} | {_fmt(r['executed_gflop'], '.2f', '–')} | "
+            f"{_fmt(r['executed_over_required'], '.2f', '–')} |"
+        )
     return "\n".join(lines)
 
 
@@ -1060,12 +1167,22 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke check: 1 timed call per stage, short peak windows")
     p.add_argument("--reps", type=int, default=None, help="timed calls/steps per stage (default 3; --quick 1)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("--executed", action=argparse.BooleanOptionalAction, default=None,
-                   help="one more call per stage under FlopCounterMode (default: on; off with --quick)")
-    p.add_argument("--square", type=int, default=None, help="size of the square peak product (default 1536; --quick 1024)")
-    p.add_argument("--sft", default=None, help="π_SFT checkpoint folder (default: newest cached one of the default shape)")
+    p.add_argument(
+        "--executed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one more call per stage under FlopCounterMode (default: on; off with --quick)",
+    )
+    p.add_argument(
+        "--square", type=int, default=None, help="size of the square peak product (default 1536; --quick 1024)"
+    )
+    p.add_argument(
+        "--sft", default=None, help="π_SFT checkpoint folder (default: newest cached one of the default shape)"
+    )
     p.add_argument("--cache-dir", default=None, help="stage cache to read π_SFT, pairs and RM from (nothing is built)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout, table to stderr)")
+    p.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout, table to stderr)"
+    )
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     a = p.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
@@ -1089,9 +1206,16 @@ def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     out = sys.stderr if args.json == "-" else sys.stdout
     meta = {**machine_identity(args.threads), **code_identity(), "reps": args.reps, "quick": args.quick}
-    print(f"roofline: harness from {meta['harness']}, pipelines from {meta['pipelines']} (commit {meta['commit']})", file=out)
-    print(f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} with {args.threads} thread(s), "
-          f"load {meta['loadavg_1m_start']:.2f}, {meta['date']}", file=out, flush=True)
+    print(
+        f"roofline: harness from {meta['harness']}, pipelines from {meta['pipelines']} (commit {meta['commit']})",
+        file=out,
+    )
+    print(
+        f"{meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} with {args.threads} thread(s), "
+        f"load {meta['loadavg_1m_start']:.2f}, {meta['date']}",
+        file=out,
+        flush=True,
+    )
 
     peak_seconds = 0.2 if args.quick else 1.0
     peaks = Peaks(args.square, peak_seconds)
@@ -1103,7 +1227,9 @@ def main(argv=None) -> dict:
         meta["sft"] = str(st.stages["sft"] or "random weights (no cached π_SFT of this shape)")
         meta["pairs"] = str(st.stages["prefs"] or "synthetic (no cached preference set)")
         meta["reward_model"] = str(st.stages["rm"] or "π_SFT backbone, fresh head (no cached reward model)")
-        print(f"π_SFT: {meta['sft']}\npairs: {meta['pairs']}\nreward model: {meta['reward_model']}", file=out, flush=True)
+        print(
+            f"π_SFT: {meta['sft']}\npairs: {meta['pairs']}\nreward model: {meta['reward_model']}", file=out, flush=True
+        )
         results: list[StageResult] = []
         failed = []
         for name in args.stages:
@@ -1117,16 +1243,28 @@ def main(argv=None) -> dict:
         meta["failed"] = failed
         rows = [r.row(peaks) for r in results]  # shape peaks are measured here, after the stages
     meta["loadavg_1m_end"] = os.getloadavg()[0]
-    print("shape peaks (GFLOP/s at the model's own products): " + ", ".join(
-        f"{s['rows']} rows {s['mode']} {s['gflop_s']:.1f}" for s in peaks.table()), file=out)
+    print(
+        "shape peaks (GFLOP/s at the model's own products): "
+        + ", ".join(f"{s['rows']} rows {s['mode']} {s['gflop_s']:.1f}" for s in peaks.table()),
+        file=out,
+    )
     print(file=out)
     print_table(rows, out)
-    print(f"\nload average (1 min): {meta['loadavg_1m_start']:.2f} at start, {meta['loadavg_1m_end']:.2f} at end", file=out)
+    print(
+        f"\nload average (1 min): {meta['loadavg_1m_start']:.2f} at start, {meta['loadavg_1m_end']:.2f} at end",
+        file=out,
+    )
     for f in meta["failed"]:
         print(f"FAILED {f}", file=out)
     if args.markdown:
         print("\n" + markdown_table(rows), file=out)
-    result = {"meta": meta, "peak_gflop_s": peaks.square, "square": args.square, "shape_peaks": peaks.table(), "stages": rows}
+    result = {
+        "meta": meta,
+        "peak_gflop_s": peaks.square,
+        "square": args.square,
+        "shape_peaks": peaks.table(),
+        "stages": rows,
+    }
     if args.json == "-":
         print(json.dumps(result, default=str))
     elif args.json:

@@ -5,13 +5,13 @@ these dataclasses; each ``__post_init__`` raises :class:`ConfigError` with a one
 and says how to fix it, so a bad sweep dies before the first tensor is allocated.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -56,8 +56,12 @@ class TaskConfig:
         if self.name == "local":
             require(bool(self.path), "task.path", "task 'local' needs a file", "set task.path=/path/to/reviews.jsonl")
         # A path given to the generated task would be ignored without a word: the user meant another task.
-        require(self.name != "reviews" or not self.path, "task.path", "task 'reviews' is generated and reads no file",
-                 "drop task.path, or use task=local (a .jsonl/.csv file) or task=imdb (a dataset folder)")
+        require(
+            self.name != "reviews" or not self.path,
+            "task.path",
+            "task 'reviews' is generated and reads no file",
+            "drop task.path, or use task=local (a .jsonl/.csv file) or task=imdb (a dataset folder)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------- model
@@ -76,8 +80,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
         positive(self, "model", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
-        require(self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor")
-        require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown '{self.dtype}'", "use float32")
+        require(
+            self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor"
+        )
+        require(
+            self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unknown '{self.dtype}'", "use float32"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------- gold
@@ -101,12 +109,25 @@ class GoldConfig:
     trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)  # hf_*: see ModelConfig
 
     def __post_init__(self) -> None:
-        require(self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}")
+        require(
+            self.kind in GOLD_KINDS, "gold.kind", f"unknown '{self.kind}'", f"choose one of {', '.join(GOLD_KINDS)}"
+        )
         if self.kind in ("hf_classifier", "hf_reward_model"):
-            require(bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>")
-        require(self.squash in GOLD_SQUASH, "gold.squash", f"unknown '{self.squash}'", f"choose one of {', '.join(GOLD_SQUASH)}")
-        require(self.squash == "none" or self.kind == "hf_reward_model", "gold.squash",
-                 f"applies to gold.kind=hf_reward_model only (kind is {self.kind})", "drop gold.squash")
+            require(
+                bool(self.name_or_path), "gold.name_or_path", "is required", "set gold.name_or_path=<hub name or path>"
+            )
+        require(
+            self.squash in GOLD_SQUASH,
+            "gold.squash",
+            f"unknown '{self.squash}'",
+            f"choose one of {', '.join(GOLD_SQUASH)}",
+        )
+        require(
+            self.squash == "none" or self.kind == "hf_reward_model",
+            "gold.squash",
+            f"applies to gold.kind=hf_reward_model only (kind is {self.kind})",
+            "drop gold.squash",
+        )
         positive(self, "gold", "batch_size")
 
 
@@ -152,25 +173,64 @@ class PreferencesConfig:
     eval_prompts: str = "file"
 
     def __post_init__(self) -> None:
-        require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", f"needs >= 2 (got {self.samples_per_prompt})", "set it to 4")
+        require(
+            self.samples_per_prompt >= 2,
+            "preferences.samples_per_prompt",
+            f"needs >= 2 (got {self.samples_per_prompt})",
+            "set it to 4",
+        )
         positive(self, "preferences", "max_new_tokens", "temperature", "bt_temperature", "batch_size")
-        require(self.min_margin >= 0, "preferences.min_margin", f"must be >= 0 (got {self.min_margin})", "set 0 to keep all non-tied pairs")
-        require(self.labels in PREFERENCE_LABELS, "preferences.labels", f"unknown '{self.labels}'", f"choose one of {', '.join(PREFERENCE_LABELS)}")
-        require(0 < self.eval_fraction < 1, "preferences.eval_fraction", f"must lie in (0, 1) (got {self.eval_fraction})", "set 0.1")
-        require(self.source in PREFERENCE_SOURCES, "preferences.source", f"unknown '{self.source}'",
-                 f"choose one of {', '.join(PREFERENCE_SOURCES)}")
-        require(self.eval_prompts in EVAL_PROMPTS_FROM, "preferences.eval_prompts", f"unknown '{self.eval_prompts}'",
-                 f"choose one of {', '.join(EVAL_PROMPTS_FROM)}")
+        require(
+            self.min_margin >= 0,
+            "preferences.min_margin",
+            f"must be >= 0 (got {self.min_margin})",
+            "set 0 to keep all non-tied pairs",
+        )
+        require(
+            self.labels in PREFERENCE_LABELS,
+            "preferences.labels",
+            f"unknown '{self.labels}'",
+            f"choose one of {', '.join(PREFERENCE_LABELS)}",
+        )
+        require(
+            0 < self.eval_fraction < 1,
+            "preferences.eval_fraction",
+            f"must lie in (0, 1) (got {self.eval_fraction})",
+            "set 0.1",
+        )
+        require(
+            self.source in PREFERENCE_SOURCES,
+            "preferences.source",
+            f"unknown '{self.source}'",
+            f"choose one of {', '.join(PREFERENCE_SOURCES)}",
+        )
+        require(
+            self.eval_prompts in EVAL_PROMPTS_FROM,
+            "preferences.eval_prompts",
+            f"unknown '{self.eval_prompts}'",
+            f"choose one of {', '.join(EVAL_PROMPTS_FROM)}",
+        )
         if self.source == "file":
-            require(bool(self.path), "preferences.path", "preferences.source=file needs a file",
-                     "set preferences.path=/path/to/pairs.jsonl (or .parquet, or a save_to_disk folder)")
+            require(
+                bool(self.path),
+                "preferences.path",
+                "preferences.source=file needs a file",
+                "set preferences.path=/path/to/pairs.jsonl (or .parquet, or a save_to_disk folder)",
+            )
             # The labels come with the file: a labelling knob set here would be ignored without a word.
-            require(self.labels == "deterministic" and self.min_margin == 0, "preferences.labels",
-                     "labels and min_margin shape generated pairs; a file's pairs come labelled",
-                     "drop preferences.labels / preferences.min_margin, or use preferences.source=generated")
+            require(
+                self.labels == "deterministic" and self.min_margin == 0,
+                "preferences.labels",
+                "labels and min_margin shape generated pairs; a file's pairs come labelled",
+                "drop preferences.labels / preferences.min_margin, or use preferences.source=generated",
+            )
         else:
-            require(not self.path, "preferences.path", "is read only with preferences.source=file",
-                     "add preferences.source=file, or drop preferences.path")
+            require(
+                not self.path,
+                "preferences.path",
+                "is read only with preferences.source=file",
+                "add preferences.source=file, or drop preferences.path",
+            )
 
 
 @dataclass
@@ -211,7 +271,12 @@ class LoggerConfig:
     group: str | None = None  # one group per sweep; defaults to the sweep folder's name
 
     def __post_init__(self) -> None:
-        require(self.wandb_mode in ("offline", "online", "disabled"), "logger.wandb_mode", f"unknown '{self.wandb_mode}'", "use offline, online or disabled")
+        require(
+            self.wandb_mode in ("offline", "online", "disabled"),
+            "logger.wandb_mode",
+            f"unknown '{self.wandb_mode}'",
+            "use offline, online or disabled",
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ top level
@@ -247,8 +312,9 @@ class Sections:
 
 
 # The typed sections (task, model, ..., logger) by name, in the schema's order: each is built from its own node.
-SECTION_TYPES: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Sections)
-                                  if f.default_factory is not dataclasses.MISSING}
+SECTION_TYPES: dict[str, type] = {
+    f.name: f.default_factory for f in dataclasses.fields(Sections) if f.default_factory is not dataclasses.MISSING
+}
 
 
 @dataclass
@@ -259,9 +325,18 @@ class HarnessConfig(Sections):
 
     def __post_init__(self) -> None:
         # The syntax only: whether the device exists is a property of the machine the job runs on (harness.preflight.checks).
-        require(bool(re.fullmatch(DEVICE_PATTERN, str(self.device))), "device", f"unknown device '{self.device}'",
-                 "use auto, cpu, cuda, cuda:<index> or mps")
-        require(self.precision in PRECISIONS, "precision", f"unknown '{self.precision}'", "use precision=fp32 or precision=bf16")
+        require(
+            bool(re.fullmatch(DEVICE_PATTERN, str(self.device))),
+            "device",
+            f"unknown device '{self.device}'",
+            "use auto, cpu, cuda, cuda:<index> or mps",
+        )
+        require(
+            self.precision in PRECISIONS,
+            "precision",
+            f"unknown '{self.precision}'",
+            "use precision=fp32 or precision=bf16",
+        )
         require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
 
     @property
@@ -275,7 +350,12 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
     data = dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
-    require(not unknown, f"{prefix}.{unknown[0] if unknown else ''}", "unknown key", f"valid keys: {', '.join(sorted(names))}")
+    require(
+        not unknown,
+        f"{prefix}.{unknown[0] if unknown else ''}",
+        "unknown key",
+        f"valid keys: {', '.join(sorted(names))}",
+    )
     return cls(**data)
 
 
@@ -286,11 +366,15 @@ def to_container(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:  # message like "Missing mandatory value: pipeline.beta"
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{key}: required value is missing (???); set it on the command line, e.g. {key}=<value>") from None
+        raise ConfigError(
+            f"{key}: required value is missing (???); set it on the command line, e.g. {key}=<value>"
+        ) from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"{key}: cannot resolve its value ({first}); fix the interpolation or give a plain value") from None
+        raise ConfigError(
+            f"{key}: cannot resolve its value ({first}); fix the interpolation or give a plain value"
+        ) from None
 
 
 def validate(cfg: DictConfig | dict, methods: Mapping[str, Method]) -> HarnessConfig:
@@ -300,16 +384,25 @@ def validate(cfg: DictConfig | dict, methods: Mapping[str, Method]) -> HarnessCo
     # `+name=value` adds a key that the schema does not declare; unnoticed, a misspelt `+sede=3` would run with seed 0.
     known = {f.name for f in dataclasses.fields(_Schema)}
     unknown = sorted(set(raw) - known - {"hydra"})
-    require(not unknown, unknown[0] if unknown else "", "unknown top-level key", f"valid keys: {', '.join(sorted(known))}")
+    require(
+        not unknown, unknown[0] if unknown else "", "unknown top-level key", f"valid keys: {', '.join(sorted(known))}"
+    )
     pipe = dict(raw.get("pipeline") or {})
     require("name" in pipe, "pipeline.name", "is missing", "pick one, e.g. pipeline=sft")
     method = lookup(methods, pipe["name"])
     takers = ", ".join(f"pipeline={m.name}" for m in methods.values() if m.takes_policy)
-    require(raw.get("policy") is None or method.takes_policy, "policy", f"is read by {takers} only, "
-            f"not by pipeline={pipe['name']}", f"use {takers} to evaluate a checkpoint, or drop policy=")
+    require(
+        raw.get("policy") is None or method.takes_policy,
+        "policy",
+        f"is read by {takers} only, not by pipeline={pipe['name']}",
+        f"use {takers} to evaluate a checkpoint, or drop policy=",
+    )
     built = {k: _build(cls, raw.get(k), k) for k, cls in SECTION_TYPES.items()}
-    top = {f.name: raw[f.name] for f in dataclasses.fields(Sections) if f.name not in SECTION_TYPES and f.name != "pipeline"
-           and f.name in raw}
+    top = {
+        f.name: raw[f.name]
+        for f in dataclasses.fields(Sections)
+        if f.name not in SECTION_TYPES and f.name != "pipeline" and f.name in raw
+    }
     return HarnessConfig(pipeline=_build(method.schema, pipe, "pipeline"), raw=raw, method=method, **built, **top)
 
 
@@ -348,4 +441,3 @@ def register_configs(methods: Mapping[str, Method]) -> None:
     cs.store(name="harness_schema", node=_Schema)
     for name, m in methods.items():
         cs.store(group="pipeline", name=f"{name}_schema", node=m.schema(name=name))
-

@@ -18,18 +18,24 @@ def require(ok: bool, key: str, problem: str, fix: str) -> None:
 def positive(obj: Any, prefix: str, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
-        require(v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>")
+        require(
+            v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>"
+        )
 
 
 def micro_batches(batch_size: int, micro_batch_size: int, key: str) -> int:
     """How many micro-batches make one batch (the gradient-accumulation steps); ``micro_batch_size`` 0 = no split."""
     if micro_batch_size < 0:
-        raise ConfigError(f"{key}: must be >= 0 (got {micro_batch_size}); set a divisor of the batch size, or 0 for no split")
+        raise ConfigError(
+            f"{key}: must be >= 0 (got {micro_batch_size}); set a divisor of the batch size, or 0 for no split"
+        )
     if micro_batch_size == 0 or micro_batch_size >= batch_size:
         return 1
     if batch_size % micro_batch_size:
-        raise ConfigError(f"{key}: {micro_batch_size} does not divide the batch size {batch_size}; pick a divisor "
-                          "(equal micro-batches keep the update the batch's own) or 0 for no split")
+        raise ConfigError(
+            f"{key}: {micro_batch_size} does not divide the batch size {batch_size}; pick a divisor "
+            "(equal micro-batches keep the update the batch's own) or 0 for no split"
+        )
     return batch_size // micro_batch_size
 
 
@@ -53,4 +59,3 @@ MAX_NEW_TOKENS = 32
 # (harness/lm/batching.py: the same update as the whole batch, padded less). On the tiny model a forward+backward of 64
 # reviews took 0.43 s whole, 0.30 s in micro-batches of 32 and 0.25 s in micro-batches of 16.
 MICRO_BATCH_SIZE = 16
-

@@ -9,8 +9,9 @@ Light on purpose: no torch, no trainer, so a whole sweep's configs validate befo
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # How deep into the stage cache a method reaches: 1 π_SFT, 2 + the preference set, 3 + the reward model.
 SFT, PREFERENCES, REWARD_MODEL = 1, 2, 3

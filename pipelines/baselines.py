@@ -44,6 +44,8 @@ from harness.lm.sampling import sample
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
+from pipelines.losses import sequence_logps, unlikelihood_loss
+from pipelines.stages.sft import load_sft
 from pipelines.trainer_run import (
     GuardedTraining,
     prepare,
@@ -52,8 +54,6 @@ from pipelines.trainer_run import (
     trainer_max_steps,
 )
 from pipelines.trainer_run import finish as _finish
-from pipelines.losses import sequence_logps, unlikelihood_loss
-from pipelines.stages.sft import load_sft
 
 log = logging.getLogger("harness.baselines")
 
@@ -71,31 +71,46 @@ def run_preferred_ft(ctx: RunContext) -> dict:
 
     cfg = ctx.cfg.pipeline
     resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None
-    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen"),
-                                                                 saved=resume[1] if resume else None)
+    policy, reference, tok, train, tracker, evaluation = prepare(
+        ctx, columns=("prompt", "chosen"), saved=resume[1] if resume else None
+    )
     data = Dataset.from_dict({"prompt": list(train["prompt"]), "completion": list(train["chosen"])})
     per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     args = SFTConfig(
-        output_dir=str(checkpoint.trainer_dir(ctx.folder)), learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
-        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
+        output_dir=str(checkpoint.trainer_dir(ctx.folder)),
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulate,
+        num_train_epochs=cfg.epochs,
+        max_steps=trainer_max_steps(cfg.max_steps),
+        max_length=cfg.max_length,
         completion_only_loss=True,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
-        weight_decay=0.0, **trainer_flags(ctx.precision),
-        activation_checkpointing=False, report_to="none", **save_args(cfg.checkpoint_every), logging_steps=10,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=0.1,  # as DPO: 10% linear warm-up, then constant
+        weight_decay=0.0,
+        **trainer_flags(ctx.precision),
+        activation_checkpointing=False,
+        report_to="none",
+        **save_args(cfg.checkpoint_every),
+        logging_steps=10,
         seed=ctx.cfg.seed,
-        use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0, packing=False,
+        use_cpu=ctx.device.type == "cpu",
+        dataloader_num_workers=0,
+        packing=False,
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
     )
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
-    trainer_cls = type("HarnessSFTTrainer",
-                       (GuardedTraining, with_length_sorted_micro_batches(SFTTrainer)), {})
+    trainer_cls = type("HarnessSFTTrainer", (GuardedTraining, with_length_sorted_micro_batches(SFTTrainer)), {})
     trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
     log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    facts = {"steps": trainer.state.global_step, "train_pairs": len(train), "train_examples": len(trainer.train_dataset),
-             "train_loss": result.training_loss,
-             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss])}
+    facts = {
+        "steps": trainer.state.global_step,
+        "train_pairs": len(train),
+        "train_examples": len(trainer.train_dataset),
+        "train_loss": result.training_loss,
+        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+    }
     return _finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)
 
 
@@ -133,9 +148,13 @@ def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str], 
     for row, (ids, start) in enumerate(encoded):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
-        completion[row, start: len(ids)] = 1.0
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "labels": input_ids[:, 1:].to(device), "completion_mask": completion[:, 1:].to(device)}
+        completion[row, start : len(ids)] = 1.0
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "labels": input_ids[:, 1:].to(device),
+        "completion_mask": completion[:, 1:].to(device),
+    }
 
 
 def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,8 +168,13 @@ def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, 
 
 def pair_widths(tok, prompts: list[str], chosen: list[str], rejected: list[str]) -> list[int]:
     """Tokens each pair pads its batch to: prompt + the longer completion (+ EOS)."""
-    lengths = [len(ids) for ids in tok([p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)],
-                                       add_special_tokens=False)["input_ids"]]
+    lengths = [
+        len(ids)
+        for ids in tok(
+            [p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)],
+            add_special_tokens=False,
+        )["input_ids"]
+    ]
     n = len(prompts)
     return [max(lengths[i], lengths[n + i]) + 1 for i in range(n)]
 
@@ -159,12 +183,22 @@ def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device,
     """Gradients of one batch's Unlikelihood loss, accumulated over its equal micro-batches (in the order given, so a
     length-sorted batch pads little). The loss is a mean over pairs, so the mean of the equal micro-batches' losses
     is the batch's. Returns the batch's (loss, nll_chosen, ul_rejected), detached, and its real tokens."""
-    k = micro_batches(len(prompts), cfg.micro_batch_size, "pipeline.micro_batch_size") if len(prompts) == cfg.batch_size else 1
+    k = (
+        micro_batches(len(prompts), cfg.micro_batch_size, "pipeline.micro_batch_size")
+        if len(prompts) == cfg.batch_size
+        else 1
+    )
     totals = torch.zeros(3)
     tokens = 0
     for part in np.array_split(np.arange(len(prompts)), k):
-        batch = pair_batch(tok, [prompts[i] for i in part], [chosen[i] for i in part], [rejected[i] for i in part],
-                           cfg.max_length, device)
+        batch = pair_batch(
+            tok,
+            [prompts[i] for i in part],
+            [chosen[i] for i in part],
+            [rejected[i] for i in part],
+            cfg.max_length,
+            device,
+        )
         with autocast(device, precision):  # the forward pass (and its fp32 loss) only
             loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
         (loss / k).backward()
@@ -181,8 +215,9 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     and the run folder's progress; a rerun of a killed job continues from there as if never stopped."""
     cfg = ctx.cfg.pipeline
     saved = checkpoint.load(ctx.folder, ctx.key)
-    policy, reference, tok, train, tracker, evaluation = prepare(ctx, columns=("prompt", "chosen", "rejected"),
-                                                                 saved=saved)
+    policy, reference, tok, train, tracker, evaluation = prepare(
+        ctx, columns=("prompt", "chosen", "rejected"), saved=saved
+    )
     prompts, chosen, rejected = train["prompt"], train["chosen"], train["rejected"]
     batches_per_epoch = math.ceil(len(prompts) / cfg.batch_size)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)
@@ -209,36 +244,65 @@ def run_unlikelihood(ctx: RunContext) -> dict:
             if order is None or start >= len(order):
                 # a fresh shuffle every epoch; each batch sorted by length for its micro-batches (harness/lm/batching.py)
                 order, start = length_sorted_order(widths, cfg.batch_size, rng), 0
-            idx = order[start: start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             start += cfg.batch_size
             optimizer.zero_grad(set_to_none=True)
             loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
-                policy, tok, [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx],
-                cfg, ctx.device, ctx.precision)
+                policy,
+                tok,
+                [prompts[i] for i in idx],
+                [chosen[i] for i in idx],
+                [rejected[i] for i in idx],
+                cfg,
+                ctx.device,
+                ctx.precision,
+            )
             check_finite("loss", loss, step + 1, unit="step")  # before the step: Adam never takes a non-finite gradient
             tokens_trained += tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
             step += 1
             losses.append(loss.item())
-            tracker.log({"objective/loss": losses[-1], "objective/nll_chosen": nll_chosen.item(),
-                         "objective/ul_rejected": ul_rejected.item(), "policy/grad_norm": grad_norm.item()}, step=step)
+            tracker.log(
+                {
+                    "objective/loss": losses[-1],
+                    "objective/nll_chosen": nll_chosen.item(),
+                    "objective/ul_rejected": ul_rejected.item(),
+                    "policy/grad_norm": grad_norm.item(),
+                },
+                step=step,
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", nll=f"{nll_chosen.item():.3f}", ul=f"{ul_rejected.item():.3f}")
             if step % ctx.cfg.eval.every == 0:
                 evaluation(policy, step=step, tokens_trained=tokens_trained)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                checkpoint.save(ctx.folder, ctx.key, {
-                    "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                    "shuffle": rng.bit_generator.state,
-                    "rng": checkpoint.rng_state(), "losses": losses, "step": step, "tokens_trained": tokens_trained,
-                    "order": [int(i) for i in order], "start": start, "progress": tracker.progress(),
-                    "clock": checkpoint.clock_state(evaluation.evaluator)})
+                checkpoint.save(
+                    ctx.folder,
+                    ctx.key,
+                    {
+                        "policy": policy.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "shuffle": rng.bit_generator.state,
+                        "rng": checkpoint.rng_state(),
+                        "losses": losses,
+                        "step": step,
+                        "tokens_trained": tokens_trained,
+                        "order": [int(i) for i in order],
+                        "start": start,
+                        "progress": tracker.progress(),
+                        "clock": checkpoint.clock_state(evaluation.evaluator),
+                    },
+                )
     if evaluation.last_step != step:
         evaluation(policy, step=step, tokens_trained=tokens_trained)
-    facts = {"alpha": cfg.alpha, "steps": step, "train_pairs": len(prompts),
-             "train_loss": float(np.mean(losses)) if losses else float("nan"),
-             "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses)}
+    facts = {
+        "alpha": cfg.alpha,
+        "steps": step,
+        "train_pairs": len(prompts),
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
+    }
     return _finish(ctx, policy, reference, tok, tracker, evaluation, facts)
 
 
@@ -287,7 +351,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
     gen = torch.Generator(device=ctx.device).manual_seed(sampling_seed(ev.seed, ctx.cfg.seed))  # varies with the seed
     texts, lengths, cut, rm_scores = [], [], [], []
     for i in tqdm(range(0, len(rows_prompts), ev.batch_size), desc=f"best-of-{n_max}: sampling π_SFT", unit="batch"):
-        chunk = rows_prompts[i: i + ev.batch_size]
+        chunk = rows_prompts[i : i + ev.batch_size]
         with ctx.autocast():
             s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
             if reward_model is not None:
@@ -317,19 +381,37 @@ def run_best_of_n(ctx: RunContext) -> dict:
         gold_kept = np.take_along_axis(gold, pick, -1).ravel()
         cut_kept = np.take_along_axis(cut, pick, -1).ravel()
         point = EvalPoint(
-            method=ctx.method, setting=f"N={n}", seed=ctx.cfg.seed, step=0, kl=best_of_n_kl(n), kl_sem=0.0, kl_sample=None,
-            gold_reward=float(gold_kept.mean()), gold_reward_sem=clustered_sem(gold_kept, prompt_index, len(prompts)),
+            method=ctx.method,
+            setting=f"N={n}",
+            seed=ctx.cfg.seed,
+            step=0,
+            kl=best_of_n_kl(n),
+            kl_sem=0.0,
+            kl_sample=None,
+            gold_reward=float(gold_kept.mean()),
+            gold_reward_sem=clustered_sem(gold_kept, prompt_index, len(prompts)),
             proxy_reward=float(np.take_along_axis(proxy, pick, -1).mean()) if proxy is not None else None,
-            response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()), run_id=tracker.run_id,
-            truncated_frac=float(cut_kept.mean()), compute_tokens_generated=int(lengths[..., :n].sum()),  # the N drawn
-            evidence=prompt_evidence(prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)),
-                                     truncated=cut_kept),
+            response_tokens=float(np.take_along_axis(lengths, pick, -1).mean()),
+            run_id=tracker.run_id,
+            truncated_frac=float(cut_kept.mean()),
+            compute_tokens_generated=int(lengths[..., :n].sum()),  # the N drawn
+            evidence=prompt_evidence(
+                prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)), truncated=cut_kept
+            ),
         )
         rows.append(tracker.log_eval(point))
-        print(f"best-of-{n:<3d} KL {point.kl:6.3f}  gold {point.gold_reward:.3f} ± {point.gold_reward_sem:.3f}"
-              + (f"  RM {point.proxy_reward:.3f}" if point.proxy_reward is not None else ""))
-    facts = {"method": ctx.method, "scorer": cfg.scorer, "ns": ns, "samples": len(texts),
-             "gold_by_n": {r["setting"]: r["gold_reward"] for r in rows}, "points": len(rows)}
+        print(
+            f"best-of-{n:<3d} KL {point.kl:6.3f}  gold {point.gold_reward:.3f} ± {point.gold_reward_sem:.3f}"
+            + (f"  RM {point.proxy_reward:.3f}" if point.proxy_reward is not None else "")
+        )
+    facts = {
+        "method": ctx.method,
+        "scorer": cfg.scorer,
+        "ns": ns,
+        "samples": len(texts),
+        "gold_by_n": {r["setting"]: r["gold_reward"] for r in rows},
+        "points": len(rows),
+    }
     tracker.summary(facts)
     tracker.finish()
     return facts

@@ -72,7 +72,11 @@ def _dpo_trainer_class():
         def _conservative_dpo_loss(self, model, inputs):
             mode = "train" if self.model.training else "eval"
             completion_mask = inputs["completion_mask"]  # (2B, L): 1 on completion tokens; rows = [chosen; rejected]
-            model_kwargs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+            model_kwargs = {
+                k: v
+                for k, v in inputs.items()
+                if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+            }
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
             outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
             seq_len = completion_mask.shape[1] - 1
@@ -83,7 +87,14 @@ def _dpo_trainer_class():
             else:
                 ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model, inputs)
             losses, chosen_rewards, rejected_rewards = dpo_family_loss(
-                chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, self.beta, "sigmoid", self.label_smoothing)
+                chosen_logps,
+                rejected_logps,
+                ref_chosen_logps,
+                ref_rejected_logps,
+                self.beta,
+                "sigmoid",
+                self.label_smoothing,
+            )
             metrics = self._metrics[mode]
             metrics["rewards/chosen"].append(chosen_rewards.mean().item())
             metrics["rewards/rejected"].append(rejected_rewards.mean().item())
@@ -96,8 +107,16 @@ def _dpo_trainer_class():
     return HarnessDPOTrainer
 
 
-def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-               checkpoint_every: int = 0, precision: str = "fp32"):
+def dpo_config(
+    cfg: DPOPipeline,
+    output_dir: str,
+    *,
+    seed: int,
+    use_cpu: bool,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """TRL's DPOConfig from our pipeline config, on :func:`shared_args` (fp32, a checkpoint every ``checkpoint_every``
     steps, no TRL reporting). The learning rate warms up linearly over
     ``warmup_ratio`` of the steps (transformers 5 reads warmup_steps < 1 as a fraction) and then stays constant, as
@@ -107,29 +126,70 @@ def dpo_config(cfg: DPOPipeline, output_dir: str, *, seed: int, use_cpu: bool, l
 
     per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline")
     return DPOConfig(
-        beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        label_smoothing=cfg.label_smoothing,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulate,
         per_device_eval_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs, max_steps=trainer_max_steps(cfg.max_steps), max_length=cfg.max_length,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
-                      precision=precision),
+        num_train_epochs=cfg.epochs,
+        max_steps=trainer_max_steps(cfg.max_steps),
+        max_length=cfg.max_length,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=0.0,
+        **shared_args(
+            output_dir,
+            seed=seed,
+            use_cpu=use_cpu,
+            logging_steps=logging_steps,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
+        ),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,  # held-out evaluation needs the loss and TRL's metrics, not the logits
     )
 
 
-def build_trainer(policy, reference, tok, train_dataset, cfg: DPOPipeline, output_dir: str, *, seed: int = 0,
-                  use_cpu: bool = True, callbacks: list | None = None, eval_dataset=None, logging_steps: int = 10,
-                  checkpoint_every: int = 0, precision: str = "fp32"):
+def build_trainer(
+    policy,
+    reference,
+    tok,
+    train_dataset,
+    cfg: DPOPipeline,
+    output_dir: str,
+    *,
+    seed: int = 0,
+    use_cpu: bool = True,
+    callbacks: list | None = None,
+    eval_dataset=None,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """A :class:`HarnessDPOTrainer` on ``train_dataset`` (columns prompt, chosen, rejected) with π_ref = ``reference``;
     trainer checkpoints in ``output_dir`` every ``checkpoint_every`` steps (0: none)."""
     trainer_cls = _dpo_trainer_class()
-    args = dpo_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                      checkpoint_every=checkpoint_every, precision=precision)
-    return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=train_dataset,
-                       eval_dataset=eval_dataset, processing_class=tok, callbacks=callbacks or [])
+    args = dpo_config(
+        cfg,
+        output_dir,
+        seed=seed,
+        use_cpu=use_cpu,
+        logging_steps=logging_steps,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+    )
+    return trainer_cls(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tok,
+        callbacks=callbacks or [],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,14 +203,30 @@ def run(ctx: RunContext) -> dict:
     resume = checkpoint.last_trainer_checkpoint(ctx.folder, ctx.key)  # (folder, mark) of a killed attempt, or None
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, saved=resume[1] if resume else None)
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
-    trainer = build_trainer(policy, reference, tok, train, cfg, str(checkpoint.trainer_dir(ctx.folder)),
-                            seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
+    trainer = build_trainer(
+        policy,
+        reference,
+        tok,
+        train,
+        cfg,
+        str(checkpoint.trainer_dir(ctx.folder)),
+        seed=ctx.cfg.seed,
+        use_cpu=ctx.device.type == "cpu",
+        callbacks=callbacks,
+        checkpoint_every=cfg.checkpoint_every,
+        precision=ctx.precision,
+    )
     log.info("%s (%s, β=%s, ε=%s) on %d pairs", ctx.method, cfg.loss_type, cfg.beta, cfg.label_smoothing, len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 
-    facts = {"loss_type": cfg.loss_type, "beta": cfg.beta, "label_smoothing": cfg.label_smoothing,
-             "steps": trainer.state.global_step, "train_pairs": len(train), "train_loss": result.training_loss,
-             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-             "train_seconds": result.metrics.get("train_runtime")}
+    facts = {
+        "loss_type": cfg.loss_type,
+        "beta": cfg.beta,
+        "label_smoothing": cfg.label_smoothing,
+        "steps": trainer.state.global_step,
+        "train_pairs": len(train),
+        "train_loss": result.training_loss,
+        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
     return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)

@@ -27,9 +27,9 @@ from harness.data.hub import TOKENIZER_FILES
 from harness.fields import ConfigError
 from harness.lm.models import freeze, load_pretrained_lm
 from harness.runs.context import RunContext
-from pipelines.trainer_run import start_tracking
 from pipelines.schemas import EvaluatePipeline
 from pipelines.stages.sft import load_sft
+from pipelines.trainer_run import start_tracking
 
 log = logging.getLogger("harness.evaluate")
 
@@ -45,8 +45,10 @@ def checkpoint_tokenizer(name: str, fallback, trust_remote_code: bool = False):
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         if local.is_dir():  # it has tokenizer files that do not load: a broken save, not a missing tokenizer
-            raise ConfigError(f"policy: cannot load the tokenizer saved in '{name}' ({str(e).splitlines()[0][:120]}); "
-                              "re-save it with tokenizer.save_pretrained, or remove its files to use π_SFT's") from None
+            raise ConfigError(
+                f"policy: cannot load the tokenizer saved in '{name}' ({str(e).splitlines()[0][:120]}); "
+                "re-save it with tokenizer.save_pretrained, or remove its files to use π_SFT's"
+            ) from None
         return fallback, "π_SFT's (the hub checkpoint has none)"
     return tok, "the checkpoint's own"
 
@@ -77,9 +79,11 @@ def check_same_vocabulary(name: str, tok, ref_tok, config, reference, ref_path) 
     vocabulary; reads no weights of the checkpoint."""
     problem = vocabulary_mismatch(tok, ref_tok, output_rows(config), reference.get_output_embeddings().weight.shape[0])
     if problem:
-        raise ConfigError(f"policy: '{name}' does not have π_SFT's vocabulary ({problem}); the KL to π_ref sums over one "
-                          f"vocabulary, so evaluate a checkpoint trained from π_SFT ({ref_path}) with its tokenizer, "
-                          "or set model.name to the checkpoint's own base model")
+        raise ConfigError(
+            f"policy: '{name}' does not have π_SFT's vocabulary ({problem}); the KL to π_ref sums over one "
+            f"vocabulary, so evaluate a checkpoint trained from π_SFT ({ref_path}) with its tokenizer, "
+            "or set model.name to the checkpoint's own base model"
+        )
 
 
 def run(ctx: RunContext) -> dict:
@@ -91,7 +95,9 @@ def run(ctx: RunContext) -> dict:
     reference, ref_tok, sft = load_sft(ctx)  # π_ref = π_SFT, trained first if the cache lacks it
     freeze(reference)
     tok, whose = checkpoint_tokenizer(name, ref_tok, remote)
-    check_same_vocabulary(name, tok, ref_tok, AutoConfig.from_pretrained(name, trust_remote_code=remote), reference, sft.path)
+    check_same_vocabulary(
+        name, tok, ref_tok, AutoConfig.from_pretrained(name, trust_remote_code=remote), reference, sft.path
+    )
     if tok.pad_token is None:  # same vocabulary: π_SFT's pad token is one of its tokens
         tok.pad_token = ref_tok.pad_token
     # In the job's training dtype, as π_ref: a checkpoint saved in bf16 is evaluated like the methods' fp32 policies
@@ -101,11 +107,23 @@ def run(ctx: RunContext) -> dict:
 
     tracker, evaluation = start_tracking(ctx, reference, tok)  # the evaluator and row writing every method uses
     row = evaluation(policy, step=cfg.step)
-    facts = {"method": ctx.method, "setting": ctx.setting, "policy": name, "tokenizer": whose, "reference": str(sft.path),
-             "step": cfg.step, "gold_reward": row["gold_reward"], "gold_reward_sem": row["gold_reward_sem"],
-             "kl": row["kl"], "kl_sem": row["kl_sem"], "truncated_frac": row["truncated_frac"]}
+    facts = {
+        "method": ctx.method,
+        "setting": ctx.setting,
+        "policy": name,
+        "tokenizer": whose,
+        "reference": str(sft.path),
+        "step": cfg.step,
+        "gold_reward": row["gold_reward"],
+        "gold_reward_sem": row["gold_reward_sem"],
+        "kl": row["kl"],
+        "kl_sem": row["kl_sem"],
+        "truncated_frac": row["truncated_frac"],
+    }
     tracker.summary(facts)
     tracker.finish()
-    print(f"evaluate {ctx.setting}: gold reward {row['gold_reward']:.3f} ± {row['gold_reward_sem']:.3f}, "
-          f"KL {row['kl']:.3f} ± {row['kl_sem']:.3f} nats to π_SFT ({name})")
+    print(
+        f"evaluate {ctx.setting}: gold reward {row['gold_reward']:.3f} ± {row['gold_reward_sem']:.3f}, "
+        f"KL {row['kl']:.3f} ± {row['kl_sem']:.3f} nats to π_SFT ({name})"
+    )
     return facts

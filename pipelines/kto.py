@@ -32,6 +32,7 @@ import numpy as np
 from harness.lm.batching import micro_batches
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
+from pipelines.schemas import KTOPipeline
 from pipelines.trainer_run import (
     GuardedTraining,
     finish,
@@ -39,7 +40,6 @@ from pipelines.trainer_run import (
     shared_args,
     trainer_callbacks,
 )
-from pipelines.schemas import KTOPipeline
 
 log = logging.getLogger("harness.kto")
 
@@ -66,49 +66,102 @@ def unpaired_examples(prompts: list[str], chosen: list[str], rejected: list[str]
         Columns ``prompt``, ``completion``, ``label`` (bool, True = desirable), 2n rows.
     """
     if not len(prompts) == len(chosen) == len(rejected):
-        raise ValueError(f"unpaired_examples: columns of unequal length ({len(prompts)}, {len(chosen)}, {len(rejected)})")
+        raise ValueError(
+            f"unpaired_examples: columns of unequal length ({len(prompts)}, {len(chosen)}, {len(rejected)})"
+        )
     prompt = list(prompts) + list(prompts)
     completion = list(chosen) + list(rejected)
     label = [True] * len(chosen) + [False] * len(rejected)
     order = np.random.default_rng(seed).permutation(len(prompt)).tolist()
-    return {"prompt": [prompt[i] for i in order], "completion": [completion[i] for i in order],
-            "label": [label[i] for i in order]}
+    return {
+        "prompt": [prompt[i] for i in order],
+        "completion": [completion[i] for i in order],
+        "label": [label[i] for i in order],
+    }
 
 
-def kto_config(cfg: KTOPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-               checkpoint_every: int = 0, precision: str = "fp32"):
+def kto_config(
+    cfg: KTOPipeline,
+    output_dir: str,
+    *,
+    seed: int,
+    use_cpu: bool,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """TRL's KTOConfig from our pipeline config, on :func:`pipelines.trainer_run.shared_args`; warm-up then a constant
     learning rate, as DPO."""
     from trl import KTOConfig
 
     accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     return KTOConfig(
-        loss_type="kto", beta=cfg.beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size // accumulate,
-        gradient_accumulation_steps=accumulate, per_device_eval_batch_size=cfg.batch_size // accumulate,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
+        loss_type="kto",
+        beta=cfg.beta,
+        desirable_weight=cfg.desirable_weight,
+        undesirable_weight=cfg.undesirable_weight,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size // accumulate,
+        gradient_accumulation_steps=accumulate,
+        per_device_eval_batch_size=cfg.batch_size // accumulate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_length=cfg.max_length,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=0.0,
         train_sampling_strategy="sequential",  # TRL's requirement: the blocks that estimate z_ref are the batches
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
-                      precision=precision),
+        **shared_args(
+            output_dir,
+            seed=seed,
+            use_cpu=use_cpu,
+            logging_steps=logging_steps,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
+        ),
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
         prediction_loss_only=True,
     )
 
 
-def build_trainer(policy, reference, tok, examples, cfg: KTOPipeline, output_dir: str, *, seed: int = 0,
-                  use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10, checkpoint_every: int = 0,
-                  precision: str = "fp32"):
+def build_trainer(
+    policy,
+    reference,
+    tok,
+    examples,
+    cfg: KTOPipeline,
+    output_dir: str,
+    *,
+    seed: int = 0,
+    use_cpu: bool = True,
+    callbacks: list | None = None,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """TRL's ``KTOTrainer`` (with the harness's non-finite-loss guard) on ``examples`` (columns prompt, completion,
     label) with π_ref = ``reference``."""
     from datasets import Dataset
     from trl import KTOTrainer
 
     trainer_cls = type("HarnessKTOTrainer", (GuardedTraining, KTOTrainer), {})
-    args = kto_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                      checkpoint_every=checkpoint_every, precision=precision)
-    return trainer_cls(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_dict(examples),
-                       processing_class=tok, callbacks=callbacks or [])
+    args = kto_config(
+        cfg,
+        output_dir,
+        seed=seed,
+        use_cpu=use_cpu,
+        logging_steps=logging_steps,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+    )
+    return trainer_cls(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_dict(examples),
+        processing_class=tok,
+        callbacks=callbacks or [],
+    )
 
 
 def run(ctx: RunContext) -> dict:
@@ -118,15 +171,37 @@ def run(ctx: RunContext) -> dict:
     policy, reference, tok, train, tracker, evaluation = prepare(ctx, saved=resume[1] if resume else None)
     examples = unpaired_examples(train["prompt"], train["chosen"], train["rejected"], ctx.cfg.seed)
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
-    trainer = build_trainer(policy, reference, tok, examples, cfg, str(checkpoint.trainer_dir(ctx.folder)),
-                            seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
-    log.info("KTO (β=%s, λ_D=%s, λ_U=%s) on %d examples from %d pairs", cfg.beta, cfg.desirable_weight,
-             cfg.undesirable_weight, len(examples["label"]), len(train))
+    trainer = build_trainer(
+        policy,
+        reference,
+        tok,
+        examples,
+        cfg,
+        str(checkpoint.trainer_dir(ctx.folder)),
+        seed=ctx.cfg.seed,
+        use_cpu=ctx.device.type == "cpu",
+        callbacks=callbacks,
+        checkpoint_every=cfg.checkpoint_every,
+        precision=ctx.precision,
+    )
+    log.info(
+        "KTO (β=%s, λ_D=%s, λ_U=%s) on %d examples from %d pairs",
+        cfg.beta,
+        cfg.desirable_weight,
+        cfg.undesirable_weight,
+        len(examples["label"]),
+        len(train),
+    )
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    facts = {"beta": cfg.beta, "desirable_weight": cfg.desirable_weight, "undesirable_weight": cfg.undesirable_weight,
-             "steps": trainer.state.global_step, "train_pairs": len(train), "train_examples": len(trainer.train_dataset),
-             "train_loss": result.training_loss,
-             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-             "train_seconds": result.metrics.get("train_runtime")}
+    facts = {
+        "beta": cfg.beta,
+        "desirable_weight": cfg.desirable_weight,
+        "undesirable_weight": cfg.undesirable_weight,
+        "steps": trainer.state.global_step,
+        "train_pairs": len(train),
+        "train_examples": len(trainer.train_dataset),
+        "train_loss": result.training_loss,
+        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
     return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)

@@ -30,8 +30,8 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -383,7 +383,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(p * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(dim=-1)
 
 
-def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, total: Total = _itself) -> torch.Tensor:
+def explained_variance(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, total: Total = _itself
+) -> torch.Tensor:
     """1 - Var[target - pred] / Var[target] over the masked entries (1 is a perfect critic, 0 a constant one).
 
     Args:

@@ -73,5 +73,5 @@ def namespaced(logs: dict) -> dict:
     for k, v in logs.items():
         if not isinstance(v, (int, float)):
             continue
-        out["eval/" + k[len("eval_"):] if k.startswith("eval_") else metric_name(k)] = v
+        out["eval/" + k[len("eval_") :] if k.startswith("eval_") else metric_name(k)] = v
     return out

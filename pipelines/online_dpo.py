@@ -43,6 +43,8 @@ from harness.lm.models import disable_dropout
 from harness.lm.sampling import Samples, response_logits
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
+from pipelines.losses import sequence_logps
+from pipelines.schemas import OnlineDPOPipeline
 from pipelines.trainer_run import (
     GuardedTraining,
     finish,
@@ -51,8 +53,6 @@ from pipelines.trainer_run import (
     start_tracking,
     trainer_callbacks,
 )
-from pipelines.losses import sequence_logps
-from pipelines.schemas import OnlineDPOPipeline
 
 log = logging.getLogger("harness.online_dpo")
 
@@ -82,9 +82,14 @@ def _online_dpo_trainer_class():
             if vision_inputs is not None:
                 raise NotImplementedError("the harness trains text-only policies")
             B = prompt_ids.shape[0]
-            s = Samples(prompt_ids, prompt_mask, completion_ids, completion_mask.float(),
-                        ended=torch.zeros(B, dtype=torch.bool, device=prompt_ids.device),
-                        prompt_index=torch.arange(B, device=prompt_ids.device))
+            s = Samples(
+                prompt_ids,
+                prompt_mask,
+                completion_ids,
+                completion_mask.float(),
+                ended=torch.zeros(B, dtype=torch.bool, device=prompt_ids.device),
+                prompt_index=torch.arange(B, device=prompt_ids.device),
+            )
             if torch.is_grad_enabled():  # the policy's training forward (the reference runs under no_grad)
                 self.state.num_input_tokens_seen += int(s.attention_mask.sum())
             return sequence_logps(response_logits(model, s), completion_ids, completion_mask)
@@ -92,8 +97,17 @@ def _online_dpo_trainer_class():
     return HarnessOnlineDPOTrainer
 
 
-def online_dpo_config(cfg: OnlineDPOPipeline, output_dir: str, *, max_length: int, seed: int, use_cpu: bool,
-                      logging_steps: int = 10, checkpoint_every: int = 0, precision: str = "fp32"):
+def online_dpo_config(
+    cfg: OnlineDPOPipeline,
+    output_dir: str,
+    *,
+    max_length: int,
+    seed: int,
+    use_cpu: bool,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """TRL's OnlineDPOConfig from our pipeline config, on :func:`pipelines.trainer_run.shared_args`: DPO's sigmoid loss,
     pure sampling (no top-k/top-p) at ``temperature``, no missing-EOS penalty (PPO's default: every method is
     compared on the same objective), warm-up then a constant learning rate (as DPO). ``max_length``: the model's
@@ -101,32 +115,81 @@ def online_dpo_config(cfg: OnlineDPOPipeline, output_dir: str, *, max_length: in
     from trl.experimental.online_dpo import OnlineDPOConfig
 
     return OnlineDPOConfig(
-        beta=[cfg.beta], loss_type="sigmoid", learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1, max_steps=cfg.updates,
-        max_new_tokens=cfg.max_new_tokens, max_length=max_length, temperature=cfg.temperature, top_p=1.0, top_k=0,
-        missing_eos_penalty=None, use_vllm=False, max_grad_norm=cfg.max_grad_norm,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_ratio, weight_decay=0.0,
-        **shared_args(output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps, checkpoint_every=checkpoint_every,
-                      precision=precision),
+        beta=[cfg.beta],
+        loss_type="sigmoid",
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=cfg.updates,
+        max_new_tokens=cfg.max_new_tokens,
+        max_length=max_length,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        top_k=0,
+        missing_eos_penalty=None,
+        use_vllm=False,
+        max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=0.0,
+        **shared_args(
+            output_dir,
+            seed=seed,
+            use_cpu=use_cpu,
+            logging_steps=logging_steps,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
+        ),
         include_num_input_tokens_seen="no",  # counted in _forward instead (the batches hold prompt strings only)
     )
 
 
 def model_positions(policy) -> int:
-    return getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None) or 1_000_000
+    return (
+        getattr(policy.config, "max_position_embeddings", None)
+        or getattr(policy.config, "n_positions", None)
+        or 1_000_000
+    )
 
 
-def build_trainer(policy, reference, tok, judge, prompts: list[str], cfg: OnlineDPOPipeline, output_dir: str, *,
-                  seed: int = 0, use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10,
-                  checkpoint_every: int = 0, precision: str = "fp32"):
+def build_trainer(
+    policy,
+    reference,
+    tok,
+    judge,
+    prompts: list[str],
+    cfg: OnlineDPOPipeline,
+    output_dir: str,
+    *,
+    seed: int = 0,
+    use_cpu: bool = True,
+    callbacks: list | None = None,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """A :class:`HarnessOnlineDPOTrainer` on ``prompts`` with π_ref = ``reference`` and ``judge`` as the reward."""
     from datasets import Dataset
 
-    args = online_dpo_config(cfg, output_dir, max_length=model_positions(policy), seed=seed, use_cpu=use_cpu,
-                             logging_steps=logging_steps, checkpoint_every=checkpoint_every, precision=precision)
-    return _online_dpo_trainer_class()(model=policy, ref_model=reference, reward_funcs=judge, args=args,
-                                       train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
-                                       processing_class=tok, callbacks=callbacks or [])
+    args = online_dpo_config(
+        cfg,
+        output_dir,
+        max_length=model_positions(policy),
+        seed=seed,
+        use_cpu=use_cpu,
+        logging_steps=logging_steps,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+    )
+    return _online_dpo_trainer_class()(
+        model=policy,
+        ref_model=reference,
+        reward_funcs=judge,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
+        processing_class=tok,
+        callbacks=callbacks or [],
+    )
 
 
 def run(ctx: RunContext) -> dict:
@@ -144,14 +207,30 @@ def run(ctx: RunContext) -> dict:
     judge = RewardModelJudge(TextScorer(reward_model, tok))
     tracker, evaluation = start_tracking(ctx, reference, tok, resume[1] if resume else None, proxy=judge.scorer)
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
-    trainer = build_trainer(policy, reference, tok, judge, ctx.task.train_prompts, cfg,
-                            str(checkpoint.trainer_dir(ctx.folder)), seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu",
-                            callbacks=callbacks, checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
+    trainer = build_trainer(
+        policy,
+        reference,
+        tok,
+        judge,
+        ctx.task.train_prompts,
+        cfg,
+        str(checkpoint.trainer_dir(ctx.folder)),
+        seed=ctx.cfg.seed,
+        use_cpu=ctx.device.type == "cpu",
+        callbacks=callbacks,
+        checkpoint_every=cfg.checkpoint_every,
+        precision=ctx.precision,
+    )
     log.info("online DPO (β=%s): %d updates x %d prompts x 2 samples", cfg.beta, cfg.updates, cfg.batch_size)
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     steps = trainer.state.global_step
-    facts = {"beta": cfg.beta, "steps": steps, "pairs": steps * cfg.batch_size, "episodes": steps * cfg.batch_size * 2,
-             "train_loss": result.training_loss,
-             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-             "train_seconds": result.metrics.get("train_runtime")}
+    facts = {
+        "beta": cfg.beta,
+        "steps": steps,
+        "pairs": steps * cfg.batch_size,
+        "episodes": steps * cfg.batch_size * 2,
+        "train_loss": result.training_loss,
+        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
     return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -41,6 +41,8 @@ from harness.lm.sampling import Samples, encode_prompts, positions
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
+from pipelines.schemas import GRPOPipeline, OnlineRLPipeline, RLOOPipeline
+from pipelines.scoring import normalised, reward_role
 from pipelines.trainer_run import (
     FrontierEvaluation,
     GuardedTraining,
@@ -49,8 +51,6 @@ from pipelines.trainer_run import (
     save_args,
     trainer_callbacks,
 )
-from pipelines.schemas import GRPOPipeline, OnlineRLPipeline, RLOOPipeline
-from pipelines.scoring import normalised, reward_role
 
 log = logging.getLogger("harness.online_rl")
 
@@ -69,11 +69,12 @@ def completion_samples(tok, prompts: list[str], completion_ids: list[list[int]],
     response = torch.full((B, T), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros(B, T)
     for i, ids in enumerate(completion_ids):
-        response[i, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        mask[i, :len(ids)] = 1.0
+        response[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1.0
     ended = torch.tensor([len(c) > 0 and c[-1] == tok.eos_token_id for c in completion_ids])
-    return Samples(query, query_mask, response.to(device), mask.to(device), ended.to(device),
-                   torch.arange(B, device=device))
+    return Samples(
+        query, query_mask, response.to(device), mask.to(device), ended.to(device), torch.arange(B, device=device)
+    )
 
 
 class RewardFunction:
@@ -87,13 +88,16 @@ class RewardFunction:
 
     __name__ = "score"  # TRL names its reward metrics after the function: rewards/score/mean
 
-    def __init__(self, score: Callable[[Samples, list[str]], torch.Tensor], tok, device, norm: tuple[float, float] | None) -> None:
+    def __init__(
+        self, score: Callable[[Samples, list[str]], torch.Tensor], tok, device, norm: tuple[float, float] | None
+    ) -> None:
         self.score, self.tok, self.device, self.norm = score, tok, device, norm
         self.tokens_generated = 0  # completion tokens scored so far (EOS included): the compute axis
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], trainer_state=None,
-                 **kwargs) -> list[float]:
+    def __call__(
+        self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], trainer_state=None, **kwargs
+    ) -> list[float]:
         s = completion_samples(self.tok, prompts, completion_ids, self.device)
         raw = self.score(s, prompts).float()
         check_finite("reward", raw, (trainer_state.global_step if trainer_state is not None else 0) + 1, unit="step")
@@ -119,8 +123,16 @@ def algorithm(cfg: OnlineRLPipeline) -> str:
     return "grpo" if isinstance(cfg, GRPOPipeline) else "rloo"
 
 
-def trainer_config(cfg: OnlineRLPipeline, output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10,
-                   checkpoint_every: int = 0, precision: str = "fp32"):
+def trainer_config(
+    cfg: OnlineRLPipeline,
+    output_dir: str,
+    *,
+    seed: int,
+    use_cpu: bool,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """TRL's RLOOConfig / GRPOConfig from our pipeline config.
 
     One optimizer step = ``batch_size`` completions, in ``batch_size / micro_batch_size`` accumulated micro-batches;
@@ -133,15 +145,35 @@ def trainer_config(cfg: OnlineRLPipeline, output_dir: str, *, seed: int, use_cpu
 
     accumulate = micro_batches(cfg.batch_size, cfg.micro_batch_size, "pipeline.micro_batch_size")
     common = dict(
-        output_dir=output_dir, beta=cfg.beta, num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.batch_size // accumulate, gradient_accumulation_steps=accumulate,
-        max_steps=cfg.max_steps, num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        adam_epsilon=1e-5, max_grad_norm=cfg.max_grad_norm,
-        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
-        **trainer_flags(precision), activation_checkpointing=False, use_vllm=False, disable_dropout=True,
-        report_to="none", logging_steps=logging_steps, seed=seed, use_cpu=use_cpu, dataloader_num_workers=0,
-        log_completions=False, **save_args(checkpoint_every),
+        output_dir=output_dir,
+        beta=cfg.beta,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.batch_size // accumulate,
+        gradient_accumulation_steps=accumulate,
+        max_steps=cfg.max_steps,
+        num_iterations=cfg.num_iterations,
+        epsilon=cfg.epsilon,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_epsilon=1e-5,
+        max_grad_norm=cfg.max_grad_norm,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=0,
+        top_p=1.0,
+        **trainer_flags(precision),
+        activation_checkpointing=False,
+        use_vllm=False,
+        disable_dropout=True,
+        report_to="none",
+        logging_steps=logging_steps,
+        seed=seed,
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+        log_completions=False,
+        **save_args(checkpoint_every),
     )
     if algorithm(cfg) == "grpo":
         from trl import GRPOConfig
@@ -158,7 +190,7 @@ def _positions_from_mask(module, args, kwargs):
     if kwargs.get("position_ids") is None and mask is not None and mask.dim() == 2 and not args:
         inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         if inputs is not None:
-            kwargs["position_ids"] = positions(mask)[:, -inputs.shape[1]:]  # the last columns: cached decoding too
+            kwargs["position_ids"] = positions(mask)[:, -inputs.shape[1] :]  # the last columns: cached decoding too
     return args, kwargs
 
 
@@ -195,16 +227,40 @@ def prompt_dataset(prompts: list[str]):
     return Dataset.from_dict({"prompt": list(prompts)})
 
 
-def build_trainer(policy, tok, prompts: list[str], reward_fn, cfg: OnlineRLPipeline, output_dir: str, *,
-                  seed: int = 0, use_cpu: bool = True, callbacks: list | None = None, logging_steps: int = 10,
-                  checkpoint_every: int = 0, precision: str = "fp32"):
+def build_trainer(
+    policy,
+    tok,
+    prompts: list[str],
+    reward_fn,
+    cfg: OnlineRLPipeline,
+    output_dir: str,
+    *,
+    seed: int = 0,
+    use_cpu: bool = True,
+    callbacks: list | None = None,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+):
     """A (guarded) RLOO or GRPO trainer on ``prompts`` with ``reward_fn``. π_ref (when β > 0) is loaded by TRL from
     ``policy.config._name_or_path``: the caller makes sure that is π_SFT."""
-    args = trainer_config(cfg, output_dir, seed=seed, use_cpu=use_cpu, logging_steps=logging_steps,
-                          checkpoint_every=checkpoint_every, precision=precision)
-    trainer = _trainer_class(algorithm(cfg))(model=pad_aware(policy), reward_funcs=[reward_fn], args=args,
-                                             train_dataset=prompt_dataset(prompts), processing_class=tok,
-                                             callbacks=callbacks or [])
+    args = trainer_config(
+        cfg,
+        output_dir,
+        seed=seed,
+        use_cpu=use_cpu,
+        logging_steps=logging_steps,
+        checkpoint_every=checkpoint_every,
+        precision=precision,
+    )
+    trainer = _trainer_class(algorithm(cfg))(
+        model=pad_aware(policy),
+        reward_funcs=[reward_fn],
+        args=args,
+        train_dataset=prompt_dataset(prompts),
+        processing_class=tok,
+        callbacks=callbacks or [],
+    )
     if trainer.ref_model is not None:
         pad_aware(trainer.ref_model)
     return trainer
@@ -227,34 +283,73 @@ def run(ctx: RunContext) -> dict:
     policy = disable_dropout(policy)
     # TRL builds π_ref itself, from the policy's _name_or_path: it must be π_SFT's folder, not a hub name.
     if str(policy.config._name_or_path) != str(sft.path):
-        raise RuntimeError(f"π_SFT's config names {policy.config._name_or_path!r}, not its folder {sft.path}: TRL would "
-                           "load another model as the reference")
+        raise RuntimeError(
+            f"π_SFT's config names {policy.config._name_or_path!r}, not its folder {sft.path}: TRL would "
+            "load another model as the reference"
+        )
     reference = load_frozen_reference(sft.path, tok, ctx.device, ctx.cfg.model.trust_remote_code)  # the evaluator's
     reward_fn, proxy = reward_function(ctx, tok)
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluation = FrontierEvaluation(Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy,
-                                              precision=ctx.precision),
-                                    tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
+    evaluation = FrontierEvaluation(
+        Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision),
+        tracker,
+        method=ctx.method,
+        setting=ctx.setting,
+        seed=ctx.cfg.seed,
+    )
     if saved:
         evaluation.resume(saved)
 
     def compute(state) -> dict:
         # TRL counts the prompt + completion tokens of each generated batch; each is trained on num_iterations times
-        return {"tokens_trained": state.num_input_tokens_seen * cfg.num_iterations,
-                "tokens_generated": reward_fn.tokens_generated}
+        return {
+            "tokens_trained": state.num_input_tokens_seen * cfg.num_iterations,
+            "tokens_generated": reward_fn.tokens_generated,
+        }
 
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation, compute=compute)
-    trainer = build_trainer(policy, tok, ctx.task.train_prompts, reward_fn, cfg, str(checkpoint.trainer_dir(ctx.folder)),
-                            seed=ctx.cfg.seed, use_cpu=ctx.device.type == "cpu", callbacks=callbacks,
-                            checkpoint_every=cfg.checkpoint_every, precision=ctx.precision)
-    log.info("%s (β=%s, k=%d) for %d steps of %d completions (%d episodes)", ctx.method, cfg.beta, cfg.num_generations,
-             cfg.max_steps, cfg.batch_size, cfg.episodes)
+    trainer = build_trainer(
+        policy,
+        tok,
+        ctx.task.train_prompts,
+        reward_fn,
+        cfg,
+        str(checkpoint.trainer_dir(ctx.folder)),
+        seed=ctx.cfg.seed,
+        use_cpu=ctx.device.type == "cpu",
+        callbacks=callbacks,
+        checkpoint_every=cfg.checkpoint_every,
+        precision=ctx.precision,
+    )
+    log.info(
+        "%s (β=%s, k=%d) for %d steps of %d completions (%d episodes)",
+        ctx.method,
+        cfg.beta,
+        cfg.num_generations,
+        cfg.max_steps,
+        cfg.batch_size,
+        cfg.episodes,
+    )
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
 
-    facts = {"beta": cfg.beta, "num_generations": cfg.num_generations, "steps": trainer.state.global_step,
-             "episodes": cfg.episodes, "train_loss": result.training_loss,
-             "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
-             "proxy_final": evaluation.rows[-1]["proxy_reward"], "tokens_generated": reward_fn.tokens_generated,
-             "train_seconds": result.metrics.get("train_runtime")}
-    return finish(ctx, trainer.model, reference, tok, tracker, evaluation, facts,
-                  tail=f", {cfg.episodes} episodes ({facts['train_seconds']:.1f} s)")
+    facts = {
+        "beta": cfg.beta,
+        "num_generations": cfg.num_generations,
+        "steps": trainer.state.global_step,
+        "episodes": cfg.episodes,
+        "train_loss": result.training_loss,
+        "losses_finite": all(math.isfinite(x) for x in logs.losses + [result.training_loss]),
+        "proxy_final": evaluation.rows[-1]["proxy_reward"],
+        "tokens_generated": reward_fn.tokens_generated,
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
+    return finish(
+        ctx,
+        trainer.model,
+        reference,
+        tok,
+        tracker,
+        evaluation,
+        facts,
+        tail=f", {cfg.episodes} episodes ({facts['train_seconds']:.1f} s)",
+    )

@@ -46,8 +46,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -108,9 +108,24 @@ class Rollout:
     epoch0_order: torch.Tensor | None = None  # (B,) long, the order of epoch 0's minibatches
     first_pass: FirstPass | None = None  # graphs over epoch0_order[:b], used once by the update
 
-    def minibatch(self, idx: torch.Tensor) -> "Rollout":
-        return Rollout(self.samples.subset(idx), *(getattr(self, f)[idx] for f in (
-            "logprobs", "ref_logprobs", "values", "scores", "kl", "rewards", "advantages", "returns", "masks")))
+    def minibatch(self, idx: torch.Tensor) -> Rollout:
+        return Rollout(
+            self.samples.subset(idx),
+            *(
+                getattr(self, f)[idx]
+                for f in (
+                    "logprobs",
+                    "ref_logprobs",
+                    "values",
+                    "scores",
+                    "kl",
+                    "rewards",
+                    "advantages",
+                    "returns",
+                    "masks",
+                )
+            ),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,7 +143,7 @@ def critic_values(critic, s: Samples) -> torch.Tensor:
     P, T = s.query.shape[1], s.response.shape[1]
     backbone = getattr(critic, critic.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
     hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
-    return critic.score(hidden[:, P - 1:P - 1 + T]).squeeze(-1).float()
+    return critic.score(hidden[:, P - 1 : P - 1 + T]).squeeze(-1).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,9 +170,20 @@ class PPO:
             weights, gradients, optimiser states and the PPO math stay fp32.
     """
 
-    def __init__(self, policy, reference, critic, reward: RewardFn, tok, cfg: PPOPipeline, *,
-                 score_norm: tuple[float, float] | None = (0.0, 1.0), seed: int = 0,
-                 reuse_first_pass: bool = True, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        policy,
+        reference,
+        critic,
+        reward: RewardFn,
+        tok,
+        cfg: PPOPipeline,
+        *,
+        score_norm: tuple[float, float] | None = (0.0, 1.0),
+        seed: int = 0,
+        reuse_first_pass: bool = True,
+        precision: str = "fp32",
+    ) -> None:
         self.policy, self.reference, self.critic = policy, freeze(reference), critic
         self.reward, self.tok, self.cfg = reward, tok, cfg
         self.score_norm = score_norm
@@ -175,9 +201,14 @@ class PPO:
         self.precision = precision
         # Adam's eps=1e-5 as in OpenAI's RLHF code (Huang et al. 2024); no weight decay.
         self.policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
-        self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, weight_decay=0.0)
-        self.kl_ctl = (L.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.horizon) if cfg.target_kl is not None
-                       else L.FixedKLController(cfg.kl_coef))
+        self.critic_opt = torch.optim.AdamW(
+            critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, weight_decay=0.0
+        )
+        self.kl_ctl = (
+            L.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.horizon)
+            if cfg.target_kl is not None
+            else L.FixedKLController(cfg.kl_coef)
+        )
         # Under multi-process training each process samples its own share of the prompts from its own stream
         # (harness.lm.distributed); the replicas start identical and stay so (their gradients are averaged).
         distributed.broadcast_parameters(self.policy)
@@ -191,12 +222,18 @@ class PPO:
         """Everything that makes the next update what it would have been: both trained models and their optimisers,
         the KL coefficient, the score normalisation (PPO-GT sets it on its first rollout), the sampling and
         shuffling generators and the update count. The frozen roles are loaded again from the stage cache."""
-        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
-                "policy_opt": self.policy_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "kl_ctl": dict(vars(self.kl_ctl)), "score_norm": self.score_norm,
-                "sample_gen": self._sample_gen_state(), "shuffle_gen": self.shuffle_gen.get_state(),
-                "updates_done": self.updates_done,
-                **({"reference": self.reference.state_dict()} if self.cfg.ref_update != "none" else {})}
+        return {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "kl_ctl": dict(vars(self.kl_ctl)),
+            "score_norm": self.score_norm,
+            "sample_gen": self._sample_gen_state(),
+            "shuffle_gen": self.shuffle_gen.get_state(),
+            "updates_done": self.updates_done,
+            **({"reference": self.reference.state_dict()} if self.cfg.ref_update != "none" else {}),
+        }
 
     def _sample_gen_state(self):
         """This process's sampling generator; with several processes, every process's (a collective: every process
@@ -212,12 +249,18 @@ class PPO:
         vars(self.kl_ctl).update(state["kl_ctl"])
         self.score_norm = None if state["score_norm"] is None else tuple(state["score_norm"])
         saved = state["sample_gen"]
-        if isinstance(saved, list) != (distributed.world_size() > 1) or isinstance(saved, list) and len(saved) != distributed.world_size():
+        if (
+            isinstance(saved, list) != (distributed.world_size() > 1)
+            or isinstance(saved, list)
+            and len(saved) != distributed.world_size()
+        ):
             from harness.fields import ConfigError
 
             n = len(saved) if isinstance(saved, list) else 1
-            raise ConfigError(f"checkpoint: written by {n} process(es), resumed with {distributed.world_size()}; launch "
-                              f"{n} process(es) to resume it, or remove the job's checkpoint/ folder to start afresh")
+            raise ConfigError(
+                f"checkpoint: written by {n} process(es), resumed with {distributed.world_size()}; launch "
+                f"{n} process(es) to resume it, or remove the job's checkpoint/ folder to start afresh"
+            )
         self.sample_gen.set_state(saved[distributed.rank()] if isinstance(saved, list) else saved)
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.updates_done = state["updates_done"]
@@ -244,12 +287,14 @@ class PPO:
         """Sample one response per prompt and compute everything the update needs (each role runs once)."""
         cfg = self.cfg
         with self.forward():
-            s = sample(self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen)
+            s = sample(
+                self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen
+            )
         mask = s.response_mask
         B, T = mask.shape
         # Epoch 0's minibatch order is drawn now, so that its first minibatch can be run with autograd right here.
         order = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
-        first, rest = order[:B // cfg.num_minibatches], order[B // cfg.num_minibatches:]
+        first, rest = order[: B // cfg.num_minibatches], order[B // cfg.num_minibatches :]
         logprobs = torch.zeros(B, T, device=self.device)
         values = torch.zeros(B, T, device=self.device)
         entropy = torch.zeros(B, device=self.device)
@@ -295,25 +340,31 @@ class PPO:
         # k3 (>= 0 per token, lower variance) only as a diagnostic of the same KL: as a reward it would be biased.
         seq_kl_k3 = L.masked_sum(L.kl_penalty(logprobs, ref_logprobs, "k3"), mask, dim=-1)
         # Means over the whole batch: with several processes, over every process's share (one collective).
-        stats = distributed.batch_means({
-            "objective/kl": seq_kl,
-            "objective/kl_k3": seq_kl_k3,
-            "objective/rlhf_reward": scores - beta * kl.sum(-1),
-            "objective/non_score_reward": -beta * kl.sum(-1),
-            "policy/sequence_entropy": entropy,
-            "rewards/scores": scores,
-            "rewards/raw_score": raw,
-            "rewards/missing_eos_frac": (~s.ended).float(),
-            "rewards/response_tokens": mask.sum(-1),
-        })
+        stats = distributed.batch_means(
+            {
+                "objective/kl": seq_kl,
+                "objective/kl_k3": seq_kl_k3,
+                "objective/rlhf_reward": scores - beta * kl.sum(-1),
+                "objective/non_score_reward": -beta * kl.sum(-1),
+                "policy/sequence_entropy": entropy,
+                "rewards/scores": scores,
+                "rewards/raw_score": raw,
+                "rewards/missing_eos_frac": (~s.ended).float(),
+                "rewards/response_tokens": mask.sum(-1),
+            }
+        )
         total = distributed.all_reduce_sum
-        stats.update({
-            "compute/tokens_generated": int(total(mask.sum()).item()),
-            "critic/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
-            "critic/value_mean": L.masked_mean(values, mask, total=total).item(),
-            "objective/kl_coef": beta,
-        })
-        ro = Rollout(s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass)
+        stats.update(
+            {
+                "compute/tokens_generated": int(total(mask.sum()).item()),
+                "critic/explained_variance": L.explained_variance(values, returns, mask, total=total).item(),
+                "critic/value_mean": L.masked_mean(values, mask, total=total).item(),
+                "objective/kl_coef": beta,
+            }
+        )
+        ro = Rollout(
+            s, logprobs, ref_logprobs, values, scores, kl, rewards, advantages, returns, mask, order, first_pass
+        )
         return ro, stats
 
     # -------------------------------------------------------------------------------------------------- update
@@ -323,13 +374,25 @@ class PPO:
         B = ro.masks.shape[0]
         size = B // cfg.num_minibatches
         tokens_trained = 0
-        acc: dict[str, list[float]] = {k: [] for k in ("objective/policy_loss", "critic/value_loss", "policy/clipfrac",
-                                                        "policy/approxkl", "critic/clipfrac", "policy/entropy")}
+        acc: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "objective/policy_loss",
+                "critic/value_loss",
+                "policy/clipfrac",
+                "policy/approxkl",
+                "critic/clipfrac",
+                "policy/entropy",
+            )
+        }
         for epoch in range(cfg.ppo_epochs):
-            order = ro.epoch0_order if epoch == 0 and ro.epoch0_order is not None else \
-                torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+            order = (
+                ro.epoch0_order
+                if epoch == 0 and ro.epoch0_order is not None
+                else torch.randperm(B, generator=self.shuffle_gen).to(self.device)
+            )
             for start in range(0, B - size + 1, size):
-                mb = ro.minibatch(order[start:start + size])
+                mb = ro.minibatch(order[start : start + size])
                 first_pass = None
                 if epoch == 0 and start == 0:
                     first_pass, ro.first_pass = ro.first_pass, None  # used once; the backward frees its graph
@@ -340,7 +403,9 @@ class PPO:
                     with self.forward():
                         logits = response_logits(self.policy, mb.samples, cfg.temperature)
                     new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
-                pg_loss, clipfrac, approxkl = L.clipped_policy_loss(new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange)
+                pg_loss, clipfrac, approxkl = L.clipped_policy_loss(
+                    new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange
+                )
                 self._check("policy loss", pg_loss)  # before the step: the weights never take a non-finite update
                 loss = pg_loss
                 if cfg.ent_coef > 0:
@@ -358,7 +423,9 @@ class PPO:
                 else:
                     with self.forward():
                         new_values = critic_values(self.critic, mb.samples)
-                vf_loss, vf_clipfrac = L.clipped_value_loss(new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value)
+                vf_loss, vf_clipfrac = L.clipped_value_loss(
+                    new_values, mb.values, mb.returns, mb.masks, cfg.cliprange_value
+                )
                 self._check("value loss", vf_loss)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (cfg.vf_coef * vf_loss).backward()
@@ -366,8 +433,13 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.critic_opt.step()
 
-                for k, v in (("objective/policy_loss", pg_loss), ("critic/value_loss", vf_loss), ("policy/clipfrac", clipfrac),
-                             ("policy/approxkl", approxkl), ("critic/clipfrac", vf_clipfrac)):
+                for k, v in (
+                    ("objective/policy_loss", pg_loss),
+                    ("critic/value_loss", vf_loss),
+                    ("policy/clipfrac", clipfrac),
+                    ("policy/approxkl", approxkl),
+                    ("critic/clipfrac", vf_clipfrac),
+                ):
                     acc[k].append(v.item())
                 # policy and critic each run forward+backward over the minibatch's prompt + response tokens
                 tokens_trained += 2 * int(mb.samples.attention_mask.sum().item())
@@ -406,9 +478,18 @@ class Roles:
     score_norm: tuple[float, float] | None  # (mean, std) of raw scores on π_SFT samples; None = first rollout's
     proxy: Callable[[list[str]], np.ndarray] | None  # r_φ on texts for the evaluator's proxy_reward (ppo only)
 
-    def ppo(self, cfg: PPOPipeline, seed: int = 0, precision: str = "fp32") -> "PPO":
-        return PPO(self.policy, self.reference, self.critic, self.reward, self.tok, cfg, score_norm=self.score_norm, seed=seed,
-                   precision=precision)
+    def ppo(self, cfg: PPOPipeline, seed: int = 0, precision: str = "fp32") -> PPO:
+        return PPO(
+            self.policy,
+            self.reference,
+            self.critic,
+            self.reward,
+            self.tok,
+            cfg,
+            score_norm=self.score_norm,
+            seed=seed,
+            precision=precision,
+        )
 
 
 def normalised_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linear:
@@ -442,7 +523,9 @@ def build_roles(ctx: RunContext) -> Roles:
 
         # r_φ's mean and std on π_SFT samples, stored with it (Ziegler et al. 2019 normalise r_φ the same way).
         role = reward_role(ctx, tok, gold=False, normalize=cfg.normalize_scores)
-        critic = load_scalar_model(ensure_reward_model(ctx).path, tok, remote)  # Huang et al.: critic initialised from r_φ
+        critic = load_scalar_model(
+            ensure_reward_model(ctx).path, tok, remote
+        )  # Huang et al.: critic initialised from r_φ
         if cfg.normalize_scores:  # the critic predicts returns of the normalised score: start it on that scale
             critic.score = normalised_head(critic.score, *role.norm)
     else:
@@ -467,15 +550,16 @@ def run(ctx: RunContext) -> dict:
     prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
 
     def next_prompts() -> list[str]:
-        return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[:cfg.batch_size].tolist()]
+        return [prompts[i] for i in torch.randperm(len(prompts), generator=prompt_gen)[: cfg.batch_size].tolist()]
 
     ppo = roles.ppo(cfg, seed=ctx.cfg.seed, precision=ctx.precision)
     saved = checkpoint.load(ctx.folder, ctx.key)  # before the tracker: it cuts the row files back to the checkpoint's
     if not distributed.agree(saved is not None):  # every process resumes, or none
         saved = None
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy,
-                          precision=ctx.precision)
+    evaluator = Evaluator(
+        reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy, precision=ctx.precision
+    )
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
 
@@ -501,14 +585,26 @@ def run(ctx: RunContext) -> dict:
 
     def save_checkpoint() -> None:
         state = {  # made on every process (ppo.state_dict gathers every process's sampling stream), written by the main
-            "ppo": ppo.state_dict(), "prompt_gen": prompt_gen.get_state(), "rng": checkpoint.rng_state(),
-            "clock": checkpoint.clock_state(evaluator), "compute": dict(compute), "train_s": time.time() - t0,
-            "progress": tracker.progress()}
+            "ppo": ppo.state_dict(),
+            "prompt_gen": prompt_gen.get_state(),
+            "rng": checkpoint.rng_state(),
+            "clock": checkpoint.clock_state(evaluator),
+            "compute": dict(compute),
+            "train_s": time.time() - t0,
+            "progress": tracker.progress(),
+        }
         distributed.on_main(checkpoint.save, ctx.folder, ctx.key, state)
 
     t0 = time.time() - (saved["train_s"] if saved else 0.0)
-    bar = tqdm(range(ppo.updates_done + 1, cfg.updates + 1), desc=f"{ctx.method} {ctx.setting}", unit="update",
-               mininterval=1.0, initial=ppo.updates_done, total=cfg.updates, disable=not distributed.is_main())
+    bar = tqdm(
+        range(ppo.updates_done + 1, cfg.updates + 1),
+        desc=f"{ctx.method} {ctx.setting}",
+        unit="update",
+        mininterval=1.0,
+        initial=ppo.updates_done,
+        total=cfg.updates,
+        disable=not distributed.is_main(),
+    )
     for update in bar:
         stats = ppo.step(next_prompts())
         compute["tokens_generated"] += stats["compute/tokens_generated"]
@@ -516,8 +612,12 @@ def run(ctx: RunContext) -> dict:
         tracker.log(stats, step=update)
         # Per-update metrics also go to updates.jsonl in the run folder, so they survive with W&B disabled.
         tracker.append("updates.jsonl", {"update": update, **stats})
-        bar.set_postfix(score=f"{stats['rewards/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}",
-                        beta=f"{stats['objective/kl_coef']:.3g}", refresh=False)
+        bar.set_postfix(
+            score=f"{stats['rewards/scores']:.3f}",
+            kl=f"{stats['objective/kl']:.2f}",
+            beta=f"{stats['objective/kl_coef']:.3g}",
+            refresh=False,
+        )
         if update % ctx.cfg.eval.every == 0 or update == cfg.updates:
             points.append(evaluate(update))
         # None after the last update: the finished job's done.json makes it unnecessary
@@ -535,16 +635,26 @@ def run(ctx: RunContext) -> dict:
     distributed.on_main(save_policy)
     first, last = points[0], points[-1]
     summary = {
-        "method": ctx.method, "setting": ctx.setting, "updates": cfg.updates, "episodes": cfg.updates * cfg.batch_size,
-        "gold_reward_sft": first["gold_reward"], "gold_reward": last["gold_reward"],
-        "gold_gain": last["gold_reward"] - first["gold_reward"], "kl": last["kl"], "proxy_reward": last["proxy_reward"],
-        "final_kl_coef": ppo.kl_ctl.value, "train_s": train_s, "policy": str(out),
+        "method": ctx.method,
+        "setting": ctx.setting,
+        "updates": cfg.updates,
+        "episodes": cfg.updates * cfg.batch_size,
+        "gold_reward_sft": first["gold_reward"],
+        "gold_reward": last["gold_reward"],
+        "gold_gain": last["gold_reward"] - first["gold_reward"],
+        "kl": last["kl"],
+        "proxy_reward": last["proxy_reward"],
+        "final_kl_coef": ppo.kl_ctl.value,
+        "train_s": train_s,
+        "policy": str(out),
         "last_update": {k: v for k, v in stats.items()},
     }
     tracker.summary(summary)
     tracker.finish()
     if distributed.is_main():
-        print(f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
-              f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
-              f"policy saved to {out}")
+        print(
+            f"{ctx.method} {ctx.setting}: gold reward {first['gold_reward']:.3f} -> {last['gold_reward']:.3f} "
+            f"({summary['gold_gain']:+.3f}) at KL {last['kl']:.2f} nats after {cfg.updates} updates ({train_s:.0f}s); "
+            f"policy saved to {out}"
+        )
     return summary

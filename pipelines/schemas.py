@@ -27,8 +27,12 @@ def _check_checkpoint_every(obj) -> None:
     """``checkpoint_every``, the knob of every method that resumes inside a job (``harness.runs.checkpoint``): a
     checkpoint every this many updates / optimizer steps, 0 = none. It says how a job runs, not what it computes
     (NOT_IDENTITY): changing it neither reruns a finished job nor discards a killed one's checkpoint."""
-    require(obj.checkpoint_every >= 0, "pipeline.checkpoint_every", f"must be >= 0 (got {obj.checkpoint_every})",
-             "set pipeline.checkpoint_every=10, or 0 for no checkpoints")
+    require(
+        obj.checkpoint_every >= 0,
+        "pipeline.checkpoint_every",
+        f"must be >= 0 (got {obj.checkpoint_every})",
+        "set pipeline.checkpoint_every=10, or 0 for no checkpoints",
+    )
 
 
 @dataclass
@@ -97,7 +101,9 @@ class PPOPipeline(PipelineBase):
     lam: float = 0.95
     kl_coef: float = 0.05  # β_KL; the initial value when target_kl is set
     kl_estimator: str = "k1"  # of the KL in the reward; k1 only (see KL_ESTIMATORS: k3 is biased there)
-    target_kl: float | None = None  # sequence-KL target of the adaptive controller (Ziegler et al. 2019); null = fixed β
+    target_kl: float | None = (
+        None  # sequence-KL target of the adaptive controller (Ziegler et al. 2019); null = fixed β
+    )
     horizon: int = 256  # episodes; β moves ≤ 20% per horizon. Ziegler et al. used 10000 on far longer runs
     # Subtracted from the (normalised) score of responses with no EOS. 0 by default, so PPO optimises the same
     # objective the other methods are compared on: the gold reward never penalises a truncated response and DPO never
@@ -121,7 +127,6 @@ class PPOPipeline(PipelineBase):
     ref_ema: float = 0.1  # weight of π_θ in each EMA step (ref_update=ema); half-life ≈ 0.69 / ref_ema updates
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
-
     def setting(self, knobs: tuple[str, ...]) -> str:
         base = f"target_kl={self.target_kl}" if self.target_kl is not None else super().setting(knobs)
         return ",".join([base, *self.ingredients()])
@@ -138,25 +143,68 @@ class PPOPipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         p = "pipeline"
-        require(self.name in ("ppo", "ppo_gt"), "pipeline.name", f"'{self.name}' is not a PPO pipeline", "use ppo or ppo_gt")
-        positive(self, p, "updates", "batch_size", "num_minibatches", "ppo_epochs", "learning_rate",
-                  "critic_learning_rate", "cliprange", "cliprange_value", "max_grad_norm", "max_new_tokens", "temperature", "horizon")
-        require(self.kl_coef >= 0, "pipeline.kl_coef", f"must be >= 0 (got {self.kl_coef})", "set pipeline.kl_coef=0.05")
+        require(
+            self.name in ("ppo", "ppo_gt"), "pipeline.name", f"'{self.name}' is not a PPO pipeline", "use ppo or ppo_gt"
+        )
+        positive(
+            self,
+            p,
+            "updates",
+            "batch_size",
+            "num_minibatches",
+            "ppo_epochs",
+            "learning_rate",
+            "critic_learning_rate",
+            "cliprange",
+            "cliprange_value",
+            "max_grad_norm",
+            "max_new_tokens",
+            "temperature",
+            "horizon",
+        )
+        require(
+            self.kl_coef >= 0, "pipeline.kl_coef", f"must be >= 0 (got {self.kl_coef})", "set pipeline.kl_coef=0.05"
+        )
         in_unit(self, p, "gamma", "lam")
-        require(self.batch_size % self.num_minibatches == 0, "pipeline.num_minibatches",
-                 f"{self.num_minibatches} minibatches do not divide pipeline.batch_size={self.batch_size}", "pick a divisor of the batch size")
-        require(self.kl_estimator != "k3", "pipeline.kl_estimator",
-                 "k3 in the reward is biased (its score-function gradient is not ∇KL; only k1's is)",
-                 "use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
-        require(self.kl_estimator in KL_ESTIMATORS, "pipeline.kl_estimator", f"unknown '{self.kl_estimator}'", "use pipeline.kl_estimator=k1")
+        require(
+            self.batch_size % self.num_minibatches == 0,
+            "pipeline.num_minibatches",
+            f"{self.num_minibatches} minibatches do not divide pipeline.batch_size={self.batch_size}",
+            "pick a divisor of the batch size",
+        )
+        require(
+            self.kl_estimator != "k3",
+            "pipeline.kl_estimator",
+            "k3 in the reward is biased (its score-function gradient is not ∇KL; only k1's is)",
+            "use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)",
+        )
+        require(
+            self.kl_estimator in KL_ESTIMATORS,
+            "pipeline.kl_estimator",
+            f"unknown '{self.kl_estimator}'",
+            "use pipeline.kl_estimator=k1",
+        )
         if self.target_kl is not None:
             positive(self, p, "target_kl")
-        require(self.vf_coef >= 0 and self.ent_coef >= 0, "pipeline.vf_coef", "vf_coef and ent_coef must be >= 0", "set them >= 0")
-        require(self.ref_update in REF_UPDATES, "pipeline.ref_update", f"unknown '{self.ref_update}'",
-                 f"choose one of {', '.join(REF_UPDATES)}")
+        require(
+            self.vf_coef >= 0 and self.ent_coef >= 0,
+            "pipeline.vf_coef",
+            "vf_coef and ent_coef must be >= 0",
+            "set them >= 0",
+        )
+        require(
+            self.ref_update in REF_UPDATES,
+            "pipeline.ref_update",
+            f"unknown '{self.ref_update}'",
+            f"choose one of {', '.join(REF_UPDATES)}",
+        )
         positive(self, p, "ref_refresh_every")
-        require(0 < self.ref_ema <= 1, "pipeline.ref_ema", f"must lie in (0, 1] (got {self.ref_ema})",
-                 "set pipeline.ref_ema=0.1 (the weight of π_θ in each EMA step)")
+        require(
+            0 < self.ref_ema <= 1,
+            "pipeline.ref_ema",
+            f"must lie in (0, 1] (got {self.ref_ema})",
+            "set pipeline.ref_ema=0.1 (the weight of π_θ in each EMA step)",
+        )
         _check_checkpoint_every(self)
 
 
@@ -168,7 +216,9 @@ class OnlineRLPipeline(PipelineBase):
     """
 
     name: str = "rloo"
-    beta: float = 0.05  # KL coefficient β, the frontier's knob (RLOO: k1 sequence KL in the reward; GRPO: k3 in the loss)
+    beta: float = (
+        0.05  # KL coefficient β, the frontier's knob (RLOO: k1 sequence KL in the reward; GRPO: k3 in the loss)
+    )
     num_generations: int = 4  # k, completions per prompt: the group the baseline is taken over
     # 20 optimizer steps x 64 completions (16 prompts x 4) = 1280 episodes, PPO's 20 updates x 64 episodes.
     batch_size: int = 64  # completions (episodes) per optimizer step; batch_size / num_generations prompts
@@ -187,20 +237,44 @@ class OnlineRLPipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         p = "pipeline"
-        require(self.name in self.methods, "pipeline.name", f"'{self.name}' is not one of {', '.join(self.methods)}",
-                 f"use one of {', '.join(self.methods)}")
-        positive(self, p, "batch_size", "max_steps", "num_iterations", "learning_rate", "epsilon", "max_grad_norm",
-                  "max_new_tokens", "temperature")
+        require(
+            self.name in self.methods,
+            "pipeline.name",
+            f"'{self.name}' is not one of {', '.join(self.methods)}",
+            f"use one of {', '.join(self.methods)}",
+        )
+        positive(
+            self,
+            p,
+            "batch_size",
+            "max_steps",
+            "num_iterations",
+            "learning_rate",
+            "epsilon",
+            "max_grad_norm",
+            "max_new_tokens",
+            "temperature",
+        )
         require(self.beta >= 0, "pipeline.beta", f"must be >= 0 (got {self.beta})", "set pipeline.beta=0.05")
-        require(self.num_generations >= 2, "pipeline.num_generations",
-                 f"the group baseline needs >= 2 completions per prompt (got {self.num_generations})", "set pipeline.num_generations=4")
-        require(self.batch_size % self.num_generations == 0, "pipeline.batch_size",
-                 f"{self.batch_size} completions do not make whole groups of {self.num_generations}",
-                 "set pipeline.batch_size to a multiple of pipeline.num_generations")
+        require(
+            self.num_generations >= 2,
+            "pipeline.num_generations",
+            f"the group baseline needs >= 2 completions per prompt (got {self.num_generations})",
+            "set pipeline.num_generations=4",
+        )
+        require(
+            self.batch_size % self.num_generations == 0,
+            "pipeline.batch_size",
+            f"{self.batch_size} completions do not make whole groups of {self.num_generations}",
+            "set pipeline.batch_size to a multiple of pipeline.num_generations",
+        )
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        require(self.max_steps % self.num_iterations == 0, "pipeline.max_steps",
-                 f"{self.max_steps} steps are not whole generations of num_iterations={self.num_iterations} steps",
-                 "set pipeline.max_steps to a multiple of pipeline.num_iterations")
+        require(
+            self.max_steps % self.num_iterations == 0,
+            "pipeline.max_steps",
+            f"{self.max_steps} steps are not whole generations of num_iterations={self.num_iterations} steps",
+            "set pipeline.max_steps to a multiple of pipeline.num_iterations",
+        )
         _check_checkpoint_every(self)
 
     @property
@@ -237,10 +311,18 @@ class GRPOPipeline(OnlineRLPipeline):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.loss_type in GRPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'",
-                 f"choose one of {', '.join(GRPO_LOSS_TYPES)}")
-        require(self.scale_rewards in GRPO_SCALE_REWARDS, "pipeline.scale_rewards", f"unknown '{self.scale_rewards}'",
-                 f"choose one of {', '.join(GRPO_SCALE_REWARDS)}")
+        require(
+            self.loss_type in GRPO_LOSS_TYPES,
+            "pipeline.loss_type",
+            f"unknown '{self.loss_type}'",
+            f"choose one of {', '.join(GRPO_LOSS_TYPES)}",
+        )
+        require(
+            self.scale_rewards in GRPO_SCALE_REWARDS,
+            "pipeline.scale_rewards",
+            f"unknown '{self.scale_rewards}'",
+            f"choose one of {', '.join(GRPO_SCALE_REWARDS)}",
+        )
 
 
 # The DPO-family losses (``losses.dpo_family_loss`` and TRL's DPOTrainer): DPO's sigmoid, IPO, robust DPO.
@@ -263,7 +345,9 @@ class DPOPipeline(PipelineBase):
     """
 
     name: str = "dpo"
-    beta: float | None = None  # β, strength of the KL constraint (τ for IPO); null = the method's own (dpo, cdpo 0.1; ipo 0.5)
+    beta: float | None = (
+        None  # β, strength of the KL constraint (τ for IPO); null = the method's own (dpo, cdpo 0.1; ipo 0.5)
+    )
     loss_type: str | None = None  # sigmoid | ipo | robust; null = the method's own (see above)
     label_smoothing: float | None = None  # ε, the assumed label-flip rate (cdpo, robust); null = the method's own
     learning_rate: float = 3e-4  # tuned on the embedded tiny model; the DPO paper used ~1e-6 for gpt2-large
@@ -276,9 +360,13 @@ class DPOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-
     def __post_init__(self) -> None:
-        require(self.name in DPO_METHOD_LOSS, "pipeline.name", f"'{self.name}' is not a DPO pipeline", "use dpo, ipo or cdpo")
+        require(
+            self.name in DPO_METHOD_LOSS,
+            "pipeline.name",
+            f"'{self.name}' is not a DPO pipeline",
+            "use dpo, ipo or cdpo",
+        )
         if self.beta is None:
             self.beta = DPO_METHOD_BETA[self.name]
         if self.loss_type is None:
@@ -287,21 +375,60 @@ class DPOPipeline(PipelineBase):
             self.label_smoothing = CDPO_LABEL_SMOOTHING if self.name == "cdpo" else 0.0
         positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        require(self.loss_type in DPO_LOSS_TYPES, "pipeline.loss_type", f"unknown '{self.loss_type}'", f"choose one of {', '.join(DPO_LOSS_TYPES)}")
-        require(0 <= self.label_smoothing < 0.5, "pipeline.label_smoothing", f"must lie in [0, 0.5) (got {self.label_smoothing})", "set 0.1 for cDPO")
-        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        require(
+            self.loss_type in DPO_LOSS_TYPES,
+            "pipeline.loss_type",
+            f"unknown '{self.loss_type}'",
+            f"choose one of {', '.join(DPO_LOSS_TYPES)}",
+        )
+        require(
+            0 <= self.label_smoothing < 0.5,
+            "pipeline.label_smoothing",
+            f"must lie in [0, 0.5) (got {self.label_smoothing})",
+            "set 0.1 for cDPO",
+        )
+        require(
+            0 <= self.warmup_ratio < 1,
+            "pipeline.warmup_ratio",
+            f"must lie in [0, 1) (got {self.warmup_ratio})",
+            "set 0.1",
+        )
         _check_checkpoint_every(self)
         # The method name labels the frontier points, so the loss must be the one the name says.
         if self.name == "ipo":
-            require(self.loss_type == "ipo", "pipeline.loss_type", f"pipeline ipo trains the IPO loss, not '{self.loss_type}'", "drop pipeline.loss_type or use pipeline=dpo")
-            require(self.label_smoothing == 0, "pipeline.label_smoothing", "IPO takes no label smoothing", "drop pipeline.label_smoothing")
+            require(
+                self.loss_type == "ipo",
+                "pipeline.loss_type",
+                f"pipeline ipo trains the IPO loss, not '{self.loss_type}'",
+                "drop pipeline.loss_type or use pipeline=dpo",
+            )
+            require(
+                self.label_smoothing == 0,
+                "pipeline.label_smoothing",
+                "IPO takes no label smoothing",
+                "drop pipeline.label_smoothing",
+            )
         elif self.name == "cdpo":
-            require(self.loss_type == "sigmoid", "pipeline.loss_type", f"pipeline cdpo is the sigmoid loss with label smoothing, not '{self.loss_type}'", "drop pipeline.loss_type")
-            require(self.label_smoothing > 0, "pipeline.label_smoothing", "cDPO needs ε > 0", "set pipeline.label_smoothing=0.1, or use pipeline=dpo for ε = 0")
+            require(
+                self.loss_type == "sigmoid",
+                "pipeline.loss_type",
+                f"pipeline cdpo is the sigmoid loss with label smoothing, not '{self.loss_type}'",
+                "drop pipeline.loss_type",
+            )
+            require(
+                self.label_smoothing > 0,
+                "pipeline.label_smoothing",
+                "cDPO needs ε > 0",
+                "set pipeline.label_smoothing=0.1, or use pipeline=dpo for ε = 0",
+            )
         else:
             require(self.loss_type != "ipo", "pipeline.loss_type", "IPO runs under its own name", "use pipeline=ipo")
-            require(self.loss_type == "robust" or self.label_smoothing == 0, "pipeline.label_smoothing",
-                     f"dpo with ε={self.label_smoothing} is conservative DPO", "use pipeline=cdpo, or pipeline.loss_type=robust")
+            require(
+                self.loss_type == "robust" or self.label_smoothing == 0,
+                "pipeline.label_smoothing",
+                f"dpo with ε={self.label_smoothing} is conservative DPO",
+                "use pipeline=cdpo, or pipeline.loss_type=robust",
+            )
 
 
 @dataclass
@@ -311,7 +438,9 @@ class PreferredFTPipeline(PipelineBase):
     name: str = "preferred_ft"
     learning_rate: float = 3e-4
     batch_size: int = 128  # (prompt, chosen) examples per optimizer step
-    micro_batch_size: int = MICRO_BATCH_SIZE  # examples per length-sorted micro-batch (harness/lm/batching.py); 0 = none
+    micro_batch_size: int = (
+        MICRO_BATCH_SIZE  # examples per length-sorted micro-batch (harness/lm/batching.py); 0 = none
+    )
     epochs: float = 1.0  # used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; the same budget as DPO
     max_length: int = 64  # tokens of prompt + completion (+ EOS)
@@ -338,7 +467,6 @@ class UnlikelihoodPipeline(PipelineBase):
     max_grad_norm: float = 1.0
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-
     def __post_init__(self) -> None:
         positive(self, "pipeline", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm")
         micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
@@ -355,8 +483,18 @@ class BestOfNPipeline(PipelineBase):
     scorer: str = "reward_model"  # reward_model | gold (an oracle upper bound)
 
     def __post_init__(self) -> None:
-        require(bool(self.ns) and all(int(n) >= 1 for n in self.ns), "pipeline.ns", f"needs N >= 1 (got {self.ns})", "e.g. pipeline.ns=[1,4,16]")
-        require(self.scorer in ("reward_model", "gold"), "pipeline.scorer", f"unknown '{self.scorer}'", "use reward_model or gold")
+        require(
+            bool(self.ns) and all(int(n) >= 1 for n in self.ns),
+            "pipeline.ns",
+            f"needs N >= 1 (got {self.ns})",
+            "e.g. pipeline.ns=[1,4,16]",
+        )
+        require(
+            self.scorer in ("reward_model", "gold"),
+            "pipeline.scorer",
+            f"unknown '{self.scorer}'",
+            "use reward_model or gold",
+        )
 
 
 # KTO's budget in preference pairs equals DPO's: each pair gives two examples (its chosen completion as desirable, its
@@ -367,7 +505,9 @@ class KTOPipeline(PipelineBase):
 
     name: str = "kto"
     beta: float = 0.1  # β, strength of the KL constraint in the value function σ(β(r_θ − z_ref)) (the frontier's knob)
-    desirable_weight: float = 1.0  # λ_D, weight of the desirable examples' losses (paper eq. 8: λ_D n_D / λ_U n_U in [1, 4/3])
+    desirable_weight: float = (
+        1.0  # λ_D, weight of the desirable examples' losses (paper eq. 8: λ_D n_D / λ_U n_U in [1, 4/3])
+    )
     undesirable_weight: float = 1.0  # λ_U; the derived set is balanced (one of each per pair), so 1 and 1
     learning_rate: float = 3e-4  # as DPO's on the embedded tiny model
     batch_size: int = 256  # examples per optimizer step = 128 pairs, DPO's batch
@@ -380,17 +520,27 @@ class KTOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate (as DPO)
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
-
     def __post_init__(self) -> None:
         positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
-        require(self.desirable_weight > 0 and self.undesirable_weight > 0, "pipeline.desirable_weight",
-                 f"both weights must be > 0 (got {self.desirable_weight}, {self.undesirable_weight})",
-                 "set pipeline.desirable_weight and pipeline.undesirable_weight > 0 (1 and 1 for the paired data)")
+        require(
+            self.desirable_weight > 0 and self.undesirable_weight > 0,
+            "pipeline.desirable_weight",
+            f"both weights must be > 0 (got {self.desirable_weight}, {self.undesirable_weight})",
+            "set pipeline.desirable_weight and pipeline.undesirable_weight > 0 (1 and 1 for the paired data)",
+        )
         k = micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
-        require(self.batch_size // k > 1, "pipeline.micro_batch_size",
-                 "KTO estimates its KL reference point from the other examples of a micro-batch, so it needs >= 2",
-                 "set pipeline.micro_batch_size >= 2 (or 0 for no split)")
-        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        require(
+            self.batch_size // k > 1,
+            "pipeline.micro_batch_size",
+            "KTO estimates its KL reference point from the other examples of a micro-batch, so it needs >= 2",
+            "set pipeline.micro_batch_size >= 2 (or 0 for no split)",
+        )
+        require(
+            0 <= self.warmup_ratio < 1,
+            "pipeline.warmup_ratio",
+            f"must lie in [0, 1) (got {self.warmup_ratio})",
+            "set 0.1",
+        )
         _check_checkpoint_every(self)
 
 
@@ -411,12 +561,27 @@ class OnlineDPOPipeline(PipelineBase):
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the updates, then a constant rate (as DPO)
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # updates; a killed job resumes from the last
 
-
     def __post_init__(self) -> None:
-        positive(self, "pipeline", "beta", "updates", "batch_size", "learning_rate", "max_new_tokens", "temperature",
-                  "max_grad_norm")
-        require(0 <= self.warmup_ratio < 1, "pipeline.warmup_ratio", f"must lie in [0, 1) (got {self.warmup_ratio})", "set 0.1")
+        positive(
+            self,
+            "pipeline",
+            "beta",
+            "updates",
+            "batch_size",
+            "learning_rate",
+            "max_new_tokens",
+            "temperature",
+            "max_grad_norm",
+        )
+        require(
+            0 <= self.warmup_ratio < 1,
+            "pipeline.warmup_ratio",
+            f"must lie in [0, 1) (got {self.warmup_ratio})",
+            "set 0.1",
+        )
         _check_checkpoint_every(self)
+
+
 @dataclass
 class EvaluatePipeline(PipelineBase):
     """A causal LM trained elsewhere (verl, OpenRLHF, another harness run), put on the frontier as a point of its own:
@@ -444,11 +609,24 @@ class EvaluatePipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         # "???" is the schema's own placeholder (Hydra's "required"); a composed config has a value or None by now
-        require(bool(self.policy), "policy", "pipeline=evaluate needs the checkpoint to evaluate",
-                 "set policy=/path/to/a/save_pretrained/folder or policy=<org/name> on the hub")
-        require(self.label is None or bool(str(self.label).strip()), "pipeline.label", "is empty",
-                 "drop it (the folder name labels the point) or set pipeline.label=<name>")
-        require(self.step >= 0, "pipeline.step", f"must be >= 0 (got {self.step})", "set the checkpoint's training step, or 0")
+        require(
+            bool(self.policy),
+            "policy",
+            "pipeline=evaluate needs the checkpoint to evaluate",
+            "set policy=/path/to/a/save_pretrained/folder or policy=<org/name> on the hub",
+        )
+        require(
+            self.label is None or bool(str(self.label).strip()),
+            "pipeline.label",
+            "is empty",
+            "drop it (the folder name labels the point) or set pipeline.label=<name>",
+        )
+        require(
+            self.step >= 0,
+            "pipeline.step",
+            f"must be >= 0 (got {self.step})",
+            "set the checkpoint's training step, or 0",
+        )
         self.checkpoint_stamp = folder_stamp(self.policy)
 
 
@@ -458,6 +636,8 @@ def folder_stamp(path: str) -> str | None:
     folder = Path(str(path))
     if not folder.is_dir():
         return None
-    files = sorted(f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    files = sorted(
+        f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    )
     blob = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -68,8 +68,9 @@ class GoldScore:
         return torch.from_numpy(scores).to(s.response.device)
 
 
-def normalised(raw: torch.Tensor, norm: tuple[float, float] | None,
-               batch: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[float, float]]:
+def normalised(
+    raw: torch.Tensor, norm: tuple[float, float] | None, batch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, tuple[float, float]]:
     """(raw − mean) / std, and the (mean, std) it used: ``norm``, or, when ``norm`` is None, the mean and std of
     ``batch`` (default ``raw``; PPO passes every process's share of the batch), the std floored at
     :data:`MIN_SCORE_STD`. The caller keeps the returned pair for every later batch."""

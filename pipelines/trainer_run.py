@@ -74,36 +74,50 @@ def check_pairs(data, tok, max_length: int, columns: tuple[str, ...] = PAIR_COLU
     have = list(data.column_names)
     missing = [c for c in columns if c not in have]
     if missing:
-        raise ConfigError(f"{where}: missing column(s) {', '.join(missing)} (has: {', '.join(have) or 'none'}); "
-                          f"the pairs need columns {', '.join(columns)}, rebuild them with pipeline=preferences")
+        raise ConfigError(
+            f"{where}: missing column(s) {', '.join(missing)} (has: {', '.join(have) or 'none'}); "
+            f"the pairs need columns {', '.join(columns)}, rebuild them with pipeline=preferences"
+        )
     n = len(data)
     if n == 0:
-        raise ConfigError(f"{where}: no pairs; rebuild the preference set (pipeline=preferences) or lower preferences.min_margin")
+        raise ConfigError(
+            f"{where}: no pairs; rebuild the preference set (pipeline=preferences) or lower preferences.min_margin"
+        )
     cols = {c: list(data[c]) for c in columns}
     for c in columns:
         bad = [i for i, t in enumerate(cols[c]) if not isinstance(t, str)]
         if bad:
-            raise ConfigError(f"{where}: {len(bad)} of {n} pairs have no {c} text (first at row {bad[0]}: {cols[c][bad[0]]!r}); "
-                              "drop those rows or rebuild the preference set")
+            raise ConfigError(
+                f"{where}: {len(bad)} of {n} pairs have no {c} text (first at row {bad[0]}: {cols[c][bad[0]]!r}); "
+                "drop those rows or rebuild the preference set"
+            )
     if "prompt" in cols:
         empty = [i for i, t in enumerate(cols["prompt"]) if not t.strip()]
         if empty:
-            raise ConfigError(f"{where}: {len(empty)} of {n} pairs have an empty prompt text (first at row {empty[0]}); "
-                              "drop those rows or rebuild the preference set")
+            raise ConfigError(
+                f"{where}: {len(empty)} of {n} pairs have an empty prompt text (first at row {empty[0]}); "
+                "drop those rows or rebuild the preference set"
+            )
     for c in ("chosen", "rejected"):
         if c in cols and not any(t.strip() for t in cols[c]):
-            raise ConfigError(f"{where}: every one of the {n} {c} texts is empty; check how the pairs were built "
-                              "(the completion columns hold the responses without the prompt)")
+            raise ConfigError(
+                f"{where}: every one of the {n} {c} texts is empty; check how the pairs were built "
+                "(the completion columns hold the responses without the prompt)"
+            )
     if "chosen" in cols and "rejected" in cols and all(c == r for c, r in zip(cols["chosen"], cols["rejected"])):
-        raise ConfigError(f"{where}: every one of the {len(data)} pairs has chosen == rejected, so there is nothing to learn; "
-                          "check how the pairs were labelled (preferences.labels, preferences.min_margin)")
+        raise ConfigError(
+            f"{where}: every one of the {len(data)} pairs has chosen == rejected, so there is nothing to learn; "
+            "check how the pairs were labelled (preferences.labels, preferences.min_margin)"
+        )
     if "prompt" in cols:
         lengths = [len(ids) for ids in tok(cols["prompt"], add_special_tokens=False)["input_ids"]]
         too_long = [n for n in lengths if n >= max_length]
         if too_long:
-            raise ConfigError(f"pipeline.max_length: {len(too_long)} of {len(data)} prompts have >= {max_length} tokens "
-                              f"(longest {max(too_long)}), leaving no room for a completion; set pipeline.max_length "
-                              f"above {max(too_long)} or use shorter prompts")
+            raise ConfigError(
+                f"pipeline.max_length: {len(too_long)} of {len(data)} prompts have >= {max_length} tokens "
+                f"(longest {max(too_long)}), leaving no room for a completion; set pipeline.max_length "
+                f"above {max(too_long)} or use shorter prompts"
+            )
     return Dataset.from_dict(cols)
 
 
@@ -111,7 +125,9 @@ def check_max_length(max_length: int, policy) -> None:
     """The model cannot attend past its position embeddings."""
     n_pos = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
     if n_pos is not None and max_length > n_pos:
-        raise ConfigError(f"pipeline.max_length: {max_length} exceeds the model's {n_pos} positions; set pipeline.max_length<={n_pos}")
+        raise ConfigError(
+            f"pipeline.max_length: {max_length} exceeds the model's {n_pos} positions; set pipeline.max_length<={n_pos}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,15 +147,30 @@ class FrontierEvaluation:
     def __call__(self, policy, step: int, tokens_trained: int = 0, tokens_generated: int = 0) -> dict:
         """``tokens_trained``: tokens through the policy's forward+backward so far; ``tokens_generated``: tokens
         sampled in training so far (the offline methods sample none)."""
-        point = self.evaluator(policy, method=self.method, setting=self.setting, seed=self.seed, step=step,
-                               run_id=self.tracker.run_id, tokens_trained=tokens_trained,
-                               tokens_generated=tokens_generated)
+        point = self.evaluator(
+            policy,
+            method=self.method,
+            setting=self.setting,
+            seed=self.seed,
+            step=step,
+            run_id=self.tracker.run_id,
+            tokens_trained=tokens_trained,
+            tokens_generated=tokens_generated,
+        )
         check_point(point, step, unit="step")
         row = self.tracker.log_eval(point)
         self.rows.append(row)
         self.last_step = step
-        logging.getLogger("harness.frontier").info("%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f", self.method, self.setting, step, row["gold_reward"], row["gold_reward_sem"],
-                 row["kl"], row["kl_sem"])
+        logging.getLogger("harness.frontier").info(
+            "%s %s step %d: gold %.3f ± %.3f, KL %.3f ± %.3f",
+            self.method,
+            self.setting,
+            step,
+            row["gold_reward"],
+            row["gold_reward_sem"],
+            row["kl"],
+            row["kl_sem"],
+        )
         return row
 
     def resume(self, saved: dict) -> None:
@@ -202,8 +233,15 @@ class CheckpointCallback(TrainerCallback):
         if not distributed.is_main():  # every process gets the call; the main process's tracker counts the rows
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        checkpoint.mark(path, self.key, {"step": state.global_step, "progress": self.tracker.progress(),
-                                         "clock": checkpoint.clock_state(self.evaluation.evaluator)})
+        checkpoint.mark(
+            path,
+            self.key,
+            {
+                "step": state.global_step,
+                "progress": self.tracker.progress(),
+                "clock": checkpoint.clock_state(self.evaluation.evaluator),
+            },
+        )
         checkpoint.keep_only(path)
 
 
@@ -219,14 +257,15 @@ class GuardedTraining:
 def parameter_change(policy, reference) -> float:
     """‖θ − θ_ref‖₂ over all parameters: 0 means training did not move the policy."""
     with torch.no_grad():
-        sq = sum(float(((p.float() - r.float()) ** 2).sum()) for p, r in zip(policy.parameters(), reference.parameters()))
+        sq = sum(
+            float(((p.float() - r.float()) ** 2).sum()) for p, r in zip(policy.parameters(), reference.parameters())
+        )
     return math.sqrt(sq)
 
 
 def load_frozen_reference(path, tok, device, trust_remote_code: bool = False):
     """π_ref: its own copy of π_SFT, in eval mode, with no gradients."""
     return freeze(load_pretrained_lm(path, tok, trust_remote_code).to(device))
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,8 +288,15 @@ def save_args(every: int) -> dict:
     return {"save_strategy": "steps", "save_steps": every, "save_total_limit": None, "save_only_model": False}
 
 
-def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int = 10, checkpoint_every: int = 0,
-                precision: str = "fp32") -> dict:
+def shared_args(
+    output_dir: str,
+    *,
+    seed: int,
+    use_cpu: bool,
+    logging_steps: int = 10,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
+) -> dict:
     """The trainer arguments every TRL-trainer method shares (DPO family, KTO, online DPO): fp32 (or, with
     ``precision=bf16``, TRL's bf16 autocast over fp32 weights: ``harness.precision``), no activation
     checkpointing, no TRL reporting (our tracker does that), checkpoints every ``checkpoint_every`` steps (0: none),
@@ -258,9 +304,17 @@ def shared_args(output_dir: str, *, seed: int, use_cpu: bool, logging_steps: int
 
     TRL's configs default to bf16 and to activation checkpointing (recomputing activations in the backward pass),
     which is wrong on CPU and wasted time on small models, so both are off."""
-    return dict(output_dir=output_dir, **trainer_flags(precision), activation_checkpointing=False, report_to="none",
-                **save_args(checkpoint_every), logging_steps=logging_steps, seed=seed, use_cpu=use_cpu,
-                dataloader_num_workers=0)
+    return dict(
+        output_dir=output_dir,
+        **trainer_flags(precision),
+        activation_checkpointing=False,
+        report_to="none",
+        **save_args(checkpoint_every),
+        logging_steps=logging_steps,
+        seed=seed,
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,7 +345,9 @@ def start_tracking(ctx: RunContext, reference, tok, saved: dict | None = None, p
     the learned reward on texts, for the rows' proxy_reward). ``saved``: the checkpoint record of a run being
     resumed, as in :func:`prepare`."""
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision)
+    evaluator = Evaluator(
+        reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision
+    )
     evaluation = FrontierEvaluation(evaluator, tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     if saved:
         evaluation.resume(saved)
@@ -302,23 +358,37 @@ def trainer_callbacks(ctx: RunContext, tracker: Tracker, evaluation: FrontierEva
     """The callbacks every trainer-based method runs with: logs, evaluations, checkpoint marks. Returns the log
     callback (the run's facts read its losses) and the list. ``compute``: see :class:`EvaluationCallback`."""
     logs = TrackerCallback(tracker)
-    return logs, [logs, EvaluationCallback(evaluation, ctx.cfg.eval.every, compute),
-                  CheckpointCallback(ctx.key, tracker, evaluation)]
+    return logs, [
+        logs,
+        EvaluationCallback(evaluation, ctx.cfg.eval.every, compute),
+        CheckpointCallback(ctx.key, tracker, evaluation),
+    ]
 
 
-def finish(ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict,
-           tail: str = "") -> dict:
+def finish(
+    ctx: RunContext, policy, reference, tok, tracker, evaluation: FrontierEvaluation, facts: dict, tail: str = ""
+) -> dict:
     """Save the trained policy, write the run's facts (``facts`` + how far the policy moved and its first and last
     points) to the tracker's summary, close the tracker, print one line (ending in ``tail``). Shared by every method
     trained through a TRL trainer: the DPO family, Preferred-FT, Unlikelihood, KTO, online DPO, RLOO and GRPO."""
     policy.save_pretrained(ctx.folder / "policy")
     tok.save_pretrained(ctx.folder / "policy")
     first, final = evaluation.rows[0], evaluation.rows[-1]
-    facts = {"method": ctx.method, "setting": ctx.setting, **facts, "parameter_change": parameter_change(policy, reference),
-             "gold_sft": first["gold_reward"], "gold_final": final["gold_reward"], "kl_final": final["kl"],
-             "points": len(evaluation.rows), "policy": str(ctx.folder / "policy")}
+    facts = {
+        "method": ctx.method,
+        "setting": ctx.setting,
+        **facts,
+        "parameter_change": parameter_change(policy, reference),
+        "gold_sft": first["gold_reward"],
+        "gold_final": final["gold_reward"],
+        "kl_final": final["kl"],
+        "points": len(evaluation.rows),
+        "policy": str(ctx.folder / "policy"),
+    }
     tracker.summary(facts)
     tracker.finish()
-    print(f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
-          f"KL {final['kl']:.3f} after {facts['steps']} steps{tail}")
+    print(
+        f"{ctx.method} {ctx.setting}: gold {first['gold_reward']:.3f} -> {final['gold_reward']:.3f}, "
+        f"KL {final['kl']:.3f} after {facts['steps']} steps{tail}"
+    )
     return facts

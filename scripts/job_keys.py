@@ -28,19 +28,22 @@ def experiment_jobs(conf_dir: str) -> dict[str, list[list[str]]]:
         data = yaml.safe_load(path.read_text()) or {}
         study = data.get("study") or [[]]
         seeds = data.get("seeds") or [None]
-        out[path.stem] = [[str(o) for o in entry] + ([f"seed={s}"] if s is not None else []) for entry in study
-                          for s in seeds]
+        out[path.stem] = [
+            [str(o) for o in entry] + ([f"seed={s}"] if s is not None else []) for entry in study for s in seeds
+        ]
     # every method with its defaults, no experiment (what `python -m harness pipeline=<name>` runs)
-    out["_plain"] = [[f"pipeline={p.stem}"] + (["policy=org/some-model"] if p.stem == "evaluate" else [])
-                     for p in sorted(Path(conf_dir, "pipeline").glob("*.yaml"))]
+    out["_plain"] = [
+        [f"pipeline={p.stem}"] + (["policy=org/some-model"] if p.stem == "evaluate" else [])
+        for p in sorted(Path(conf_dir, "pipeline").glob("*.yaml"))
+    ]
     return out
 
 
 def all_keys() -> dict:
     from hydra import compose, initialize_config_dir
 
-    from harness.app.jobs import job_identities
     from harness.app.cli import CONF_DIR
+    from harness.app.jobs import job_identities
 
     os.environ.pop("HARNESS_CACHE_DIR", None)  # the default cache_dir is part of the job's identity
     out = {}
@@ -48,7 +51,9 @@ def all_keys() -> dict:
         for name, jobs in experiment_jobs(CONF_DIR).items():
             rows = []
             for overrides in jobs:
-                cfg = compose(config_name="config", overrides=([] if name == "_plain" else [f"experiment={name}"]) + overrides)
+                cfg = compose(
+                    config_name="config", overrides=([] if name == "_plain" else [f"experiment={name}"]) + overrides
+                )
                 rows.append({"overrides": overrides, **job_identities(cfg)})
             out[name] = rows
     return out

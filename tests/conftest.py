@@ -73,8 +73,18 @@ def tiny_cache(tmp_path_factory) -> Path:
     from harness.app.jobs import run_job
 
     cache = tmp_path_factory.getbasetemp() / "tiny_stage_cache"
-    run_job(compose(["pipeline=reward_model", "experiment=tiny_debug", f"cache_dir={cache}",
-                     "logger.wandb_mode=disabled", "threads=1"]), tmp_path_factory.mktemp("tiny_stage_cache_job"))
+    run_job(
+        compose(
+            [
+                "pipeline=reward_model",
+                "experiment=tiny_debug",
+                f"cache_dir={cache}",
+                "logger.wandb_mode=disabled",
+                "threads=1",
+            ]
+        ),
+        tmp_path_factory.mktemp("tiny_stage_cache_job"),
+    )
     return cache
 
 
@@ -96,8 +106,15 @@ def run_pipeline(tmp_path):
     from harness.app.jobs import run_job
 
     def _run(pipeline: str, *overrides: str, cache: Path | None = None, folder: str = "job"):
-        cfg = compose([f"pipeline={pipeline}", "experiment=tiny_debug", f"cache_dir={cache or tmp_path / 'cache'}",
-                       "logger.wandb_mode=disabled", *overrides])
+        cfg = compose(
+            [
+                f"pipeline={pipeline}",
+                "experiment=tiny_debug",
+                f"cache_dir={cache or tmp_path / 'cache'}",
+                "logger.wandb_mode=disabled",
+                *overrides,
+            ]
+        )
         out = tmp_path / folder
         return run_job(cfg, out), out
 

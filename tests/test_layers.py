@@ -69,9 +69,12 @@ def test_no_import_cycle_anywhere():
 
     g = grimp.build_graph("harness", "pipelines", "hydra_plugins")
     # modules only (a package's __init__ importing its own children is no cycle of the code's shape)
-    ours = {m for m in g.modules if m.split(".")[0] in ("harness", "pipelines") or m.startswith("hydra_plugins.harness_")}
-    graph = {m: {i for i in g.find_modules_directly_imported_by(m) if i in ours and not m.startswith(i + ".")}
-             for m in ours}
+    ours = {
+        m for m in g.modules if m.split(".")[0] in ("harness", "pipelines") or m.startswith("hydra_plugins.harness_")
+    }
+    graph = {
+        m: {i for i in g.find_modules_directly_imported_by(m) if i in ours and not m.startswith(i + ".")} for m in ours
+    }
     assert _cycles(graph) == []
 
 
@@ -91,7 +94,7 @@ def test_no_method_is_named_outside_the_registry_its_module_and_its_yaml():
     """The library (harness/) and the study sweeper ask the registry; a method's name as a string literal there would
     be a second place for one of its facts."""
     names = _method_names()
-    pattern = re.compile(r"""["'](%s)["']""" % "|".join(map(re.escape, names)))
+    pattern = re.compile(r"""["'](""" + "|".join(map(re.escape, names)) + r""")["']""")
     found = []
     for path in sorted([*ROOT.glob("harness/**/*.py"), *ROOT.glob("hydra_plugins/**/*.py")]):
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -102,5 +105,5 @@ def test_no_method_is_named_outside_the_registry_its_module_and_its_yaml():
 
 def test_the_name_check_sees_a_method_name():
     names = _method_names()
-    pattern = re.compile(r"""["'](%s)["']""" % "|".join(map(re.escape, names)))
+    pattern = re.compile(r"""["'](""" + "|".join(map(re.escape, names)) + r""")["']""")
     assert pattern.search('if m == "dpo":') and not pattern.search("a dpo loss")

@@ -53,7 +53,6 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import torch  # noqa: E402
 
-
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 N_SPECIAL = 4
 PROMPTS_PER_UPDATE = 64
@@ -64,8 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--updates", type=int, default=10, help="PPO updates (64 episodes each); the first is warm-up")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--n-positions", type=int, default=128)
-    p.add_argument("--num-prompts", type=int, default=None,
-                   help="size of the prompt dataset (default: max(512, 64*updates))")
+    p.add_argument(
+        "--num-prompts", type=int, default=None, help="size of the prompt dataset (default: max(512, 64*updates))"
+    )
     p.add_argument("--min-prompt-len", type=int, default=2)
     p.add_argument("--max-prompt-len", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
@@ -102,7 +102,11 @@ def build_tokenizer(vocab_size: int):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        bos_token=BOS,
+        unk_token=UNK,
         # Workaround: left padding for decoder-only generation (default would be 'right').
         padding_side="left",
     )
@@ -120,13 +124,25 @@ def build_prompts(tokenizer, n: int, min_len: int, max_len: int, seed: int):
     return Dataset.from_dict({"input_ids": rows})
 
 
-def build_models(tokenizer, vocab_size: int, n_positions: int, n_layer: int = 4, n_embd: int = 128, n_head: int = 4,
-                 device: str = "cpu"):
+def build_models(
+    tokenizer,
+    vocab_size: int,
+    n_positions: int,
+    n_layer: int = 4,
+    n_embd: int = 128,
+    n_head: int = 4,
+    device: str = "cpu",
+):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
     cfg = GPT2Config(
-        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     with torch.device(device):  # random init on the device itself (gpt2-large: seconds instead of minutes)
@@ -179,8 +195,9 @@ def run(args) -> dict:
     tokenizer = build_tokenizer(args.vocab_size)
     n_prompts = args.num_prompts or max(512, PROMPTS_PER_UPDATE * args.updates)
     train_dataset = build_prompts(tokenizer, n_prompts, args.min_prompt_len, args.max_prompt_len, args.seed)
-    policy, ref_policy, reward_model, value_model = build_models(tokenizer, args.vocab_size, args.n_positions, args.n_layer,
-                                                                 args.n_embd, args.n_head, args.device)
+    policy, ref_policy, reward_model, value_model = build_models(
+        tokenizer, args.vocab_size, args.n_positions, args.n_layer, args.n_embd, args.n_head, args.device
+    )
 
     class Timer(TrainerCallback):
         """Wall-clock stamp at the end of every PPO update + the per-update metrics TRL logs."""
@@ -264,7 +281,8 @@ def run(args) -> dict:
         # count means another process competed for the CPUs and the rate is not trustworthy.
         "loadavg_1m": [load_start, os.getloadavg()[0]],
         "cpu_pressure_avg10_end": cpu_pressure_avg10(),  # Linux PSI; > ~10 means CPU contention
-        "device": args.device, "precision": "bf16" if args.bf16 else "fp32",
+        "device": args.device,
+        "precision": "bf16" if args.bf16 else "fp32",
         "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},

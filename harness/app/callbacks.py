@@ -35,10 +35,19 @@ class FrontierReport(Callback):
         if mode != "disabled":
             import wandb
 
-            run = wandb.init(project=config.logger.project, entity=config.logger.entity,
-                             group=config.logger.group or folder.name, job_type="report", name=f"report-{folder.name}",
-                             dir=str(folder), mode=mode, reinit="finish_previous",
-                             settings=wandb.Settings(console="off", x_disable_stats=True))
+            run = wandb.init(
+                project=config.logger.project,
+                entity=config.logger.entity,
+                group=config.logger.group or folder.name,
+                job_type="report",
+                name=f"report-{folder.name}",
+                dir=str(folder),
+                mode=mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
             log_report_to_wandb(folder, rows, run, METHODS, COMPARISONS, title=self.title or "Reward vs KL frontier")
             run.finish()
-        print(f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}")
+        print(
+            f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}"
+        )

@@ -12,7 +12,6 @@ and exit status 3 (``harness.runs.guards``), keeping its rows and its last check
 Exit status: 0 done; 2 a user error, nothing trained; 3 a non-finite loss, reward, advantage, value or KL.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -63,8 +62,17 @@ def hydra_main(cfg: DictConfig) -> dict | None:
 # ------------------------------------------------------------------------------------------------ the command line
 # Flags under which Hydra does something other than run jobs (help, print the config, ...), or reads a config that is
 # not ours (another config path or name): these go to Hydra unchecked; their errors still end in one line.
-_NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "config_path", "config_name", "config_dir",
-              "experimental_rerun")
+_NOT_A_RUN = (
+    "help",
+    "hydra_help",
+    "cfg",
+    "info",
+    "shell_completion",
+    "config_path",
+    "config_name",
+    "config_dir",
+    "experimental_rerun",
+)
 
 
 def _parse_args(argv: list[str]):
@@ -89,8 +97,10 @@ def _parse_args(argv: list[str]):
 _ALL_GPUS = ("BasicLauncher", "JoblibLauncher")
 
 
-_GIVEN_GPUS = {"hydra_submitit_launcher.submitit_launcher.LocalLauncher": ("gpus_per_node", 0),
-               "hydra_ray_launcher.ray_launcher.RayLauncher": ("ray.remote.num_gpus", None)}
+_GIVEN_GPUS = {
+    "hydra_submitit_launcher.submitit_launcher.LocalLauncher": ("gpus_per_node", 0),
+    "hydra_ray_launcher.ray_launcher.RayLauncher": ("ray.remote.num_gpus", None),
+}
 
 
 def _given_gpus(launcher: DictConfig | None) -> tuple[str, int | None] | None:
@@ -99,8 +109,10 @@ def _given_gpus(launcher: DictConfig | None) -> tuple[str, int | None] | None:
     key, default = next((v for t, v in _GIVEN_GPUS.items() if target.endswith(t)), (None, None))
     if key is None:
         return None
-    if key.startswith("ray.") and (OmegaConf.select(launcher, "ray.init.address") or os.environ.get("RAY_ADDRESS")
-                                   or "local") != "local":
+    if (
+        key.startswith("ray.")
+        and (OmegaConf.select(launcher, "ray.init.address") or os.environ.get("RAY_ADDRESS") or "local") != "local"
+    ):
         return None  # ray.init joins an existing cluster (its address, or RAY_ADDRESS's): its nodes run the jobs
     given = OmegaConf.select(launcher, key)
     return key, default if not given else math.ceil(float(given))  # Ray shows a job given 0.5 GPU that GPU
@@ -119,8 +131,10 @@ def check_launcher_gpus(launcher: DictConfig | None, devices) -> None:
     for device in map(str, devices):
         need = int(device.split(":")[1]) + 1 if device.startswith("cuda:") else 1
         if device.startswith("cuda") and given is not None and given < need:
-            raise ConfigError(f"hydra.launcher.{key}: device={device} asked for, but this launcher shows each job "
-                              f"{given} GPU(s) of this machine; set hydra.launcher.{key}={need}")
+            raise ConfigError(
+                f"hydra.launcher.{key}: device={device} asked for, but this launcher shows each job "
+                f"{given} GPU(s) of this machine; set hydra.launcher.{key}={need}"
+            )
 
 
 def _folder(cfg: DictConfig, key: str) -> str | None:
@@ -147,8 +161,10 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
 
     sweep = next((o for o in parsed if o.is_sweep_override()), None)
     if sweep is not None:
-        raise ConfigError(f"{sweep.get_key_element()}: '{sweep.input_line}' lists several values, but this is one run; "
-                          "add -m to sweep over them, or write a list as key=[a,b]")
+        raise ConfigError(
+            f"{sweep.get_key_element()}: '{sweep.input_line}' lists several values, but this is one run; "
+            "add -m to sweep over them, or write a list as key=[a,b]"
+        )
     out = _folder(cfg, "hydra.run.dir")
     if out:
         check_writable(out, "hydra.run.dir")
@@ -176,8 +192,9 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
     devices = set()
 
     def load_job(overrides: list[str]):
-        job = _job_config(loader.compose_config("config", overrides, run_mode=RunMode.RUN,
-                                                with_log_configuration=False))
+        job = _job_config(
+            loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        )
         devices.add(job.get("device"))
         return load(job)
 
@@ -199,8 +216,13 @@ def preflight_command(argv: list[str]) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         loader = GlobalHydra.instance().hydra
         # Composed as Hydra does to learn the mode (sweep values left out); it raises Hydra's composition errors.
-        cfg = loader.compose_config("config", args.overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False,
-                                    validate_sweep_overrides=False)
+        cfg = loader.compose_config(
+            "config",
+            args.overrides,
+            run_mode=RunMode.MULTIRUN,
+            with_log_configuration=False,
+            validate_sweep_overrides=False,
+        )
         parsed = OverridesParser.create().parse_overrides(args.overrides)
         if args.multirun or cfg.hydra.mode == RunMode.MULTIRUN:
             _check_sweep(loader, cfg, parsed)
@@ -251,4 +273,3 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
-

@@ -47,18 +47,23 @@ def check_dataset_source(cfg: TaskConfig) -> None:
     if Path(name).expanduser().exists():
         return
     if _looks_like_path(name):
-        raise ConfigError(f"task.path: folder '{name}' does not exist; give a folder written by save_to_disk or a hub "
-                          "dataset name")
+        raise ConfigError(
+            f"task.path: folder '{name}' does not exist; give a folder written by save_to_disk or a hub dataset name"
+        )
     _hub_name(name, "task.path")
     import datasets
 
-    cached = [Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___"),
-              Path(_hub_cache()) / ("datasets--" + name.replace("/", "--"))]
+    cached = [
+        Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___"),
+        Path(_hub_cache()) / ("datasets--" + name.replace("/", "--")),
+    ]
     if any(p.exists() for p in cached):
         return
     if _hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise ConfigError(f"task.path: dataset '{name}' is not on this machine and the hub is off (HF_HUB_OFFLINE=1); "
-                          "save it with save_to_disk where the hub is reachable and set task.path=/path/to/that/folder")
+        raise ConfigError(
+            f"task.path: dataset '{name}' is not on this machine and the hub is off (HF_HUB_OFFLINE=1); "
+            "save it with save_to_disk where the hub is reachable and set task.path=/path/to/that/folder"
+        )
     _probe_hub(name, "task.path", "dataset")
 
 
@@ -118,11 +123,21 @@ def prompt_limits(hc: HarnessConfig, n_pos: int) -> list[tuple[str, int, str]]:
     depth, pipe = hc.method.stages, hc.pipeline
     limits = []
     if isinstance(getattr(pipe, "max_length", None), int) and depth >= 2:
-        limits.append(("pipeline.max_length", pipe.max_length - 1, f"pipeline.max_length={pipe.max_length} must leave "
-                       "room for a completion"))
+        limits.append(
+            (
+                "pipeline.max_length",
+                pipe.max_length - 1,
+                f"pipeline.max_length={pipe.max_length} must leave room for a completion",
+            )
+        )
     if depth >= 3:
-        limits.append(("reward_model.max_length", hc.reward_model.max_length - 1,
-                       f"reward_model.max_length={hc.reward_model.max_length} must leave room for a completion"))
+        limits.append(
+            (
+                "reward_model.max_length",
+                hc.reward_model.max_length - 1,
+                f"reward_model.max_length={hc.reward_model.max_length} must leave room for a completion",
+            )
+        )
     sampled = [("eval.max_new_tokens", hc.eval.max_new_tokens)]
     if depth >= 2:  # the preference stage samples π_SFT on the file's prompts (the reward model's normalisation)
         sampled.append(("preferences.max_new_tokens", hc.preferences.max_new_tokens))
@@ -148,9 +163,11 @@ def check_preference_file(hc: HarnessConfig, pf) -> None:
     for key, allowed, why in prompt_limits(hc, n_pos):
         row = next((i for i, n in enumerate(lengths) if n > allowed), None)
         if row is not None:
-            raise ConfigError(f"preferences.path: '{pf.path}' {pf.places[row]} column 'prompt' has {lengths[row]} "
-                              f"{unit}, more than the {max(allowed, 0)} allowed ({why}); shorten or drop that row, or "
-                              f"raise {key}")
+            raise ConfigError(
+                f"preferences.path: '{pf.path}' {pf.places[row]} column 'prompt' has {lengths[row]} "
+                f"{unit}, more than the {max(allowed, 0)} allowed ({why}); shorten or drop that row, or "
+                f"raise {key}"
+            )
 
 
 def with_file_prompts(hc: HarnessConfig, data):
@@ -167,18 +184,26 @@ def with_file_prompts(hc: HarnessConfig, data):
         if len(evals) < hc.task.n_eval_prompts:
             logging.getLogger("harness").warning(
                 "'%s' holds out %d prompts, fewer than task.n_eval_prompts=%d: the evaluator uses those %d (raise "
-                "preferences.eval_fraction for more)", pf.path, len(evals), hc.task.n_eval_prompts, len(evals))
+                "preferences.eval_fraction for more)",
+                pf.path,
+                len(evals),
+                hc.task.n_eval_prompts,
+                len(evals),
+            )
     else:
         trained = set(pf.train_prompts)
         evals = [p for p in data.eval_prompts if p not in trained]
         if not evals:
-            raise ConfigError("preferences.eval_prompts: every evaluation prompt of the task is a training prompt of "
-                              "the file; use preferences.eval_prompts=file")
+            raise ConfigError(
+                "preferences.eval_prompts: every evaluation prompt of the task is a training prompt of "
+                "the file; use preferences.eval_prompts=file"
+            )
     rollouts = hc.pipeline.batch_size if hc.method.rollout_prompts else 0
     if rollouts > len(train):
-        raise ConfigError(f"pipeline.batch_size: {rollouts} prompts per rollout, but '{pf.path}' gives {len(train)} "
-                          f"training prompts; set pipeline.batch_size<={len(train)} or give more prompts")
+        raise ConfigError(
+            f"pipeline.batch_size: {rollouts} prompts per rollout, but '{pf.path}' gives {len(train)} "
+            f"training prompts; set pipeline.batch_size<={len(train)} or give more prompts"
+        )
     out = TaskData(list(data.train_texts), list(data.heldout_texts), list(train), list(evals))
     check_heldout(out)
     return out
-

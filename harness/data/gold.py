@@ -42,10 +42,14 @@ class VaderGold:
 def gold_kind_mismatch(name: str, outputs: int, kind: str) -> str:
     """The one line for a checkpoint whose number of outputs does not fit ``gold.kind``."""
     if kind == "hf_reward_model":
-        return (f"gold.kind: '{name}' has {outputs} outputs, a classifier, not a reward model (num_labels=1); set "
-                "gold.kind=hf_classifier and gold.label to the label whose probability is the reward")
-    return (f"gold.kind: '{name}' has one output (num_labels=1), a reward model, not a classifier; set "
-            "gold.kind=hf_reward_model (its raw score; gold.squash=sigmoid for a score in (0, 1))")
+        return (
+            f"gold.kind: '{name}' has {outputs} outputs, a classifier, not a reward model (num_labels=1); set "
+            "gold.kind=hf_classifier and gold.label to the label whose probability is the reward"
+        )
+    return (
+        f"gold.kind: '{name}' has one output (num_labels=1), a reward model, not a classifier; set "
+        "gold.kind=hf_reward_model (its raw score; gold.squash=sigmoid for a score in (0, 1))"
+    )
 
 
 class ClassifierGold:
@@ -53,8 +57,16 @@ class ClassifierGold:
     ``siebert/sentiment-roberta-large-english`` with label ``POSITIVE``), or, with ``scalar``, the score of a reward
     model (a sequence classifier with ``num_labels=1``): raw, or σ(score) with ``squash="sigmoid"``."""
 
-    def __init__(self, name_or_path: str, label: str = "POSITIVE", batch_size: int = 64, device: str = "cpu",
-                 trust_remote_code: bool = False, scalar: bool = False, squash: str = "none") -> None:
+    def __init__(
+        self,
+        name_or_path: str,
+        label: str = "POSITIVE",
+        batch_size: int = 64,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        scalar: bool = False,
+        squash: str = "none",
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -65,8 +77,10 @@ class ClassifierGold:
             self._tok = AutoTokenizer.from_pretrained(name_or_path, **kw)
             self._model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kw).to(device).eval()
         except (OSError, ValueError) as e:  # not found, not a classifier, needs remote code: the user's input
-            raise ConfigError(f"gold.name_or_path: cannot load '{name_or_path}' ({str(e).strip().splitlines()[0][:160]}); "
-                              "give a local folder of a sequence classifier, or a hub name where the hub is reachable") from None
+            raise ConfigError(
+                f"gold.name_or_path: cannot load '{name_or_path}' ({str(e).strip().splitlines()[0][:160]}); "
+                "give a local folder of a sequence classifier, or a hub name where the hub is reachable"
+            ) from None
         outputs = self._model.config.num_labels
         if scalar != (outputs == 1):
             kind = "hf_reward_model" if scalar else "hf_classifier"
@@ -75,7 +89,9 @@ class ClassifierGold:
         if not scalar:
             labels = {str(v): int(k) for k, v in self._model.config.id2label.items()}
             if label not in labels:
-                raise ConfigError(f"gold.label: '{label}' is not a label of {name_or_path} ({', '.join(labels)}); set gold.label to one of them")
+                raise ConfigError(
+                    f"gold.label: '{label}' is not a label of {name_or_path} ({', '.join(labels)}); set gold.label to one of them"
+                )
             self._index = labels[label]
         # Reward models built on GPT-2-like backbones often ship without a pad token; padding a batch needs one, and
         # the model reads its score at the last token that is not pad (attention masks keep the pads out of it).
@@ -90,7 +106,9 @@ class ClassifierGold:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self._bs):
-                enc = self._tok(texts[i:i + self._bs], padding=True, truncation=True, return_tensors="pt").to(self._device)
+                enc = self._tok(texts[i : i + self._bs], padding=True, truncation=True, return_tensors="pt").to(
+                    self._device
+                )
                 logits = self._model(**enc).logits.float()
                 if self._index is None:  # a reward model: its one output
                     score = logits[:, 0].sigmoid() if self._squash == "sigmoid" else logits[:, 0]
@@ -103,5 +121,12 @@ class ClassifierGold:
 def load_gold(cfg: GoldConfig, device: str = "cpu") -> GoldReward:
     if cfg.kind == "vader":
         return VaderGold()
-    return ClassifierGold(cfg.name_or_path, cfg.label, cfg.batch_size, device, cfg.trust_remote_code,
-                          scalar=cfg.kind == "hf_reward_model", squash=cfg.squash)
+    return ClassifierGold(
+        cfg.name_or_path,
+        cfg.label,
+        cfg.batch_size,
+        device,
+        cfg.trust_remote_code,
+        scalar=cfg.kind == "hf_reward_model",
+        squash=cfg.squash,
+    )

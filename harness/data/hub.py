@@ -13,7 +13,14 @@ from typing import Any
 
 from harness.fields import ConfigError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -36,7 +43,9 @@ class Pretrained:
 
 def _hub_offline() -> bool:
     # Read at call time: the variables may be set after huggingface_hub was imported (a test, a launcher).
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_cache() -> str:
@@ -56,21 +65,31 @@ def _read_folder(folder: Path, name: str, key: str, tokenizer: bool = True) -> P
         raise ConfigError(f"{key}: '{name}' is a file, not a model folder; give the folder that holds config.json")
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
-        raise ConfigError(f"{key}: '{name}' has no config.json, so it is not a saved model; give a folder written by "
-                          "save_pretrained, or a hub name")
+        raise ConfigError(
+            f"{key}: '{name}' has no config.json, so it is not a saved model; give a folder written by "
+            "save_pretrained, or a hub name"
+        )
     try:
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{key}: '{cfg_file}' is not valid JSON ({str(e).splitlines()[0]}); re-save the model") from None
+        raise ConfigError(
+            f"{key}: '{cfg_file}' is not valid JSON ({str(e).splitlines()[0]}); re-save the model"
+        ) from None
     if not isinstance(config, dict):
-        raise ConfigError(f"{key}: '{cfg_file}' holds a JSON {type(config).__name__}, not a model config; re-save the model")
+        raise ConfigError(
+            f"{key}: '{cfg_file}' holds a JSON {type(config).__name__}, not a model config; re-save the model"
+        )
     if tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ConfigError(f"{key}: '{name}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
-                          "beside the model with tokenizer.save_pretrained(folder)")
+        raise ConfigError(
+            f"{key}: '{name}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "beside the model with tokenizer.save_pretrained(folder)"
+        )
     weights = [f for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
     if not weights:
-        raise ConfigError(f"{key}: '{name}' has no weights (no *.safetensors or *.bin); save the model with "
-                          "model.save_pretrained(folder)")
+        raise ConfigError(
+            f"{key}: '{name}' has no weights (no *.safetensors or *.bin); save the model with "
+            "model.save_pretrained(folder)"
+        )
     return Pretrained(config, sum(f.stat().st_size for f in weights))
 
 
@@ -98,14 +117,22 @@ def _probe_hub(name: str, key: str, repo_type: str) -> None:
 
     err = outcome.get("error")
     if isinstance(err, GatedRepoError):
-        raise ConfigError(f"{key}: '{name}' is gated on the hub; accept its licence there and set HF_TOKEN in the "
-                          "environment (never in a config)")
+        raise ConfigError(
+            f"{key}: '{name}' is gated on the hub; accept its licence there and set HF_TOKEN in the "
+            "environment (never in a config)"
+        )
     if isinstance(err, RepositoryNotFoundError):
-        raise ConfigError(f"{key}: no {repo_type} '{name}' on the hub (or it is private: set HF_TOKEN); check the name "
-                          "or give a local folder")
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120] if err is not None else "no answer in time"
-    raise ConfigError(f"{key}: cannot reach the hub to find '{name}' ({reason}); give a local folder, or set "
-                      "HF_HUB_OFFLINE=1 to use a copy in the hub cache")
+        raise ConfigError(
+            f"{key}: no {repo_type} '{name}' on the hub (or it is private: set HF_TOKEN); check the name "
+            "or give a local folder"
+        )
+    reason = (
+        (str(err).strip().splitlines() or [type(err).__name__])[0][:120] if err is not None else "no answer in time"
+    )
+    raise ConfigError(
+        f"{key}: cannot reach the hub to find '{name}' ({reason}); give a local folder, or set "
+        "HF_HUB_OFFLINE=1 to use a copy in the hub cache"
+    )
 
 
 def _hub_name(name: str, key: str) -> None:
@@ -115,8 +142,9 @@ def _hub_name(name: str, key: str) -> None:
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise ConfigError(f"{key}: '{name}' is neither an existing folder nor a valid hub name (org/name); fix the "
-                          "name or the path") from None
+        raise ConfigError(
+            f"{key}: '{name}' is neither an existing folder nor a valid hub name (org/name); fix the name or the path"
+        ) from None
 
 
 def find_pretrained(name: str, key: str, tokenizer: bool = True) -> Pretrained | None:
@@ -129,7 +157,9 @@ def find_pretrained(name: str, key: str, tokenizer: bool = True) -> Pretrained |
     if name.startswith("~"):
         raise ConfigError(f"{key}: '{name}': ~ is not expanded for model folders; give the full path")
     if _looks_like_path(name):
-        raise ConfigError(f"{key}: folder '{name}' does not exist; give an existing model folder or a hub name (org/name)")
+        raise ConfigError(
+            f"{key}: folder '{name}' does not exist; give an existing model folder or a hub name (org/name)"
+        )
     _hub_name(name, key)
     from huggingface_hub import try_to_load_from_cache
 
@@ -141,9 +171,11 @@ def find_pretrained(name: str, key: str, tokenizer: bool = True) -> Pretrained |
             if _hub_offline():  # an incomplete copy and no hub to complete it: loading would fail
                 raise
     if _hub_offline():
-        raise ConfigError(f"{key}: '{name}' is not a local folder and not in the hub cache, and the hub is off "
-                          f"(HF_HUB_OFFLINE=1); set {key}=/path/to/a/saved/copy, or fetch it first where the hub is "
-                          f"reachable (hf download {name})")
+        raise ConfigError(
+            f"{key}: '{name}' is not a local folder and not in the hub cache, and the hub is off "
+            f"(HF_HUB_OFFLINE=1); set {key}=/path/to/a/saved/copy, or fetch it first where the hub is "
+            f"reachable (hf download {name})"
+        )
     _probe_hub(name, key, "model")
     return None
 
@@ -152,4 +184,3 @@ def positions(config: dict) -> int | None:
     """The longest sequence a model config allows, under any of the names model families use."""
     found = [config[k] for k in POSITION_KEYS if isinstance(config.get(k), int)]
     return min(found) if found else None
-

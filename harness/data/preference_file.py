@@ -50,8 +50,9 @@ _HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: a job hashes it
 
 # ------------------------------------------------------------------------------------------------- the file itself
 def _absent(path: str) -> ConfigError:
-    return ConfigError(f"{KEY}: '{path}' does not exist; point {KEY} at a .jsonl or .parquet file or a save_to_disk "
-                       "folder")
+    return ConfigError(
+        f"{KEY}: '{path}' does not exist; point {KEY} at a .jsonl or .parquet file or a save_to_disk folder"
+    )
 
 
 def content_hash(path: str) -> str:
@@ -93,11 +94,15 @@ def read_rows(path: str) -> tuple[str, list[tuple[str, dict]]]:
             table = pq.read_table(str(p))
         except Exception as e:  # noqa: BLE001 - any failure to parse is the user's file, said in one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise ConfigError(f"{KEY}: '{path}' cannot be read as Parquet ({first}); write it with pandas.to_parquet or "
-                              "Dataset.to_parquet") from None
+            raise ConfigError(
+                f"{KEY}: '{path}' cannot be read as Parquet ({first}); write it with pandas.to_parquet or "
+                "Dataset.to_parquet"
+            ) from None
         return path, [(f"row {i}", r) for i, r in enumerate(table.to_pylist())]
-    raise ConfigError(f"{KEY}: '{path}' has an unsupported file type '{p.suffix or p.name}'; use .jsonl, .parquet or a "
-                      "folder written by Dataset.save_to_disk")
+    raise ConfigError(
+        f"{KEY}: '{path}' has an unsupported file type '{p.suffix or p.name}'; use .jsonl, .parquet or a "
+        "folder written by Dataset.save_to_disk"
+    )
 
 
 def _dataset_rows(p: Path, path: str) -> tuple[str, list[tuple[str, dict]]]:
@@ -107,13 +112,17 @@ def _dataset_rows(p: Path, path: str) -> tuple[str, list[tuple[str, dict]]]:
         ds = datasets.load_from_disk(str(p))
     except Exception as e:  # noqa: BLE001 - as above
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"{KEY}: '{path}' cannot be opened as a dataset folder ({first}); give a folder written by "
-                          "save_to_disk, or a .jsonl / .parquet file") from None
+        raise ConfigError(
+            f"{KEY}: '{path}' cannot be opened as a dataset folder ({first}); give a folder written by "
+            "save_to_disk, or a .jsonl / .parquet file"
+        ) from None
     where = path
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
-            raise ConfigError(f"{KEY}: '{path}' has no 'train' split (it has: {', '.join(ds) or 'none'}); save a "
-                              "Dataset, or a DatasetDict with a 'train' split")
+            raise ConfigError(
+                f"{KEY}: '{path}' has no 'train' split (it has: {', '.join(ds) or 'none'}); save a "
+                "Dataset, or a DatasetDict with a 'train' split"
+            )
         ds, where = ds["train"], f"{path}[train]"
     return where, [(f"row {i}", r) for i, r in enumerate(ds.to_list())]
 
@@ -127,8 +136,10 @@ def _kind(value: object) -> str:
 
 def _text(value: object, where: str, place: str, column: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' is {_kind(value)}, not text; every {column} must "
-                          "be a string (or, in the conversational format, a list of messages)")
+        raise ConfigError(
+            f"{KEY}: '{where}' {place} column '{column}' is {_kind(value)}, not text; every {column} must "
+            "be a string (or, in the conversational format, a list of messages)"
+        )
     if not value.strip():
         raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' is empty; give it text or drop the row")
     return value
@@ -136,23 +147,33 @@ def _text(value: object, where: str, place: str, column: str) -> str:
 
 def _messages(value: object, where: str, place: str, column: str) -> list[dict]:
     if not isinstance(value, list):
-        raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' is {_kind(value)}, not a list of messages; "
-                          "use the conversational format throughout, or text throughout")
+        raise ConfigError(
+            f"{KEY}: '{where}' {place} column '{column}' is {_kind(value)}, not a list of messages; "
+            "use the conversational format throughout, or text throughout"
+        )
     if not value:
-        raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' is an empty conversation; give it at least one "
-                          "message or drop the row")
+        raise ConfigError(
+            f"{KEY}: '{where}' {place} column '{column}' is an empty conversation; give it at least one "
+            "message or drop the row"
+        )
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' message {i} is {_kind(m)} without 'role' "
-                              'and \'content\'; each message must be like {"role": "user", "content": "..."}')
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} column '{column}' message {i} is {_kind(m)} without 'role' "
+                'and \'content\'; each message must be like {"role": "user", "content": "..."}'
+            )
         for part in ("role", "content"):
             if not isinstance(m[part], str):
-                raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' message {i} has a {part} that is "
-                                  f"{_kind(m[part])}, not text; only text messages are supported")
+                raise ConfigError(
+                    f"{KEY}: '{where}' {place} column '{column}' message {i} has a {part} that is "
+                    f"{_kind(m[part])}, not text; only text messages are supported"
+                )
             if not m[part].strip():
-                raise ConfigError(f"{KEY}: '{where}' {place} column '{column}' message {i} has an empty {part}; give "
-                                  "it text or drop the row")
+                raise ConfigError(
+                    f"{KEY}: '{where}' {place} column '{column}' message {i} has an empty {part}; give "
+                    "it text or drop the row"
+                )
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -180,6 +201,7 @@ def render_plain(prompt: list[dict], completion: list[dict]) -> tuple[str, str]:
     """(prompt text, completion text) for a tokenizer without a chat template: one ``Role: content`` line per message
     (role capitalised); the prompt ends with the cue of the completion's first role (``\\nAssistant:``) and the
     completion starts with a space, so prompt + completion reads as one transcript."""
+
     def line(m: dict) -> str:
         return f"{m['role'].capitalize()}: {m['content']}"
 
@@ -193,12 +215,13 @@ def render_template(tok, prompt: list[dict], chosen: list[dict], rejected: list[
     prompt (or continuing a final assistant message), cut to what it shares with both rendered conversations (some
     templates add a token after the generation prompt); the completions are the rest of each conversation."""
     last = prompt[-1]["role"]
-    head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=last != "assistant",
-                                   continue_final_message=last == "assistant")
+    head = tok.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=last != "assistant", continue_final_message=last == "assistant"
+    )
     full_c = tok.apply_chat_template(prompt + chosen, tokenize=False)
     full_r = tok.apply_chat_template(prompt + rejected, tokenize=False)
     head = os.path.commonprefix([head, full_c, full_r])
-    return head, full_c[len(head):], full_r[len(head):]
+    return head, full_c[len(head) :], full_r[len(head) :]
 
 
 def rendering_of(tok) -> str:
@@ -255,8 +278,10 @@ def load_preference_file(path: str, tok=None, eval_fraction: float = 0.1, seed: 
     missing = [c for c in ("chosen", "rejected") if c not in first]
     if missing:
         have = ", ".join(str(k) for k in first) or "none"
-        raise ConfigError(f"{KEY}: '{where}' {first_place} has no column '{missing[0]}' (it has: {have}); a preference "
-                          f"file needs chosen and rejected, and prompt unless both hold the whole text")
+        raise ConfigError(
+            f"{KEY}: '{where}' {first_place} has no column '{missing[0]}' (it has: {have}); a preference "
+            f"file needs chosen and rejected, and prompt unless both hold the whole text"
+        )
     explicit = "prompt" in first
     conversational = isinstance(first["chosen"], list)
     layout = ("conversational" if conversational else "standard") + ("" if explicit else ", implicit prompt")
@@ -266,25 +291,35 @@ def load_preference_file(path: str, tok=None, eval_fraction: float = 0.1, seed: 
     for place, row in rows:
         for c in columns:
             if c not in row:
-                raise ConfigError(f"{KEY}: '{where}' {place} has no column '{c}' ({first_place} has it); give every "
-                                  f"row the same columns ({', '.join(columns)})")
+                raise ConfigError(
+                    f"{KEY}: '{where}' {place} has no column '{c}' ({first_place} has it); give every "
+                    f"row the same columns ({', '.join(columns)})"
+                )
         if not explicit and "prompt" in row:
-            raise ConfigError(f"{KEY}: '{where}' {place} has a column 'prompt' that {first_place} lacks; give every "
-                              "row the same columns")
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} has a column 'prompt' that {first_place} lacks; give every "
+                "row the same columns"
+            )
         value = {c: read(row[c], where, place, c) for c in columns}
         if value["chosen"] == value["rejected"]:
-            raise ConfigError(f"{KEY}: '{where}' {place} column 'rejected' equals column 'chosen', so the pair teaches "
-                              "nothing; fix its labels or drop the row")
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} column 'rejected' equals column 'chosen', so the pair teaches "
+                "nothing; fix its labels or drop the row"
+            )
         if not explicit:
             shared = shared_message_prompt if conversational else shared_text_prompt
             prompt, chosen, rejected = shared(value["chosen"], value["rejected"])
             if not prompt or (not conversational and not prompt.strip()):
-                raise ConfigError(f"{KEY}: '{where}' {place} column 'chosen' and column 'rejected' share no beginning "
-                                  "to take as the prompt; add a 'prompt' column")
+                raise ConfigError(
+                    f"{KEY}: '{where}' {place} column 'chosen' and column 'rejected' share no beginning "
+                    "to take as the prompt; add a 'prompt' column"
+                )
             for name, completion in (("chosen", chosen), ("rejected", rejected)):
                 if not completion or (not conversational and not completion.strip()):
-                    raise ConfigError(f"{KEY}: '{where}' {place} column '{name}' has nothing after the beginning it "
-                                      "shares with the other (the prompt); add a 'prompt' column or drop the row")
+                    raise ConfigError(
+                        f"{KEY}: '{where}' {place} column '{name}' has nothing after the beginning it "
+                        "shares with the other (the prompt); add a 'prompt' column or drop the row"
+                    )
             value = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if conversational:
             if rendering_of(tok) == "plain":
@@ -298,8 +333,17 @@ def load_preference_file(path: str, tok=None, eval_fraction: float = 0.1, seed: 
             out[c].append(value[c])
     train, held = split_prompts(out["prompt"], eval_fraction, seed)
     if not held:
-        raise ConfigError(f"{KEY}: '{where}' has {len(held) + len(train)} distinct prompt(s); give at least 2, so that "
-                          "some can be held out for evaluation")
-    return PreferenceFile(path=str(path), sha256=content_hash(path), layout=layout,
-                          rendering=rendering_of(tok) if conversational else "text", places=places,
-                          train_prompts=train, heldout_prompts=held, **out)
+        raise ConfigError(
+            f"{KEY}: '{where}' has {len(held) + len(train)} distinct prompt(s); give at least 2, so that "
+            "some can be held out for evaluation"
+        )
+    return PreferenceFile(
+        path=str(path),
+        sha256=content_hash(path),
+        layout=layout,
+        rendering=rendering_of(tok) if conversational else "text",
+        places=places,
+        train_prompts=train,
+        heldout_prompts=held,
+        **out,
+    )

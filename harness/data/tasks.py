@@ -30,13 +30,57 @@ class TaskData:
 # ------------------------------------------------------------------------------------------------ the generator
 # Phrase banks. Sentiment lives mostly in adjectives, verbs and closing verdicts; the rest is neutral scaffolding
 # so that a review's sentiment is a mixture, not a label.
-_FILMS = "movie film picture story sequel remake thriller comedy drama documentary western musical romance feature".split()
+_FILMS = (
+    "movie film picture story sequel remake thriller comedy drama documentary western musical romance feature".split()
+)
 _PARTS = [
-    "plot", "acting", "script", "dialogue", "soundtrack", "score", "cinematography", "direction", "pacing", "ending",
-    "opening", "cast", "villain", "hero", "camera work", "editing", "costumes", "set design", "lighting", "humor",
-    "twist", "finale", "second act", "premise", "special effects", "performances", "characters", "chemistry",
-    "atmosphere", "tone", "writing", "structure", "visuals", "production", "sound", "music", "story", "runtime",
-    "romance", "action", "fight scenes", "jokes", "climax", "subplot", "theme", "message", "world building",
+    "plot",
+    "acting",
+    "script",
+    "dialogue",
+    "soundtrack",
+    "score",
+    "cinematography",
+    "direction",
+    "pacing",
+    "ending",
+    "opening",
+    "cast",
+    "villain",
+    "hero",
+    "camera work",
+    "editing",
+    "costumes",
+    "set design",
+    "lighting",
+    "humor",
+    "twist",
+    "finale",
+    "second act",
+    "premise",
+    "special effects",
+    "performances",
+    "characters",
+    "chemistry",
+    "atmosphere",
+    "tone",
+    "writing",
+    "structure",
+    "visuals",
+    "production",
+    "sound",
+    "music",
+    "story",
+    "runtime",
+    "romance",
+    "action",
+    "fight scenes",
+    "jokes",
+    "climax",
+    "subplot",
+    "theme",
+    "message",
+    "world building",
 ]
 _FILMS += "horror flick animation satire mystery adventure biopic debut blockbuster indie".split()
 _POS_ADJ = (
@@ -60,18 +104,67 @@ _ADV = "really quite very rather fairly somewhat truly mostly oddly surprisingly
 _POS_VERB = "loved enjoyed adored admired liked appreciated cherished praised treasured savored".split()
 _NEG_VERB = "hated disliked regretted resented loathed dreaded despised mocked".split()
 _NEU_VERB = "watched saw noticed remember expected rented streamed finished".split()
-_PEOPLE = ["the director", "the writer", "the lead actor", "the lead actress", "the cast", "the composer",
-           "the editor", "my friend", "my sister", "my brother", "my father", "my mother", "the audience",
-           "the critics", "everyone", "nobody", "the kids", "my partner"]
-_WHEN = ["last night", "yesterday", "this weekend", "on friday", "at the festival", "at home", "with friends",
-         "on a plane", "twice", "in the theater", "on tv", "last year"]
+_PEOPLE = [
+    "the director",
+    "the writer",
+    "the lead actor",
+    "the lead actress",
+    "the cast",
+    "the composer",
+    "the editor",
+    "my friend",
+    "my sister",
+    "my brother",
+    "my father",
+    "my mother",
+    "the audience",
+    "the critics",
+    "everyone",
+    "nobody",
+    "the kids",
+    "my partner",
+]
+_WHEN = [
+    "last night",
+    "yesterday",
+    "this weekend",
+    "on friday",
+    "at the festival",
+    "at home",
+    "with friends",
+    "on a plane",
+    "twice",
+    "in the theater",
+    "on tv",
+    "last year",
+]
 _CONNECT = ["but", "and", "although", "while", "yet", "because", "even though", "and yet"]
-_VERDICT_POS = ["i would watch it again", "highly recommended", "a real gem", "worth every minute",
-                "one of the best this year", "a must see", "i left smiling"]
-_VERDICT_NEG = ["a waste of time", "avoid it", "i want my money back", "one of the worst this year",
-                "skip this one", "i nearly walked out", "not worth it"]
-_VERDICT_NEU = ["it is what it is", "see it if you are curious", "your mileage may vary", "make up your own mind",
-                "it runs about two hours", "it opens next week"]
+_VERDICT_POS = [
+    "i would watch it again",
+    "highly recommended",
+    "a real gem",
+    "worth every minute",
+    "one of the best this year",
+    "a must see",
+    "i left smiling",
+]
+_VERDICT_NEG = [
+    "a waste of time",
+    "avoid it",
+    "i want my money back",
+    "one of the worst this year",
+    "skip this one",
+    "i nearly walked out",
+    "not worth it",
+]
+_VERDICT_NEU = [
+    "it is what it is",
+    "see it if you are curious",
+    "your mileage may vary",
+    "make up your own mind",
+    "it runs about two hours",
+    "it opens next week",
+]
 
 
 def _adj(rng: random.Random, pol: str) -> str:
@@ -154,8 +247,10 @@ def _decode(p: Path, key: str = "task.path") -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{key}: '{p}' line {line}: byte {data[e.start:e.start + 1]!r} at offset {e.start} is not "
-                          "UTF-8; save the file as UTF-8") from None
+        raise ConfigError(
+            f"{key}: '{p}' line {line}: byte {data[e.start : e.start + 1]!r} at offset {e.start} is not "
+            "UTF-8; save the file as UTF-8"
+        ) from None
 
 
 def _jsonl_rows(p: Path, text: str, key: str = "task.path", example: str = '{"text": "..."}') -> list[tuple[str, dict]]:
@@ -168,11 +263,15 @@ def _jsonl_rows(p: Path, text: str, key: str = "task.path", example: str = '{"te
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{key}: '{p}' line {n} column {e.colno}: broken JSON ({e.msg}); each line must be "
-                              f"one object like {example}") from None
+            raise ConfigError(
+                f"{key}: '{p}' line {n} column {e.colno}: broken JSON ({e.msg}); each line must be "
+                f"one object like {example}"
+            ) from None
         if not isinstance(row, dict):
-            raise ConfigError(f"{key}: '{p}' line {n}: a JSON {type(row).__name__}, not an object; each line must be "
-                              f"one object like {example}")
+            raise ConfigError(
+                f"{key}: '{p}' line {n}: a JSON {type(row).__name__}, not an object; each line must be "
+                f"one object like {example}"
+            )
         rows.append((f"line {n}", row))
     return rows
 
@@ -182,8 +281,10 @@ def _csv_rows(p: Path, text: str) -> list[tuple[str, dict]]:
     try:
         return [(f"line {reader.line_num}", row) for row in reader]
     except csv.Error as e:
-        raise ConfigError(f"task.path: '{p}' line {reader.line_num}: malformed CSV ({e}); quote fields that hold commas, "
-                          "quotes or newlines") from None
+        raise ConfigError(
+            f"task.path: '{p}' line {reader.line_num}: malformed CSV ({e}); quote fields that hold commas, "
+            "quotes or newlines"
+        ) from None
 
 
 def _read_local(path: str, column: str) -> list[str]:
@@ -219,12 +320,16 @@ def _texts_from_rows(rows: list[tuple[str, dict]], column: str, where: str) -> l
     for place, row in rows:
         if column not in row:
             have = ", ".join(str(k) for k in row if k is not None) or "none"
-            raise ConfigError(f"task.text_column: column '{column}' missing in '{where}' ({place}; it has: {have}); "
-                              "set task.text_column to the column holding the reviews")
+            raise ConfigError(
+                f"task.text_column: column '{column}' missing in '{where}' ({place}; it has: {have}); "
+                "set task.text_column to the column holding the reviews"
+            )
         value = row[column]
         if not isinstance(value, str):
-            raise ConfigError(f"task.text_column: '{where}' {place} column '{column}' is {_kind(value)}, not text; "
-                              "every review must be a string")
+            raise ConfigError(
+                f"task.text_column: '{where}' {place} column '{column}' is {_kind(value)}, not text; "
+                "every review must be a string"
+            )
         if not value.strip():
             raise ConfigError(f"task.path: '{where}' has an empty '{column}' at {place}; remove empty texts")
         texts.append(" ".join(value.split()))
@@ -243,13 +348,17 @@ def _load_imdb(path: str | None, column: str) -> tuple[list[str], list[str] | No
         ds = datasets.load_from_disk(str(local)) if local.exists() else datasets.load_dataset(name)
     except Exception as e:  # noqa: BLE001 - any failure to open the data is the user's input, said in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"task.path: cannot open '{name}' as a dataset ({first}); give a folder written by "
-                          "save_to_disk or a hub dataset name") from None
+        raise ConfigError(
+            f"task.path: cannot open '{name}' as a dataset ({first}); give a folder written by "
+            "save_to_disk or a hub dataset name"
+        ) from None
     if isinstance(ds, datasets.Dataset):
         return _dataset_texts(ds, column, name, "train"), None
     if "train" not in ds:
-        raise ConfigError(f"task.path: '{name}' has no 'train' split (it has: {', '.join(ds) or 'none'}); save a "
-                          "DatasetDict with a 'train' split")
+        raise ConfigError(
+            f"task.path: '{name}' has no 'train' split (it has: {', '.join(ds) or 'none'}); save a "
+            "DatasetDict with a 'train' split"
+        )
     train = _dataset_texts(ds["train"], column, name, "train")
     test = _dataset_texts(ds["test"], column, name, "test") if "test" in ds else None
     return train, test
@@ -259,12 +368,16 @@ def _dataset_texts(split, column: str, name: str, split_name: str) -> list[str]:
     """A split's ``column`` as texts; its declared type is checked first (one line, not a row-by-row crawl)."""
     where = f"{name}[{split_name}]"
     if column not in split.column_names:
-        raise ConfigError(f"task.text_column: column '{column}' missing in '{where}' (it has: "
-                          f"{', '.join(split.column_names) or 'none'}); set task.text_column to the column holding the reviews")
+        raise ConfigError(
+            f"task.text_column: column '{column}' missing in '{where}' (it has: "
+            f"{', '.join(split.column_names) or 'none'}); set task.text_column to the column holding the reviews"
+        )
     dtype = getattr(split.features[column], "dtype", type(split.features[column]).__name__)
     if dtype not in ("string", "large_string"):
-        raise ConfigError(f"task.text_column: '{where}' column '{column}' holds {dtype} values (row 0: "
-                          f"{_kind(split[0][column]) if len(split) else 'none'}), not text; pick the text column")
+        raise ConfigError(
+            f"task.text_column: '{where}' column '{column}' holds {dtype} values (row 0: "
+            f"{_kind(split[0][column]) if len(split) else 'none'}), not text; pick the text column"
+        )
     return _texts_from_rows([(f"row {i}", {column: v}) for i, v in enumerate(split[column])], column, where)
 
 
@@ -287,8 +400,10 @@ def _prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Random) -> 
             out.append(prompt)
             if len(out) == n:
                 return out
-    raise ConfigError(f"task.prompt_min_tokens: no training review has more than {lo} words to make a prompt from; "
-                      "lower task.prompt_min_tokens or use longer reviews")
+    raise ConfigError(
+        f"task.prompt_min_tokens: no training review has more than {lo} words to make a prompt from; "
+        "lower task.prompt_min_tokens or use longer reviews"
+    )
 
 
 def heldout_prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Random, exclude: set[str]) -> list[str]:
@@ -302,8 +417,10 @@ def heldout_prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Rand
     # At most one prompt per review and prefix length: asked for more, say so now instead of trying 20 x n times.
     possible = sum(max(0, min(hi, len(t.split()) - 1) - lo + 1) for t in texts)
     if n > possible:
-        raise ConfigError(f"task.n_eval_prompts: the held-out reviews give at most {possible} distinct prompts (asked for "
-                          f"{n}); lower task.n_eval_prompts or raise task.n_heldout")
+        raise ConfigError(
+            f"task.n_eval_prompts: the held-out reviews give at most {possible} distinct prompts (asked for "
+            f"{n}); lower task.n_eval_prompts or raise task.n_heldout"
+        )
     out: list[str] = []
     seen = set(exclude)
     for i in range(20 * max(n, len(texts))):  # each review is tried with several prefix lengths
@@ -313,11 +430,13 @@ def heldout_prompts(texts: list[str], n: int, lo: int, hi: int, rng: random.Rand
             out.append(candidate)
             if len(out) == n:
                 return out
-    raise ConfigError(f"task.n_eval_prompts: the held-out reviews give only {len(out)} distinct prompts that no training "
-                      f"prompt equals (asked for {n}); lower task.n_eval_prompts or raise task.n_heldout")
+    raise ConfigError(
+        f"task.n_eval_prompts: the held-out reviews give only {len(out)} distinct prompts that no training "
+        f"prompt equals (asked for {n}); lower task.n_eval_prompts or raise task.n_heldout"
+    )
 
 
-def check_heldout(data: "TaskData") -> None:
+def check_heldout(data: TaskData) -> None:
     """Evaluation prompts must be disjoint from every training prompt (asserted whenever a task loads)."""
     shared = set(data.eval_prompts) & set(data.train_prompts)
     if shared:
@@ -328,7 +447,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
     rng = random.Random(cfg.seed)
     if cfg.name == "reviews":
         texts = generate_reviews(cfg.n_train + cfg.n_heldout, cfg.seed)
-        train, held = texts[: cfg.n_train], texts[cfg.n_train:]
+        train, held = texts[: cfg.n_train], texts[cfg.n_train :]
     else:
         if cfg.name == "imdb":
             train_all, test = _load_imdb(cfg.path, cfg.text_column)
@@ -343,8 +462,10 @@ def load_task(cfg: TaskConfig) -> TaskData:
         train, held = train_all[: cfg.n_train], test[: cfg.n_heldout]
     if len(train) < MIN_TRAIN_REVIEWS:
         key, source = ("task.n_train", "") if cfg.n_train < MIN_TRAIN_REVIEWS else ("task.path", f" from '{cfg.path}'")
-        raise ConfigError(f"{key}: {len(train)} training reviews{source} are too few to train on (the minimum is "
-                          f"{MIN_TRAIN_REVIEWS}, after the held-out split); give more reviews or raise task.n_train")
+        raise ConfigError(
+            f"{key}: {len(train)} training reviews{source} are too few to train on (the minimum is "
+            f"{MIN_TRAIN_REVIEWS}, after the held-out split); give more reviews or raise task.n_train"
+        )
     lo, hi = cfg.prompt_min_tokens, cfg.prompt_max_tokens
     train_prompts = _prompts(train, cfg.n_train_prompts, lo, hi, rng)
     data = TaskData(

@@ -62,9 +62,13 @@ def prompt_evidence(prompts: list[str], prompt_index: np.ndarray, **per_sample: 
     """Per-prompt means (index p = the p-th evaluation prompt) of each per-sample array (gold, kl, truncated), with
     the prompts' hash: what the report's paired bootstrap resamples."""
     n = len(prompts)
-    return {"prompts_key": prompts_key(prompts),
-            **{name: [round(float(v), 6) for v in per_prompt_means(np.asarray(x, dtype=np.float64), prompt_index, n)]
-               for name, x in per_sample.items()}}
+    return {
+        "prompts_key": prompts_key(prompts),
+        **{
+            name: [round(float(v), 6) for v in per_prompt_means(np.asarray(x, dtype=np.float64), prompt_index, n)]
+            for name, x in per_sample.items()
+        },
+    }
 
 
 def sampling_seed(eval_seed: int, run_seed: int) -> int:
@@ -92,7 +96,9 @@ def kl_stats(policy, reference, s: Samples, batch_size: int, temperature: float 
         lp = part.logprobs if part.logprobs is not None else response_logits(policy, part, temperature)
         lr = response_logits(reference, part, temperature)
         exact.append(sequence_kl_exact(lp, lr, part.response_mask))
-        sampled.append(sequence_kl_sample(token_logprobs(lp, part.response), token_logprobs(lr, part.response), part.response_mask))
+        sampled.append(
+            sequence_kl_sample(token_logprobs(lp, part.response), token_logprobs(lr, part.response), part.response_mask)
+        )
     return torch.cat(exact).cpu().numpy(), torch.cat(sampled).cpu().numpy()
 
 
@@ -103,10 +109,19 @@ class Evaluator:
     time spent in evaluations (so it counts training only, whatever ``eval.every`` is).
     """
 
-    def __init__(self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None, precision: str = "fp32") -> None:
+    def __init__(
+        self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None, precision: str = "fp32"
+    ) -> None:
         """``precision``: the job's (``harness.lm.precision``): with bf16 the sampling and KL forward passes of policy and
         reference run under bf16 autocast, as the method's own forward passes do."""
-        self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = reference, tok, prompts, gold, cfg, proxy
+        self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = (
+            reference,
+            tok,
+            prompts,
+            gold,
+            cfg,
+            proxy,
+        )
         self.precision = precision
         self.reference.eval()
         self.last_samples: Samples | None = None
@@ -126,8 +141,18 @@ class Evaluator:
         return max(0.0, time.time() - self.started - self.eval_seconds)
 
     @torch.no_grad()
-    def __call__(self, policy, *, method: str, setting: str, seed: int, step: int, run_id: str,
-                 tokens_generated: int = 0, tokens_trained: int = 0) -> EvalPoint:
+    def __call__(
+        self,
+        policy,
+        *,
+        method: str,
+        setting: str,
+        seed: int,
+        step: int,
+        run_id: str,
+        tokens_generated: int = 0,
+        tokens_trained: int = 0,
+    ) -> EvalPoint:
         """Evaluate ``policy``; ``tokens_*`` are the training compute the caller has spent so far."""
         t0 = time.time()
         train_s = self.training_seconds()
@@ -137,8 +162,16 @@ class Evaluator:
         gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
         T = self.cfg.temperature
         with autocast(device, self.precision):
-            s = sample(policy, self.tok, self.prompts, self.cfg.samples_per_prompt, self.cfg.max_new_tokens, T,
-                       generator=gen, keep_logprobs=self._keep_logprobs(policy))
+            s = sample(
+                policy,
+                self.tok,
+                self.prompts,
+                self.cfg.samples_per_prompt,
+                self.cfg.max_new_tokens,
+                T,
+                generator=gen,
+                keep_logprobs=self._keep_logprobs(policy),
+            )
             exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
             texts = texts_of(self.tok, self.prompts, s)
             proxy = float(np.mean(self.proxy(texts))) if self.proxy is not None else None
@@ -149,12 +182,22 @@ class Evaluator:
         idx, n = s.prompt_index.cpu().numpy(), len(self.prompts)
         truncated = (~s.ended).cpu().numpy().astype(np.float64)
         point = EvalPoint(
-            method=method, setting=setting, seed=seed, step=step,
-            kl=float(exact.mean()), kl_sem=clustered_sem(exact, idx, n), kl_sample=float(sampled.mean()),
-            gold_reward=float(gold.mean()), gold_reward_sem=clustered_sem(gold, idx, n), proxy_reward=proxy,
-            response_tokens=float(s.lengths().float().mean()), run_id=run_id,
-            truncated_frac=float(truncated.mean()), compute_tokens_generated=int(tokens_generated),
-            compute_tokens_trained=int(tokens_trained), compute_wall_s=round(train_s, 3),
+            method=method,
+            setting=setting,
+            seed=seed,
+            step=step,
+            kl=float(exact.mean()),
+            kl_sem=clustered_sem(exact, idx, n),
+            kl_sample=float(sampled.mean()),
+            gold_reward=float(gold.mean()),
+            gold_reward_sem=clustered_sem(gold, idx, n),
+            proxy_reward=proxy,
+            response_tokens=float(s.lengths().float().mean()),
+            run_id=run_id,
+            truncated_frac=float(truncated.mean()),
+            compute_tokens_generated=int(tokens_generated),
+            compute_tokens_trained=int(tokens_trained),
+            compute_wall_s=round(train_s, 3),
             eval_s=round(time.time() - t0, 3),
             evidence=prompt_evidence(self.prompts, idx, gold=gold, kl=exact, truncated=truncated),
         )

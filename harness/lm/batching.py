@@ -28,7 +28,7 @@ def length_sorted_order(lengths: list[int], batch_size: int, rng: np.random.Gene
     order = rng.permutation(len(lengths)).tolist()
     out: list[int] = []
     for start in range(0, len(order), batch_size):
-        out.extend(sorted(order[start:start + batch_size], key=lambda i: lengths[i]))
+        out.extend(sorted(order[start : start + batch_size], key=lambda i: lengths[i]))
     return out
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -81,15 +82,17 @@ def per_process(n: int, key: str, processes: int | None = None) -> int:
 
     w = processes or world_size()
     if n % w:
-        raise ConfigError(f"{key}: {n} cannot be split equally over {w} processes; pick a multiple of {w} "
-                          "or launch a number of processes that divides it")
+        raise ConfigError(
+            f"{key}: {n} cannot be split equally over {w} processes; pick a multiple of {w} "
+            "or launch a number of processes that divides it"
+        )
     return n // w
 
 
 def shard(items: list[T], key: str = "pipeline.batch_size") -> list[T]:
     """This process's contiguous share of ``items`` (all of them with one process)."""
     n = per_process(len(items), key)
-    return items[rank() * n:(rank() + 1) * n]
+    return items[rank() * n : (rank() + 1) * n]
 
 
 def process_seed(seed: int) -> int:
@@ -116,7 +119,9 @@ def batch_means(columns: dict[str, torch.Tensor]) -> dict[str, float]:
     """The mean over the whole batch (every process's share) of each per-episode column (B,), in one collective."""
     names = list(columns)
     ref = columns[names[0]]
-    sums = torch.stack([columns[k].float().sum() for k in names] + [torch.tensor(float(ref.shape[0]), device=ref.device)])
+    sums = torch.stack(
+        [columns[k].float().sum() for k in names] + [torch.tensor(float(ref.shape[0]), device=ref.device)]
+    )
     sums = all_reduce_sum(sums)
     return {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)}
 
@@ -162,7 +167,7 @@ def average_gradients(parameters) -> None:
             flat /= w
             offset = 0
             for g in bucket:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
             bucket = []
 
@@ -227,9 +232,17 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
             box[0] = (None, e)
         if not _picklable(box[0]):
             result, e = box[0]
-            box[0] = (None, e if e is not None and _picklable(e) else RuntimeError(
-                f"{type(e).__name__}: {e}" if e is not None else f"the main process's {fn.__name__} returned "
-                "something that cannot be sent to the other processes"))
+            box[0] = (
+                None,
+                e
+                if e is not None and _picklable(e)
+                else RuntimeError(
+                    f"{type(e).__name__}: {e}"
+                    if e is not None
+                    else f"the main process's {fn.__name__} returned "
+                    "something that cannot be sent to the other processes"
+                ),
+            )
     dist.broadcast_object_list(box, src=0)
     result, error = box[0]
     if error is not None:

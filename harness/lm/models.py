@@ -58,7 +58,9 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None) -> Pr
     has none (GPT-2 has none; padding with EOS would hide the real EOS from the loss and from generation)."""
     if cfg.name == "tiny":
         if not train_texts:
-            raise ConfigError("model.name: 'tiny' trains its tokenizer on the task corpus, which is empty; check task.n_train")
+            raise ConfigError(
+                "model.name: 'tiny' trains its tokenizer on the task corpus, which is empty; check task.n_train"
+            )
         return train_tokenizer(train_texts, cfg.vocab_size)
     tok = _from_pretrained(AutoTokenizer, cfg.name, trust_remote_code=cfg.trust_remote_code)
     if tok.eos_token is None:
@@ -105,14 +107,20 @@ def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0) -> PreTrainedModel:
     if cfg.name == "tiny":
         torch.manual_seed(seed)
         conf = GPT2Config(
-            vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+            vocab_size=len(tok),
+            n_positions=cfg.n_positions,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
         )
         model = GPT2LMHeadModel(conf)
     else:
-        model = _from_pretrained(AutoModelForCausalLM, cfg.name, dtype=getattr(torch, cfg.dtype),
-                                 trust_remote_code=cfg.trust_remote_code)
+        model = _from_pretrained(
+            AutoModelForCausalLM, cfg.name, dtype=getattr(torch, cfg.dtype), trust_remote_code=cfg.trust_remote_code
+        )
         if model.get_input_embeddings().num_embeddings < len(tok):  # a pad token was added
             model.resize_token_embeddings(len(tok))
     _sync_special_tokens(model, tok)
@@ -134,7 +142,9 @@ def load_scalar_model(path: str | Path, tok, trust_remote_code: bool = False) ->
     The sequence score is read at the last non-pad token, which needs ``pad_token_id`` on the config and a pad
     distinct from EOS (the EOS is the last real token of a finished response).
     """
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, trust_remote_code=trust_remote_code
+    )
     _sync_special_tokens(model, tok)
     return use_fused_gelu(model)
 
@@ -159,7 +169,7 @@ def disable_dropout(model):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     config = getattr(model, "config", None)
-    for key, value in (list(vars(config).items()) if config is not None else ()):
+    for key, value in list(vars(config).items()) if config is not None else ():
         if (key.endswith("dropout") or key.endswith("pdrop")) and isinstance(value, float):
             setattr(config, key, 0.0)
     return model

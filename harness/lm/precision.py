@@ -28,9 +28,13 @@ def supports_bf16(device: torch.device) -> bool:
 def check_precision(precision: str, device: torch.device) -> None:
     """One ConfigError line when ``precision=bf16`` is asked for on a device that cannot run it."""
     if precision == "bf16" and not supports_bf16(device):
-        what = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else device.type
-        raise ConfigError(f"precision: bf16 asked for, but the device ({what}) cannot run bf16 (CUDA needs compute "
-                          "capability 8.0 or later); use precision=fp32")
+        what = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else device.type
+        )
+        raise ConfigError(
+            f"precision: bf16 asked for, but the device ({what}) cannot run bf16 (CUDA needs compute "
+            "capability 8.0 or later); use precision=fp32"
+        )
 
 
 def autocast(device: torch.device, precision: str):

@@ -37,9 +37,14 @@ class Samples:
     def lengths(self) -> torch.Tensor:  # (B,) response tokens incl. EOS
         return self.response_mask.sum(-1)
 
-    def subset(self, idx: torch.Tensor) -> "Samples":
-        return Samples(*(getattr(self, f)[idx] for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")),
-                       logprobs=None if self.logprobs is None else self.logprobs[idx])
+    def subset(self, idx: torch.Tensor) -> Samples:
+        return Samples(
+            *(
+                getattr(self, f)[idx]
+                for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")
+            ),
+            logprobs=None if self.logprobs is None else self.logprobs[idx],
+        )
 
 
 def encode_prompts(tok, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +55,8 @@ def encode_prompts(tok, prompts: list[str], device: torch.device) -> tuple[torch
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for r, row in enumerate(ids):
         if row:
-            query[r, width - len(row):] = torch.tensor(row)
-            mask[r, width - len(row):] = 1
+            query[r, width - len(row) :] = torch.tensor(row)
+            mask[r, width - len(row) :] = 1
     return query.to(device), mask.to(device)
 
 
@@ -112,8 +117,9 @@ def sample(
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         attn = torch.cat([attn, alive.long().unsqueeze(-1)], dim=1)
-        out = model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
-                    cache=past, use_cache=True)
+        out = model(
+            input_ids=tokens[-1].unsqueeze(-1), attention_mask=attn, position_ids=next_pos, cache=past, use_cache=True
+        )
         past, logits = out.cache, out.logits[:, -1]
         next_pos = next_pos + 1
     response = torch.stack(tokens, 1)
@@ -121,8 +127,9 @@ def sample(
     ended = ((response == eos) & (rmask > 0)).any(-1)
     if was_training:
         model.train()
-    return Samples(query, qmask, response, rmask, ended, prompt_index,
-                   logprobs=torch.stack(logprobs, 1) if keep_logprobs else None)
+    return Samples(
+        query, qmask, response, rmask, ended, prompt_index, logprobs=torch.stack(logprobs, 1) if keep_logprobs else None
+    )
 
 
 def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
@@ -136,7 +143,7 @@ def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor
     P, T = s.query.shape[1], s.response.shape[1]
     backbone = getattr(model, model.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
     hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, P - 1:P - 1 + T]).float()
+    logits = model.get_output_embeddings()(hidden[:, P - 1 : P - 1 + T]).float()
     return logits / temperature if temperature != 1.0 else logits
 
 

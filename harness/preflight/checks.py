@@ -10,15 +10,14 @@ is a one-line :class:`ConfigError` that names the key (or the file, row and colu
 written) into that one line, and returns None for anything else: a bug keeps its traceback.
 """
 
-
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from harness.config import HarnessConfig, identity_of
 from harness.data.caches import task_data, with_file_prompts
@@ -43,13 +42,18 @@ def check_device(name: str, here: bool = True) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(name.split(":")[1]) if ":" in name else 0
         if count == 0:
-            raise ConfigError(f"device: '{name}' asked for, but torch sees no CUDA GPU on this machine; use device=cpu "
-                              "or device=auto")
+            raise ConfigError(
+                f"device: '{name}' asked for, but torch sees no CUDA GPU on this machine; use device=cpu or device=auto"
+            )
         if index >= count:
-            raise ConfigError(f"device: '{name}' asked for, but this machine has {count} CUDA GPU(s) (cuda:0..cuda:"
-                              f"{count - 1}); pick one of them")
+            raise ConfigError(
+                f"device: '{name}' asked for, but this machine has {count} CUDA GPU(s) (cuda:0..cuda:"
+                f"{count - 1}); pick one of them"
+            )
     elif name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: 'mps' asked for, but torch sees no Apple GPU on this machine; use device=cpu or auto")
+        raise ConfigError(
+            "device: 'mps' asked for, but torch sees no Apple GPU on this machine; use device=cpu or auto"
+        )
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -64,13 +68,17 @@ def check_writable(path: str | Path, key: str) -> Path:
     target = Path(path).expanduser().absolute()
     folder = _existing_ancestor(target)
     if not folder.is_dir():
-        raise ConfigError(f"{key}: '{path}' cannot be a folder: '{folder}' is a file; set {key} to a folder you can write")
+        raise ConfigError(
+            f"{key}: '{path}' cannot be a folder: '{folder}' is a file; set {key} to a folder you can write"
+        )
     try:
         fd, probe = tempfile.mkstemp(prefix=".harness-write-check-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"{key}: cannot write in '{folder}' ({e.strerror}); set {key} to a folder you can write") from None
+        raise ConfigError(
+            f"{key}: cannot write in '{folder}' ({e.strerror}); set {key} to a folder you can write"
+        ) from None
     return folder
 
 
@@ -80,16 +88,20 @@ def check_free_space(path: str | Path, need: int, key: str) -> None:
     folder = _existing_ancestor(Path(path).expanduser().absolute())
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise ConfigError(f"{key}: {free / 2**20:.0f} MiB free in '{folder}', this job writes about {need / 2**20:.0f} "
-                          f"MiB (model weights and stage data); free some space or set {key} elsewhere")
+        raise ConfigError(
+            f"{key}: {free / 2**20:.0f} MiB free in '{folder}', this job writes about {need / 2**20:.0f} "
+            f"MiB (model weights and stage data); free some space or set {key} elsewhere"
+        )
 
 
 def _no_remote_code(pre: Pretrained | None, name: str, key: str, trust: bool) -> None:
     """A model whose config names its own Python classes (``auto_map``) runs that code when loaded: only when asked."""
     if pre is not None and "auto_map" in pre.config and not trust:
         trust_key = key.rsplit(".", 1)[0] + ".trust_remote_code"
-        raise ConfigError(f"{key}: '{name}' needs its own Python code to load (config.json has auto_map); set "
-                          f"{trust_key}=true only if you trust that code")
+        raise ConfigError(
+            f"{key}: '{name}' needs its own Python code to load (config.json has auto_map); set "
+            f"{trust_key}=true only if you trust that code"
+        )
 
 
 def _tiny_weight_bytes(hc: HarnessConfig) -> int:
@@ -127,8 +139,10 @@ def check_gold(hc: HarnessConfig) -> None:
     if outputs and (outputs == 1) != (g.kind == "hf_reward_model"):
         raise ConfigError(gold_kind_mismatch(g.name_or_path, outputs, g.kind))
     if g.kind == "hf_classifier" and labels and g.label not in labels:
-        raise ConfigError(f"gold.label: '{g.label}' is not a label of {g.name_or_path} ({', '.join(labels)}); set "
-                          "gold.label to one of them")
+        raise ConfigError(
+            f"gold.label: '{g.label}' is not a label of {g.name_or_path} ({', '.join(labels)}); set "
+            "gold.label to one of them"
+        )
 
 
 def check_policy(hc: HarnessConfig) -> int | None:
@@ -144,9 +158,11 @@ def check_policy(hc: HarnessConfig) -> int | None:
     n_pos = positions(pre.config) if pre is not None else None
     need = hc.task.prompt_max_tokens + hc.eval.max_new_tokens
     if n_pos is not None and need > n_pos:
-        raise ConfigError(f"policy: '{name}' has {n_pos} positions, fewer than prompts of up to "
-                          f"{hc.task.prompt_max_tokens} words plus eval.max_new_tokens={hc.eval.max_new_tokens}; lower "
-                          "eval.max_new_tokens or task.prompt_max_tokens")
+        raise ConfigError(
+            f"policy: '{name}' has {n_pos} positions, fewer than prompts of up to "
+            f"{hc.task.prompt_max_tokens} words plus eval.max_new_tokens={hc.eval.max_new_tokens}; lower "
+            "eval.max_new_tokens or task.prompt_max_tokens"
+        )
     return pre.weight_bytes if pre is not None else None
 
 
@@ -171,8 +187,10 @@ def check_lengths(hc: HarnessConfig, n_pos: int, where: str) -> None:
         sampled.append(("pipeline.max_new_tokens", pipe.max_new_tokens))
     for key, value in sampled:
         if words + value > n_pos:
-            raise ConfigError(f"{key}: prompts of up to {words} words plus {value} new tokens need more than the model's "
-                              f"{n_pos} positions ({where}); lower {key} or task.prompt_max_tokens")
+            raise ConfigError(
+                f"{key}: prompts of up to {words} words plus {value} new tokens need more than the model's "
+                f"{n_pos} positions ({where}); lower {key} or task.prompt_max_tokens"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- all of it
@@ -221,8 +239,11 @@ def check_jobs(jobs: Iterable[list[str]], load_job: Callable[[list[str]], Harnes
     for n, overrides in enumerate(jobs, 1):
         try:
             hc = load_job(list(overrides))
-            key = json.dumps({k: identity_of(v) for k, v in vars(hc).items() if k not in ("raw", "method")},
-                             sort_keys=True, default=str)
+            key = json.dumps(
+                {k: identity_of(v) for k, v in vars(hc).items() if k not in ("raw", "method")},
+                sort_keys=True,
+                default=str,
+            )
             if key not in seen:
                 seen.add(key)
                 preflight(hc, here)
@@ -232,4 +253,3 @@ def check_jobs(jobs: Iterable[list[str]], load_job: Callable[[list[str]], Harnes
                 raise
             raise ConfigError(f"{line} [job {n}: {' '.join(overrides)}]") from None
     return n
-

@@ -84,9 +84,10 @@ def user_error(e: BaseException) -> str | None:
     if isinstance(e, ConfigError):
         return _first_line(str(e))
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS and e.filename:
-        return (f"output: cannot write '{e.filename}' ({e.strerror}); set hydra.run.dir (hydra.sweep.dir with -m) and "
-                "cache_dir to folders you can write, with free space")
+        return (
+            f"output: cannot write '{e.filename}' ({e.strerror}); set hydra.run.dir (hydra.sweep.dir with -m) and "
+            "cache_dir to folders you can write, with free space"
+        )
     if isinstance(e, Exception):
         return _hydra_line(e)
     return None
-

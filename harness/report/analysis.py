@@ -19,7 +19,7 @@ Rules (also stated in ``summary.md``):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -63,8 +63,10 @@ def evidence_points(rows: Sequence[dict], evidence: dict | None = None):
             sizes.add(ev["gold"].size)
         joined.append((r, ev))
     if len(keys) > 1 or len(sizes) > 1:
-        raise ValueError(f"the runs were evaluated on different prompts (prompts_key {sorted(map(str, keys))}, "
-                         f"prompt counts {sorted(sizes)})")
+        raise ValueError(
+            f"the runs were evaluated on different prompts (prompts_key {sorted(map(str, keys))}, "
+            f"prompt counts {sorted(sizes)})"
+        )
     n_prompts = sizes.pop() if sizes else 2
     grouped: dict[str, dict] = {}
     n_with = 0
@@ -75,17 +77,30 @@ def evidence_points(rows: Sequence[dict], evidence: dict | None = None):
         else:
             gold, kl = stats.constant_evidence(r["kl"], r["gold_reward"], n_prompts)
         grouped.setdefault(r["method"], {}).setdefault(r["seed"], []).append((gold, kl))
-    points = {m: {s: (np.stack([g for g, _ in pts]), np.stack([k for _, k in pts])) for s, pts in per_seed.items()}
-              for m, per_seed in grouped.items()}
-    info = dict(n_prompts=n_prompts if n_with else 0, with_evidence=n_with, without_evidence=len(joined) - n_with,
-                prompts_key=keys.pop() if keys else None)
+    points = {
+        m: {s: (np.stack([g for g, _ in pts]), np.stack([k for _, k in pts])) for s, pts in per_seed.items()}
+        for m, per_seed in grouped.items()
+    }
+    info = dict(
+        n_prompts=n_prompts if n_with else 0,
+        with_evidence=n_with,
+        without_evidence=len(joined) - n_with,
+        prompts_key=keys.pop() if keys else None,
+    )
     return points, info
 
 
-def summarize(rows: Sequence[dict], methods: Mapping[str, Method], comparisons: Sequence[tuple[str, str]] = (),
-              kls: Sequence[float] = stats.DEFAULT_KLS, evidence: dict | None = None, n_boot: int = stats.N_BOOT,
-              min_kl: float = stats.MIN_COMMON_KL, seed: int = stats.BOOT_SEED,
-              n_grid: int = stats.GRID_POINTS) -> dict:
+def summarize(
+    rows: Sequence[dict],
+    methods: Mapping[str, Method],
+    comparisons: Sequence[tuple[str, str]] = (),
+    kls: Sequence[float] = stats.DEFAULT_KLS,
+    evidence: dict | None = None,
+    n_boot: int = stats.N_BOOT,
+    min_kl: float = stats.MIN_COMMON_KL,
+    seed: int = stats.BOOT_SEED,
+    n_grid: int = stats.GRID_POINTS,
+) -> dict:
     """All numbers of the report (no I/O).
 
     Args:
@@ -105,8 +120,16 @@ def summarize(rows: Sequence[dict], methods: Mapping[str, Method], comparisons: 
     """
     points, info = evidence_points(rows, evidence)
     comparisons = tuple(tuple(pair) for pair in comparisons)
-    analysis = stats.analyse(points, kls=kls, pairs=comparisons, n_boot=n_boot, seed=seed, n_grid=n_grid,
-                             min_kl=min_kl, reference=reference_methods(methods))
+    analysis = stats.analyse(
+        points,
+        kls=kls,
+        pairs=comparisons,
+        n_boot=n_boot,
+        seed=seed,
+        n_grid=n_grid,
+        min_kl=min_kl,
+        reference=reference_methods(methods),
+    )
     shown = ordered_methods((r["method"] for r in rows), methods)
     by_method = group_by(rows, "method")
     nan_stat = dict(est=float("nan"), lo=float("nan"), hi=float("nan"))
@@ -122,24 +145,40 @@ def summarize(rows: Sequence[dict], methods: Mapping[str, Method], comparisons: 
             at_kl={x: (st["at_kl"][x] if st else nan_stat) for x in kls},
             max_reward=st["max_reward"] if st else nan_stat,
         )
-    ordering = sorted((m for m in shown if np.isfinite(per_method[m]["area"]["est"])),
-                      key=lambda m: -per_method[m]["area"]["est"])
-    truncated = {m: float(np.mean([r["truncated_frac"] for r in by_method[m] if finite(r.get("truncated_frac"))]))
-                 for m in shown if any(finite(r.get("truncated_frac")) for r in by_method[m])}
+    ordering = sorted(
+        (m for m in shown if np.isfinite(per_method[m]["area"]["est"])), key=lambda m: -per_method[m]["area"]["est"]
+    )
+    truncated = {
+        m: float(np.mean([r["truncated_frac"] for r in by_method[m] if finite(r.get("truncated_frac"))]))
+        for m in shown
+        if any(finite(r.get("truncated_frac")) for r in by_method[m])
+    }
     families = family_comparison(points, methods, kls=kls, n_boot=n_boot, seed=seed, n_grid=n_grid, min_kl=min_kl)
-    return dict(methods=shown, range=analysis["range"], kls=tuple(kls), per_method=per_method,
-                ordering=ordering, comparisons={pair: analysis["comparisons"][pair] for pair in comparisons},
-                fits=gao_fits(rows, methods), analysis=analysis, evidence=info, families=families,
-                n_boot=n_boot, n_rows=len(rows), seeds=sorted({r["seed"] for r in rows}, key=str),
-                truncated=truncated)
+    return dict(
+        methods=shown,
+        range=analysis["range"],
+        kls=tuple(kls),
+        per_method=per_method,
+        ordering=ordering,
+        comparisons={pair: analysis["comparisons"][pair] for pair in comparisons},
+        fits=gao_fits(rows, methods),
+        analysis=analysis,
+        evidence=info,
+        families=families,
+        n_boot=n_boot,
+        n_rows=len(rows),
+        seeds=sorted({r["seed"] for r in rows}, key=str),
+        truncated=truncated,
+    )
 
 
 def gao_fits(rows: Sequence[dict], methods: Mapping[str, Method]) -> dict[str, dict]:
     """The Gao et al. (2022) fit of every method but the reference policy, in display order: ``stats.fit_gao`` with
     the method's law (its record's ``gao_form``) on all its points, R0 its own KL≈0 points' mean reward, else that of
     any method's KL≈0 points, else 0; each fit dict gains ``kind`` and ``baseline_from``."""
-    reference = [r["gold_reward"] for r in rows
-                 if finite(r["kl"]) and r["kl"] < stats.ZERO_KL and finite(r["gold_reward"])]
+    reference = [
+        r["gold_reward"] for r in rows if finite(r["kl"]) and r["kl"] < stats.ZERO_KL and finite(r["gold_reward"])
+    ]
     by_method = group_by(rows, "method")
     fits = {}
     for m in ordered_methods(by_method, methods):
@@ -150,15 +189,25 @@ def gao_fits(rows: Sequence[dict], methods: Mapping[str, Method]) -> dict[str, d
         baseline = float(np.mean(own)) if own else (float(np.mean(reference)) if reference else None)
         kind = gao_form(m, methods)
         fit = stats.fit_gao([r["kl"] for r in group], [r["gold_reward"] for r in group], kind, baseline=baseline)
-        fit.update(kind=kind, baseline_from="own KL≈0 points" if own else
-                   ("other methods' KL≈0 points" if reference else "none (R0 = 0)"))
+        fit.update(
+            kind=kind,
+            baseline_from="own KL≈0 points"
+            if own
+            else ("other methods' KL≈0 points" if reference else "none (R0 = 0)"),
+        )
         fits[m] = fit
     return fits
 
 
-def family_comparison(points: dict, methods: Mapping[str, Method], kls: Sequence[float] = stats.DEFAULT_KLS,
-                      n_boot: int = stats.N_BOOT, seed: int = stats.BOOT_SEED, n_grid: int = stats.GRID_POINTS,
-                      min_kl: float = stats.MIN_COMMON_KL) -> dict | None:
+def family_comparison(
+    points: dict,
+    methods: Mapping[str, Method],
+    kls: Sequence[float] = stats.DEFAULT_KLS,
+    n_boot: int = stats.N_BOOT,
+    seed: int = stats.BOOT_SEED,
+    n_grid: int = stats.GRID_POINTS,
+    min_kl: float = stats.MIN_COMMON_KL,
+) -> dict | None:
     """Online − offline (``FAMILY_COMPARISON``; the members are the records of ``methods`` with that family): each
     family's points pooled into one curve (``stats.pool_methods``: the best member at each KL), compared like the
     method comparisons with the same bootstrap seed, so the prompt resampling is the one the per-method intervals

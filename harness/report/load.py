@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -88,13 +88,16 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, str, str, int], di
     """
     out: dict[tuple[str, str, str, str, int], dict] = {}
     origin: dict[tuple[str, str, str, str, int], str] = {}
-    first = None                                    # (prompts_key, P, where) of the first record
+    first = None  # (prompts_key, P, where) of the first record
     for where, rec in json_lines(folder, "evidence.jsonl", EVIDENCE_KEYS):
         arrays = {}
         for k in EVIDENCE_ARRAYS:
             v = rec[k]
-            if not isinstance(v, list) or not v or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            if (
+                not isinstance(v, list)
+                or not v
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            ):
                 raise ValueError(f"{where}: {k!r} must be a non-empty list of numbers")
             arrays[k] = np.asarray(v, dtype=float)
         sizes = {k: a.size for k, a in arrays.items()}
@@ -104,9 +107,11 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, str, str, int], di
         if first is None:
             first = (rec["prompts_key"], n, where)
         elif (rec["prompts_key"], n) != first[:2]:
-            raise ValueError(f"{where}: the runs were evaluated on different prompts (prompts_key "
-                             f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
-                             f"{first[1]} prompts)")
+            raise ValueError(
+                f"{where}: the runs were evaluated on different prompts (prompts_key "
+                f"{rec['prompts_key']!r}, {n} prompts; {first[2]} has {first[0]!r}, "
+                f"{first[1]} prompts)"
+            )
         try:
             key = evidence_key(rec)
         except (TypeError, ValueError):
@@ -114,6 +119,8 @@ def load_evidence(folder: str | Path) -> dict[tuple[str, str, str, str, int], di
         if key not in out:
             out[key], origin[key] = {**rec, **arrays}, where
         elif not all(np.array_equal(out[key][k], arrays[k]) for k in arrays):
-            raise ValueError(f"{where}: run {key[0]!r} ({key[1]}, seed {key[2]}, {key[3] or 'no setting'}, step {key[4]}) "
-                             f"already has different evidence in {origin[key]}: two runs share one run_id")
+            raise ValueError(
+                f"{where}: run {key[0]!r} ({key[1]}, seed {key[2]}, {key[3] or 'no setting'}, step {key[4]}) "
+                f"already has different evidence in {origin[key]}: two runs share one run_id"
+            )
     return out

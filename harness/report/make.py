@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import csv
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from harness.eval.row import REQUIRED_KEYS
 from harness.methods import Method
@@ -54,22 +54,36 @@ def git_commit(where: str | Path | None = None) -> str:
     commit that did not make it; "unknown" outside a git checkout."""
     where = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10)
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "harness", "pipelines",
-                                "conf"], cwd=top or where, capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "harness", "pipelines", "conf"],
+            cwd=top or where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     sha = out.stdout.strip()
     return (sha + ("-dirty" if dirty else "")) if out.returncode == 0 and sha else "unknown"
 
 
-def make_report(folder: str | Path, methods: Mapping[str, Method], comparisons: Sequence[tuple[str, str]] = (),
-                kls: Sequence[float] = DEFAULT_KLS, title: str | None = None,
-                rows: Sequence[dict] | None = None, evidence: dict | None = None, n_boot: int = N_BOOT,
-                commit: str | None = None) -> dict[str, Path]:
+def make_report(
+    folder: str | Path,
+    methods: Mapping[str, Method],
+    comparisons: Sequence[tuple[str, str]] = (),
+    kls: Sequence[float] = DEFAULT_KLS,
+    title: str | None = None,
+    rows: Sequence[dict] | None = None,
+    evidence: dict | None = None,
+    n_boot: int = N_BOOT,
+    commit: str | None = None,
+) -> dict[str, Path]:
     """Write ``points.csv``, ``frontier.png``, ``summary.md`` (and ``ablations.png`` when some method was
     swept over a knob) into ``folder``.
 
@@ -111,6 +125,7 @@ def make_report(folder: str | Path, methods: Mapping[str, Method], comparisons: 
 
     paths["summary_md"] = folder / "summary.md"
     table = settings_table(rows, methods)  # each setting's final point (an ablation's table); "" when nothing was swept
-    paths["summary_md"].write_text(format_summary(summary, methods, title, commit=commit) + ("\n" + table if table else ""),
-                                   encoding="utf-8")
+    paths["summary_md"].write_text(
+        format_summary(summary, methods, title, commit=commit) + ("\n" + table if table else ""), encoding="utf-8"
+    )
     return paths

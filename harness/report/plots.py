@@ -6,7 +6,7 @@ ablation panels. Colours, markers and labels are the registry records' (``harnes
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -26,7 +26,6 @@ from harness.report.rows import (
 )
 from harness.report.stats import N_BOOT
 
-
 KL_LABEL = "KL(π‖π_ref)  [nats]"
 
 
@@ -38,12 +37,20 @@ COMPUTE_LABEL = "training tokens, generated + trained  [log scale; step-0 evalua
 
 def new_axes(figsize):
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def plot_frontier(rows: Sequence[dict], methods: Mapping[str, Method], ax=None, title: str | None = None, evidence: dict | None = None,
-                  summary: dict | None = None, n_boot: int = N_BOOT):
+def plot_frontier(
+    rows: Sequence[dict],
+    methods: Mapping[str, Method],
+    ax=None,
+    title: str | None = None,
+    evidence: dict | None = None,
+    summary: dict | None = None,
+    n_boot: int = N_BOOT,
+):
     """Draw the frontier on ``ax``: every evaluation as a point, each method's cross-fitted curve (running to
     its largest KL) with its 95% bootstrap band shaded.
 
@@ -73,9 +80,17 @@ def plot_frontier(rows: Sequence[dict], methods: Mapping[str, Method], ax=None, 
         curve = an["curves"].get(m)
         defined = np.isfinite(curve["est"]) if curve is not None else np.zeros(grid.shape, bool)
         single = m in reference or defined.sum() < 2
-        ax.scatter(kl, reward, s=80 if single else 22, marker=marker, color=colour,
-                   alpha=0.9 if single else 0.35, linewidths=0, zorder=5 if single else 2,
-                   label=method_label(m, methods) if single else None)
+        ax.scatter(
+            kl,
+            reward,
+            s=80 if single else 22,
+            marker=marker,
+            color=colour,
+            alpha=0.9 if single else 0.35,
+            linewidths=0,
+            zorder=5 if single else 2,
+            label=method_label(m, methods) if single else None,
+        )
         if single:
             continue
         ax.plot(grid[defined], curve["est"][defined], color=colour, lw=2.2, zorder=4, label=method_label(m, methods))
@@ -89,8 +104,13 @@ def plot_frontier(rows: Sequence[dict], methods: Mapping[str, Method], ax=None, 
     ax.grid(True, alpha=0.3)
     ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8, title="line: cross-fitted envelope; band: 95% bootstrap",
-                  title_fontsize=8, framealpha=0.9)
+        ax.legend(
+            loc="lower right",
+            fontsize=8,
+            title="line: cross-fitted envelope; band: 95% bootstrap",
+            title_fontsize=8,
+            framealpha=0.9,
+        )
     return ax
 
 
@@ -101,12 +121,24 @@ def plot_compute(rows: Sequence[dict], methods: Mapping[str, Method], ax=None, t
         _, ax = new_axes((7.0, 5.2))
     for m in ordered_methods((r["method"] for r in rows), methods):
         colour, marker = method_style(m, methods)
-        runs = group_by([r for r in rows if r["method"] == m and training_tokens(r) > 0 and finite(r["gold_reward"])],
-                   "run_id", "setting", "seed")
+        runs = group_by(
+            [r for r in rows if r["method"] == m and training_tokens(r) > 0 and finite(r["gold_reward"])],
+            "run_id",
+            "setting",
+            "seed",
+        )
         for i, (_, group) in enumerate(sorted(runs.items(), key=lambda kv: str(kv[0]))):
             group = sorted(group, key=training_tokens)
-            ax.plot([training_tokens(r) for r in group], [r["gold_reward"] for r in group], color=colour,
-                    marker=marker, markersize=4, lw=1.2, alpha=0.7, label=method_label(m, methods) if i == 0 else None)
+            ax.plot(
+                [training_tokens(r) for r in group],
+                [r["gold_reward"] for r in group],
+                color=colour,
+                marker=marker,
+                markersize=4,
+                lw=1.2,
+                alpha=0.7,
+                label=method_label(m, methods) if i == 0 else None,
+            )
     ax.set_xscale("log")
     ax.set_xlabel(COMPUTE_LABEL)
     ax.set_ylabel(REWARD_LABEL)
@@ -121,6 +153,7 @@ def frontier_figure(rows: Sequence[dict], methods: Mapping[str, Method], summary
     """The ``frontier.png`` figure: reward vs KL, and beside it reward vs training tokens when the rows carry
     compute fields (``has_compute``)."""
     from matplotlib.figure import Figure
+
     two = has_compute(rows)
     fig = Figure(figsize=(15.0, 5.4) if two else (8.0, 5.2), layout="constrained")
     axes = fig.subplots(1, 2 if two else 1, squeeze=False)[0]
@@ -182,7 +215,9 @@ def plot_knob(rows: Sequence[dict], methods: Mapping[str, Method], method: str, 
     ax_kl.set_xlabel(knob)
 
 
-def plot_ablation(rows: Sequence[dict], methods: Mapping[str, Method], panels: Sequence[tuple[str, str]] | None = None, fig=None):
+def plot_ablation(
+    rows: Sequence[dict], methods: Mapping[str, Method], panels: Sequence[tuple[str, str]] | None = None, fig=None
+):
     """One column per (method, knob) panel, final reward on top and final KL below (see ``plot_knob``).
 
     ``panels`` defaults to ``ablation_panels(rows, methods)``.  Draws into ``fig`` (a matplotlib Figure) or a new
@@ -193,6 +228,7 @@ def plot_ablation(rows: Sequence[dict], methods: Mapping[str, Method], panels: S
         return None
     if fig is None:
         from matplotlib.figure import Figure
+
         fig = Figure(figsize=(3.4 * len(panels), 5.6), layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False)
     for j, (method, knob) in enumerate(panels):

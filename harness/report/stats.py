@@ -32,28 +32,58 @@ How a method's curve is estimated (``analyse``):
 from __future__ import annotations
 
 import math
-from typing import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-ZERO_KL = 1e-6          # nats; points below this are evaluations of the reference policy itself
-MIN_COMMON_KL = 2.0     # nats; a method whose curve ends below this does not set the common KL range
+ZERO_KL = 1e-6  # nats; points below this are evaluations of the reference policy itself
+MIN_COMMON_KL = 2.0  # nats; a method whose curve ends below this does not set the common KL range
 DEFAULT_KLS = (2.0, 5.0, 10.0)
-N_BOOT = 1000           # bootstrap replicates
-BOOT_SEED = 0           # rng seed of the bootstrap: the report is deterministic
-HALVES_SEED = 0         # rng seed of the fixed A/B split of the prompts
-GRID_POINTS = 200       # evenly spaced KLs of the analysis grid (special KLs are added to it)
+N_BOOT = 1000  # bootstrap replicates
+BOOT_SEED = 0  # rng seed of the bootstrap: the report is deterministic
+HALVES_SEED = 0  # rng seed of the fixed A/B split of the prompts
+GRID_POINTS = 200  # evenly spaced KLs of the analysis grid (special KLs are added to it)
 LEVEL = 0.95
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30; beyond 30 we use the normal 1.96.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The naive (Pareto, running-maximum) envelope of aggregate points
 # ---------------------------------------------------------------------------------------------------------
+
 
 def upper_envelope(kl: Sequence[float], reward: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The naive upper envelope (Pareto frontier, running maximum) of reward vs KL.
@@ -72,10 +102,10 @@ def upper_envelope(kl: Sequence[float], reward: Sequence[float]) -> tuple[np.nda
     reward = np.asarray(reward, dtype=float).ravel()
     ok = np.isfinite(kl) & np.isfinite(reward)
     kl, reward = kl[ok], reward[ok]
-    order = np.lexsort((-reward, kl))          # by KL, ties: highest reward first
+    order = np.lexsort((-reward, kl))  # by KL, ties: highest reward first
     keep_kl, keep_r, best = [], [], -np.inf
     for i in order:
-        if reward[i] > best:                   # strictly better than everything at lower or equal KL
+        if reward[i] > best:  # strictly better than everything at lower or equal KL
             keep_kl.append(kl[i])
             keep_r.append(reward[i])
             best = reward[i]
@@ -109,8 +139,9 @@ def envelope_area(kl_env: np.ndarray, reward_env: np.ndarray, lo: float, hi: flo
         return float("nan")
     inner = (kl_env > lo) & (kl_env < hi)
     xs = np.concatenate([[lo], kl_env[inner], [hi]])
-    ys = np.concatenate([[envelope_at(kl_env, reward_env, lo)], reward_env[inner],
-                         [envelope_at(kl_env, reward_env, hi)]])
+    ys = np.concatenate(
+        [[envelope_at(kl_env, reward_env, lo)], reward_env[inner], [envelope_at(kl_env, reward_env, hi)]]
+    )
     return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0))
 
 
@@ -143,13 +174,21 @@ def compare_envelopes(kl_a, reward_a, kl_b, reward_b, n_grid: int = 50) -> dict 
     grid = np.linspace(lo, hi, n_grid)
     a = envelope_at(kl_a, reward_a, grid)
     b = envelope_at(kl_b, reward_b, grid)
-    return dict(lo=float(lo), hi=float(hi), grid=grid, a=a, b=b,
-                b_higher=higher_intervals(grid, b > a), ties=int(np.sum(np.isclose(a, b, rtol=0, atol=1e-12))))
+    return dict(
+        lo=float(lo),
+        hi=float(hi),
+        grid=grid,
+        a=a,
+        b=b,
+        b_higher=higher_intervals(grid, b > a),
+        ties=int(np.sum(np.isclose(a, b, rtol=0, atol=1e-12))),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Gao et al. (2022) fits and t-based confidence intervals
 # ---------------------------------------------------------------------------------------------------------
+
 
 def fit_gao(kl: Sequence[float], reward: Sequence[float], kind: str, baseline: float | None = None) -> dict:
     """Least-squares fit of the Gao et al. (2022) scaling laws, with d = sqrt(KL) (KL in nats).
@@ -171,7 +210,7 @@ def fit_gao(kl: Sequence[float], reward: Sequence[float], kind: str, baseline: f
     kl = np.asarray(kl, dtype=float).ravel()
     reward = np.asarray(reward, dtype=float).ravel()
     ok = np.isfinite(kl) & np.isfinite(reward)
-    kl, reward = np.clip(kl[ok], 0.0, None), reward[ok]   # exact KL is >= 0; clip float noise below 0
+    kl, reward = np.clip(kl[ok], 0.0, None), reward[ok]  # exact KL is >= 0; clip float noise below 0
     if baseline is None:
         at_zero = kl < ZERO_KL
         baseline = float(reward[at_zero].mean()) if at_zero.any() else 0.0
@@ -225,6 +264,7 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------------------
 # Unimodal envelope and selection
 # ---------------------------------------------------------------------------------------------------------
+
 
 def unimodal_envelope(kl, reward) -> tuple[np.ndarray, np.ndarray]:
     """The smallest unimodal curve above the points, and which points are on it.
@@ -287,11 +327,11 @@ def interp_selected(grid, kl, reward, selected, extrapolate: str = "nan", max_ce
     step = max(1, max_cells // (grid.size * n_pts))
     x = grid[None, :, None]
     for a in range(0, n_rep, step):
-        k, y, s = kl[a:a + step], reward[a:a + step], selected[a:a + step]
+        k, y, s = kl[a : a + step], reward[a : a + step], selected[a : a + step]
         kk, ss = k[:, None, :], s[:, None, :]
         left = ss & (kk <= x)
         right = ss & (kk >= x)
-        il = np.where(left, kk, -np.inf).argmax(axis=-1)            # (r, G)
+        il = np.where(left, kk, -np.inf).argmax(axis=-1)  # (r, G)
         ir = np.where(right, kk, np.inf).argmin(axis=-1)
         has_l, has_r = left.any(axis=-1), right.any(axis=-1)
         kl_l, kl_r = np.take_along_axis(k, il, axis=1), np.take_along_axis(k, ir, axis=1)
@@ -305,13 +345,14 @@ def interp_selected(grid, kl, reward, selected, extrapolate: str = "nan", max_ce
             val = np.where(has_l | has_r, val, np.nan)
         else:
             val = np.where(has_l & has_r, val, np.nan)
-        out[a:a + step] = val
+        out[a : a + step] = val
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Prompt halves, bootstrap weights, cross-fitting
 # ---------------------------------------------------------------------------------------------------------
+
 
 def split_halves(n_prompts: int, seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
     """The fixed split of prompt indices 0..P-1 into halves A (P//2 prompts) and B (the rest), by a seeded
@@ -321,7 +362,7 @@ def split_halves(n_prompts: int, seed: int = HALVES_SEED) -> tuple[np.ndarray, n
         every = np.arange(n_prompts)
         return every, every
     perm = np.random.default_rng(seed).permutation(n_prompts)
-    return np.sort(perm[: n_prompts // 2]), np.sort(perm[n_prompts // 2:])
+    return np.sort(perm[: n_prompts // 2]), np.sort(perm[n_prompts // 2 :])
 
 
 def half_weights(n_prompts: int, halves: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -332,8 +373,9 @@ def half_weights(n_prompts: int, halves: tuple[np.ndarray, np.ndarray]) -> np.nd
     return w
 
 
-def resample_weights(n_prompts: int, halves: tuple[np.ndarray, np.ndarray], n_boot: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def resample_weights(
+    n_prompts: int, halves: tuple[np.ndarray, np.ndarray], n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """(2, R, P) bootstrap weights: replicate r of half h draws |h| of h's prompts with replacement;
     weight = (times drawn) / |h|, so ``weights @ values.T`` are the resampled per-half means."""
     w = np.zeros((2, n_boot, n_prompts))
@@ -360,7 +402,7 @@ def seed_counts(uniform: np.ndarray, n_seeds: int) -> np.ndarray:
 def _folds(gold: np.ndarray, kl: np.ndarray, weights: np.ndarray):
     """Per fold: (reported KL (R, M), reported reward (R, M), selected (R, M)); fold 0 selects on half A
     and reports half B, fold 1 the reverse."""
-    g = weights @ np.asarray(gold, float).T           # (2, R, M)
+    g = weights @ np.asarray(gold, float).T  # (2, R, M)
     k = weights @ np.asarray(kl, float).T
     for pick, show in ((0, 1), (1, 0)):
         _, sel = unimodal_envelope(k[pick], g[pick])
@@ -401,6 +443,7 @@ def crossfit_range(gold, kl, halves: tuple[np.ndarray, np.ndarray]) -> tuple[flo
 # Statistics of curves on a grid
 # ---------------------------------------------------------------------------------------------------------
 
+
 def value_at(grid, curves, x: float) -> np.ndarray:
     """Curves (..., G) at KL ``x`` by linear interpolation along the grid (G,); shape (...); NaN outside."""
     grid = np.asarray(grid, float)
@@ -424,8 +467,9 @@ def curve_area(grid, curves, lo: float, hi: float) -> np.ndarray:
         return np.full(curves.shape[:-1], np.nan)
     inner = (grid > lo) & (grid < hi)
     xs = np.concatenate([[lo], grid[inner], [hi]])
-    ys = np.concatenate([value_at(grid, curves, lo)[..., None], curves[..., inner],
-                         value_at(grid, curves, hi)[..., None]], axis=-1)
+    ys = np.concatenate(
+        [value_at(grid, curves, lo)[..., None], curves[..., inner], value_at(grid, curves, hi)[..., None]], axis=-1
+    )
     return np.sum(np.diff(xs) * (ys[..., 1:] + ys[..., :-1]) / 2.0, axis=-1)
 
 
@@ -465,8 +509,11 @@ def sign_runs(grid, lo, hi) -> dict[str, list[tuple[float, float]]]:
     lo > 0, ``below`` where hi < 0, else ``indistinguishable``; returns each class's maximal KL intervals
     ``[(start, end), ...]`` (grid points; a run of one point is ``(x, x)``)."""
     grid, lo, hi = (np.asarray(v, float) for v in (grid, lo, hi))
-    return dict(above=higher_intervals(grid, lo > 0), below=higher_intervals(grid, hi < 0),
-                indistinguishable=higher_intervals(grid, ~((lo > 0) | (hi < 0))))
+    return dict(
+        above=higher_intervals(grid, lo > 0),
+        below=higher_intervals(grid, hi < 0),
+        indistinguishable=higher_intervals(grid, ~((lo > 0) | (hi < 0))),
+    )
 
 
 def compare_curves(grid, est_a, reps_a, est_b, reps_b, level: float = LEVEL) -> dict | None:
@@ -491,16 +538,28 @@ def compare_curves(grid, est_a, reps_a, est_b, reps_b, level: float = LEVEL) -> 
     area = stat(curve_area(g, diff, g[0], g[-1]), curve_area(g, reps, g[0], g[-1]), level)
     width = g[-1] - g[0]
     mean = {k: v / width for k, v in area.items()}
-    return dict(lo=float(g[0]), hi=float(g[-1]), grid=g, diff=diff, diff_lo=d_lo, diff_hi=d_hi, area=area,
-                mean=mean, runs=sign_runs(g, d_lo, d_hi), n_grid=int(g.size))
+    return dict(
+        lo=float(g[0]),
+        hi=float(g[-1]),
+        grid=g,
+        diff=diff,
+        diff_lo=d_lo,
+        diff_hi=d_hi,
+        area=area,
+        mean=mean,
+        runs=sign_runs(g, d_lo, d_hi),
+        n_grid=int(g.size),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The common KL range and the whole analysis
 # ---------------------------------------------------------------------------------------------------------
 
-def common_kl_range(ranges: Mapping[str, tuple[float, float]], min_kl: float = MIN_COMMON_KL,
-                    reference: Sequence[str] = ()) -> dict:
+
+def common_kl_range(
+    ranges: Mapping[str, tuple[float, float]], min_kl: float = MIN_COMMON_KL, reference: Sequence[str] = ()
+) -> dict:
     """The KL range ``[lo, hi]`` every range-setting method's curve covers.
 
     Args:
@@ -525,8 +584,9 @@ def common_kl_range(ranges: Mapping[str, tuple[float, float]], min_kl: float = M
     if len(setters) > 1 and any(ranges[m][1] >= min_kl for m in setters):
         for m in [m for m in setters if ranges[m][1] < min_kl]:
             setters.remove(m)
-            excluded[m] = (f"its curve ends at {ranges[m][1]:.2f} nats, below {min_kl:g}, while other methods "
-                           "reach further")
+            excluded[m] = (
+                f"its curve ends at {ranges[m][1]:.2f} nats, below {min_kl:g}, while other methods reach further"
+            )
     if not setters:
         return dict(lo=float("nan"), hi=float("nan"), limited_by=None, excluded=excluded)
     limited_by = min(setters, key=lambda m: ranges[m][1])
@@ -536,8 +596,9 @@ def common_kl_range(ranges: Mapping[str, tuple[float, float]], min_kl: float = M
     return dict(lo=float(lo), hi=float(hi), limited_by=limited_by, excluded=excluded)
 
 
-def analysis_grid(ranges: Mapping[str, tuple[float, float]], extra: Iterable[float] = (),
-                  n_grid: int = GRID_POINTS) -> np.ndarray:
+def analysis_grid(
+    ranges: Mapping[str, tuple[float, float]], extra: Iterable[float] = (), n_grid: int = GRID_POINTS
+) -> np.ndarray:
     """(G,) sorted KLs: ``n_grid`` evenly spaced over [min lo, max hi] of the methods' ranges, plus every
     range end and the ``extra`` KLs inside that span (so areas, ends and fixed-KL rewards fall on it)."""
     ends = [v for lo_hi in ranges.values() for v in lo_hi if np.isfinite(v)]
@@ -549,11 +610,17 @@ def analysis_grid(ranges: Mapping[str, tuple[float, float]], extra: Iterable[flo
     return np.unique(np.concatenate(pts))
 
 
-def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]],
-            kls: Sequence[float] = DEFAULT_KLS,
-            pairs: Sequence[tuple[str, str]] = (),
-            n_boot: int = N_BOOT, seed: int = BOOT_SEED, n_grid: int = GRID_POINTS,
-            min_kl: float = MIN_COMMON_KL, reference: Sequence[str] = (), level: float = LEVEL) -> dict:
+def analyse(
+    points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]],
+    kls: Sequence[float] = DEFAULT_KLS,
+    pairs: Sequence[tuple[str, str]] = (),
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+    n_grid: int = GRID_POINTS,
+    min_kl: float = MIN_COMMON_KL,
+    reference: Sequence[str] = (),
+    level: float = LEVEL,
+) -> dict:
     """Every method's cross-fitted curve with bootstrap intervals, its statistics and pairwise differences.
 
     Args:
@@ -572,9 +639,14 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
         {"missing": [...]}}``).  Estimates are from the full data; intervals are percentile intervals of
         the paired bootstrap.
     """
-    points = {m: {s: (np.asarray(g, float), np.asarray(k, float)) for s, (g, k) in per_seed.items()
-                  if np.asarray(g).shape[0] > 0}
-              for m, per_seed in points.items()}
+    points = {
+        m: {
+            s: (np.asarray(g, float), np.asarray(k, float))
+            for s, (g, k) in per_seed.items()
+            if np.asarray(g).shape[0] > 0
+        }
+        for m, per_seed in points.items()
+    }
     points = {m: ps for m, ps in points.items() if ps}
     sizes = {g.shape[1] for ps in points.values() for g, _ in ps.values()}
     if len(sizes) > 1:
@@ -601,8 +673,8 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
     for m, ps in points.items():
         seeds = sorted(ps, key=str)
         est = np.mean([crossfit_curves(*ps[s], w_est, grid, "nan")[0] for s in seeds], axis=0)
-        per_seed = np.stack([crossfit_curves(*ps[s], w_boot, grid, "flat") for s in seeds])   # (S, R, G)
-        counts = seed_counts(uniform, len(seeds))                                              # (R, S)
+        per_seed = np.stack([crossfit_curves(*ps[s], w_boot, grid, "flat") for s in seeds])  # (S, R, G)
+        counts = seed_counts(uniform, len(seeds))  # (R, S)
         reps = np.einsum("rs,srg->rg", counts, per_seed) / counts.sum(axis=1, keepdims=True)
         defined = np.isfinite(est)
         reps[:, ~defined] = np.nan
@@ -623,15 +695,25 @@ def analyse(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]
         if missing:
             comparisons[(a, b)] = {"missing": missing}
             continue
-        comparisons[(a, b)] = compare_curves(grid, curves[a]["est"], curves[a]["reps"],
-                                             curves[b]["est"], curves[b]["reps"], level)
-    return dict(grid=grid, n_prompts=n_prompts, n_boot=n_boot, halves=halves, range=rng_common,
-                seeds={m: sorted(ps, key=str) for m, ps in points.items()}, curves=curves, stats=stats,
-                comparisons=comparisons)
+        comparisons[(a, b)] = compare_curves(
+            grid, curves[a]["est"], curves[a]["reps"], curves[b]["est"], curves[b]["reps"], level
+        )
+    return dict(
+        grid=grid,
+        n_prompts=n_prompts,
+        n_boot=n_boot,
+        halves=halves,
+        range=rng_common,
+        seeds={m: sorted(ps, key=str) for m, ps in points.items()},
+        curves=curves,
+        stats=stats,
+        comparisons=comparisons,
+    )
 
 
-def pool_methods(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]],
-                 members: Sequence[str]) -> dict[Hashable, tuple[np.ndarray, np.ndarray]]:
+def pool_methods(
+    points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.ndarray]]], members: Sequence[str]
+) -> dict[Hashable, tuple[np.ndarray, np.ndarray]]:
     """One pseudo-method from several: per seed, the points of every member stacked (``analyse``'s input format).
 
     Only seeds that every present member has are kept, so a family is compared on the seeds it was run with in
@@ -641,9 +723,13 @@ def pool_methods(points: Mapping[str, Mapping[Hashable, tuple[np.ndarray, np.nda
     if not present:
         return {}
     seeds = set.intersection(*(set(points[m]) for m in present))
-    return {s: (np.concatenate([np.asarray(points[m][s][0], float) for m in present]),
-                np.concatenate([np.asarray(points[m][s][1], float) for m in present]))
-            for s in sorted(seeds, key=str)}
+    return {
+        s: (
+            np.concatenate([np.asarray(points[m][s][0], float) for m in present]),
+            np.concatenate([np.asarray(points[m][s][1], float) for m in present]),
+        )
+        for s in sorted(seeds, key=str)
+    }
 
 
 def constant_evidence(kl: float, gold: float, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:

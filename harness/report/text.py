@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,12 +51,14 @@ def comparison_sentence(comparison, method: str, rival: str, methods: Mapping[st
     if comparison is None:
         return f"{head}: not compared, their curves do not overlap in KL."
     runs = comparison["runs"]
-    return (f"{head} over their KL overlap [{comparison['lo']:.2f}, {comparison['hi']:.2f}] nats: area difference "
-            f"{me} − {name} = {fmt_ci(comparison['area'])} (mean reward difference {fmt_ci(comparison['mean'])}). "
-            f"{me} is above {name} with 95% confidence {spans(runs['above'])}; indistinguishable "
-            f"{spans(runs['indistinguishable'])}; below {spans(runs['below'])}. These are pointwise 95% "
-            f"intervals on a {comparison['n_grid']}-point KL grid (not a simultaneous band; interval ends are "
-            "grid points).")
+    return (
+        f"{head} over their KL overlap [{comparison['lo']:.2f}, {comparison['hi']:.2f}] nats: area difference "
+        f"{me} − {name} = {fmt_ci(comparison['area'])} (mean reward difference {fmt_ci(comparison['mean'])}). "
+        f"{me} is above {name} with 95% confidence {spans(runs['above'])}; indistinguishable "
+        f"{spans(runs['indistinguishable'])}; below {spans(runs['below'])}. These are pointwise 95% "
+        f"intervals on a {comparison['n_grid']}-point KL grid (not a simultaneous band; interval ends are "
+        "grid points)."
+    )
 
 
 def family_paragraph(families: dict, methods: Mapping[str, Method]) -> list[str]:
@@ -66,11 +68,17 @@ def family_paragraph(families: dict, methods: Mapping[str, Method]) -> list[str]
     names = {f: ", ".join(method_label(m, methods) for m in ms) for f, ms in families["members"].items()}
     seeds = {f: len(s) for f, s in families["seeds"].items()}
     c = families["comparison"]
-    lines = ["## Online vs offline", "",
-             f"{a.capitalize()} methods ({names[a]}) are pooled into one curve and {b} methods ({names[b]}) into "
-             f"another ({seeds[a]} and {seeds[b]} seeds): each family's curve is the cross-fitted envelope of all its "
-             "members' points, i.e. its best member at each KL, chosen on one half of the prompts and reported on the "
-             "other.", "", comparison_sentence(c, a, b, methods), ""]
+    lines = [
+        "## Online vs offline",
+        "",
+        f"{a.capitalize()} methods ({names[a]}) are pooled into one curve and {b} methods ({names[b]}) into "
+        f"another ({seeds[a]} and {seeds[b]} seeds): each family's curve is the cross-fitted envelope of all its "
+        "members' points, i.e. its best member at each KL, chosen on one half of the prompts and reported on the "
+        "other.",
+        "",
+        comparison_sentence(c, a, b, methods),
+        "",
+    ]
     if isinstance(c, dict) and "area" in c:
         lo, hi = c["area"]["lo"], c["area"]["hi"]
         if lo > 0:
@@ -78,8 +86,10 @@ def family_paragraph(families: dict, methods: Mapping[str, Method]) -> list[str]
         elif hi < 0:
             verdict = f"{a.capitalize()} methods lie below {b} ones over the families' common KL range (the area interval excludes 0)."
         else:
-            verdict = (f"The evidence is too weak to decide whether {a} methods lie above {b} ones over the common "
-                       "KL range: the area interval contains 0.")
+            verdict = (
+                f"The evidence is too weak to decide whether {a} methods lie above {b} ones over the common "
+                "KL range: the area interval contains 0."
+            )
         lines += [f"**Verdict:** {verdict}", ""]
     return lines
 
@@ -90,40 +100,54 @@ def method_paragraph(summary: dict, methods: Mapping[str, Method]) -> str:
     reference = reference_methods(methods)
     seed_counts = sorted({len(s) for m, s in an["seeds"].items() if m not in reference}) or [1]
     n_seeds = max(seed_counts)
-    text = ("Each method's curve is a cross-fitted unimodal upper envelope: the evaluation prompts are split once "
-            "into two fixed halves; the points on the envelope (the smallest curve above all points that rises "
-            "then falls, so a decline at high KL stays visible) are selected with their means over one half and "
-            "drawn at their means over the other, and the two folds are averaged. This removes the upward bias of "
-            "taking the best of noisy points. ")
+    text = (
+        "Each method's curve is a cross-fitted unimodal upper envelope: the evaluation prompts are split once "
+        "into two fixed halves; the points on the envelope (the smallest curve above all points that rises "
+        "then falls, so a decline at high KL stays visible) are selected with their means over one half and "
+        "drawn at their means over the other, and the two folds are averaged. This removes the upward bias of "
+        "taking the best of noisy points. "
+    )
     if n_seeds > 1:
-        text += (f"A method's curve is the mean of its per-seed curves ({'/'.join(map(str, seed_counts))} seeds) "
-                 "over the KL range all its seeds cover. ")
+        text += (
+            f"A method's curve is the mean of its per-seed curves ({'/'.join(map(str, seed_counts))} seeds) "
+            "over the KL range all its seeds cover. "
+        )
     if info["with_evidence"]:
-        text += (f"Intervals are 95% percentile intervals of a paired bootstrap ({summary['n_boot']} replicates) "
-                 f"over the {info['n_prompts']} evaluation prompts, resampled within each half, one draw shared by "
-                 "all methods")
+        text += (
+            f"Intervals are 95% percentile intervals of a paired bootstrap ({summary['n_boot']} replicates) "
+            f"over the {info['n_prompts']} evaluation prompts, resampled within each half, one draw shared by "
+            "all methods"
+        )
     else:
         text += f"Intervals are 95% percentile intervals of a bootstrap ({summary['n_boot']} replicates)"
     if n_seeds > 1:
-        text += (f", and over training seeds ({n_seeds} seeds resampled with replacement, seed s of one method "
-                 "paired with seed s of another when they share the seed list)")
+        text += (
+            f", and over training seeds ({n_seeds} seeds resampled with replacement, seed s of one method "
+            "paired with seed s of another when they share the seed list)"
+        )
     text += ". They include the sampling of prompts"
     text += " and of training seeds" if n_seeds > 1 else ""
-    text += ("; they do NOT include " + ("training-seed variance (one seed) or " if n_seeds == 1 else "")
-             + "the sampling noise of the responses beyond what the prompt means carry, nor the choice of the "
-             "swept settings. They are conservative (the re-selection in each replicate adds spread).")
+    text += (
+        "; they do NOT include "
+        + ("training-seed variance (one seed) or " if n_seeds == 1 else "")
+        + "the sampling noise of the responses beyond what the prompt means carry, nor the choice of the "
+        "swept settings. They are conservative (the re-selection in each replicate adds spread)."
+    )
     if info["without_evidence"]:
-        text += (f" {info['without_evidence']} of {info['with_evidence'] + info['without_evidence']} rows had no "
-                 "per-prompt evidence; they enter with their aggregate KL and reward as fixed values that do not "
-                 "vary under resampling" + (" (so every interval here reflects seed resampling only)."
-                                            if not info["with_evidence"] else "."))
+        text += (
+            f" {info['without_evidence']} of {info['with_evidence'] + info['without_evidence']} rows had no "
+            "per-prompt evidence; they enter with their aggregate KL and reward as fixed values that do not "
+            "vary under resampling"
+            + (" (so every interval here reflects seed resampling only)." if not info["with_evidence"] else ".")
+        )
     else:
         text += " Every row had per-prompt evidence."
     return text
 
 
-def format_summary(summary: dict, methods: Mapping[str, Method], title: str | None = None,
-                   commit: str | None = None) -> str:
+def format_summary(
+    summary: dict, methods: Mapping[str, Method], title: str | None = None, commit: str | None = None
+) -> str:
     """The ``summary.md`` text for a ``summarize`` result (``methods``: the registry records it was made with);
     ``commit`` (a git sha) is named at the top."""
     rng, kls, pm = summary["range"], summary["kls"], summary["per_method"]
@@ -132,22 +156,27 @@ def format_summary(summary: dict, methods: Mapping[str, Method], title: str | No
     if commit is not None:
         lines += [f"Made by commit {commit}.", ""]
     n_seeds = len(summary["seeds"])
-    lines.append(f"{summary['n_rows']} evaluation points, {len(summary['methods'])} methods, "
-                 f"{n_seeds} seed{'s' if n_seeds != 1 else ''}. KL is the mean sequence KL(π‖π_ref) in nats; "
-                 "reward is the expected gold reward.")
+    lines.append(
+        f"{summary['n_rows']} evaluation points, {len(summary['methods'])} methods, "
+        f"{n_seeds} seed{'s' if n_seeds != 1 else ''}. KL is the mean sequence KL(π‖π_ref) in nats; "
+        "reward is the expected gold reward."
+    )
     lines.append("")
     if np.isfinite(lo):
         limit = f"where the curve of {method_label(rng['limited_by'], methods)} ends"
-        lines.append(f"Common KL range for areas: [{lo:.2f}, {hi:.2f}] nats (the upper end is {limit}; "
-                     "every range-setting method's curve covers it).")
+        lines.append(
+            f"Common KL range for areas: [{lo:.2f}, {hi:.2f}] nats (the upper end is {limit}; "
+            "every range-setting method's curve covers it)."
+        )
     else:
         besides = " or ".join(method_label(m, methods) for m in reference_methods(methods)) or "the reference policy"
         lines.append(f"Common KL range for areas: none (no method besides {besides} has a curve).")
     for m, why in rng["excluded"].items():
         lines.append(f"- {method_label(m, methods)} does not set the range: {why}.")
     lines.append("")
-    lines.append("Per method, estimate [95% bootstrap interval] (— = not defined, e.g. the curve does not reach "
-                 "that KL):")
+    lines.append(
+        "Per method, estimate [95% bootstrap interval] (— = not defined, e.g. the curve does not reach that KL):"
+    )
     lines.append("")
     area_head = f"area KL∈[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "area"
     head = ["method", "runs", "points", area_head] + [f"reward @ KL={x:g}" for x in kls] + ["max reward"]
@@ -165,8 +194,10 @@ def format_summary(summary: dict, methods: Mapping[str, Method], title: str | No
     lines.append("")
     if summary["ordering"]:
         order = " > ".join(f"{method_label(m, methods)} ({fmt_ci(pm[m]['area'])})" for m in summary["ordering"])
-        lines.append(f"**Ordering** by area under the curve (estimate [95% interval]; overlapping intervals "
-                     f"do not separate two methods): {order}.")
+        lines.append(
+            f"**Ordering** by area under the curve (estimate [95% interval]; overlapping intervals "
+            f"do not separate two methods): {order}."
+        )
         rest = [method_label(m, methods) for m in summary["methods"] if m not in summary["ordering"]]
         if rest:
             lines.append(f"Without an area over the common range: {', '.join(rest)}.")
@@ -187,15 +218,19 @@ def format_summary(summary: dict, methods: Mapping[str, Method], title: str | No
     lines.append("## Gao et al. (2022) scaling-law fits")
     lines.append("")
     bon = ", ".join(m.display for m in methods.values() if m.gao_form == "bon") or "best-of-N sampling"
-    lines.append(f"d = sqrt(KL); RL-like methods: R(d) = d·(α − β·log d); {bon}: R(d) = d·(α − β·d); "
-                 "R = gold reward − R0 (reward at KL = 0). Fitted by least squares on all points of the "
-                 "method (all settings, steps and seeds); no intervals.")
+    lines.append(
+        f"d = sqrt(KL); RL-like methods: R(d) = d·(α − β·log d); {bon}: R(d) = d·(α − β·d); "
+        "R = gold reward − R0 (reward at KL = 0). Fitted by least squares on all points of the "
+        "method (all settings, steps and seeds); no intervals."
+    )
     lines.append("")
     lines.append("| method | law | α | β | R² | n | R0 | R0 from |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---|")
     for m, f in summary["fits"].items():
-        lines.append(f"| {method_label(m, methods)} | {f['kind']} | {fmt_num(f['alpha'])} | {fmt_num(f['beta'])} | "
-                     f"{fmt_num(f['r2'])} | {f['n']} | {fmt_num(f['baseline'])} | {f['baseline_from']} |")
+        lines.append(
+            f"| {method_label(m, methods)} | {f['kind']} | {fmt_num(f['alpha'])} | {fmt_num(f['beta'])} | "
+            f"{fmt_num(f['r2'])} | {f['n']} | {fmt_num(f['baseline'])} | {f['baseline_from']} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -210,19 +245,31 @@ def settings_table(rows: Sequence[dict], methods: Mapping[str, Method]) -> str:
         settings_per_method[m] += 1
     if max(settings_per_method.values(), default=0) < 2:
         return ""
-    lines = ["## Final point of each setting", "",
-             "Last evaluation of each run, mean over runs ± SEM (across seeds; with one run, the evaluation's own "
-             "SEM over prompts). KL is to the frozen π_SFT for every setting.", "",
-             "| method | setting | runs | step | KL [nats] | gold reward |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "## Final point of each setting",
+        "",
+        "Last evaluation of each run, mean over runs ± SEM (across seeds; with one run, the evaluation's own "
+        "SEM over prompts). KL is to the frozen π_SFT for every setting.",
+        "",
+        "| method | setting | runs | step | KL [nats] | gold reward |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for m in ordered_methods((m for m, _ in finals), methods):
         for setting in sorted(st for mm, st in finals if mm == m):
             group = finals[(m, setting)]
             cells = []
             for key in ("kl", "gold_reward"):
                 xs = np.array([r[key] for r in group], dtype=float)
-                sem = xs.std(ddof=1) / math.sqrt(len(xs)) if len(xs) > 1 else float(group[0].get(f"{key}_sem") or math.nan)
+                sem = (
+                    xs.std(ddof=1) / math.sqrt(len(xs))
+                    if len(xs) > 1
+                    else float(group[0].get(f"{key}_sem") or math.nan)
+                )
                 cells.append(f"{fmt_num(float(xs.mean()))} ± {fmt_num(sem)}")
             steps = sorted({r["step"] for r in group})
-            lines.append(f"| {method_label(m, methods)} | {setting or '—'} | {len(group)} | {'/'.join(map(str, steps))} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {method_label(m, methods)} | {setting or '—'} | {len(group)} | {'/'.join(map(str, steps))} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"

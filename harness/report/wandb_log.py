@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from harness.eval.row import REQUIRED_KEYS
 from harness.methods import Method
 from harness.report.make import make_report
 
 
-def log_report_to_wandb(folder: str | Path, rows: Sequence[dict], run, methods: Mapping[str, Method],
-                        comparisons: Sequence[tuple[str, str]] = (), title: str = "Reward vs KL frontier") -> None:
+def log_report_to_wandb(
+    folder: str | Path,
+    rows: Sequence[dict],
+    run,
+    methods: Mapping[str, Method],
+    comparisons: Sequence[tuple[str, str]] = (),
+    title: str = "Reward vs KL frontier",
+) -> None:
     """Log the frontier to an active W&B run.
 
     Keys: ``frontier/points`` (a ``wandb.Table`` of all rows, schema columns), ``frontier/scatter`` (a
@@ -25,8 +31,10 @@ def log_report_to_wandb(folder: str | Path, rows: Sequence[dict], run, methods: 
         make_report(folder, methods, comparisons, rows=rows, title=title)
     columns = list(REQUIRED_KEYS)
     table = wandb.Table(columns=columns, data=[[r[k] for k in columns] for r in rows])
-    run.log({
-        "frontier/points": table,
-        "frontier/scatter": wandb.plot.scatter(table, "kl", "gold_reward", title=title),
-        "frontier/plot": wandb.Image(str(png)),
-    })
+    run.log(
+        {
+            "frontier/points": table,
+            "frontier/scatter": wandb.plot.scatter(table, "kl", "gold_reward", title=title),
+            "frontier/plot": wandb.Image(str(png)),
+        }
+    )

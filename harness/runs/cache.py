@@ -28,9 +28,9 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock, SoftFileLock
 
@@ -47,8 +47,10 @@ def stage_lock(path: Path):
     if kind not in LOCKS:
         from harness.fields import ConfigError
 
-        raise ConfigError(f"HARNESS_CACHE_LOCK: '{kind}' is no lock kind; use one of {', '.join(LOCKS)} (soft: a "
-                          "filesystem where flock does not hold across machines)")
+        raise ConfigError(
+            f"HARNESS_CACHE_LOCK: '{kind}' is no lock kind; use one of {', '.join(LOCKS)} (soft: a "
+            "filesystem where flock does not hold across machines)"
+        )
     return LOCKS[kind](str(path))
 
 
@@ -81,6 +83,7 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
     base.mkdir(parents=True, exist_ok=True)
     # One lock per job: its main process's (the job's other processes follow the main process's decisions).
     with stage_lock(base / f"{key}.lock") if distributed.is_main() else contextlib.nullcontext():
+
         def built_or_cleared() -> bool:
             """True when another job built it while we waited; else clear a killed builder's half (we hold the
             lock: nobody else is building), before this job's processes make their own folders."""
@@ -98,7 +101,11 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
             facts = build(tmp) or {}
 
             def commit() -> None:
-                (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "key": key, "identity": identity, "facts": facts}, indent=2, default=str))
+                (tmp / MANIFEST).write_text(
+                    json.dumps(
+                        {"stage": stage, "key": key, "identity": identity, "facts": facts}, indent=2, default=str
+                    )
+                )
                 if final.exists():  # an incomplete leftover without a manifest
                     shutil.rmtree(final)
                 os.rename(tmp, final)

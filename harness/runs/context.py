@@ -18,8 +18,21 @@ from harness.runs.tracking import Tracker
 log = logging.getLogger("harness")
 # Pipeline keys that set a job's budget, not the method's setting: they never label a point. (``evaluate``'s label,
 # step and trust_remote_code are already in its setting "policy=<label>", or say nothing about the point.)
-NOT_A_SETTING = frozenset({"name", "updates", "max_steps", "epochs", "batch_size", "ns", "checkpoint_every",
-                           "label", "step", "trust_remote_code", "checkpoint_stamp"})
+NOT_A_SETTING = frozenset(
+    {
+        "name",
+        "updates",
+        "max_steps",
+        "epochs",
+        "batch_size",
+        "ns",
+        "checkpoint_every",
+        "label",
+        "step",
+        "trust_remote_code",
+        "checkpoint_stamp",
+    }
+)
 
 
 @dataclass
@@ -74,8 +87,11 @@ class RunContext:
         base = self.cfg.method.setting(self.cfg.pipeline)
         have = {part.split("=")[0] for part in base.split(",") if part}
         labelled = self.cfg.method.labelled_budget_keys
-        extra = [f"{k}={getattr(self.cfg.pipeline, k)}" for k in self.swept
-                 if k not in have and (k not in NOT_A_SETTING or k in labelled)]
+        extra = [
+            f"{k}={getattr(self.cfg.pipeline, k)}"
+            for k in self.swept
+            if k not in have and (k not in NOT_A_SETTING or k in labelled)
+        ]
         return ",".join([p for p in [base] if p] + extra)
 
     def tracker(self, resume: dict | None = None) -> Tracker:
@@ -87,5 +103,13 @@ class RunContext:
         name = f"{self.method}" + (f"-{self.setting}" if self.setting else "") + f"-s{self.cfg.seed}"
         if not is_main():  # multi-process training: the main process alone writes the run's rows and W&B run
             return SilentTracker(self.folder, name=name)
-        return Tracker(self.folder, self.cfg.logger, self.cfg.raw, method=self.method, name=name, group=self.sweep_name,
-                       wandb_id=wandb_run_id(self.folder, self.key), resume=resume)
+        return Tracker(
+            self.folder,
+            self.cfg.logger,
+            self.cfg.raw,
+            method=self.method,
+            name=name,
+            group=self.sweep_name,
+            wandb_id=wandb_run_id(self.folder, self.key),
+            resume=resume,
+        )

@@ -34,9 +34,11 @@ def check_finite(quantity: str, value, step: int, unit: str = "update") -> None:
     step, ``unit``) that produced it, counted from 1 as the logs count them."""
     bad = _first_bad(value)
     if bad is not None:
-        raise NonFiniteError(f"{quantity} is {bad} at {unit} {step}; the run stopped there, keeping its rows so far "
-                             "and its last checkpoint (the same command resumes from it); lower the learning rate or "
-                             "check the reward")
+        raise NonFiniteError(
+            f"{quantity} is {bad} at {unit} {step}; the run stopped there, keeping its rows so far "
+            "and its last checkpoint (the same command resumes from it); lower the learning rate or "
+            "check the reward"
+        )
 
 
 def check_point(point, step: int, unit: str = "update") -> None:

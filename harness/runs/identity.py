@@ -23,8 +23,14 @@ SECTIONS = (*SECTION_TYPES, "pipeline")  # the config's sections, the method's o
 def resolved(hc: HarnessConfig) -> dict:
     """The full config as run: YAML values plus every schema default, so a run folder says everything."""
     out = {k: dataclasses.asdict(getattr(hc, k)) for k in SECTIONS}
-    out.update(seed=hc.seed, cache_dir=hc.cache_dir, device=hc.device, threads=hc.threads, stages_per_seed=hc.stages_per_seed,
-               precision=hc.precision)
+    out.update(
+        seed=hc.seed,
+        cache_dir=hc.cache_dir,
+        device=hc.device,
+        threads=hc.threads,
+        stages_per_seed=hc.stages_per_seed,
+        precision=hc.precision,
+    )
     out["experiment_name"] = hc.raw.get("experiment_name")
     # (the study's job list and seed list are the sweep's, not the job's: a job stays "finished" when the study grows)
     from harness.runs.secrets import redact

@@ -43,8 +43,10 @@ def check_no_secrets(hc: HarnessConfig) -> None:
     for key, text in _strings(plain):
         for name, value in secrets.items():
             if value in text:
-                raise ConfigError(f"{key}: holds the value of {name}; secrets stay in the environment, never in a config "
-                                  "(they would be saved with the run and sent to W&B)")
+                raise ConfigError(
+                    f"{key}: holds the value of {name}; secrets stay in the environment, never in a config "
+                    "(they would be saved with the run and sent to W&B)"
+                )
 
 
 def redact(obj: Any, secrets: dict[str, str] | None = None) -> Any:
@@ -59,4 +61,3 @@ def redact(obj: Any, secrets: dict[str, str] | None = None) -> Any:
         for name, value in secrets.items():
             obj = obj.replace(value, f"<{name}>")
     return obj
-

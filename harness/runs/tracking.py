@@ -64,18 +64,32 @@ def save_resolved_config(raw: dict, folder: Path) -> Path:
 class Tracker:
     """One run: a folder on disk and, unless disabled, a W&B run in the sweep's group with job_type = method."""
 
-    def __init__(self, folder: str | Path, cfg: LoggerConfig, raw_config: dict, *, method: str, name: str,
-                 group: str | None = None, wandb_id: str | None = None, resume: dict | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        cfg: LoggerConfig,
+        raw_config: dict,
+        *,
+        method: str,
+        name: str,
+        group: str | None = None,
+        wandb_id: str | None = None,
+        resume: dict | None = None,
+    ) -> None:
         """``wandb_id``: the job's fixed W&B run id (``harness.runs.checkpoint.wandb_run_id``); ``resume``: the
         ``progress()`` a checkpoint recorded, to continue the run folder from (None: start it afresh)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.points_path = self.folder / "points.jsonl"
-        self.evidence_path = self.folder / "evidence.jsonl"  # per-prompt means, one line per row (the report's bootstrap)
+        self.evidence_path = (
+            self.folder / "evidence.jsonl"
+        )  # per-prompt means, one line per row (the report's bootstrap)
         kept = (resume or {}).get("lines", {})
         self.lines = {name: kept.get(name, 0) for name in ROW_FILES}
         for row_file, n in self.lines.items():  # not `name`: that is the run id below
-            keep_lines(self.folder / row_file, n)  # no line twice: what the checkpoint counted stays, the rest is redone
+            keep_lines(
+                self.folder / row_file, n
+            )  # no line twice: what the checkpoint counted stays, the rest is redone
         self.start = time.time() - (resume or {}).get("wall_s", 0.0)  # wall_s continues across attempts
         self.run = None
         self.run_id = name
@@ -85,9 +99,17 @@ class Tracker:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group or group, job_type=method, name=name,
-                config=raw_config, dir=str(self.folder), mode=cfg.wandb_mode, reinit="finish_previous",
-                id=wandb_id, resume="allow" if wandb_id else None,  # every attempt of a job logs to one run
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group or group,
+                job_type=method,
+                name=name,
+                config=raw_config,
+                dir=str(self.folder),
+                mode=cfg.wandb_mode,
+                reinit="finish_previous",
+                id=wandb_id,
+                resume="allow" if wandb_id else None,  # every attempt of a job logs to one run
                 settings=wandb.Settings(console="off", x_disable_stats=True),
             )
             self.run_id = f"{name}-{self.run.id}"

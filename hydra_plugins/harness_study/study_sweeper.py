@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -108,7 +108,7 @@ class StudySweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
 
-    def job_overrides(self, arguments: List[str]) -> list[list[str]]:
+    def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Entries × seeds × the command line's own sweep (basic-sweeper semantics for that part)."""
         # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`.
         study = OmegaConf.to_container(self.config.study, resolve=True) if self.config.get("study") else [[]]
@@ -150,7 +150,7 @@ class StudySweeper(BasicSweeper):
         check_jobs(jobs, load_job, jobs_run_here(self.config.hydra.launcher))
         check_launcher_gpus(self.config.hydra.launcher, devices)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         jobs = self.job_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         self.check(jobs, sweep_dir)
@@ -162,8 +162,11 @@ class StudySweeper(BasicSweeper):
         if type(self.launcher).__name__ == "BasicLauncher":  # one at a time anyway: a progress line per job
             for i, overrides in enumerate(jobs):
                 elapsed = time.time() - start
-                print(f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
-                      f"{' '.join(overrides)}", flush=True)
+                print(
+                    f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
+                    f"{' '.join(overrides)}",
+                    flush=True,
+                )
                 returns.append(self.launcher.launch([overrides], initial_job_idx=i))
         else:
             builders, rest = stage_first(jobs)
@@ -173,9 +176,14 @@ class StudySweeper(BasicSweeper):
             for name, batch in (("stage-building jobs", builders), ("all other jobs", rest)):
                 if not batch:
                     continue
-                print(f"\n=== {len(batch)} {name} ({done} of {len(jobs)} done; {(time.time() - start) / 60:.1f} min so "
-                      f"far) -> {type(self.launcher).__name__}", flush=True)
+                print(
+                    f"\n=== {len(batch)} {name} ({done} of {len(jobs)} done; {(time.time() - start) / 60:.1f} min so "
+                    f"far) -> {type(self.launcher).__name__}",
+                    flush=True,
+                )
                 returns.append(self.launcher.launch(batch, initial_job_idx=done))
                 done += len(batch)
-        print(f"\n=== study finished: {len(jobs)} jobs in {(time.time() - start) / 60:.1f} min -> {sweep_dir}", flush=True)
+        print(
+            f"\n=== study finished: {len(jobs)} jobs in {(time.time() - start) / 60:.1f} min -> {sweep_dir}", flush=True
+        )
         return returns

@@ -68,12 +68,19 @@ def preferences_identity(hc: HarnessConfig) -> dict:
 
         # The file's content, not its path (moving it does not rebuild); the split's seed and π_SFT's samples.
         knobs = {k: v for k, v in identity_of(hc.preferences).items() if k not in ("path", "eval_prompts")}
-        return stage_fingerprint("preferences", sft_key(hc), preference_file(hc).identity(), knobs,
-                                 {"n_train_prompts": t.n_train_prompts, "seed": t.seed}, hc.gold,
-                                 {"stage_seed": hc.stage_seed})
+        return stage_fingerprint(
+            "preferences",
+            sft_key(hc),
+            preference_file(hc).identity(),
+            knobs,
+            {"n_train_prompts": t.n_train_prompts, "seed": t.seed},
+            hc.gold,
+            {"stage_seed": hc.stage_seed},
+        )
     prompts = {k: getattr(t, k) for k in ("n_train_prompts", "prompt_min_tokens", "prompt_max_tokens", "seed")}
-    return stage_fingerprint("preferences", sft_key(hc), prompts, hc.preferences, hc.gold,
-                             {"stage_seed": hc.stage_seed})
+    return stage_fingerprint(
+        "preferences", sft_key(hc), prompts, hc.preferences, hc.gold, {"stage_seed": hc.stage_seed}
+    )
 
 
 def preferences_key(hc: HarnessConfig) -> str:
@@ -93,7 +100,7 @@ def sample_sft(ctx: RunContext, prompts: list[str]) -> tuple[list[str], list[boo
     completions: list[str] = []
     truncated: list[bool] = []
     for i in tqdm(range(0, len(prompts), per_batch), desc="preferences: sampling π_SFT", unit="batch"):
-        s = sample(policy, tok, prompts[i:i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
+        s = sample(policy, tok, prompts[i : i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
         completions += response_texts(tok, s)
         truncated += (~s.ended).tolist()
     return completions, truncated
@@ -122,11 +129,22 @@ def _build_from_file(ctx: RunContext, out: Path) -> dict:
     texts = [prompts[i // k] + c for i, c in enumerate(completions)]
     gold = np.asarray(ctx.gold(texts), dtype=float)
     Dataset.from_dict({"text": texts, "gold": gold.tolist()}).save_to_disk(str(out / "sft_samples"))
-    return {"source": "file", "file": pf.path, "file_sha256": pf.sha256, "layout": pf.layout, "rendering": pf.rendering,
-            "pairs_train": len(splits["train"]), "pairs_test": len(splits["test"]),
-            "prompts": len(pf.train_prompts) + len(pf.heldout_prompts), "heldout_prompts": len(pf.heldout_prompts),
-            "label_agreement_with_gold": float(np.mean(agree)), "gold_mean": float(gold.mean()),
-            "gold_std": float(gold.std()), "truncated_frac": float(np.mean(truncated)), "stage_seed": ctx.cfg.stage_seed}
+    return {
+        "source": "file",
+        "file": pf.path,
+        "file_sha256": pf.sha256,
+        "layout": pf.layout,
+        "rendering": pf.rendering,
+        "pairs_train": len(splits["train"]),
+        "pairs_test": len(splits["test"]),
+        "prompts": len(pf.train_prompts) + len(pf.heldout_prompts),
+        "heldout_prompts": len(pf.heldout_prompts),
+        "label_agreement_with_gold": float(np.mean(agree)),
+        "gold_mean": float(gold.mean()),
+        "gold_std": float(gold.std()),
+        "truncated_frac": float(np.mean(truncated)),
+        "stage_seed": ctx.cfg.stage_seed,
+    }
 
 
 @torch.no_grad()
@@ -166,9 +184,16 @@ def _build(ctx: RunContext, out: Path) -> dict:
     Dataset.from_dict({"text": texts, "gold": scores.reshape(-1).tolist()}).save_to_disk(str(out / "sft_samples"))
     n_train, n_test = len(cols["train"]["prompt"]), len(cols["test"]["prompt"])
     correct = np.mean([scores[p, c] > scores[p, r] for p, c, r in pairs]) if pairs else float("nan")
-    return {"pairs_train": n_train, "pairs_test": n_test, "prompts": len(prompts), "gold_mean": float(scores.mean()),
-            "gold_std": float(scores.std()), "label_agreement_with_gold": float(correct),
-            "truncated_frac": float(cut.mean()), "stage_seed": ctx.cfg.stage_seed}
+    return {
+        "pairs_train": n_train,
+        "pairs_test": n_test,
+        "prompts": len(prompts),
+        "gold_mean": float(scores.mean()),
+        "gold_std": float(scores.std()),
+        "label_agreement_with_gold": float(correct),
+        "truncated_frac": float(cut.mean()),
+        "stage_seed": ctx.cfg.stage_seed,
+    }
 
 
 def ensure_preferences(ctx: RunContext) -> Artifact:
@@ -188,8 +213,12 @@ def run(ctx: RunContext) -> dict:
     facts = art.manifest()["facts"]
     print(f"preference set: {art.path}  ({'reused' if art.reused else 'built'})")
     if facts.get("source") == "file":
-        print(f"from {facts['file']} ({facts['layout']}, sha256 {facts['file_sha256'][:12]}, rendering {facts['rendering']})")
-    print(f"pairs: {facts['pairs_train']} train + {facts['pairs_test']} validation from {facts['prompts']} prompts; "
-          f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs; "
-          f"{100 * facts['truncated_frac']:.1f}% of π_SFT's completions reached max_new_tokens without EOS")
+        print(
+            f"from {facts['file']} ({facts['layout']}, sha256 {facts['file_sha256'][:12]}, rendering {facts['rendering']})"
+        )
+    print(
+        f"pairs: {facts['pairs_train']} train + {facts['pairs_test']} validation from {facts['prompts']} prompts; "
+        f"chosen outscores rejected on gold in {100 * facts['label_agreement_with_gold']:.1f}% of pairs; "
+        f"{100 * facts['truncated_frac']:.1f}% of π_SFT's completions reached max_new_tokens without EOS"
+    )
     return {**facts, "path": str(art.path), "reused": art.reused}

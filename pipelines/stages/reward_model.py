@@ -32,8 +32,10 @@ def score_samples(model, s: Samples, batch_size: int = 256) -> torch.Tensor:
     out = []
     seq, attn = s.sequences, s.attention_mask
     for i in range(0, seq.shape[0], batch_size):
-        a = attn[i:i + batch_size]
-        out.append(model(input_ids=seq[i:i + batch_size], attention_mask=a, position_ids=positions(a)).logits[:, 0].float())
+        a = attn[i : i + batch_size]
+        out.append(
+            model(input_ids=seq[i : i + batch_size], attention_mask=a, position_ids=positions(a)).logits[:, 0].float()
+        )
     return torch.cat(out)
 
 
@@ -48,8 +50,13 @@ class TextScorer:
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(texts), self.batch_size):
-            enc = self.tok([t + self.tok.eos_token for t in texts[i:i + self.batch_size]], return_tensors="pt",
-                           padding=True, truncation=True, max_length=self.model.config.max_position_embeddings).to(device)
+            enc = self.tok(
+                [t + self.tok.eos_token for t in texts[i : i + self.batch_size]],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.model.config.max_position_embeddings,
+            ).to(device)
             out.append(self.model(**enc).logits[:, 0].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
@@ -77,27 +84,52 @@ def _build(ctx: RunContext, out: Path) -> dict:
     cols = ["prompt", "chosen", "rejected"]
     per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "reward_model")
     args = RewardConfig(
-        output_dir=str(out / "_trainer"), num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_length=cfg.max_length,
-        center_rewards_coefficient=cfg.center_rewards_coefficient, bf16=False, fp16=False,
+        output_dir=str(out / "_trainer"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulate,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        max_length=cfg.max_length,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+        bf16=False,
+        fp16=False,
         activation_checkpointing=False,  # TRL defaults it on: pure cost here
         report_to=[],
-        save_strategy="no", logging_steps=25, seed=ctx.cfg.stage_seed, use_cpu=ctx.device.type == "cpu",
+        save_strategy="no",
+        logging_steps=25,
+        seed=ctx.cfg.stage_seed,
+        use_cpu=ctx.device.type == "cpu",
         dataloader_num_workers=0,
     )
-    trainer = with_length_sorted_micro_batches(RewardTrainer)(model=model, args=args, train_dataset=pairs["train"].select_columns(cols), processing_class=tok)
+    trainer = with_length_sorted_micro_batches(RewardTrainer)(
+        model=model, args=args, train_dataset=pairs["train"].select_columns(cols), processing_class=tok
+    )
     result = trainer.train()
     model = trainer.model.eval()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     scorer = TextScorer(model, tok)
     test = pairs["test"]
-    acc = float(np.mean(scorer([p + c for p, c in zip(test["prompt"], test["chosen"])])
-                        > scorer([p + r for p, r in zip(test["prompt"], test["rejected"])]))) if len(test) else float("nan")
+    acc = (
+        float(
+            np.mean(
+                scorer([p + c for p, c in zip(test["prompt"], test["chosen"])])
+                > scorer([p + r for p, r in zip(test["prompt"], test["rejected"])])
+            )
+        )
+        if len(test)
+        else float("nan")
+    )
     sft_scores = scorer(load_from_disk(str(prefs.path / "sft_samples"))["text"])
-    return {"train_loss": result.training_loss, "heldout_accuracy": acc, "heldout_pairs": len(test),
-            "sft_score_mean": float(sft_scores.mean()), "sft_score_std": float(sft_scores.std())}
+    return {
+        "train_loss": result.training_loss,
+        "heldout_accuracy": acc,
+        "heldout_pairs": len(test),
+        "sft_score_mean": float(sft_scores.mean()),
+        "sft_score_std": float(sft_scores.std()),
+    }
 
 
 def ensure_reward_model(ctx: RunContext) -> Artifact:
@@ -120,6 +152,8 @@ def run(ctx: RunContext) -> dict:
     art = ensure_reward_model(ctx)
     facts = art.manifest()["facts"]
     print(f"reward model: {art.path}  ({'reused' if art.reused else 'trained'})")
-    print(f"held-out pair accuracy {facts['heldout_accuracy']:.3f} on {facts['heldout_pairs']} pairs; "
-          f"score on π_SFT samples {facts['sft_score_mean']:.3f} ± {facts['sft_score_std']:.3f}")
+    print(
+        f"held-out pair accuracy {facts['heldout_accuracy']:.3f} on {facts['heldout_pairs']} pairs; "
+        f"score on π_SFT samples {facts['sft_score_mean']:.3f} ± {facts['sft_score_std']:.3f}"
+    )
     return {**facts, "path": str(art.path), "reused": art.reused}

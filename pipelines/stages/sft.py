@@ -44,8 +44,13 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 128, max_length: 
     model.eval()
     nll, count = 0.0, 0
     for i in range(0, len(texts), batch_size):
-        enc = tok([t + tok.eos_token for t in texts[i:i + batch_size]], return_tensors="pt", padding=True,
-                  truncation=True, max_length=max_length).to(device)
+        enc = tok(
+            [t + tok.eos_token for t in texts[i : i + batch_size]],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        ).to(device)
         logits = model(**enc).logits[:, :-1].float()
         target, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
         lp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -61,25 +66,49 @@ def _build(ctx: RunContext, out: Path) -> dict:
     cfg, task = ctx.cfg, ctx.task
     tok = load_tokenizer(cfg.model, task.train_texts)
     model = load_causal_lm(cfg.model, tok, seed=cfg.task.seed)
-    log.info("SFT: %s with %.2fM parameters on %d reviews", cfg.model.name, count_parameters(model) / 1e6, len(task.train_texts))
+    log.info(
+        "SFT: %s with %.2fM parameters on %d reviews",
+        cfg.model.name,
+        count_parameters(model) / 1e6,
+        len(task.train_texts),
+    )
     per_device, accumulate = trainer_batches(cfg.sft.batch_size, cfg.sft.micro_batch_size, "sft")
     args = SFTConfig(
-        output_dir=str(out / "_trainer"), num_train_epochs=cfg.sft.epochs,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulate,
-        learning_rate=cfg.sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=cfg.sft.warmup_ratio,
-        max_length=cfg.sft.max_length, bf16=False, fp16=False, activation_checkpointing=False,  # TRL defaults it on: pure cost here
-        report_to=[], save_strategy="no", logging_steps=25,
-        seed=cfg.task.seed, dataset_text_field="text", packing=False, use_cpu=ctx.device.type == "cpu",
-        dataloader_num_workers=0, weight_decay=0.0,
+        output_dir=str(out / "_trainer"),
+        num_train_epochs=cfg.sft.epochs,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulate,
+        learning_rate=cfg.sft.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.sft.warmup_ratio,
+        max_length=cfg.sft.max_length,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # TRL defaults it on: pure cost here
+        report_to=[],
+        save_strategy="no",
+        logging_steps=25,
+        seed=cfg.task.seed,
+        dataset_text_field="text",
+        packing=False,
+        use_cpu=ctx.device.type == "cpu",
+        dataloader_num_workers=0,
+        weight_decay=0.0,
     )
-    trainer = with_length_sorted_micro_batches(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_dict({"text": task.train_texts}), processing_class=tok)
+    trainer = with_length_sorted_micro_batches(SFTTrainer)(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": task.train_texts}), processing_class=tok
+    )
     result = trainer.train()
     model = trainer.model
     model.save_pretrained(out)
     tok.save_pretrained(out)
     ppl = perplexity(model, tok, task.heldout_texts)
-    return {"train_loss": result.training_loss, "heldout_perplexity": ppl, "parameters": count_parameters(model),
-            "train_reviews": len(task.train_texts)}
+    return {
+        "train_loss": result.training_loss,
+        "heldout_perplexity": ppl,
+        "parameters": count_parameters(model),
+        "train_reviews": len(task.train_texts),
+    }
 
 
 def ensure_sft(ctx: RunContext) -> Artifact:
@@ -107,15 +136,23 @@ def run(ctx: RunContext) -> dict:
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
     tracker.log_eval(point)
     gold = np.asarray(ctx.gold(evaluator.last_texts))
-    facts = {**art.manifest()["facts"], "checkpoint": str(art.path), "gold_mean": float(gold.mean()),
-             "gold_std": float(gold.std()), "kl_to_self": point.kl, "truncated_frac": point.truncated_frac,
-             "reused": art.reused}
+    facts = {
+        **art.manifest()["facts"],
+        "checkpoint": str(art.path),
+        "gold_mean": float(gold.mean()),
+        "gold_std": float(gold.std()),
+        "kl_to_self": point.kl,
+        "truncated_frac": point.truncated_frac,
+        "reused": art.reused,
+    }
     tracker.summary(facts)
     tracker.finish()
     print(f"π_SFT checkpoint: {art.path}  ({'reused' if art.reused else 'trained'})")
-    print(f"held-out perplexity {facts['heldout_perplexity']:.2f}; gold reward of samples on held-out prompts: "
-          f"mean {facts['gold_mean']:.3f}, std {facts['gold_std']:.3f}; KL(π_SFT‖π_ref) = {point.kl:.2e}; "
-          f"{100 * point.truncated_frac:.1f}% of samples reached max_new_tokens without EOS")
+    print(
+        f"held-out perplexity {facts['heldout_perplexity']:.2f}; gold reward of samples on held-out prompts: "
+        f"mean {facts['gold_mean']:.3f}, std {facts['gold_std']:.3f}; KL(π_SFT‖π_ref) = {point.kl:.2e}; "
+        f"{100 * point.truncated_frac:.1f}% of samples reached max_new_tokens without EOS"
+    )
     for text in evaluator.last_texts[: ctx.cfg.pipeline.show_samples]:
         print(f"  sample: {text}")
     return facts

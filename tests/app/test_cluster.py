@@ -15,8 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.app.cli import check_launcher_gpus, jobs_run_here
-from harness.runs.cache import MANIFEST, build_or_load, key_of
 from harness.fields import ConfigError
+from harness.runs.cache import MANIFEST, build_or_load, key_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,8 +57,14 @@ print(json.dumps({"pid": os.getpid(), "reused": art.reused, "builder": art.manif
 
 def needs_stage(root: Path, log: Path, mode: str, lock: str) -> subprocess.Popen:
     env = {**os.environ, "HARNESS_CACHE_LOCK": lock, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", NEEDS_STAGE, str(root), str(log), mode], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", NEEDS_STAGE, str(root), str(log), mode],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def answer(proc: subprocess.Popen) -> dict:
@@ -137,8 +143,9 @@ def test_every_experiment_goes_to_another_launcher_from_the_command_line(experim
     from harness.app.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose("config", [f"experiment={experiment}", "hydra/launcher=submitit_slurm"],
-                            return_hydra_config=True)
+        cfg = hydra_compose(
+            "config", [f"experiment={experiment}", "hydra/launcher=submitit_slurm"], return_hydra_config=True
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
@@ -179,9 +186,23 @@ def test_cli_study_under_submitit_local_checks_this_machines_device(tmp_path):
     before anything is made."""
     env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     sweep = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "harness", "-m", "experiment=smoke", "hydra/launcher=submitit_local",
-                        "device=cuda", f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "-m",
+            "experiment=smoke",
+            "hydra/launcher=submitit_local",
+            "device=cuda",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     line = r.stderr.strip()
     assert "\n" not in line and line.startswith("error: ") and "device" in line

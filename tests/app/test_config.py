@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.app.cli import CONF_DIR
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
+from harness.fields import ConfigError
 from tests.conftest import compose
 
 
@@ -95,8 +95,19 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "harness", "task.n_train=0", f"cache_dir={tmp_path}",
-                        f"hydra.run.dir={tmp_path}/run", "logger.wandb_mode=disabled"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "task.n_train=0",
+            f"cache_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/run",
+            "logger.wandb_mode=disabled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: task.n_train")

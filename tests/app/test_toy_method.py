@@ -28,8 +28,8 @@ def run_toy(ctx) -> dict:
     import torch
 
     from harness.lm.models import freeze
-    from pipelines.trainer_run import start_tracking
     from pipelines.stages.sft import load_sft
+    from pipelines.trainer_run import start_tracking
 
     reference, tok, _ = load_sft(ctx)
     freeze(reference)
@@ -66,15 +66,22 @@ def test_a_toy_method_runs_as_a_pipeline_and_through_a_study_into_the_report(toy
     from harness.app.cli import main
 
     common = [f"cache_dir={tiny_cache_copy}", "logger.wandb_mode=disabled"]  # π_SFT of the tiny config, built once
-    main(["pipeline=toy", "experiment=tiny_debug", "pipeline.scale=2", *common,
-          f"hydra.run.dir={tmp_path / 'one'}"])
+    main(["pipeline=toy", "experiment=tiny_debug", "pipeline.scale=2", *common, f"hydra.run.dir={tmp_path / 'one'}"])
     (row,) = _rows(tmp_path / "one")
     assert (row["method"], row["setting"], row["step"]) == ("toy", "scale=2.0", 0)
     assert 0 <= row["gold_reward"] <= 1 and row["kl"] > 0.01  # a sharper π_SFT is another policy
 
     sweep = tmp_path / "study"
-    main(["-m", "experiment=smoke", 'study=[["pipeline=sft"],["pipeline=toy","pipeline.scale=0.5"]]',
-          "hydra/launcher=basic", f"hydra.sweep.dir={sweep}", *common])
+    main(
+        [
+            "-m",
+            "experiment=smoke",
+            'study=[["pipeline=sft"],["pipeline=toy","pipeline.scale=0.5"]]',
+            "hydra/launcher=basic",
+            f"hydra.sweep.dir={sweep}",
+            *common,
+        ]
+    )
     summary = (sweep / "summary.md").read_text()
     assert "| toy |" in summary  # its own name: a method the registry gives no label
     assert (sweep / "frontier.png").stat().st_size > 0

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from harness.fields import ConfigError
 from harness.config import GoldConfig
 from harness.data.gold import ClassifierGold, VaderGold, load_gold
+from harness.fields import ConfigError
 
 
 def test_vader_orders_sentiment_and_stays_in_unit_interval():
@@ -29,9 +29,17 @@ def tiny_classifier(tmp_path_factory):
     path = tmp_path_factory.mktemp("clf")
     tok = train_tokenizer(["a good movie", "a bad movie", "fine"] * 10, vocab_size=300)
     torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=32, num_labels=2,
-                      id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-                      pad_token_id=tok.pad_token_id)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=32,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        pad_token_id=tok.pad_token_id,
+    )
     GPT2ForSequenceClassification(conf).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -14,12 +14,25 @@ import pytest
 import torch
 
 import harness.app.cli as app
-from harness.fields import ConfigError
-from harness.data.preference_file import load_preference_file, render_plain, render_template, shared_text_prompt, split_prompts
+from harness.data.preference_file import (
+    load_preference_file,
+    render_plain,
+    render_template,
+    shared_text_prompt,
+    split_prompts,
+)
 from harness.data.tasks import _NEG_ADJ, _PARTS, _POS_ADJ
+from harness.fields import ConfigError
 
-BUDGET = ["experiment=tiny_debug", "task.n_train=160", "task.n_heldout=40", "preferences.eval_fraction=0.2",
-          "eval.every=2", "threads=1", "logger.wandb_mode=disabled"]
+BUDGET = [
+    "experiment=tiny_debug",
+    "task.n_train=160",
+    "task.n_heldout=40",
+    "preferences.eval_fraction=0.2",
+    "eval.every=2",
+    "threads=1",
+    "logger.wandb_mode=disabled",
+]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -30,8 +43,13 @@ def _standard(n_parts: int = len(_PARTS)) -> list[dict]:
         for j in range(2):
             pos = [_POS_ADJ[(i + k + j) % len(_POS_ADJ)] for k in (0, 5)]
             neg = [_NEG_ADJ[(i + k + 3 * j) % len(_NEG_ADJ)] for k in (0, 7)]
-            rows.append({"prompt": f"The {part} was", "chosen": f" {pos[0]} and {pos[1]}.",
-                         "rejected": f" {neg[0]} and {neg[1]}."})
+            rows.append(
+                {
+                    "prompt": f"The {part} was",
+                    "chosen": f" {pos[0]} and {pos[1]}.",
+                    "rejected": f" {neg[0]} and {neg[1]}.",
+                }
+            )
     return rows
 
 
@@ -39,8 +57,14 @@ def _conversational(rows: list[dict]) -> list[dict]:
     def say(role, text):
         return [{"role": role, "content": text}]
 
-    return [{"prompt": say("user", f"How was it? {r['prompt']}..."), "chosen": say("assistant", r["chosen"].strip()),
-             "rejected": say("assistant", r["rejected"].strip())} for r in rows]
+    return [
+        {
+            "prompt": say("user", f"How was it? {r['prompt']}..."),
+            "chosen": say("assistant", r["chosen"].strip()),
+            "rejected": say("assistant", r["rejected"].strip()),
+        }
+        for r in rows
+    ]
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -56,9 +80,19 @@ def _gold_reward_model(folder: Path) -> Path:
 
     tok = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in _standard()], 300)
     torch.manual_seed(0)
-    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1,
-                                                     n_head=2, num_labels=1, pad_token_id=tok.pad_token_id,
-                                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=128,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -68,8 +102,13 @@ def _gold_reward_model(folder: Path) -> Path:
 def data(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("preference_files")
     std = _standard()
-    return {"standard": _jsonl(d / "standard.jsonl", std), "conversational": _jsonl(d / "conv.jsonl", _conversational(std)),
-            "gold_rm": _gold_reward_model(d / "gold_rm"), "dir": d, "cache": d / "cache"}
+    return {
+        "standard": _jsonl(d / "standard.jsonl", std),
+        "conversational": _jsonl(d / "conv.jsonl", _conversational(std)),
+        "gold_rm": _gold_reward_model(d / "gold_rm"),
+        "dir": d,
+        "cache": d / "cache",
+    }
 
 
 def _harness(argv: list[str], folder: Path, cache: Path) -> dict:
@@ -97,8 +136,17 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     from harness.eval.evaluator import prompts_key
 
     cache, rows = data["cache"], _standard()
-    dpo = _harness(["pipeline=dpo", "preferences.source=file", f"preferences.path={data['standard']}",
-                    "pipeline.max_steps=4", "pipeline.batch_size=8"], tmp_path / "dpo", cache)
+    dpo = _harness(
+        [
+            "pipeline=dpo",
+            "preferences.source=file",
+            f"preferences.path={data['standard']}",
+            "pipeline.max_steps=4",
+            "pipeline.batch_size=8",
+        ],
+        tmp_path / "dpo",
+        cache,
+    )
     train_prompts, held = split_prompts([r["prompt"] for r in rows], 0.2, 0)  # the documented split, by hand
     train_rows = [r for r in rows if r["prompt"] not in held]
     assert dpo["train_pairs"] == len(train_rows) and dpo["losses_finite"] and dpo["parameter_change"] > 0
@@ -111,9 +159,19 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
     evidence = _rows(tmp_path / "dpo" / "evidence.jsonl")
     assert {e["prompts_key"] for e in evidence} == {prompts_key(held[:8])}  # the evaluator's prompts: held out
 
-    ppo = _harness(["pipeline=ppo", "preferences.source=file", f"preferences.path={data['standard']}",
-                    "pipeline.updates=2", "pipeline.batch_size=8", "pipeline.max_new_tokens=8", "reward_model.epochs=1"],
-                   tmp_path / "ppo", cache)
+    ppo = _harness(
+        [
+            "pipeline=ppo",
+            "preferences.source=file",
+            f"preferences.path={data['standard']}",
+            "pipeline.updates=2",
+            "pipeline.batch_size=8",
+            "pipeline.max_new_tokens=8",
+            "reward_model.epochs=1",
+        ],
+        tmp_path / "ppo",
+        cache,
+    )
     _, rm = _artifact(cache, "reward_model")
     assert rm["identity"]["parts"][1] == manifest["key"]  # fitted on the file's preference set
     assert rm["facts"]["heldout_pairs"] == len(pairs["test"])
@@ -122,8 +180,8 @@ def test_standard_file_runs_dpo_and_ppo_end_to_end(data, tmp_path):
 
     # Editing the file in place (one more pair) makes a new job and a new preference set; a moved copy, the same set.
     from harness.app.jobs import job_key
-    from harness.data.caches import preference_file
     from harness.app.jobs import load as validate
+    from harness.data.caches import preference_file
     from tests.conftest import compose
 
     def keys(path):
@@ -146,17 +204,32 @@ def test_conversational_file_runs_dpo_with_a_reward_model_as_gold(data, tmp_path
     from harness.data.gold import ClassifierGold
 
     cache = data["cache"]
-    result = _harness(["pipeline=dpo", "preferences.source=file", f"preferences.path={data['conversational']}",
-                       "gold=reward_model", f"gold.name_or_path={data['gold_rm']}", "pipeline.max_steps=2",
-                       "pipeline.batch_size=8"], tmp_path / "dpo", cache)
+    result = _harness(
+        [
+            "pipeline=dpo",
+            "preferences.source=file",
+            f"preferences.path={data['conversational']}",
+            "gold=reward_model",
+            f"gold.name_or_path={data['gold_rm']}",
+            "pipeline.max_steps=2",
+            "pipeline.batch_size=8",
+        ],
+        tmp_path / "dpo",
+        cache,
+    )
     assert result["losses_finite"] and result["parameter_change"] > 0
-    (folder,) = [p for p in (cache / "preferences").iterdir()
-                 if p.is_dir() and json.loads((p / "artifact.json").read_text())["facts"]["layout"] == "conversational"]
+    (folder,) = [
+        p
+        for p in (cache / "preferences").iterdir()
+        if p.is_dir() and json.loads((p / "artifact.json").read_text())["facts"]["layout"] == "conversational"
+    ]
     assert json.loads((folder / "artifact.json").read_text())["facts"]["rendering"] == "plain"
     test = load_from_disk(str(folder / "pairs"))["test"]
     first = _conversational(_standard())[0]
-    assert render_plain(first["prompt"], first["chosen"]) == ("User: How was it? The plot was...\nAssistant:",
-                                                              " " + first["chosen"][0]["content"])
+    assert render_plain(first["prompt"], first["chosen"]) == (
+        "User: How was it? The plot was...\nAssistant:",
+        " " + first["chosen"][0]["content"],
+    )
     assert all(p.startswith("User: How was it?") and p.endswith("\nAssistant:") for p in test["prompt"])
     gold = ClassifierGold(str(data["gold_rm"]), scalar=True)
     texts = [p + c for p, c in zip(test["prompt"], test["chosen"])]
@@ -172,20 +245,39 @@ def test_formats_and_containers_read_alike(data, tmp_path):
 
     rows = _standard(6)
     explicit = load_preference_file(str(_jsonl(tmp_path / "a.jsonl", rows)))
-    implicit = load_preference_file(str(_jsonl(tmp_path / "b.jsonl", [
-        {"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows])))
-    assert (implicit.prompt, implicit.chosen, implicit.rejected) == (explicit.prompt, explicit.chosen, explicit.rejected)
+    implicit = load_preference_file(
+        str(
+            _jsonl(
+                tmp_path / "b.jsonl",
+                [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows],
+            )
+        )
+    )
+    assert (implicit.prompt, implicit.chosen, implicit.rejected) == (
+        explicit.prompt,
+        explicit.chosen,
+        explicit.rejected,
+    )
     assert implicit.layout == "standard, implicit prompt"
     conv = _conversational(rows)
     conv_explicit = load_preference_file(str(_jsonl(tmp_path / "c.jsonl", conv)))
-    conv_implicit = load_preference_file(str(_jsonl(tmp_path / "d.jsonl", [
-        {"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in conv])))
+    conv_implicit = load_preference_file(
+        str(
+            _jsonl(
+                tmp_path / "d.jsonl",
+                [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in conv],
+            )
+        )
+    )
     assert conv_implicit.prompt == conv_explicit.prompt and conv_implicit.chosen == conv_explicit.chosen
     pd.DataFrame(rows).to_parquet(tmp_path / "e.parquet")
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "f"))
     for other in (load_preference_file(str(tmp_path / "e.parquet")), load_preference_file(str(tmp_path / "f"))):
-        assert (other.prompt, other.chosen, other.heldout_prompts) == (explicit.prompt, explicit.chosen,
-                                                                       explicit.heldout_prompts)
+        assert (other.prompt, other.chosen, other.heldout_prompts) == (
+            explicit.prompt,
+            explicit.chosen,
+            explicit.heldout_prompts,
+        )
         assert other.places[2] == "row 2"
     assert shared_text_prompt("The film was good", "The film was great") == ("The film was", " good", " great")
 
@@ -193,12 +285,14 @@ def test_formats_and_containers_read_alike(data, tmp_path):
 def test_chat_template_renders_like_trl(data):
     """With a chat template, the prompt carries the generation prompt and each completion is the rest of its
     rendered conversation (TRL's apply_chat_template), and the split is seeded and disjoint."""
-    from trl.data_utils import apply_chat_template
     from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template
 
     tok = AutoTokenizer.from_pretrained(str(data["gold_rm"]))
-    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     example = _conversational(_standard(1))[0]
     ours = render_template(tok, example["prompt"], example["chosen"], example["rejected"])
     theirs = apply_chat_template(example, tok)
@@ -230,13 +324,18 @@ def test_reward_model_gold_is_its_raw_or_squashed_score(data):
 def test_evaluation_prompts_come_from_the_file_or_the_task(data):
     """eval_prompts=file: the file's held-out prompts; =task: the task's, less any the file trains on. PPO's rollout
     prompts are the file's training prompts either way; the SFT corpus stays the task's."""
-    from harness.preflight.checks import preflight
-    from harness.data.caches import preference_file, task_data
     from harness.app.jobs import load as validate
+    from harness.data.caches import preference_file, task_data
+    from harness.preflight.checks import preflight
     from tests.conftest import compose
 
-    base = ["experiment=tiny_debug", "preferences.source=file", f"preferences.path={data['standard']}",
-            "preferences.eval_fraction=0.2", f"cache_dir={data['dir'] / 'unused'}"]
+    base = [
+        "experiment=tiny_debug",
+        "preferences.source=file",
+        f"preferences.path={data['standard']}",
+        "preferences.eval_fraction=0.2",
+        f"cache_dir={data['dir'] / 'unused'}",
+    ]
     hc = validate(compose(base))
     pf, task = preference_file(hc), task_data(hc.task)
     from_file = preflight(hc)
@@ -252,22 +351,34 @@ def test_a_pretrained_model_renders_with_its_chat_template_and_counts_its_tokens
     checked in its own tokens (the tiny model is checked in words, a lower bound)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from harness.preflight.checks import preflight
     from harness.app.jobs import load as validate
+    from harness.preflight.checks import preflight
     from tests.conftest import compose
 
     tok = AutoTokenizer.from_pretrained(str(data["gold_rm"]))
-    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        tmp_path / "lm")
+        tmp_path / "lm"
+    )
     tok.save_pretrained(tmp_path / "lm")
-    base = ["experiment=tiny_debug", "pipeline=dpo", f"model.name={tmp_path / 'lm'}", "preferences.source=file",
-            f"preferences.path={data['conversational']}", "preferences.eval_fraction=0.2", f"cache_dir={tmp_path / 'c'}"]
+    base = [
+        "experiment=tiny_debug",
+        "pipeline=dpo",
+        f"model.name={tmp_path / 'lm'}",
+        "preferences.source=file",
+        f"preferences.path={data['conversational']}",
+        "preferences.eval_fraction=0.2",
+        f"cache_dir={tmp_path / 'c'}",
+    ]
     evals = preflight(validate(compose(base))).eval_prompts
     assert len(evals) == 8 and all(p.startswith("<|user|>How was it?") and p.endswith("<|assistant|>") for p in evals)
     longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in evals)
-    with pytest.raises(ConfigError, match=r"preferences.path: .* column 'prompt' has \d+ tokens, .*pipeline.max_length"):
+    with pytest.raises(
+        ConfigError, match=r"preferences.path: .* column 'prompt' has \d+ tokens, .*pipeline.max_length"
+    ):
         preflight(validate(compose([*base, f"pipeline.max_length={longest}"])))
 
 
@@ -284,10 +395,14 @@ def _bad(d: Path) -> dict[str, Path]:
         "null": _jsonl(d / "null.jsonl", ok[:1] + [{"prompt": "The end was", "chosen": " ok.", "rejected": None}]),
         "empty": _jsonl(d / "empty.jsonl", ok[:1] + [{"prompt": "  ", "chosen": " ok.", "rejected": " bad."}]),
         "same": _jsonl(d / "same.jsonl", ok[:2] + [{"prompt": "The end was", "chosen": " ok.", "rejected": " ok."}]),
-        "long": _jsonl(d / "long.jsonl", ok[:4] + [{"prompt": " ".join(["word"] * 70), "chosen": " ok.", "rejected": " no."}]),
+        "long": _jsonl(
+            d / "long.jsonl", ok[:4] + [{"prompt": " ".join(["word"] * 70), "chosen": " ok.", "rejected": " no."}]
+        ),
         "broken": _jsonl(d / "broken.jsonl", ok[:1] + ['{"prompt": "The end', *map(json.dumps, ok)]),
         "mixed": _jsonl(d / "mixed.jsonl", conv[:2] + ok[:1]),
-        "message": _jsonl(d / "message.jsonl", conv[:1] + [{**conv[1], "chosen": [{"role": "assistant", "content": ["a"]}]}]),
+        "message": _jsonl(
+            d / "message.jsonl", conv[:1] + [{**conv[1], "chosen": [{"role": "assistant", "content": ["a"]}]}]
+        ),
         "no_prompt": _jsonl(d / "no_prompt.jsonl", [{"chosen": "Great film.", "rejected": "Awful film."}]),
         "txt": _jsonl(d / "pairs.txt", ok),
         "not_parquet": d / "not_parquet.parquet",
@@ -325,6 +440,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
     """``python -m harness <argv>`` in-process with training forbidden; returns (exit status, stderr lines)."""
+
     def no_training(*args, **kwargs):
         raise AssertionError("a bad preference file reached run_job: it would have trained")
 
@@ -333,8 +449,15 @@ def cli(tmp_path, monkeypatch, capsys):
     def run(argv: list[str]):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
-            app.main([*argv, "experiment=tiny_debug", f"cache_dir={tmp_path / 'cache'}",
-                      f"hydra.run.dir={tmp_path / 'run'}", "logger.wandb_mode=disabled"])
+            app.main(
+                [
+                    *argv,
+                    "experiment=tiny_debug",
+                    f"cache_dir={tmp_path / 'cache'}",
+                    f"hydra.run.dir={tmp_path / 'run'}",
+                    "logger.wandb_mode=disabled",
+                ]
+            )
         return e.value.code, capsys.readouterr().err.splitlines()
 
     return run
@@ -351,14 +474,16 @@ def test_bad_preference_file_stops_in_one_line(cli, bad, tmp_path, name, expecte
 CONFIG = {  # bad settings around a good file: (overrides, the line's start)
     "file source without a path": (["preferences.source=file"], "preferences.path: preferences.source=file needs"),
     "path without the file source": (["preferences.path={standard}"], "preferences.path: is read only with"),
-    "labels for a labelled file": (["preferences.source=file", "preferences.path={standard}",
-                                    "preferences.labels=bradley_terry"], "preferences.labels:"),
-    "classifier kind on a reward model": (["gold.kind=hf_classifier", "gold.name_or_path={gold_rm}"],
-                                          "gold.kind: '"),
+    "labels for a labelled file": (
+        ["preferences.source=file", "preferences.path={standard}", "preferences.labels=bradley_terry"],
+        "preferences.labels:",
+    ),
+    "classifier kind on a reward model": (["gold.kind=hf_classifier", "gold.name_or_path={gold_rm}"], "gold.kind: '"),
     "squash on a classifier": (["gold.kind=vader", "gold.squash=sigmoid"], "gold.squash: applies to"),
-    "rollouts larger than the file's prompts": (["pipeline=ppo", "preferences.source=file",
-                                                 "preferences.path={standard}", "pipeline.batch_size=64"],
-                                                "pipeline.batch_size: 64 prompts per rollout"),
+    "rollouts larger than the file's prompts": (
+        ["pipeline=ppo", "preferences.source=file", "preferences.path={standard}", "pipeline.batch_size=64"],
+        "pipeline.batch_size: 64 prompts per rollout",
+    ),
 }
 
 

@@ -21,8 +21,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # pip wheel, pip install, a job: child processes
 CODE = ("harness", "pipelines", "hydra_plugins")  # the packages the wheel ships
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+ENV = {
+    **os.environ,
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+}
 
 # Run inside the installed copy: where each package was imported from; an experiment composed from the shipped config
 # and validated, and so is every job of the smoke study (its entries, which name every method's config group, after
@@ -103,8 +111,17 @@ def test_python_m_harness_runs_a_job_from_another_folder(installed, tiny_cache, 
 
     _, site, env = installed
     copy_stage_cache(tiny_cache, tmp_path / "cache")
-    cmd = [sys.executable, "-m", "harness", "pipeline=sft", "experiment=tiny_debug", f"cache_dir={tmp_path / 'cache'}",
-           "threads=1", "hydra.run.dir=job", "pipeline.show_samples=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "pipeline=sft",
+        "experiment=tiny_debug",
+        f"cache_dir={tmp_path / 'cache'}",
+        "threads=1",
+        "hydra.run.dir=job",
+        "pipeline.show_samples=0",
+    ]
     run(["nice", "-n", "10", *cmd], tmp_path, env)
     record = json.loads((tmp_path / "job" / "done.json").read_text())
     assert record["result"]["reused"] and record["result"]["checkpoint"].startswith(str(tmp_path / "cache" / "sft"))

@@ -69,8 +69,15 @@ def build_gpt2(path: Path, corpus: list[str]) -> Path:
     tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
     assert tok.pad_token is None and tok.eos_token == "<|endoftext|>"
     torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=32, n_layer=1, n_head=2,
-                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=1024,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     GPT2LMHeadModel(conf).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -84,10 +91,20 @@ def build_classifier(path: Path, corpus: list[str]) -> Path:
     vocab, merges = _byte_level_bpe(corpus, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], path / "bpe")
     tok = RobertaTokenizerFast(vocab=vocab, merges=merges, model_max_length=512)
     torch.manual_seed(0)
-    conf = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    conf = RobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+    )
     RobertaForSequenceClassification(conf).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -97,27 +114,48 @@ def build_classifier(path: Path, corpus: list[str]) -> Path:
 def stand_ins(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("paper_imdb")
     corpus = _reviews(300, 3)
-    return {"imdb": build_imdb(d / "imdb"), "model": build_gpt2(d / "gpt2", corpus),
-            "gold": build_classifier(d / "siebert", corpus), "root": d}
+    return {
+        "imdb": build_imdb(d / "imdb"),
+        "model": build_gpt2(d / "gpt2", corpus),
+        "gold": build_classifier(d / "siebert", corpus),
+        "root": d,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 # One setting per method of the paper's grid. The offline methods keep the paper's budget, one epoch at batch 64 (216
 # pairs here: 4 steps); PPO gets 2 updates of 16 episodes. Every other knob of each method (rates, batch, the KL
 # controller, lengths) comes from conf/preset/, as in the real run.
-STUDY = [["pipeline=sft"], ["pipeline=preferred_ft"], ["pipeline=dpo", "pipeline.beta=0.1"],
-         ["pipeline=unlikelihood", "pipeline.alpha=0.5"],
-         ["pipeline=ppo_gt", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"],
-         ["pipeline=ppo", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"]]
+STUDY = [
+    ["pipeline=sft"],
+    ["pipeline=preferred_ft"],
+    ["pipeline=dpo", "pipeline.beta=0.1"],
+    ["pipeline=unlikelihood", "pipeline.alpha=0.5"],
+    ["pipeline=ppo_gt", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"],
+    ["pipeline=ppo", "pipeline.target_kl=6", "pipeline.updates=2", "pipeline.batch_size=16"],
+]
 # PPO's batch labels its points once set (one of Xu et al. 2024's ingredients, schemas.PPOPipeline.labelled_budget_keys):
 # the test's cut shows; the preset's own knobs label nothing.
-SETTINGS = {("sft", ""), ("preferred_ft", ""), ("dpo", "beta=0.1"), ("unlikelihood", "alpha=0.5"),
-            ("ppo_gt", "target_kl=6.0,batch_size=16"), ("ppo", "target_kl=6.0,batch_size=16")}
+SETTINGS = {
+    ("sft", ""),
+    ("preferred_ft", ""),
+    ("dpo", "beta=0.1"),
+    ("unlikelihood", "alpha=0.5"),
+    ("ppo_gt", "target_kl=6.0,batch_size=16"),
+    ("ppo", "target_kl=6.0,batch_size=16"),
+}
 
 
 def _env() -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _study_override(study: list[list[str]]) -> str:
@@ -127,13 +165,25 @@ def _study_override(study: list[list[str]]) -> str:
 @pytest.fixture(scope="module")
 def paper_run(stand_ins):
     d = stand_ins["root"]
-    cmd = [sys.executable, "-m", "harness", "experiment=paper_imdb",
-           # where the stand-ins live (the paper's hub names otherwise)
-           f"model.name={stand_ins['model']}", f"task.path={stand_ins['imdb']}",
-           f"gold.name_or_path={stand_ins['gold']}",
-           # the budgets: prompts, evaluation interval, and the study's entries
-           "task.n_train_prompts=40", "task.n_eval_prompts=8", "eval.every=2", _study_override(STUDY),
-           f"cache_dir={d / 'cache'}", f"hydra.sweep.dir={d / 'sweep'}", "logger.wandb_mode=offline", "threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "experiment=paper_imdb",
+        # where the stand-ins live (the paper's hub names otherwise)
+        f"model.name={stand_ins['model']}",
+        f"task.path={stand_ins['imdb']}",
+        f"gold.name_or_path={stand_ins['gold']}",
+        # the budgets: prompts, evaluation interval, and the study's entries
+        "task.n_train_prompts=40",
+        "task.n_eval_prompts=8",
+        "eval.every=2",
+        _study_override(STUDY),
+        f"cache_dir={d / 'cache'}",
+        f"hydra.sweep.dir={d / 'sweep'}",
+        "logger.wandb_mode=offline",
+        "threads=1",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return d / "sweep", d / "cache", run
@@ -176,8 +226,10 @@ def test_paper_knobs_reach_each_method(paper_run, stand_ins):
     assert (dpo["task"]["prompt_min_tokens"], dpo["task"]["prompt_max_tokens"]) == (2, 8)
     assert dpo["preferences"]["samples_per_prompt"] == 4 and dpo["eval"]["max_new_tokens"] == 64
     assert dpo["sft"]["epochs"] == 1 and dpo["reward_model"]["epochs"] == 3
-    assert dpo["pipeline"] | {"beta": 0.1, "learning_rate": 1e-6, "batch_size": 64, "epochs": 1, "max_steps": 0} \
+    assert (
+        dpo["pipeline"] | {"beta": 0.1, "learning_rate": 1e-6, "batch_size": 64, "epochs": 1, "max_steps": 0}
         == dpo["pipeline"]
+    )
     for method in ("unlikelihood", "preferred_ft"):
         pipe = _job_config(sweep, method)["pipeline"]
         assert (pipe["learning_rate"], pipe["batch_size"]) == (1e-6, 64), method
@@ -208,8 +260,9 @@ def test_imdb_test_split_sorted_by_label_gives_prompts_from_both_labels(stand_in
     test = load_from_disk(str(stand_ins["imdb"]))["test"]
     negatives = sum(1 for y in test["label"] if y == 0)
     assert list(test["label"]) == sorted(test["label"]) and 0 < negatives < len(test)
-    data = load_task(TaskConfig(name="imdb", path=str(stand_ins["imdb"]), n_heldout=negatives, n_train_prompts=40,
-                                n_eval_prompts=8))
+    data = load_task(
+        TaskConfig(name="imdb", path=str(stand_ins["imdb"]), n_heldout=negatives, n_train_prompts=40, n_eval_prompts=8)
+    )
     label_of = {" ".join(t.split()): y for t, y in zip(test["text"], test["label"])}
     assert {label_of[t] for t in data.heldout_texts} == {0, 1}
 
@@ -228,19 +281,34 @@ def test_paper_gold_by_hub_name_with_the_hub_off_stops_before_training(stand_ins
     """gold=siebert (the paper's hub name), no hub and no local copy: one line before π_SFT trains."""
     hub = tmp_path / "empty_hub"  # a hub cache with nothing in it, whatever this machine has cached
     env = {**_env(), "HF_HUB_CACHE": str(hub), "HF_HOME": str(tmp_path / "hf_home")}
-    cmd = [sys.executable, "-m", "harness", "experiment=paper_imdb", "gold=siebert", f"model.name={stand_ins['model']}",
-           f"task.path={stand_ins['imdb']}", f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-           "logger.wandb_mode=disabled"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "experiment=paper_imdb",
+        "gold=siebert",
+        f"model.name={stand_ins['model']}",
+        f"task.path={stand_ins['imdb']}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "logger.wandb_mode=disabled",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     _stopped(run, "gold.name_or_path: 'siebert/sentiment-roberta-large-english' is not a local folder", tmp_path)
     assert "[job 1: pipeline=sft" in run.stderr
 
 
-@pytest.mark.parametrize("given, key", [
-    ({}, "model.name: 'gpt2-large' is not a local folder"),
-    ({"model.name": "model", "gold.name_or_path": "gold"},
-     "task.path: dataset 'stanfordnlp/imdb' is not on this machine"),
-], ids=["model by hub name", "dataset by hub name"])
+@pytest.mark.parametrize(
+    "given, key",
+    [
+        ({}, "model.name: 'gpt2-large' is not a local folder"),
+        (
+            {"model.name": "model", "gold.name_or_path": "gold"},
+            "task.path: dataset 'stanfordnlp/imdb' is not on this machine",
+        ),
+    ],
+    ids=["model by hub name", "dataset by hub name"],
+)
 def test_every_hub_name_of_the_paper_is_checked(stand_ins, tmp_path, monkeypatch, capsys, given, key):
     """The base model and the IMDb dataset by their hub names are checked like the classifier (in-process)."""
     import harness.app.cli as app
@@ -252,8 +320,13 @@ def test_every_hub_name_of_the_paper_is_checked(stand_ins, tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty_datasets"))
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "empty_datasets")
-    argv = ["experiment=paper_imdb", f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            "logger.wandb_mode=disabled", *(f"{k}={stand_ins[v]}" for k, v in given.items())]
+    argv = [
+        "experiment=paper_imdb",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "logger.wandb_mode=disabled",
+        *(f"{k}={stand_ins[v]}" for k, v in given.items()),
+    ]
     with pytest.raises(SystemExit) as e:
         app.main(argv)
     err = capsys.readouterr().err.strip().splitlines()

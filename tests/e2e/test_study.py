@@ -20,11 +20,24 @@ SECRETS = {"WANDB_API_KEY": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c", "HF_TOKE
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **SECRETS}
-    cmd = [sys.executable, "-m", "harness", "experiment=smoke", f"cache_dir={tmp / 'cache'}",
-           f"hydra.sweep.dir={tmp / 'sweep'}", "logger.wandb_mode=offline"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "experiment=smoke",
+        f"cache_dir={tmp / 'cache'}",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        "logger.wandb_mode=offline",
+    ]
     # The first run on two joblib workers (the launcher the frontier studies use); the rerun on the basic launcher.
-    first = subprocess.run(cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        cmd + ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return tmp / "sweep", first, cmd, env
 
@@ -91,9 +104,15 @@ def test_rerun_under_another_launcher_reuses_every_finished_job(smoke):
 def test_stage_building_jobs_go_first_one_per_seed():
     from hydra_plugins.harness_study.study_sweeper import stage_first
 
-    jobs = [["pipeline=sft", "seed=0"], ["pipeline=ppo_gt", "seed=0"], ["pipeline=dpo", "seed=0"],
-            ["pipeline=ppo", "pipeline.kl_coef=0.1", "seed=0"], ["pipeline=ppo", "seed=0"],
-            ["pipeline=sft", "seed=1"], ["pipeline=dpo", "seed=1"]]
+    jobs = [
+        ["pipeline=sft", "seed=0"],
+        ["pipeline=ppo_gt", "seed=0"],
+        ["pipeline=dpo", "seed=0"],
+        ["pipeline=ppo", "pipeline.kl_coef=0.1", "seed=0"],
+        ["pipeline=ppo", "seed=0"],
+        ["pipeline=sft", "seed=1"],
+        ["pipeline=dpo", "seed=1"],
+    ]
     builders, rest = stage_first(jobs)
     # first batch, per seed: the first job that builds π_SFT and the preference set (seed 1 needs nothing deeper)
     assert builders == [jobs[2], jobs[6]]
@@ -103,7 +122,6 @@ def test_stage_building_jobs_go_first_one_per_seed():
     assert stage_first(only_sft) == ([only_sft[0]], [only_sft[1]])
 
 
-
 @pytest.mark.parametrize("busy_jiffies, expected", [(0, 2), (100, 1), (200, 1)])
 def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, monkeypatch):
     import io
@@ -111,8 +129,12 @@ def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, mo
     from hydra_plugins.harness_study import study_sweeper
 
     # two /proc/stat snapshots 200 jiffies apart on 2 cores: `busy_jiffies` of them spent working
-    lines = iter(["cpu 1000 0 500 8000 0 0 0 0 0 0\n",
-                  f"cpu {1000 + busy_jiffies} 0 500 {8000 + 200 - busy_jiffies} 0 0 0 0 0 0\n"])
+    lines = iter(
+        [
+            "cpu 1000 0 500 8000 0 0 0 0 0 0\n",
+            f"cpu {1000 + busy_jiffies} 0 500 {8000 + 200 - busy_jiffies} 0 0 0 0 0 0\n",
+        ]
+    )
     monkeypatch.setattr(study_sweeper, "open", lambda *a, **k: io.StringIO(next(lines)), raising=False)
     monkeypatch.setattr(study_sweeper.time, "sleep", lambda s: None)
     monkeypatch.setattr(study_sweeper.os, "cpu_count", lambda: 2)

@@ -59,7 +59,9 @@ def enumerated_samples(tok, prompt):
     for i, r in enumerate(resp):
         response[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
-    return Samples(q.repeat(B, 1), qm.repeat(B, 1), response, mask, response[:, -1] == 0, torch.zeros(B, dtype=torch.long))
+    return Samples(
+        q.repeat(B, 1), qm.repeat(B, 1), response, mask, response[:, -1] == 0, torch.zeros(B, dtype=torch.long)
+    )
 
 
 @torch.no_grad()

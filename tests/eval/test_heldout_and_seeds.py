@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.fields import MAX_NEW_TOKENS, ConfigError
 from harness.config import TaskConfig
-from harness.eval.evaluator import clustered_sem, sampling_seed
 from harness.data.tasks import load_task
+from harness.eval.evaluator import clustered_sem, sampling_seed
+from harness.fields import MAX_NEW_TOKENS, ConfigError
 
 # Openings that repeat across reviews, so short prefixes collide between the training and held-out splits.
 OPENINGS = ["The plot was", "I loved the", "This movie is", "The acting felt", "A truly great"]
@@ -45,11 +45,15 @@ def test_imdb_format_task_eval_prompts_share_nothing_with_training(tmp_path):
     from datasets import Dataset, DatasetDict
 
     texts = _repetitive_reviews(500)
-    DatasetDict({"train": Dataset.from_dict({"text": texts[:400], "label": [i % 2 for i in range(400)]}),
-                 "test": Dataset.from_dict({"text": texts[400:], "label": [i % 2 for i in range(100)]})}
-                ).save_to_disk(str(tmp_path / "imdb"))
-    cfg = TaskConfig(name="imdb", path=str(tmp_path / "imdb"), n_train=400, n_heldout=100, n_train_prompts=400,
-                     n_eval_prompts=50)
+    DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": texts[:400], "label": [i % 2 for i in range(400)]}),
+            "test": Dataset.from_dict({"text": texts[400:], "label": [i % 2 for i in range(100)]}),
+        }
+    ).save_to_disk(str(tmp_path / "imdb"))
+    cfg = TaskConfig(
+        name="imdb", path=str(tmp_path / "imdb"), n_train=400, n_heldout=100, n_train_prompts=400, n_eval_prompts=50
+    )
     _assert_disjoint(load_task(cfg))
 
 
@@ -65,8 +69,8 @@ def test_default_reviews_fit_in_max_new_tokens():
     samples were cut off)."""
     import random
 
-    from harness.lm.models import train_tokenizer
     from harness.data.tasks import _prompt
+    from harness.lm.models import train_tokenizer
 
     t = load_task(TaskConfig())
     tok = train_tokenizer(t.train_texts, 1024)
@@ -76,7 +80,7 @@ def test_default_reviews_fit_in_max_new_tokens():
         prompt = _prompt(text, 2, 8, rng)
         if prompt is None:  # too short to be a prompt source: never completed
             continue
-        lengths.append(len(tok(text[len(prompt):], add_special_tokens=False)["input_ids"]) + 1)
+        lengths.append(len(tok(text[len(prompt) :], add_special_tokens=False)["input_ids"]) + 1)
     assert np.mean(np.array(lengths) > MAX_NEW_TOKENS) <= 0.01
 
 
@@ -99,8 +103,9 @@ def test_best_of_n_varies_with_the_seed(run_pipeline, tiny_cache):
     cache = tiny_cache  # the seed is not part of a stage's identity (stages_per_seed=false): both reuse π_SFT
     rows = []
     for seed in (0, 1):
-        _, folder = run_pipeline("best_of_n", f"seed={seed}", "pipeline.ns=[1,4]", "pipeline.scorer=gold",
-                                 cache=cache, folder=f"bon{seed}")
+        _, folder = run_pipeline(
+            "best_of_n", f"seed={seed}", "pipeline.ns=[1,4]", "pipeline.scorer=gold", cache=cache, folder=f"bon{seed}"
+        )
         rows.append([json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()])
         evidence = [json.loads(line) for line in (folder / "evidence.jsonl").read_text().splitlines()]
         assert [(e["setting"], e["step"]) for e in evidence] == [(r["setting"], r["step"]) for r in rows[-1]]
@@ -113,10 +118,14 @@ def test_best_of_n_varies_with_the_seed(run_pipeline, tiny_cache):
 def test_stages_per_seed_rebuilds_preferences_and_reward_model(run_pipeline, tiny_cache_copy):
     cache = tiny_cache_copy  # a copy: this test adds artifacts and counts them
     small = ["reward_model.epochs=1"]
-    shared = [run_pipeline("reward_model", f"seed={s}", *small, cache=cache, folder=f"shared{s}")[0]["path"] for s in (0, 1)]
+    shared = [
+        run_pipeline("reward_model", f"seed={s}", *small, cache=cache, folder=f"shared{s}")[0]["path"] for s in (0, 1)
+    ]
     assert shared[0] == shared[1]
-    own = [run_pipeline("reward_model", f"seed={s}", "stages_per_seed=true", *small, cache=cache, folder=f"own{s}")[0]
-           for s in (0, 1)]
+    own = [
+        run_pipeline("reward_model", f"seed={s}", "stages_per_seed=true", *small, cache=cache, folder=f"own{s}")[0]
+        for s in (0, 1)
+    ]
     assert own[0]["path"] != own[1]["path"]
     prefs = sorted(p for p in (cache / "preferences").iterdir() if (p / "artifact.json").exists())
     # seed 0's own set is seeded like the shared one (stage seed 0 = task.seed), so it is the same artifact

@@ -10,16 +10,39 @@ import numpy as np
 import pytest
 import torch
 
-from harness.lm.batching import example_width, length_sorted_order
 from harness.fields import ConfigError, micro_batches
+from harness.lm.batching import example_width, length_sorted_order
 
-CORPUS = ["the film was great and the acting was superb", "a dull plot with awful pacing", "I loved every minute of it",
-          "the story is boring but the music is fine", "an excellent cast in a terrible script"]
-PAIRS = {"prompt": ["the film", "a dull", "I loved", "the story is", "an", "the film was", "a", "I"],
-         "chosen": [" was great", " plot with fine music and a fine cast", " every minute", " fine", " excellent cast",
-                    " great", " dull plot", " loved it and the acting was superb"],
-         "rejected": [" was awful and boring", " plot", " it", " boring but the music is fine", " terrible script",
-                      " boring", " film", " hated"]}
+CORPUS = [
+    "the film was great and the acting was superb",
+    "a dull plot with awful pacing",
+    "I loved every minute of it",
+    "the story is boring but the music is fine",
+    "an excellent cast in a terrible script",
+]
+PAIRS = {
+    "prompt": ["the film", "a dull", "I loved", "the story is", "an", "the film was", "a", "I"],
+    "chosen": [
+        " was great",
+        " plot with fine music and a fine cast",
+        " every minute",
+        " fine",
+        " excellent cast",
+        " great",
+        " dull plot",
+        " loved it and the acting was superb",
+    ],
+    "rejected": [
+        " was awful and boring",
+        " plot",
+        " it",
+        " boring but the music is fine",
+        " terrible script",
+        " boring",
+        " film",
+        " hated",
+    ],
+}
 
 
 def test_batches_are_the_random_permutations_blocks_sorted_inside():
@@ -28,8 +51,8 @@ def test_batches_are_the_random_permutations_blocks_sorted_inside():
     plain = np.random.default_rng(7).permutation(103).tolist()
     assert sorted(order) == list(range(103))
     for start in range(0, 103, 16):
-        block = order[start:start + 16]
-        assert set(block) == set(plain[start:start + 16])  # the same batch as an unsorted shuffle
+        block = order[start : start + 16]
+        assert set(block) == set(plain[start : start + 16])  # the same batch as an unsorted shuffle
         assert [lengths[i] for i in block] == sorted(lengths[i] for i in block)
 
 
@@ -65,17 +88,37 @@ def _lm(tok, seed=0, cls=None):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=16, n_layer=1, n_head=2, num_labels=1,
-                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=48,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return (cls or GPT2LMHeadModel)(conf)
 
 
 def _sgd(args, **kw):
     """The same args with plain SGD at a constant rate and one step, so the step is proportional to the gradient
     (Adam's first step would hide a wrong gradient scale)."""
-    return dataclasses.replace(args, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", warmup_steps=0,
-                               max_steps=1, max_grad_norm=1e9, logging_steps=1, **kw)
+    return dataclasses.replace(
+        args,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_steps=1,
+        max_grad_norm=1e9,
+        logging_steps=1,
+        **kw,
+    )
 
 
 def _after_one_step(make_trainer, micro: int) -> dict:
@@ -107,8 +150,13 @@ def test_dpo_step_is_the_batch_step(tmp_path):
     def make(micro):
         cfg = DPOPipeline(name="dpo", beta=0.5, batch_size=8, micro_batch_size=micro, max_length=48, max_steps=1)
         args = _sgd(dpo_config(cfg, str(tmp_path / str(micro)), seed=0, use_cpu=True))
-        return _dpo_trainer_class()(model=_lm(tok, 0), ref_model=_lm(tok, 1), args=args,
-                                    train_dataset=Dataset.from_dict(PAIRS), processing_class=tok)
+        return _dpo_trainer_class()(
+            model=_lm(tok, 0),
+            ref_model=_lm(tok, 1),
+            args=args,
+            train_dataset=Dataset.from_dict(PAIRS),
+            processing_class=tok,
+        )
 
     _assert_same_step(make)
 
@@ -126,12 +174,26 @@ def test_reward_model_step_is_the_batch_step(tmp_path):
 
     def make(micro):
         acc = 1 if micro == 0 else 8 // micro
-        args = _sgd(RewardConfig(output_dir=str(tmp_path / str(micro)), per_device_train_batch_size=8 // acc,
-                                 gradient_accumulation_steps=acc, max_length=48, report_to=[], use_cpu=True, bf16=False,
-                                 activation_checkpointing=False, save_strategy="no", center_rewards_coefficient=0.01))
+        args = _sgd(
+            RewardConfig(
+                output_dir=str(tmp_path / str(micro)),
+                per_device_train_batch_size=8 // acc,
+                gradient_accumulation_steps=acc,
+                max_length=48,
+                report_to=[],
+                use_cpu=True,
+                bf16=False,
+                activation_checkpointing=False,
+                save_strategy="no",
+                center_rewards_coefficient=0.01,
+            )
+        )
         return with_length_sorted_micro_batches(RewardTrainer)(
-            model=_lm(tok, 0, GPT2ForSequenceClassification), args=args, train_dataset=Dataset.from_dict(PAIRS),
-            processing_class=tok)
+            model=_lm(tok, 0, GPT2ForSequenceClassification),
+            args=args,
+            train_dataset=Dataset.from_dict(PAIRS),
+            processing_class=tok,
+        )
 
     _assert_same_step(make)
 
@@ -149,12 +211,24 @@ def test_sft_step_is_the_batch_step(tmp_path):
 
     def make(micro):
         acc = 1 if micro == 0 else 8 // micro
-        args = _sgd(SFTConfig(output_dir=str(tmp_path / str(micro)), per_device_train_batch_size=8 // acc,
-                              gradient_accumulation_steps=acc, max_length=48, report_to=[], use_cpu=True, bf16=False,
-                              activation_checkpointing=False, save_strategy="no", packing=False,
-                              dataset_text_field="text"))
+        args = _sgd(
+            SFTConfig(
+                output_dir=str(tmp_path / str(micro)),
+                per_device_train_batch_size=8 // acc,
+                gradient_accumulation_steps=acc,
+                max_length=48,
+                report_to=[],
+                use_cpu=True,
+                bf16=False,
+                activation_checkpointing=False,
+                save_strategy="no",
+                packing=False,
+                dataset_text_field="text",
+            )
+        )
         return with_length_sorted_micro_batches(SFTTrainer)(
-            model=_lm(tok, 0), args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok)
+            model=_lm(tok, 0), args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok
+        )
 
     _assert_same_step(make)
 

@@ -16,8 +16,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny budget: 3 updates of 8 episodes (4 per process), a checkpoint after update 2 (its collectives too).
-TINY = ["pipeline=ppo", "experiment=tiny_debug", "pipeline.updates=3", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
-        "pipeline.checkpoint_every=2", "eval.every=2", "threads=1", "device=cpu", "logger.wandb_mode=disabled"]
+TINY = [
+    "pipeline=ppo",
+    "experiment=tiny_debug",
+    "pipeline.updates=3",
+    "pipeline.batch_size=8",
+    "pipeline.max_new_tokens=8",
+    "pipeline.checkpoint_every=2",
+    "eval.every=2",
+    "threads=1",
+    "device=cpu",
+    "logger.wandb_mode=disabled",
+]
 HANG_TIMEOUT_S = 300  # the run takes ~20-80 s here depending on the machine's load; beyond this it has hung
 
 
@@ -34,17 +44,44 @@ def test_ppo_under_accelerate_launch_with_two_processes(tmp_path):
     from tests.conftest import compose
 
     cache, two = tmp_path / "cache", tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT),
+    }
     # accelerate's own launcher; on a machine without GPUs only its torchrun path (--multi_gpu) starts several
     # processes (--cpu without an MPI hostfile starts one). device=cpu makes the group gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "harness", *TINY, f"cache_dir={cache}", f"hydra.run.dir={two}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "harness",
+        *TINY,
+        f"cache_dir={cache}",
+        f"hydra.run.dir={two}",
+    ]
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:  # the process group is killed with it
-        pytest.fail(f"2-process PPO did not finish in {HANG_TIMEOUT_S} s (a hang?); output tail:\n{(e.stdout or b'')[-3000:]}")
+        pytest.fail(
+            f"2-process PPO did not finish in {HANG_TIMEOUT_S} s (a hang?); output tail:\n{(e.stdout or b'')[-3000:]}"
+        )
     assert done.returncode == 0, done.stderr[-4000:]
 
     # The stages were built by both processes together (their trainers data-parallel); one process now reuses them.
@@ -61,7 +98,10 @@ def test_ppo_under_accelerate_launch_with_two_processes(tmp_path):
     assert [set(u) for u in updates] == [set(u) for u in updates_one]
     for u in updates:  # the logged numbers are the whole batch's: its mean length × 8 episodes = all tokens sampled
         assert u["compute/tokens_generated"] == round(u["rewards/response_tokens"] * 8)
-        assert all(math.isfinite(u[k]) for k in ("objective/policy_loss", "critic/value_loss", "objective/kl", "rewards/scores"))
+        assert all(
+            math.isfinite(u[k])
+            for k in ("objective/policy_loss", "critic/value_loss", "objective/kl", "rewards/scores")
+        )
     assert (two / "done.json").exists() and not (two / "checkpoint").exists()
 
     (sft,) = [p for p in (cache / "sft").iterdir() if (p / "artifact.json").exists()]
@@ -87,8 +127,8 @@ def _halves(seed: int = 0):
 def _worker(rank: int, store: str) -> None:
     import torch.distributed as dist
 
-    from harness.lm import distributed as D
     from harness.fields import ConfigError
+    from harness.lm import distributed as D
     from pipelines import losses as L
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -101,7 +141,10 @@ def _worker(rank: int, store: str) -> None:
         # whitening over the whole batch: this share is whitened exactly as its rows are in the whole batch
         rows = slice(0, 3) if rank == 0 else slice(3, 6)
         for shift in (True, False):
-            close(L.masked_whiten(x, m, shift_mean=shift, total=total), L.masked_whiten(x_all, m_all, shift_mean=shift)[rows, :x.shape[1]])
+            close(
+                L.masked_whiten(x, m, shift_mean=shift, total=total),
+                L.masked_whiten(x_all, m_all, shift_mean=shift)[rows, : x.shape[1]],
+            )
         close(L.masked_mean(x, m, total=total), L.masked_mean(x_all, m_all))
         close(L.masked_var(x, m, total=total), L.masked_var(x_all, m_all))
         close(L.explained_variance(x, y, m, total=total), L.explained_variance(x_all, y_all, m_all))
@@ -148,7 +191,7 @@ def _worker(rank: int, store: str) -> None:
 def test_reductions_over_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     import torch.multiprocessing as mp
 
-    import harness.config, harness.lm.distributed, pipelines.losses  # noqa: F401, E401 - loaded once, before the fork
+    import harness.config  # noqa: F401, E401 - loaded once, before the fork
 
     # fork: the two processes start with this one's modules loaded (spawn would import torch twice more)
     mp.start_processes(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True, start_method="fork")

@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
+from harness.fields import ConfigError
 from harness.lm.precision import autocast, check_precision, trainer_flags
 from tests.conftest import compose
 
@@ -18,9 +18,13 @@ def tiny_ppo(precision: str):
     from pipelines.schemas import PPOPipeline
     from pipelines.scoring import RewardModelScore
 
-    args = argparse.Namespace(seed=0, updates=1, vocab_size=64, n_positions=32, n_layer=1, n_embd=32, n_head=2, device="cpu")
+    args = argparse.Namespace(
+        seed=0, updates=1, vocab_size=64, n_positions=32, n_layer=1, n_embd=32, n_head=2, device="cpu"
+    )
     tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)
-    cfg = PPOPipeline(name="ppo", batch_size=8, num_minibatches=2, ppo_epochs=1, max_new_tokens=6, normalize_scores=False)
+    cfg = PPOPipeline(
+        name="ppo", batch_size=8, num_minibatches=2, ppo_epochs=1, max_new_tokens=6, normalize_scores=False
+    )
     ppo = PPO(policy, reference, critic, RewardModelScore(reward_model), tok, cfg, seed=0, precision=precision)
     return ppo, prompts[:8]
 
@@ -35,8 +39,11 @@ def test_ppo_runs_its_forward_passes_in_the_precision_and_keeps_fp32_weights(pre
     stats = ppo.step(prompts)
     assert seen and set(seen) == {dtype}  # every role's matrix products, rollout and update
     assert all(p.dtype == torch.float32 for p in ppo.policy.parameters())  # master weights (and Adam's states) fp32
-    assert all(s.dtype == torch.float32 for s in ppo.policy_opt.state[next(ppo.policy.parameters())].values()
-               if torch.is_tensor(s) and s.ndim)
+    assert all(
+        s.dtype == torch.float32
+        for s in ppo.policy_opt.state[next(ppo.policy.parameters())].values()
+        if torch.is_tensor(s) and s.ndim
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before, ppo.policy.parameters()))  # the update moved it
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values() if isinstance(v, float))
 
@@ -53,7 +60,10 @@ def test_trainers_get_their_own_bf16_flag():
     from pipelines.dpo import dpo_config
     from pipelines.schemas import DPOPipeline
 
-    assert trainer_flags("bf16") == {"bf16": True, "fp16": False} and trainer_flags("fp32") == {"bf16": False, "fp16": False}
+    assert trainer_flags("bf16") == {"bf16": True, "fp16": False} and trainer_flags("fp32") == {
+        "bf16": False,
+        "fp16": False,
+    }
     args = dpo_config(DPOPipeline(name="dpo"), "/tmp/unused", seed=0, use_cpu=True, precision="bf16")
     assert args.bf16 and not args.fp16
 

@@ -45,8 +45,9 @@ def test_best_of_n_writes_one_row_per_n(run_pipeline, tiny_cache):
     assert proxy == sorted(proxy)  # nested prefixes: the reward model's pick can only get better with N
     assert all(0 <= r["gold_reward"] <= 1 for r in rows)
 
-    _, folder = run_pipeline("best_of_n", "pipeline.ns=[1,4]", "pipeline.scorer=gold", "threads=1", cache=tiny_cache,
-                             folder="bon_gold")
+    _, folder = run_pipeline(
+        "best_of_n", "pipeline.ns=[1,4]", "pipeline.scorer=gold", "threads=1", cache=tiny_cache, folder="bon_gold"
+    )
     gold = [r["gold_reward"] for r in _rows(folder)]
     assert gold[1] >= gold[0]  # the oracle picks by gold itself
 
@@ -59,23 +60,34 @@ def test_best_of_n_writes_one_row_per_n(run_pipeline, tiny_cache):
 def _pairs(**change):
     from datasets import Dataset, DatasetDict
 
-    data = {"prompt": ["A fine film", "The plot"], "chosen": [" was lovely.", " is great."], "rejected": [" was bad.", " is dull."]}
+    data = {
+        "prompt": ["A fine film", "The plot"],
+        "chosen": [" was lovely.", " is great."],
+        "rejected": [" was bad.", " is dull."],
+    }
     data.update(change)
     data = {k: v for k, v in data.items() if v is not None}
     return DatasetDict(train=Dataset.from_dict(data), test=Dataset.from_dict(data))
 
 
-@pytest.mark.parametrize("method, pairs, match", [
-    ("unlikelihood", _pairs(rejected=None), r"missing column\(s\) rejected"),
-    ("unlikelihood", _pairs(rejected=[" was lovely.", " is great."]), r"chosen == rejected"),
-    ("preferred_ft", _pairs(chosen=None), r"missing column\(s\) chosen"),
-    ("preferred_ft", _pairs(prompt=["", "The plot"]), r"empty prompt text"),
-    ("preferred_ft", _pairs(chosen=["", " "]), r"every one of the 2 chosen texts is empty"),
-])
-def test_baselines_check_the_data_before_training(method, pairs, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "method, pairs, match",
+    [
+        ("unlikelihood", _pairs(rejected=None), r"missing column\(s\) rejected"),
+        ("unlikelihood", _pairs(rejected=[" was lovely.", " is great."]), r"chosen == rejected"),
+        ("preferred_ft", _pairs(chosen=None), r"missing column\(s\) chosen"),
+        ("preferred_ft", _pairs(prompt=["", "The plot"]), r"empty prompt text"),
+        ("preferred_ft", _pairs(chosen=["", " "]), r"every one of the 2 chosen texts is empty"),
+    ],
+)
+def test_baselines_check_the_data_before_training(
+    method, pairs, match, run_pipeline, tiny_cache, monkeypatch, tmp_path
+):
     import pipelines.trainer_run
 
-    monkeypatch.setattr(pipelines.trainer_run, "load_pairs", lambda art: pairs)  # baselines read pairs through trainer_run.prepare
+    monkeypatch.setattr(
+        pipelines.trainer_run, "load_pairs", lambda art: pairs
+    )  # baselines read pairs through trainer_run.prepare
     with pytest.raises(ConfigError, match=match) as e:
         run_pipeline(method, *TRAINING, cache=tiny_cache, folder="bad")
     assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()

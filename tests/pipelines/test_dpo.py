@@ -18,19 +18,34 @@ TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
 # (a) the harness trainer's loss = the papers' formulas, by hand, on a fixed batch
 # ----------------------------------------------------------------------------------------------------------------
 
-CORPUS = ["the film was great and the acting was superb", "a dull plot with awful pacing", "I loved every minute of it",
-          "the story is boring but the music is fine", "an excellent cast in a terrible script"]
-PAIRS = {"prompt": ["the film", "a dull", "I loved", "the story is"],
-         "chosen": [" was great", " plot with fine music", " every minute", " fine"],
-         "rejected": [" was awful and boring", " plot", " it", " boring but the music is fine"]}
+CORPUS = [
+    "the film was great and the acting was superb",
+    "a dull plot with awful pacing",
+    "I loved every minute of it",
+    "the story is boring but the music is fine",
+    "an excellent cast in a terrible script",
+]
+PAIRS = {
+    "prompt": ["the film", "a dull", "I loved", "the story is"],
+    "chosen": [" was great", " plot with fine music", " every minute", " fine"],
+    "rejected": [" was awful and boring", " plot", " it", " boring but the music is fine"],
+}
 
 
 def _tiny_lm(tok, seed):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=16, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=48,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return GPT2LMHeadModel(conf).double()  # float64 where we can (TRL's log-prob kernel stays float32)
 
 
@@ -64,8 +79,9 @@ def _by_hand(name, beta, eps, pi_c, pi_r, ref_c, ref_r, n_c, n_r) -> float:
 # TRL's fused LM head computes the log-probs in float32 whatever the model's dtype, so a summed log-prob carries
 # ~1e-6 of rounding. The βs below keep that well under the 1e-6 budget on the loss: DPO's error scales with β,
 # IPO's with |h̄ − 1/(2β)| (large for small β).
-@pytest.mark.parametrize("name, beta, eps", [("dpo", 0.1, 0.0), ("ipo", 1.0, 0.0), ("ipo", 2.0, 0.0), ("cdpo", 0.1, 0.2),
-                                             ("cdpo", 0.5, 0.4)])
+@pytest.mark.parametrize(
+    "name, beta, eps", [("dpo", 0.1, 0.0), ("ipo", 1.0, 0.0), ("ipo", 2.0, 0.0), ("cdpo", 0.1, 0.2), ("cdpo", 0.5, 0.4)]
+)
 def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
     from datasets import Dataset
 
@@ -89,26 +105,70 @@ def test_trainer_loss_matches_the_papers_formulas(name, beta, eps, tmp_path):
     assert trainer.ref_model is reference  # π_ref is the model we passed, not a reload by name
     assert loss.requires_grad and abs(loss.item() - expected) < 1e-6
     if name == "cdpo":  # and it is not TRL's plain sigmoid, which ignores the label smoothing
-        assert abs(_by_hand("dpo", beta, 0, *(t.tolist() for t in (pi_c, pi_r, ref_c, ref_r, n_c, n_r))) - expected) > 1e-4
+        assert (
+            abs(_by_hand("dpo", beta, 0, *(t.tolist() for t in (pi_c, pi_r, ref_c, ref_r, n_c, n_r))) - expected) > 1e-4
+        )
 
 
 def test_logged_metrics_are_namespaced():
     from pipelines.metrics import NAMESPACES, namespaced
 
-    out = namespaced({"loss": 0.7, "rewards/margins": 0.1, "logps/chosen": -9.0, "grad_norm": 1.0, "epoch": 0.5,
-                      "eval_rewards/accuracies": 0.6, "eval_loss": 0.8, "note": "text"})
-    assert out == {"objective/loss": 0.7, "rewards/margins": 0.1, "policy/logps/chosen": -9.0, "policy/grad_norm": 1.0,
-                   "train/epoch": 0.5, "eval/rewards/accuracies": 0.6, "eval/loss": 0.8}
+    out = namespaced(
+        {
+            "loss": 0.7,
+            "rewards/margins": 0.1,
+            "logps/chosen": -9.0,
+            "grad_norm": 1.0,
+            "epoch": 0.5,
+            "eval_rewards/accuracies": 0.6,
+            "eval_loss": 0.8,
+            "note": "text",
+        }
+    )
+    assert out == {
+        "objective/loss": 0.7,
+        "rewards/margins": 0.1,
+        "policy/logps/chosen": -9.0,
+        "policy/grad_norm": 1.0,
+        "train/epoch": 0.5,
+        "eval/rewards/accuracies": 0.6,
+        "eval/loss": 0.8,
+    }
     # the other TRL trainers' keys (GRPO/RLOO, KTO, online DPO) land in the same scheme as PPO's metrics
-    trl = namespaced({"kl": 0.1, "beta": 0.05, "policy_loss": 0.2, "entropy": 1.5, "reward": 0.3, "num_tokens": 9.0,
-                      "clip_ratio/region_mean": 0.0, "completions/mean_length": 7.0, "rewards/score/mean": 0.3,
-                      "objective/entropy": 12.0, "objective/scores": 0.4, "objective/rlhf_reward": 0.2,
-                      "objective/non_score_reward": -0.1, "val/contain_eos_token": 0.5})
-    assert trl == {"objective/kl": 0.1, "objective/kl_coef": 0.05, "objective/policy_loss": 0.2, "policy/entropy": 1.5,
-                   "rewards/mean": 0.3, "compute/num_tokens": 9.0, "policy/clip_ratio/region_mean": 0.0,
-                   "policy/completions/mean_length": 7.0, "rewards/score/mean": 0.3, "policy/sequence_entropy": 12.0,
-                   "rewards/scores": 0.4, "objective/rlhf_reward": 0.2, "objective/non_score_reward": -0.1,
-                   "rewards/contain_eos_token": 0.5}
+    trl = namespaced(
+        {
+            "kl": 0.1,
+            "beta": 0.05,
+            "policy_loss": 0.2,
+            "entropy": 1.5,
+            "reward": 0.3,
+            "num_tokens": 9.0,
+            "clip_ratio/region_mean": 0.0,
+            "completions/mean_length": 7.0,
+            "rewards/score/mean": 0.3,
+            "objective/entropy": 12.0,
+            "objective/scores": 0.4,
+            "objective/rlhf_reward": 0.2,
+            "objective/non_score_reward": -0.1,
+            "val/contain_eos_token": 0.5,
+        }
+    )
+    assert trl == {
+        "objective/kl": 0.1,
+        "objective/kl_coef": 0.05,
+        "objective/policy_loss": 0.2,
+        "policy/entropy": 1.5,
+        "rewards/mean": 0.3,
+        "compute/num_tokens": 9.0,
+        "policy/clip_ratio/region_mean": 0.0,
+        "policy/completions/mean_length": 7.0,
+        "rewards/score/mean": 0.3,
+        "policy/sequence_entropy": 12.0,
+        "rewards/scores": 0.4,
+        "objective/rlhf_reward": 0.2,
+        "objective/non_score_reward": -0.1,
+        "rewards/contain_eos_token": 0.5,
+    }
     assert {k.split("/")[0] for k in {**out, **trl}} <= set(NAMESPACES)
 
 
@@ -121,8 +181,14 @@ def _rows(folder):
     return [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("method, extra, setting", [("dpo", [], "beta=0.1"), ("ipo", [], "beta=0.5"),
-                                                    ("cdpo", ["pipeline.precompute_ref_log_probs=true"], "beta=0.1")])
+@pytest.mark.parametrize(
+    "method, extra, setting",
+    [
+        ("dpo", [], "beta=0.1"),
+        ("ipo", [], "beta=0.5"),
+        ("cdpo", ["pipeline.precompute_ref_log_probs=true"], "beta=0.1"),
+    ],
+)
 def test_dpo_variants_train_and_write_rows(method, extra, setting, run_pipeline, tiny_cache):
     facts, folder = run_pipeline(method, *TRAINING, *extra, cache=tiny_cache, folder=method)
     assert facts["steps"] == 4 and facts["losses_finite"] and math.isfinite(facts["train_loss"])
@@ -142,7 +208,11 @@ def test_dpo_variants_train_and_write_rows(method, extra, setting, run_pipeline,
 def _bad_pairs(kind: str):
     from datasets import Dataset, DatasetDict
 
-    good = {"prompt": ["A fine film", "The plot"], "chosen": [" was lovely.", " is great."], "rejected": [" was bad.", " is dull."]}
+    good = {
+        "prompt": ["A fine film", "The plot"],
+        "chosen": [" was lovely.", " is great."],
+        "rejected": [" was bad.", " is dull."],
+    }
     data = {k: list(v) for k, v in good.items()}
     if kind == "missing":
         del data["rejected"]
@@ -159,14 +229,17 @@ def _bad_pairs(kind: str):
     return DatasetDict(train=Dataset.from_dict(data), test=Dataset.from_dict(good))
 
 
-@pytest.mark.parametrize("kind, match", [
-    ("missing", r"missing column\(s\) rejected"),
-    ("empty_prompt", r"1 of 2 pairs have an empty prompt text"),
-    ("empty_chosen", r"every one of the 2 chosen texts is empty"),
-    ("none", r"1 of 2 pairs have no rejected text"),
-    ("identical", r"chosen == rejected"),
-    ("long_prompt", r"pipeline.max_length: 1 of 2 prompts"),
-])
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("missing", r"missing column\(s\) rejected"),
+        ("empty_prompt", r"1 of 2 pairs have an empty prompt text"),
+        ("empty_chosen", r"every one of the 2 chosen texts is empty"),
+        ("none", r"1 of 2 pairs have no rejected text"),
+        ("identical", r"chosen == rejected"),
+        ("long_prompt", r"pipeline.max_length: 1 of 2 prompts"),
+    ],
+)
 def test_bad_preference_data_stops_before_training(kind, match, run_pipeline, tiny_cache, monkeypatch, tmp_path):
     import pipelines.trainer_run
 

@@ -13,19 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
+from harness.fields import ConfigError
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)  # command lines in child processes, 300 s each at most
-ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "WANDB_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def harness_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def rows(path: Path) -> list[dict]:
@@ -40,9 +47,16 @@ def trained(tiny_cache, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("evaluate")
     copy_stage_cache(tiny_cache, tmp / "cache")
-    done = harness_cli("pipeline=dpo", "experiment=tiny_debug", "pipeline.max_steps=3", "pipeline.batch_size=16",
-                       "pipeline.learning_rate=5e-3", f"cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'study' / 'dpo'}",
-                       "threads=1")
+    done = harness_cli(
+        "pipeline=dpo",
+        "experiment=tiny_debug",
+        "pipeline.max_steps=3",
+        "pipeline.batch_size=16",
+        "pipeline.learning_rate=5e-3",
+        f"cache_dir={tmp / 'cache'}",
+        f"hydra.run.dir={tmp / 'study' / 'dpo'}",
+        "threads=1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp
 
@@ -60,9 +74,16 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
     assert last["method"] == "dpo" and last["step"] == 3 and last["kl"] > 0.01  # the policy moved away from π_SFT
 
     # As a study entry (the study sweeper, its checks, the stage cache shared with the DPO job), with a label.
-    done = harness_cli("-m", "experiment=tiny_debug", "hydra/sweeper=study", "seeds=[0]", f"hydra.sweep.dir={trained / 'study' / 'eval'}",
-                       f'study=[["pipeline=evaluate","policy={policy}","pipeline.label=dpo_run"]]',
-                       f"cache_dir={trained / 'cache'}", "threads=1")
+    done = harness_cli(
+        "-m",
+        "experiment=tiny_debug",
+        "hydra/sweeper=study",
+        "seeds=[0]",
+        f"hydra.sweep.dir={trained / 'study' / 'eval'}",
+        f'study=[["pipeline=evaluate","policy={policy}","pipeline.label=dpo_run"]]',
+        f"cache_dir={trained / 'cache'}",
+        "threads=1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (point_file,) = (trained / "study" / "eval").rglob("points.jsonl")
     (row,) = rows(point_file)
@@ -70,7 +91,9 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
     assert set(REQUIRED_KEYS) <= set(row) and set(row) == set(last)  # the same schema as every method's rows
     assert abs(row["gold_reward"] - last["gold_reward"]) <= last["gold_reward_sem"]
     assert abs(row["kl"] - last["kl"]) <= last["kl_sem"]
-    evidence = [rows(p)[-1] for p in (trained / "study" / "dpo" / "evidence.jsonl", point_file.with_name("evidence.jsonl"))]
+    evidence = [
+        rows(p)[-1] for p in (trained / "study" / "dpo" / "evidence.jsonl", point_file.with_name("evidence.jsonl"))
+    ]
     assert evidence[0]["prompts_key"] == evidence[1]["prompts_key"]  # the same held-out prompts, prompt by prompt
 
     # The report places it beside DPO, as a method of its own.
@@ -81,8 +104,14 @@ def test_saved_policy_reproduces_the_runs_last_row(trained):
 
 @pytest.mark.slow  # a child Python process
 def test_a_missing_checkpoint_is_one_line_before_any_work(tmp_path):
-    done = harness_cli("pipeline=evaluate", f"policy={tmp_path / 'no_such_checkpoint'}", "experiment=tiny_debug",
-                       f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    done = harness_cli(
+        "pipeline=evaluate",
+        f"policy={tmp_path / 'no_such_checkpoint'}",
+        "experiment=tiny_debug",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: policy:") and "does not exist" in lines[0], done.stderr
@@ -94,17 +123,26 @@ def test_a_checkpoint_with_another_vocabulary_is_refused(trained, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from harness.app.jobs import run_job
-    from harness.lm.models import train_tokenizer
     from harness.data.tasks import load_task
+    from harness.lm.models import train_tokenizer
 
-    cfg = compose(["pipeline=evaluate", f"policy={tmp_path / 'other'}", "experiment=tiny_debug",
-                   f"cache_dir={trained / 'cache'}", "logger.wandb_mode=disabled"])
+    cfg = compose(
+        [
+            "pipeline=evaluate",
+            f"policy={tmp_path / 'other'}",
+            "experiment=tiny_debug",
+            f"cache_dir={trained / 'cache'}",
+            "logger.wandb_mode=disabled",
+        ]
+    )
     task = load_task(validate(cfg).task)
     tok = train_tokenizer(task.train_texts, 300)  # π_SFT's has 400 tokens
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=32, n_layer=1, n_head=2))
     model.save_pretrained(tmp_path / "other")
     tok.save_pretrained(tmp_path / "other")
-    with pytest.raises(ConfigError, match=r"policy: .* does not have π_SFT's vocabulary \(its tokenizer has 300 tokens"):
+    with pytest.raises(
+        ConfigError, match=r"policy: .* does not have π_SFT's vocabulary \(its tokenizer has 300 tokens"
+    ):
         run_job(cfg, tmp_path / "job")
     assert not (tmp_path / "job" / "points.jsonl").exists()
 

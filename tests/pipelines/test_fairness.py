@@ -17,8 +17,16 @@ from tests.conftest import compose
 
 
 def context(pipeline: str, cache, folder, *overrides: str) -> RunContext:
-    cfg = compose([f"pipeline={pipeline}", "experiment=tiny_debug", f"cache_dir={cache}", "logger.wandb_mode=disabled",
-                   "threads=1", *overrides])
+    cfg = compose(
+        [
+            f"pipeline={pipeline}",
+            "experiment=tiny_debug",
+            f"cache_dir={cache}",
+            "logger.wandb_mode=disabled",
+            "threads=1",
+            *overrides,
+        ]
+    )
     return RunContext(cfg=validate(cfg), folder=folder)
 
 
@@ -39,8 +47,8 @@ def train_mode_logits_twice(model, tok) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("pipeline", ["dpo", "unlikelihood", "preferred_ft"])
 def test_prepare_hands_over_a_policy_without_dropout(pipeline, tiny_cache, tmp_path):
     """``pipelines.trainer_run.prepare`` is the shared set-up of the DPO family, Preferred-FT and Unlikelihood."""
-    from pipelines.trainer_run import prepare
     from pipelines.stages.sft import load_sft
+    from pipelines.trainer_run import prepare
 
     ctx = context(pipeline, tiny_cache, tmp_path)
     sft, tok, _ = load_sft(ctx)
@@ -74,8 +82,9 @@ def test_preferred_ft_trains_on_the_chosen_completion_of_every_pair(run_pipeline
     policy has no dropout."""
     from pipelines.stages.preferences import ensure_preferences, load_pairs
 
-    facts, folder = run_pipeline("preferred_ft", "pipeline.max_steps=2", "eval.every=2", "threads=1", cache=tiny_cache,
-                                 folder="preferred_ft")
+    facts, folder = run_pipeline(
+        "preferred_ft", "pipeline.max_steps=2", "eval.every=2", "threads=1", cache=tiny_cache, folder="preferred_ft"
+    )
     pairs = load_pairs(ensure_preferences(context("preferred_ft", tiny_cache, tmp_path / "ctx")))["train"]
     distinct = set(zip(pairs["prompt"], pairs["chosen"]))
     assert len(distinct) < len(pairs), "the tiny set repeats chosen completions: without that this test would not bite"
@@ -95,9 +104,9 @@ def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_mod
 
     from harness.lm.models import load_scalar_model
     from pipelines.dpo import build_trainer
-    from pipelines.trainer_run import load_frozen_reference
     from pipelines.stages.preferences import ensure_preferences, load_pairs
     from pipelines.stages.sft import load_sft
+    from pipelines.trainer_run import load_frozen_reference
 
     ctx = context("dpo", tiny_cache, tmp_path)
     policy, tok, sft = load_sft(ctx)
@@ -105,10 +114,17 @@ def test_a_truncated_completion_is_trained_on_with_eos_by_dpo_and_the_reward_mod
     assert {"chosen_truncated", "rejected_truncated"} <= set(pairs.column_names)
     cut = "The plot was great and the"  # a completion that stopped mid-sentence, as a truncated sample does
     data = Dataset.from_dict({"prompt": ["I saw it."] * 2, "chosen": [" " + cut] * 2, "rejected": [" Bad."] * 2})
-    dpo = build_trainer(policy, load_frozen_reference(sft.path, tok, ctx.device), tok, data, ctx.cfg.pipeline,
-                        str(tmp_path / "dpo"))
-    rm_args = RewardConfig(output_dir=str(tmp_path / "rm"), report_to=[], use_cpu=True, bf16=False,
-                           activation_checkpointing=False, max_length=64)
+    dpo = build_trainer(
+        policy, load_frozen_reference(sft.path, tok, ctx.device), tok, data, ctx.cfg.pipeline, str(tmp_path / "dpo")
+    )
+    rm_args = RewardConfig(
+        output_dir=str(tmp_path / "rm"),
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        max_length=64,
+    )
     rm = RewardTrainer(model=load_scalar_model(sft.path, tok), args=rm_args, train_dataset=data, processing_class=tok)
     for trainer in (dpo, rm):
         row = trainer.train_dataset[0]

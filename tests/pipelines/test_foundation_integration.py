@@ -36,8 +36,15 @@ def test_sft_preferences_and_evaluation(run_pipeline, tiny_cache):
 
     pairs = load_from_disk(prefs["path"] + "/pairs")
     train = pairs["train"]
-    assert set(train.column_names) >= {"prompt", "chosen", "rejected", "chosen_score", "rejected_score",
-                                       "chosen_truncated", "rejected_truncated"}
+    assert set(train.column_names) >= {
+        "prompt",
+        "chosen",
+        "rejected",
+        "chosen_score",
+        "rejected_score",
+        "chosen_truncated",
+        "rejected_truncated",
+    }
     assert all(c > r for c, r in zip(train["chosen_score"], train["rejected_score"]))
     # 40 prompts x 6 pairs at most; the validation split shares no prompt with training
     assert len(train) + len(pairs["test"]) <= 240

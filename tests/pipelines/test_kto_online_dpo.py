@@ -31,7 +31,9 @@ def test_unpaired_examples_keep_every_pair_as_one_desirable_and_one_undesirable_
     rows = list(zip(out["prompt"], out["completion"], out["label"]))
 
     assert len(rows) == 2 * len(prompts) and sum(out["label"]) == len(prompts)  # balanced: one of each per pair
-    expected = Counter([(p, c, True) for p, c in zip(prompts, chosen)] + [(p, r, False) for p, r in zip(prompts, rejected)])
+    expected = Counter(
+        [(p, c, True) for p, c in zip(prompts, chosen)] + [(p, r, False) for p, r in zip(prompts, rejected)]
+    )
     assert Counter(rows) == expected  # nothing lost, nothing invented, nothing de-duplicated
     assert Counter(rows)[("p", " a", True)] == 2 and Counter(rows)[("q", " x", True)] == 2  # as often as in the pairs
     assert ("p", " b", True) in rows and ("p", " b", False) in rows  # a middle sample keeps both of its labels
@@ -46,16 +48,30 @@ def test_unpaired_examples_keep_every_pair_as_one_desirable_and_one_undesirable_
 # Online DPO's update on a fixed batch
 # ----------------------------------------------------------------------------------------------------------------
 
-CORPUS = ["the film was great and the acting was superb", "a dull plot with awful pacing", "I loved every minute of it",
-          "the story is boring but the music is fine", "an excellent cast in a terrible script"]
+CORPUS = [
+    "the film was great and the acting was superb",
+    "a dull plot with awful pacing",
+    "I loved every minute of it",
+    "the story is boring but the music is fine",
+    "an excellent cast in a terrible script",
+]
 
 
 def _tiny_lm(tok, seed):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=16, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.5)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=48,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.5,
+    )
     return GPT2LMHeadModel(conf)
 
 
@@ -107,7 +123,9 @@ def test_online_dpo_update_is_dpo_on_the_pair_the_reward_picks(tmp_path):
     assert judge_calls == [prompts * 2]  # each prompt's two samples were judged
     assert abs(loss.item() - expected.mean().item()) < 1e-6
     assert abs(swapped.mean().item() - expected.mean().item()) > 1e-3  # the assignment matters, and it was the RM's
-    assert trainer.stats["rewards/chosen"][-1] == pytest.approx(beta * (pi[chosen] - ref[chosen]).mean().item(), abs=1e-6)
+    assert trainer.stats["rewards/chosen"][-1] == pytest.approx(
+        beta * (pi[chosen] - ref[chosen]).mean().item(), abs=1e-6
+    )
     assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
 
     # TRL's own _forward scores the left-padded prompt's completions at shifted positions; ours does not.
@@ -145,12 +163,18 @@ def _dpo_row_keys() -> set[str]:
     return set(ROW_KEYS)
 
 
-@pytest.mark.parametrize("method, argv, setting", [
-    # the micro-batch labels KTO's points: it sets how many examples estimate each reference point z_ref
-    ("kto", ["pipeline.max_steps=4", "pipeline.beta=0.2", "pipeline.batch_size=16", "pipeline.micro_batch_size=8"],
-     "beta=0.2,micro_batch_size=8"),
-    ("online_dpo", ["pipeline.updates=4", "pipeline.beta=0.2", "pipeline.batch_size=8"], "beta=0.2"),
-])
+@pytest.mark.parametrize(
+    "method, argv, setting",
+    [
+        # the micro-batch labels KTO's points: it sets how many examples estimate each reference point z_ref
+        (
+            "kto",
+            ["pipeline.max_steps=4", "pipeline.beta=0.2", "pipeline.batch_size=16", "pipeline.micro_batch_size=8"],
+            "beta=0.2,micro_batch_size=8",
+        ),
+        ("online_dpo", ["pipeline.updates=4", "pipeline.beta=0.2", "pipeline.batch_size=8"], "beta=0.2"),
+    ],
+)
 def test_method_trains_through_the_cli_and_writes_dpo_rows(method, argv, setting, tmp_path, tiny_cache):
     from harness.eval.row import OPTIONAL_KEYS, REQUIRED_KEYS
 

@@ -13,8 +13,14 @@ import torch
 
 from harness.fields import ConfigError
 
-TINY = ["pipeline.max_steps=2", "pipeline.batch_size=8", "pipeline.num_generations=4", "pipeline.max_new_tokens=8",
-        "eval.every=1", "threads=1"]
+TINY = [
+    "pipeline.max_steps=2",
+    "pipeline.batch_size=8",
+    "pipeline.num_generations=4",
+    "pipeline.max_new_tokens=8",
+    "eval.every=1",
+    "threads=1",
+]
 METHODS = ("rloo", "grpo", "rloo_gt", "grpo_gt")
 
 
@@ -30,9 +36,18 @@ def online_runs(tiny_cache, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("online")
     runs = {}
-    for method, extra in [(m, TINY) for m in METHODS] + [("dpo", ["pipeline.max_steps=1", "pipeline.batch_size=8", "threads=1"])]:
-        cfg = compose([f"pipeline={method}", "experiment=tiny_debug", f"cache_dir={tiny_cache}",
-                       "logger.wandb_mode=disabled", *extra])
+    for method, extra in [(m, TINY) for m in METHODS] + [
+        ("dpo", ["pipeline.max_steps=1", "pipeline.batch_size=8", "threads=1"])
+    ]:
+        cfg = compose(
+            [
+                f"pipeline={method}",
+                "experiment=tiny_debug",
+                f"cache_dir={tiny_cache}",
+                "logger.wandb_mode=disabled",
+                *extra,
+            ]
+        )
         facts = run_job(cfg, out / method)
         runs[method] = (facts, _rows(out / method), out / method)
     return runs
@@ -41,7 +56,12 @@ def online_runs(tiny_cache, tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_online_methods_train_and_write_dpo_shaped_rows(method, online_runs):
     facts, rows, folder = online_runs[method]
-    assert facts["steps"] == 2 and facts["episodes"] == 16 and facts["losses_finite"] and math.isfinite(facts["train_loss"])
+    assert (
+        facts["steps"] == 2
+        and facts["episodes"] == 16
+        and facts["losses_finite"]
+        and math.isfinite(facts["train_loss"])
+    )
     assert facts["parameter_change"] > 0  # the policy moved away from π_SFT = π_ref
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert {r["method"] for r in rows} == {method}
@@ -72,8 +92,13 @@ def test_online_knobs_are_checked_before_training():
 # The advantages TRL used = the papers' formulas, by hand, on a fixed batch of rewards
 # ----------------------------------------------------------------------------------------------------------------
 
-CORPUS = ["the film was great and the acting was superb", "a dull plot with awful pacing", "I loved every minute of it",
-          "the story is boring but the music is fine", "an excellent cast in a terrible script"]
+CORPUS = [
+    "the film was great and the acting was superb",
+    "a dull plot with awful pacing",
+    "I loved every minute of it",
+    "the story is boring but the music is fine",
+    "an excellent cast in a terrible script",
+]
 PROMPTS = ["the film", "a dull plot", "I loved", "the story is"]
 K = 4
 REWARDS = [0.1, 0.7, 0.3, 0.3, 1.0, -0.5, 0.25, 2.0]  # one batch: 2 prompts x 4 completions
@@ -87,8 +112,16 @@ def _tiny_policy(tmp_path):
 
     tok = train_tokenizer(CORPUS, 120)
     torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=tok.eos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    conf = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     GPT2LMHeadModel(conf).save_pretrained(tmp_path / "sft")
     tok.save_pretrained(tmp_path / "sft")
     return load_pretrained_lm(tmp_path / "sft", tok), tok
@@ -97,7 +130,8 @@ def _tiny_policy(tmp_path):
 def _fixed_rewards(seen: list):
     def score(prompts, completions, completion_ids, **kwargs):
         seen.append(list(prompts))
-        return REWARDS[:len(prompts)]
+        return REWARDS[: len(prompts)]
+
     return score
 
 
@@ -110,7 +144,7 @@ def _sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits.double()
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    logps = torch.log_softmax(logits[:, P - 1:P - 1 + T], -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    logps = torch.log_softmax(logits[:, P - 1 : P - 1 + T], -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     return (logps * completion_mask).sum(-1).tolist()
 
 
@@ -136,7 +170,7 @@ def _run_one_generation(cfg, tmp_path, before_update=None):
 
     trainer._generate_and_score_completions = spy
     trainer.train()
-    groups = [seen[0][i:i + K] for i in range(0, len(seen[0]), K)]
+    groups = [seen[0][i : i + K] for i in range(0, len(seen[0]), K)]
     assert len(seen) == 1 and len(seen[0]) == len(REWARDS) and all(len(set(g)) == 1 for g in groups)  # whole groups
     return captured
 
@@ -149,7 +183,7 @@ def test_rloo_uses_the_leave_one_out_advantage(tmp_path):
     out = _run_one_generation(cfg, tmp_path)
     expected = []
     for g in range(0, len(REWARDS), K):
-        group = REWARDS[g:g + K]
+        group = REWARDS[g : g + K]
         expected += [r - (sum(group) - r) / (K - 1) for r in group]
     assert out["advantages"].tolist() == pytest.approx(expected, abs=1e-6)
 
@@ -170,7 +204,7 @@ def test_rloo_puts_the_sequence_kl_into_the_reward(tmp_path):
         shaped = [r - beta * (p - q) for r, p, q in zip(REWARDS, pi, ref)]
         adv = []
         for g in range(0, len(shaped), K):
-            group = shaped[g:g + K]
+            group = shaped[g : g + K]
             adv += [r - (sum(group) - r) / (K - 1) for r in group]
         return adv, [p - q for p, q in zip(pi, ref)]
 
@@ -188,7 +222,7 @@ def test_grpo_uses_the_group_normalised_advantage(tmp_path):
     out = _run_one_generation(cfg, tmp_path)
     expected = []
     for g in range(0, len(REWARDS), K):
-        group = REWARDS[g:g + K]
+        group = REWARDS[g : g + K]
         mean, std = statistics.fmean(group), statistics.stdev(group)
         expected += [(r - mean) / (std + 1e-4) for r in group]
     assert out["advantages"].tolist() == pytest.approx(expected, abs=1e-6)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.app.jobs import run_job
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
+from harness.app.jobs import run_job
 from harness.eval import row as result_row
+from harness.fields import ConfigError
 from harness.runs.context import RunContext
 from tests.conftest import compose
 
@@ -29,8 +29,16 @@ def cache(tiny_cache) -> Path:
 
 
 def config(pipeline: str, cache: Path, *overrides: str):
-    return compose([f"pipeline={pipeline}", "experiment=tiny_debug", f"cache_dir={cache}", "logger.wandb_mode=disabled",
-                    *SMALL, *overrides])
+    return compose(
+        [
+            f"pipeline={pipeline}",
+            "experiment=tiny_debug",
+            f"cache_dir={cache}",
+            "logger.wandb_mode=disabled",
+            *SMALL,
+            *overrides,
+        ]
+    )
 
 
 def context(pipeline: str, cache: Path, folder: Path, *overrides: str) -> RunContext:
@@ -64,7 +72,14 @@ def test_pipeline_writes_points_and_saves_a_trained_policy(pipeline, cache, tmp_
     updates = [json.loads(line) for line in (folder / "updates.jsonl").read_text().splitlines()]
     assert [u["update"] for u in updates] == [1, 2, 3] and all("objective/kl" in u for u in updates)
 
-    for k in ("objective/policy_loss", "critic/value_loss", "objective/kl", "rewards/scores", "policy/clipfrac", "critic/clipfrac"):
+    for k in (
+        "objective/policy_loss",
+        "critic/value_loss",
+        "objective/kl",
+        "rewards/scores",
+        "policy/clipfrac",
+        "critic/clipfrac",
+    ):
         assert math.isfinite(summary["last_update"][k]), k
     assert summary["policy"] == str(folder / "policy") and summary["gold_reward"] == rows[-1]["gold_reward"]
     trained = AutoModelForCausalLM.from_pretrained(summary["policy"])
@@ -85,7 +100,11 @@ def test_one_update_trains_policy_and_critic_only(pipeline, cache, tmp_path):
     policy, critic = roles.policy, roles.critic
     ppo = roles.ppo(ctx.cfg.pipeline)
     frozen = [roles.reference] + ([roles.reward.model] if pipeline == "ppo" else [])
-    before = {"policy": snapshot(policy), "critic": snapshot(critic), **{f"frozen{i}": snapshot(m) for i, m in enumerate(frozen)}}
+    before = {
+        "policy": snapshot(policy),
+        "critic": snapshot(critic),
+        **{f"frozen{i}": snapshot(m) for i, m in enumerate(frozen)},
+    }
 
     stats = ppo.step(ctx.task.train_prompts[:16])
 
@@ -112,7 +131,7 @@ def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_pat
         roles = build_roles(ctx)
         ppo = roles.ppo(ctx.cfg.pipeline, seed=3)
         ppo.reuse_first_pass = reuse
-        stats = [ppo.step(ctx.task.train_prompts[i:i + 16]) for i in (0, 16)]
+        stats = [ppo.step(ctx.task.train_prompts[i : i + 16]) for i in (0, 16)]
         runs.append((stats, roles.policy.state_dict(), roles.critic.state_dict()))
     (stats_a, pol_a, crit_a), (stats_b, pol_b, crit_b) = runs
     for a, b in zip(stats_a, stats_b):
@@ -133,13 +152,18 @@ def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
     critic, tok = roles.critic, roles.tok
     ids = tok("The plot was great and the cast", add_special_tokens=False)["input_ids"]
     P = 3
-    s = Samples(query=torch.tensor([ids[:P]]), query_mask=torch.ones(1, P, dtype=torch.long),
-                response=torch.tensor([ids[P:]]), response_mask=torch.ones(1, len(ids) - P),
-                ended=torch.tensor([False]), prompt_index=torch.tensor([0]))
+    s = Samples(
+        query=torch.tensor([ids[:P]]),
+        query_mask=torch.ones(1, P, dtype=torch.long),
+        response=torch.tensor([ids[P:]]),
+        response_mask=torch.ones(1, len(ids) - P),
+        ended=torch.tensor([False]),
+        prompt_index=torch.tensor([0]),
+    )
     with torch.no_grad():
         values = critic_values(critic, s)  # (1, T): value at the position that predicts response token t
         for t in range(len(ids) - P):
-            pooled = critic(input_ids=torch.tensor([ids[:P + t]])).logits[0, 0]  # state = prompt + first t tokens
+            pooled = critic(input_ids=torch.tensor([ids[: P + t]])).logits[0, 0]  # state = prompt + first t tokens
             torch.testing.assert_close(values[0, t], pooled, atol=1e-5, rtol=1e-5)
 
 
@@ -150,10 +174,14 @@ def responses(tok, prompt: list[int], rows: list[list[int]], ended: list[bool]):
     rows = [r + [tok.eos_token_id] * e for r, e in zip(rows, ended)]
     T = max(len(r) for r in rows)
     B, P = len(rows), len(prompt)
-    return Samples(query=torch.tensor([prompt] * B), query_mask=torch.ones(B, P, dtype=torch.long),
-                   response=torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows]),
-                   response_mask=torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in rows]),
-                   ended=torch.tensor(ended), prompt_index=torch.zeros(B, dtype=torch.long))
+    return Samples(
+        query=torch.tensor([prompt] * B),
+        query_mask=torch.ones(B, P, dtype=torch.long),
+        response=torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows]),
+        response_mask=torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in rows]),
+        ended=torch.tensor(ended),
+        prompt_index=torch.zeros(B, dtype=torch.long),
+    )
 
 
 def test_critic_starts_at_the_normalised_reward_model_score(cache, tmp_path):
@@ -176,8 +204,10 @@ def test_critic_starts_at_the_normalised_reward_model_score(cache, tmp_path):
         torch.testing.assert_close(at_eos, expected, atol=1e-5, rtol=1e-5)
         values = critic_values(critic, s)[0]  # V at the state before each response token
         for t in range(s.response.shape[1]):
-            prefix = seq[:, :s.query.shape[1] + t]
-            torch.testing.assert_close(values[t], (rm(input_ids=prefix).logits[0, 0] - mean) / std, atol=1e-5, rtol=1e-5)
+            prefix = seq[:, : s.query.shape[1] + t]
+            torch.testing.assert_close(
+                values[t], (rm(input_ids=prefix).logits[0, 0] - mean) / std, atol=1e-5, rtol=1e-5
+            )
 
 
 def test_normalised_head_without_normalisation_is_the_same_head():
@@ -250,7 +280,7 @@ def test_rollout_puts_score_on_last_token_and_kl_on_every_response_token(cache, 
     eos = torch.tensor([tok.eos_token_id])
     for b in range(len(lengths)):
         q = s.query[b][s.query_mask[b].bool()]
-        seq = torch.cat([q, s.response[b, :lengths[b]], eos[:int(not s.ended[b])]]).unsqueeze(0)
+        seq = torch.cat([q, s.response[b, : lengths[b]], eos[: int(not s.ended[b])]]).unsqueeze(0)
         with torch.no_grad():
             rm_at_last = reward.model(input_ids=seq).logits[0, 0]
         expected = (rm_at_last - mean) / std - ctx.cfg.pipeline.missing_eos_penalty * (not s.ended[b])
@@ -320,8 +350,10 @@ def test_bad_config_is_one_line_naming_the_key(pipeline, override, key):
 def test_k3_in_the_reward_is_refused_with_the_reason():
     with pytest.raises(ConfigError) as e:
         validate(compose(["pipeline=ppo", "pipeline.kl_estimator=k3"]))
-    assert str(e.value) == ("pipeline.kl_estimator: k3 in the reward is biased (its score-function gradient is not ∇KL; "
-                            "only k1's is); use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)")
+    assert str(e.value) == (
+        "pipeline.kl_estimator: k3 in the reward is biased (its score-function gradient is not ∇KL; "
+        "only k1's is); use pipeline.kl_estimator=k1 (k3 is logged as objective/kl_k3)"
+    )
     assert validate(compose(["pipeline=ppo"])).pipeline.kl_estimator == "k1"
 
 

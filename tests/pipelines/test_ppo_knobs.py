@@ -13,16 +13,24 @@ import pytest
 import torch
 
 from harness.app.jobs import job_key, run_job, swept_pipeline_keys
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
+from harness.fields import ConfigError
 from harness.runs.context import RunContext
 from pipelines import losses as L
 from pipelines.schemas import PPOPipeline
 from tests.conftest import compose
 
 # A few updates of the tiny model, with a learning rate large enough that the policy visibly leaves π_SFT.
-SMALL = ["experiment=tiny_debug", "logger.wandb_mode=disabled", "pipeline.updates=3", "pipeline.batch_size=16",
-         "pipeline.max_new_tokens=12", "pipeline.learning_rate=3e-3", "eval.every=3", "threads=1"]
+SMALL = [
+    "experiment=tiny_debug",
+    "logger.wandb_mode=disabled",
+    "pipeline.updates=3",
+    "pipeline.batch_size=16",
+    "pipeline.max_new_tokens=12",
+    "pipeline.learning_rate=3e-3",
+    "eval.every=3",
+    "threads=1",
+]
 
 
 @pytest.fixture
@@ -81,12 +89,15 @@ def test_mixing_refuses_mismatched_parameters():
 
 
 # ---------------------------------------------------------------------------------- checks, labels, identity
-@pytest.mark.parametrize("knobs, field", [
-    (dict(ref_update="emma"), "pipeline.ref_update"),
-    (dict(ref_ema=0.0), "pipeline.ref_ema"),
-    (dict(ref_ema=1.5), "pipeline.ref_ema"),
-    (dict(ref_refresh_every=0), "pipeline.ref_refresh_every"),
-])
+@pytest.mark.parametrize(
+    "knobs, field",
+    [
+        (dict(ref_update="emma"), "pipeline.ref_update"),
+        (dict(ref_ema=0.0), "pipeline.ref_ema"),
+        (dict(ref_ema=1.5), "pipeline.ref_ema"),
+        (dict(ref_refresh_every=0), "pipeline.ref_refresh_every"),
+    ],
+)
 def test_bad_ingredient_is_a_one_line_error_naming_the_field(knobs, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         PPOPipeline(**knobs)
@@ -123,8 +134,10 @@ def test_study_turns_each_ingredient_on_alone_at_an_equal_episode_budget():
         p = hc.pipeline
         assert p.kl_coef == 0.05 and p.updates * p.batch_size == 1280
         assert p.batch_size // p.num_minibatches == 32 and p.updates * p.ppo_epochs * p.num_minibatches == 80
-    labels = {RunContext(cfg=hc, folder=Path("."), swept=swept_pipeline_keys(e)).setting
-              for hc, e in zip(jobs, [e for e in study if "pipeline=ppo" in e])}
+    labels = {
+        RunContext(cfg=hc, folder=Path("."), swept=swept_pipeline_keys(e)).setting
+        for hc, e in zip(jobs, [e for e in study if "pipeline=ppo" in e])
+    }
     assert len(labels) == 6
 
 
@@ -154,7 +167,7 @@ def test_a_resumed_job_continues_from_the_moved_reference(cache, tmp_path):
     from pipelines.ppo import build_roles
 
     ctx = RunContext(cfg=validate(config(cache, "pipeline.ref_update=ema", "pipeline.ref_ema=0.5")), folder=tmp_path)
-    batches = [ctx.task.train_prompts[i:i + 16] for i in (0, 16, 32)]
+    batches = [ctx.task.train_prompts[i : i + 16] for i in (0, 16, 32)]
     first = build_roles(ctx).ppo(ctx.cfg.pipeline, seed=2)
     for prompts in batches[:2]:
         first.step(prompts)
@@ -224,15 +237,30 @@ def test_report_tables_the_final_point_of_each_setting():
     from pipelines.registry import METHODS
 
     def row(setting, seed, step, kl, gold, run):
-        return dict(method="ppo", setting=setting, seed=seed, step=step, kl=kl, kl_sem=0.1, gold_reward=gold,
-                    gold_reward_sem=0.02, run_id=run)
+        return dict(
+            method="ppo",
+            setting=setting,
+            seed=seed,
+            step=step,
+            kl=kl,
+            kl_sem=0.1,
+            gold_reward=gold,
+            gold_reward_sem=0.02,
+            run_id=run,
+        )
 
-    rows = [row("kl_coef=0.05", 0, 0, 0.0, 0.5, "a"), row("kl_coef=0.05", 0, 20, 4.0, 0.8, "a"),
-            row("kl_coef=0.05", 1, 20, 6.0, 0.9, "b"),
-            row("kl_coef=0.05,ref_update=ema,ref_ema=0.1", 0, 20, 9.0, 0.85, "c")]
+    rows = [
+        row("kl_coef=0.05", 0, 0, 0.0, 0.5, "a"),
+        row("kl_coef=0.05", 0, 20, 4.0, 0.8, "a"),
+        row("kl_coef=0.05", 1, 20, 6.0, 0.9, "b"),
+        row("kl_coef=0.05,ref_update=ema,ref_ema=0.1", 0, 20, 9.0, 0.85, "c"),
+    ]
     lines = settings_table(rows, METHODS).splitlines()
     # two seeds: mean and the SEM across them (std 1.414 / sqrt 2 = 1 for KL, 0.0707 / sqrt 2 = 0.05 for gold)
     assert "| PPO (learned RM) | kl_coef=0.05 | 2 | 20 | 5.000 ± 1.000 | 0.850 ± 0.050 |" in lines
     # one run: its own evaluation's SEM over prompts
-    assert "| PPO (learned RM) | kl_coef=0.05,ref_update=ema,ref_ema=0.1 | 1 | 20 | 9.000 ± 0.100 | 0.850 ± 0.020 |" in lines
+    assert (
+        "| PPO (learned RM) | kl_coef=0.05,ref_update=ema,ref_ema=0.1 | 1 | 20 | 9.000 ± 0.100 | 0.850 ± 0.020 |"
+        in lines
+    )
     assert settings_table(rows[:3], METHODS) == ""  # one setting: nothing a per-method table does not already say

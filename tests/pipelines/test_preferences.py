@@ -8,7 +8,9 @@ def test_all_six_pairs_chosen_outscores_rejected():
     scores = np.array([[0.9, 0.1, 0.5, 0.3]])
     pairs = make_pairs(scores, PreferencesConfig(), np.random.default_rng(0))
     assert len(pairs) == 6
-    assert {frozenset((c, r)) for _, c, r in pairs} == {frozenset(p) for p in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]}
+    assert {frozenset((c, r)) for _, c, r in pairs} == {
+        frozenset(p) for p in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    }
     assert all(scores[p, c] > scores[p, r] for p, c, r in pairs)
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import harness.app.cli as app
-from harness.preflight import checks
-from harness.fields import ConfigError
 from harness.app.jobs import load as validate
 from harness.config import to_container
+from harness.fields import ConfigError
+from harness.preflight import checks
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
     f["folder"].mkdir()
     (d / "latin1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 au lait"}\n')
-    (d / "latin1.csv").write_bytes(b'text\nfine film\ncaf\xe9 film\n')
+    (d / "latin1.csv").write_bytes(b"text\nfine film\ncaf\xe9 film\n")
     f["not_utf8"], f["csv_not_utf8"] = d / "latin1.jsonl", d / "latin1.csv"
     f["csv_missing_column"].write_text("review\n" + "\n".join(r["text"] for r in ok) + "\n")
     f["csv_short_row"].write_text("id,text\n" + "\n".join(f"{i},good film" for i in range(5)) + "\n5\n")
@@ -124,7 +124,11 @@ def _models(d: Path) -> dict[str, Path]:
     _model_folder(snap, GPT2, tokenizer=False)
     (hub / "models--acme--cached-lm" / "refs").mkdir()
     (hub / "models--acme--cached-lm" / "refs" / "main").write_text("0123abc")
-    classifier = {"model_type": "roberta", "id2label": {"0": "NEGATIVE", "1": "POSITIVE"}, "max_position_embeddings": 514}
+    classifier = {
+        "model_type": "roberta",
+        "id2label": {"0": "NEGATIVE", "1": "POSITIVE"},
+        "max_position_embeddings": 514,
+    }
     return {
         "hub": hub,
         "m_empty": _model_folder(d / "m_empty", None, tokenizer=False, weights=False),
@@ -150,8 +154,12 @@ def cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
     def run(argv: list[str]) -> tuple[int | str | None, list[str]]:
-        defaults = {"cache_dir": tmp_path / "cache", "hydra.run.dir": tmp_path / "run",
-                    "hydra.sweep.dir": tmp_path / "sweep", "logger.wandb_mode": "disabled"}
+        defaults = {
+            "cache_dir": tmp_path / "cache",
+            "hydra.run.dir": tmp_path / "run",
+            "hydra.sweep.dir": tmp_path / "sweep",
+            "logger.wandb_mode": "disabled",
+        }
         given = {a.split("=", 1)[0] for a in argv}
         argv = [*argv, *(f"{k}={v}" for k, v in defaults.items() if k not in given)]
         capsys.readouterr()
@@ -244,8 +252,10 @@ VALUE_CASES = {
     "negative threads": ({"threads": -1}, "threads: must be >= 0"),
     "sft length over positions": ({"model.n_positions": 40}, "sft.max_length: 64 exceeds"),
     "pipeline length over positions": ({"pipeline": {"name": "dpo", "max_length": 200}}, "pipeline.max_length: 200"),
-    "reward-model length over positions": ({"pipeline": {"name": "ppo"}, "reward_model.max_length": 97},
-                                           "reward_model.max_length"),
+    "reward-model length over positions": (
+        {"pipeline": {"name": "ppo"}, "reward_model.max_length": 97},
+        "reward_model.max_length",
+    ),
     "sampling over positions": ({"eval.max_new_tokens": 90}, "eval.max_new_tokens:"),
     "ppo sampling over positions": ({"pipeline": {"name": "ppo", "max_new_tokens": 95}}, "pipeline.max_new_tokens:"),
     "eval prompts impossible": ({"task.n_eval_prompts": 5000}, "task.n_eval_prompts"),
@@ -318,7 +328,10 @@ MODEL_CASES = {
     "model shorter than sft.max_length": ({"model.name": "m_short"}, "sft.max_length: 64 exceeds the model's 32"),
     "gold classifier folder missing": ({**SIEBERT, "gold.name_or_path": "/no/such/clf"}, "gold.name_or_path"),
     "gold label not in classifier": ({**SIEBERT, "gold.name_or_path": "g_labels"}, "gold.label: 'POSITIVE' is not"),
-    "gold classifier needing remote code": ({**SIEBERT, "gold.name_or_path": "g_remote_code"}, "gold.trust_remote_code"),
+    "gold classifier needing remote code": (
+        {**SIEBERT, "gold.name_or_path": "g_remote_code"},
+        "gold.trust_remote_code",
+    ),
 }
 
 
@@ -378,14 +391,16 @@ def _writable(folder: str) -> bool:
 def test_unwritable_or_full_folders_stop_in_one_line(cli, tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    cases = [([f"cache_dir={a_file}/cache"], "cache_dir: "), ([f"hydra.run.dir={a_file}/run"], "hydra.run.dir: "),
-             (["-m", f"hydra.sweep.dir={a_file}/sweep", "seed=0,1"], "hydra.sweep.dir: ")]
+    cases = [
+        ([f"cache_dir={a_file}/cache"], "cache_dir: "),
+        ([f"hydra.run.dir={a_file}/run"], "hydra.run.dir: "),
+        (["-m", f"hydra.sweep.dir={a_file}/sweep", "seed=0,1"], "hydra.sweep.dir: "),
+    ]
     if not _writable("/sys"):  # read-only even for root here (permission bits alone do not stop root)
         cases.append((["cache_dir=/sys/harness-cache"], "cache_dir: cannot write in '/sys'"))
     for argv, expected in cases:
         code, err = cli(argv)
         assert_stopped(code, err, expected, tmp_path)
-
 
 
 def test_a_full_disk_stops_before_training(checked, tmp_path, monkeypatch):
@@ -409,6 +424,7 @@ def test_saved_config_never_holds_a_secret(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "wandb-" + SECRET)
     hc = validate(compose(["logger.project=p-${oc.env:WANDB_API_KEY}"]))
     from harness.runs.identity import resolved
+
     raw = resolved(hc)
     assert raw["logger"]["project"] == "p-<WANDB_API_KEY>"
     assert SECRET not in json.dumps(raw)
@@ -417,9 +433,22 @@ def test_saved_config_never_holds_a_secret(monkeypatch):
 # ------------------------------------------------------------------------------------- real processes, end to end
 def _harness(*argv: str, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "HF_TOKEN": SECRET}
-    return subprocess.run([sys.executable, "-m", "harness", *argv, f"cache_dir={tmp / 'cache'}",
-                           f"hydra.run.dir={tmp / 'run'}", f"hydra.sweep.dir={tmp / 'sweep'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            *argv,
+            f"cache_dir={tmp / 'cache'}",
+            f"hydra.run.dir={tmp / 'run'}",
+            f"hydra.sweep.dir={tmp / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow  # a child Python process

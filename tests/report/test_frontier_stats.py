@@ -6,10 +6,10 @@ import pytest
 
 from harness.report import stats as fs
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Unimodal envelope and selection, by hand
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_unimodal_envelope_by_hand_keeps_the_decline():
     kl = [0.0, 1.0, 2.0, 3.0, 4.0]
@@ -17,7 +17,7 @@ def test_unimodal_envelope_by_hand_keeps_the_decline():
     # forward max .5 .7 .9 .9 .9, backward max .9 .9 .9 .85 .85 -> E = .5 .7 .9 .85 .85
     env, sel = fs.unimodal_envelope(kl, r)
     np.testing.assert_allclose(env, [0.5, 0.7, 0.9, 0.85, 0.85])
-    assert sel.tolist() == [True, True, True, False, True]       # the last (highest-KL) point is on it
+    assert sel.tolist() == [True, True, True, False, True]  # the last (highest-KL) point is on it
     # the naive running max drops the declining tail altogether
     assert fs.upper_envelope(kl, r)[0].tolist() == [0.0, 1.0, 2.0]
 
@@ -70,7 +70,7 @@ def test_crossfit_selects_on_one_half_and_reports_the_other():
     # fold A->B: all three points are selected on A (.5 .9 .7 is unimodal): reported B values .5 .6 .8
     # fold B->A: on B (.5 .6 .8) all selected, reported A values .5 .9 .7; average = .5 .75 .75
     np.testing.assert_allclose(fs.crossfit_curves(gold, kl, w, grid)[0], [0.5, 0.75, 0.75])
-    gold[1, a] = 0.4            # now point 1 is below on A: fold A->B skips it -> (0 .5) (2 .8): .65 at KL 1
+    gold[1, a] = 0.4  # now point 1 is below on A: fold A->B skips it -> (0 .5) (2 .8): .65 at KL 1
     np.testing.assert_allclose(fs.crossfit_curves(gold, kl, w, grid)[0], [0.5, (0.65 + 0.4) / 2, 0.75])
     assert fs.crossfit_range(gold, kl, (a, b)) == (0.0, 2.0)
 
@@ -83,8 +83,8 @@ def test_resample_weights_stay_in_their_half_and_sum_to_one():
     for h, idx in enumerate(halves):
         other = np.setdiff1d(np.arange(10), idx)
         assert (w[h][:, other] == 0).all() and (w[h][:, idx] > 0).any()
-        assert np.allclose(w[h] * len(idx), np.round(w[h] * len(idx)))       # integer counts
-    assert not np.allclose(w[0, 0], w[0, 1])                                   # replicates differ
+        assert np.allclose(w[h] * len(idx), np.round(w[h] * len(idx)))  # integer counts
+    assert not np.allclose(w[0, 0], w[0, 1])  # replicates differ
 
 
 def test_seed_counts_pair_methods_with_the_same_seed_list():
@@ -115,7 +115,9 @@ def test_paired_difference_of_identical_evidence_has_zero_width():
     assert np.nanmin(band) > 0
     # an unpaired bootstrap would not cancel: different evidence gives a positive-width interval
     a, b = _two_methods(np.random.default_rng(0))
-    c = fs.analyse({"dpo": {0: a}, "ppo": {0: b}}, kls=(2.0,), pairs=(("dpo", "ppo"),), n_boot=200)["comparisons"][("dpo", "ppo")]
+    c = fs.analyse({"dpo": {0: a}, "ppo": {0: b}}, kls=(2.0,), pairs=(("dpo", "ppo"),), n_boot=200)["comparisons"][
+        ("dpo", "ppo")
+    ]
     assert (c["diff_hi"] - c["diff_lo"]).min() > 0
 
 
@@ -126,8 +128,8 @@ def test_points_without_evidence_are_fixed_and_analysis_is_deterministic():
     res = fs.analyse(pts, kls=(1.0, 2.0, 3.0), pairs=(), n_boot=50)
     st = res["stats"]["dpo"]
     assert st["at_kl"][1.0] == pytest.approx(dict(est=0.7, lo=0.7, hi=0.7))
-    assert st["at_kl"][2.0]["est"] == pytest.approx(0.6)                       # the decline is kept
-    assert np.isnan(st["at_kl"][3.0]["est"])                                   # beyond the largest KL
+    assert st["at_kl"][2.0]["est"] == pytest.approx(0.6)  # the decline is kept
+    assert np.isnan(st["at_kl"][3.0]["est"])  # beyond the largest KL
     assert st["max_reward"]["est"] == pytest.approx(0.7)
     a, b = _two_methods(np.random.default_rng(3))
     r1 = fs.analyse({"dpo": {0: a}, "ppo": {0: b}}, n_boot=100)
@@ -138,9 +140,11 @@ def test_points_without_evidence_are_fixed_and_analysis_is_deterministic():
 def test_seed_mean_covers_the_range_all_seeds_cover():
     rng = np.random.default_rng(0)
     P = 20
+
     def seed_points(kmax):
         k = np.linspace(0, kmax, 4)[:, None] * np.ones((1, P))
         return 0.5 + 0.05 * k + 0.01 * rng.standard_normal((4, P)), k
+
     res = fs.analyse({"dpo": {0: seed_points(6.0), 1: seed_points(4.0)}}, kls=(3.0, 5.0), pairs=(), n_boot=100)
     assert res["curves"]["dpo"]["hi"] == pytest.approx(4.0)
     assert np.isnan(res["stats"]["dpo"]["at_kl"][5.0]["est"])
@@ -167,7 +171,7 @@ def test_sign_runs_and_curve_area_by_hand():
     assert runs == dict(above=[(1.0, 2.0)], below=[(3.0, 4.0)], indistinguishable=[(0.0, 0.0)])
     curves = np.array([[0.0, 1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, np.nan, 1.0]])
     np.testing.assert_allclose(fs.curve_area(grid, curves, 0.5, 2.0), [1.875, 1.5])
-    assert np.isnan(fs.curve_area(grid, curves, 0.0, 4.0)[1])                 # undefined somewhere: NaN
+    assert np.isnan(fs.curve_area(grid, curves, 0.0, 4.0)[1])  # undefined somewhere: NaN
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,8 +179,8 @@ def test_sign_runs_and_curve_area_by_hand():
 # ---------------------------------------------------------------------------------------------------------
 
 P = 128
-SLOPE_A, SLOPE_B = 0.04, 0.03          # true reward = 0.5 + slope · KL (+ prompt effect): A − B = 0.01 · KL
-X = 5.0                                # the fixed KL checked
+SLOPE_A, SLOPE_B = 0.04, 0.03  # true reward = 0.5 + slope · KL (+ prompt effect): A − B = 0.01 · KL
+X = 5.0  # the fixed KL checked
 N_REP, N_BOOT = 200, 200
 
 
@@ -197,20 +201,29 @@ def simulation():
         u = 0.1 * rng.standard_normal(P)
         a = _method(rng, u, SLOPE_A, (4.0, 7.0, 11.5))
         b = _method(rng, u, SLOPE_B, (5.0, 8.5, 13.0))
-        res = fs.analyse({"dpo": {0: a}, "ppo": {0: b}}, kls=(X,), pairs=(("dpo", "ppo"),), n_boot=N_BOOT,
-                         seed=int(rng.integers(1 << 31)), n_grid=21)
+        res = fs.analyse(
+            {"dpo": {0: a}, "ppo": {0: b}},
+            kls=(X,),
+            pairs=(("dpo", "ppo"),),
+            n_boot=N_BOOT,
+            seed=int(rng.integers(1 << 31)),
+            n_grid=21,
+        )
         c = res["comparisons"][("dpo", "ppo")]
         j = int(np.flatnonzero(np.isclose(c["grid"], X))[0])
         true_diff = (SLOPE_A - SLOPE_B) * X
         true_area = (SLOPE_A - SLOPE_B) * (c["hi"] ** 2 - c["lo"] ** 2) / 2
-        truth_a = 0.5 + SLOPE_A * X + u.mean()          # A's curve at X on these prompts
+        truth_a = 0.5 + SLOPE_A * X + u.mean()  # A's curve at X on these prompts
         naive = fs.envelope_at(*fs.upper_envelope(a[1].mean(axis=1), a[0].mean(axis=1)), X)
-        out.append(dict(
-            cover_point=c["diff_lo"][j] <= true_diff <= c["diff_hi"][j],
-            cover_area=c["area"]["lo"] <= true_area <= c["area"]["hi"],
-            err_diff=c["diff"][j] - true_diff,
-            err_crossfit=res["stats"]["dpo"]["at_kl"][X]["est"] - truth_a,
-            err_naive=naive - truth_a))
+        out.append(
+            dict(
+                cover_point=c["diff_lo"][j] <= true_diff <= c["diff_hi"][j],
+                cover_area=c["area"]["lo"] <= true_area <= c["area"]["hi"],
+                err_diff=c["diff"][j] - true_diff,
+                err_crossfit=res["stats"]["dpo"]["at_kl"][X]["est"] - truth_a,
+                err_naive=naive - truth_a,
+            )
+        )
     return {k: np.array([o[k] for o in out], dtype=float) for k in out[0]}
 
 
@@ -219,16 +232,18 @@ def test_bootstrap_interval_of_the_difference_covers_the_truth(simulation):
     area, point = simulation["cover_area"].mean(), simulation["cover_point"].mean()
     print(f"coverage over {N_REP} repetitions: area difference {area:.3f}, difference at KL {X:g} {point:.3f}")
     assert 0.90 <= area <= 0.99
-    assert 0.90 <= point <= 1.0       # pointwise: conservative (re-selection in replicates adds spread)
+    assert 0.90 <= point <= 1.0  # pointwise: conservative (re-selection in replicates adds spread)
 
 
 @pytest.mark.slow  # the simulation: many bootstrapped analyses
 def test_naive_envelope_is_biased_up_and_crossfit_is_not(simulation):
     se = lambda v: v.std(ddof=1) / np.sqrt(v.size)
     naive, cross, diff = simulation["err_naive"], simulation["err_crossfit"], simulation["err_diff"]
-    print(f"mean error: naive {naive.mean():+.4f} ± {se(naive):.4f}, cross-fitted {cross.mean():+.4f} ± "
-          f"{se(cross):.4f}, difference {diff.mean():+.4f} ± {se(diff):.4f}")
-    assert naive.mean() > 5 * se(naive)                 # the running max keeps the lucky points
+    print(
+        f"mean error: naive {naive.mean():+.4f} ± {se(naive):.4f}, cross-fitted {cross.mean():+.4f} ± "
+        f"{se(cross):.4f}, difference {diff.mean():+.4f} ± {se(diff):.4f}"
+    )
+    assert naive.mean() > 5 * se(naive)  # the running max keeps the lucky points
     assert abs(cross.mean()) < 3 * se(cross) + 0.002
     assert abs(diff.mean()) < 3 * se(diff) + 0.002
     assert naive.mean() - cross.mean() > 3 * np.hypot(se(naive), se(cross))

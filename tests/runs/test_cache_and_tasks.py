@@ -2,9 +2,9 @@ import threading
 
 import pytest
 
-from harness.runs.cache import build_or_load, key_of
 from harness.config import TaskConfig
 from harness.data.tasks import generate_reviews, load_task, vocabulary
+from harness.runs.cache import build_or_load, key_of
 
 
 def test_reviews_are_seeded_varied_and_split():
@@ -60,7 +60,10 @@ def test_concurrent_jobs_build_the_same_artifact_once(tmp_path):
         (out / "m").write_text("1")
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(build_or_load(tmp_path, "prefs", {"k": 1}, slow))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(build_or_load(tmp_path, "prefs", {"k": 1}, slow)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -34,8 +34,9 @@ def test_the_golden_file_has_every_experiment(job_keys):
         assert jobs[name] == [j["overrides"] for j in golden], f"{name}: its jobs changed"
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in QUICK else pytest.mark.slow)
-                                  for name in sorted(GOLDEN)])
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=() if name in QUICK else pytest.mark.slow) for name in sorted(GOLDEN)]
+)
 def test_every_jobs_job_and_stage_keys_match_the_golden_file(name, job_keys):
     """Each job composed as the study sweeper composes it (the experiment, then the entry and the seed), validated,
     and its job key and stage keys computed (as ``job_keys.all_keys`` does, one experiment here)."""
@@ -47,14 +48,17 @@ def test_every_jobs_job_and_stage_keys_match_the_golden_file(name, job_keys):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for before in GOLDEN[name]:
             overrides = ([] if name == "_plain" else [f"experiment={name}"]) + before["overrides"]
-            after = {"overrides": before["overrides"], **job_identities(compose(config_name="config", overrides=overrides))}
+            after = {
+                "overrides": before["overrides"],
+                **job_identities(compose(config_name="config", overrides=overrides)),
+            }
             assert json.loads(json.dumps(after)) == before, f"{name} {' '.join(before['overrides'])}: identity changed"
 
 
 def test_asking_for_stage_keys_builds_nothing(tmp_path, monkeypatch):
     """The reward model's key stands on the preference set's and π_SFT's, all computed from the config alone."""
-    from tests.conftest import compose
     from harness.app.jobs import job_identities
+    from tests.conftest import compose
 
     keys = job_identities(compose(["pipeline=ppo", f"cache_dir={tmp_path / 'cache'}"]))
     assert set(keys) == {"job", "sft", "preferences", "reward_model"}

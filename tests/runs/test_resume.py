@@ -26,14 +26,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.runs import checkpoint
 from harness.app.jobs import run_job, swept_pipeline_keys
+from harness.runs import checkpoint
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[2]
 # Four updates (steps), a checkpoint after each, an evaluation every two: seconds per run.
-PPO = ["pipeline=ppo", "pipeline.updates=4", "pipeline.batch_size=8", "pipeline.max_new_tokens=8",
-       "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
+PPO = [
+    "pipeline=ppo",
+    "pipeline.updates=4",
+    "pipeline.batch_size=8",
+    "pipeline.max_new_tokens=8",
+    "pipeline.checkpoint_every=1",
+    "eval.every=2",
+    "threads=1",
+]
 DPO = ["pipeline=dpo", "pipeline.max_steps=4", "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
 TIMING = {"wall_s", "compute_wall_s", "eval_s", "compute/episodes_per_s"}  # seconds: the only values that may differ
 
@@ -136,21 +143,31 @@ def doomed(request, tmp_path_factory):
     """A PPO job (W&B offline) and a DPO job, started with the module: their process imports torch and TRL (most of
     its time) while the in-process tests below run. Killed at teardown whatever happened. Not started when no test
     that kills them was selected (``-m "not slow"``)."""
-    if not any(item.module is request.module and "doomed" in inspect.signature(item.function).parameters
-               for item in request.session.items):
+    if not any(
+        item.module is request.module and "doomed" in inspect.signature(item.function).parameters
+        for item in request.session.items
+    ):
         yield {}
         return
     tiny_cache = request.getfixturevalue("tiny_cache")
     tmp = tmp_path_factory.mktemp("resume")
     log = tmp / "jobs.log"
-    jobs = {method: Doomed(method, overrides(base, tiny_cache, wandb), tmp / method, tmp / f"{method}.paused", log)
-            for method, base, wandb in (("ppo", PPO, "offline"), ("dpo", DPO, "disabled"))}
+    jobs = {
+        method: Doomed(method, overrides(base, tiny_cache, wandb), tmp / method, tmp / f"{method}.paused", log)
+        for method, base, wandb in (("ppo", PPO, "offline"), ("dpo", DPO, "disabled"))
+    }
     needs = {"ppo": ["wandb", "pipelines.ppo"], "dpo": ["trl.trainer.dpo_trainer", "pipelines.dpo"]}
-    spec = json.dumps([[str(job.paused), needs[job.method], [*job.argv, f"hydra.run.dir={job.folder}"]]
-                       for job in jobs.values()])
+    spec = json.dumps(
+        [[str(job.paused), needs[job.method], [*job.argv, f"hydra.run.dir={job.folder}"]] for job in jobs.values()]
+    )
     with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the jobs
-        proc = subprocess.Popen([sys.executable, "-c", DOOMED_JOBS, spec], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # a process group: it and its jobs
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DOOMED_JOBS, spec],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # a process group: it and its jobs
     for job in jobs.values():
         job.proc = proc
     yield jobs
@@ -174,8 +191,10 @@ def kill_at_second_checkpoint(job: Doomed, timeout: float = 300.0) -> dict[str, 
     deadline = time.time() + timeout
     while not job.paused.exists():
         if job.proc.poll() is not None:
-            raise AssertionError(f"the jobs ended (status {job.proc.returncode}) before {job.method}'s second "
-                                 "checkpoint:\n" + job.log.read_text(errors="replace")[-3000:])
+            raise AssertionError(
+                f"the jobs ended (status {job.proc.returncode}) before {job.method}'s second "
+                "checkpoint:\n" + job.log.read_text(errors="replace")[-3000:]
+            )
         assert time.time() < deadline, f"{job.method} did not reach its second checkpoint in {timeout} s"
         time.sleep(0.05)
     pid = int(job.paused.read_text())
@@ -192,8 +211,10 @@ class Killed(BaseException):
 
 
 def test_stopped_unlikelihood_job_resumes_to_the_uninterrupted_result(tiny_cache, tmp_path, monkeypatch):
-    argv = overrides(["pipeline=unlikelihood", "pipeline.max_steps=3", "pipeline.checkpoint_every=1", "eval.every=2",
-                      "threads=1"], tiny_cache)
+    argv = overrides(
+        ["pipeline=unlikelihood", "pipeline.max_steps=3", "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"],
+        tiny_cache,
+    )
     run_in_process(argv, tmp_path / "clean")
     commit, seen = checkpoint.commit, []
 
