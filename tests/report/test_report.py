@@ -325,12 +325,12 @@ def test_make_report_writes_csv_plot_and_summary(sweep_dir):
     # the per-method table: the registry's order and labels, runs and points counted, each statistic est [lo, hi]
     table = [line for line in md.split("| method | runs | points |")[1].split("\n\n")[0].splitlines()[2:]]
     assert [line.split(" | ")[0] for line in table] == [
-        "| SFT",
         "| PPO (learned RM)",
         "| DPO",
         "| IPO",
         "| Preferred-FT",
         "| Best of N",
+        "| SFT",
     ]
     dpo = s["per_method"]["dpo"]
     assert (
@@ -339,7 +339,7 @@ def test_make_report_writes_csv_plot_and_summary(sweep_dir):
         + " |"
         in table
     )
-    assert table[1].count(" [") == 5 and table[0].startswith("| SFT | 2 | 2 | — | — | — | — | ")
+    assert table[0].count(" [") == 5 and table[-1].startswith("| SFT | 2 | 2 | — | — | — | — | ")
     ordering = sorted(
         (m for m in s["per_method"] if np.isfinite(s["per_method"][m]["area"]["est"])),
         key=lambda m: -s["per_method"][m]["area"]["est"],
@@ -706,7 +706,7 @@ def test_a_method_unknown_to_the_registry_is_shown_under_its_name_in_the_default
     )
     rows = load.load_points(tmp_path)
     assert report_rows.method_style("toy", METHODS) == DEFAULT_STYLE
-    assert report_rows.ordered_methods(["toy", "dpo", "sft"], METHODS) == ["sft", "dpo", "toy"]  # known first
+    assert report_rows.ordered_methods(["toy", "dpo", "sft"], METHODS) == ["dpo", "sft", "toy"]  # known first
 
     paths = make.make_report(tmp_path, METHODS, COMPARISONS, n_boot=30, commit="x")
     md = paths["summary_md"].read_text()
@@ -720,7 +720,7 @@ def test_a_method_unknown_to_the_registry_is_shown_under_its_name_in_the_default
 
     ax = plots.plot_frontier(rows, METHODS, summary=s)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["SFT", "DPO", "toy"]  # the registry's labels, then its own name
+    assert legend == ["DPO", "SFT", "toy"]  # the registry's labels, then its own name
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "toy"]
     assert to_rgba(line.get_color()) == to_rgba(DEFAULT_STYLE[0])
     (toy_points,) = [c for c in ax.collections if len(c.get_offsets()) == 12]  # its scatter: 12 evaluations
