@@ -90,11 +90,15 @@ def _method_names() -> list[str]:
     return [m for m in METHODS if m not in ("sft", "preferences", "reward_model")]
 
 
+def _name_pattern() -> re.Pattern:
+    """A quoted method name, as code would write it to look a method up by name."""
+    return re.compile(r"""["'](""" + "|".join(map(re.escape, _method_names())) + r""")["']""")
+
+
 def test_no_method_is_named_outside_the_registry_its_module_and_its_yaml():
     """The library (harness/) and the study sweeper ask the registry; a method's name as a string literal there would
     be a second place for one of its facts."""
-    names = _method_names()
-    pattern = re.compile(r"""["'](""" + "|".join(map(re.escape, names)) + r""")["']""")
+    pattern = _name_pattern()
     found = []
     for path in sorted([*ROOT.glob("harness/**/*.py"), *ROOT.glob("hydra_plugins/**/*.py")]):
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -104,6 +108,5 @@ def test_no_method_is_named_outside_the_registry_its_module_and_its_yaml():
 
 
 def test_the_name_check_sees_a_method_name():
-    names = _method_names()
-    pattern = re.compile(r"""["'](""" + "|".join(map(re.escape, names)) + r""")["']""")
+    pattern = _name_pattern()
     assert pattern.search('if m == "dpo":') and not pattern.search("a dpo loss")

@@ -29,13 +29,13 @@ def load(cfg: DictConfig | dict) -> HarnessConfig:
     return hc
 
 
-def checked(hc: HarnessConfig, here: bool = True, keep: bool = False):
+def checked(hc: HarnessConfig, here: bool = True, keep: bool = False, key: str | None = None):
     """``preflight(hc)``'s task data, the preflight run once per job: ``keep`` leaves the result for the job's run
-    (the command line's check of a single run, the study sweeper's of its jobs under the basic launcher), which takes
-    it."""
+    in this process (the command line checks a single run before Hydra runs it here), which takes it. ``key``: the
+    job's key when the caller has it (for a preference file it hashes the file's content: read it once)."""
     from harness.preflight.checks import preflight
 
-    slot = (job_key(hc), here)
+    slot = (key or job_key(hc), here)
     data = _CHECKED.pop(slot, None)
     if data is None:
         data = preflight(hc, here)
@@ -78,7 +78,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
         print(f"reusing finished job {folder}")
         return record["result"]
-    task = checked(hc)  # model, data, device, folders: all before the first stage trains
+    task = checked(hc, key=key)  # model, data, device, folders: all before the first stage trains
     if hc.threads > 0:
         torch.set_num_threads(hc.threads)
     torch.manual_seed(hc.seed)
