@@ -124,43 +124,69 @@ class StudySweeper(BasicSweeper):
             jobs.append(overrides)
         return jobs
 
-    def _job_config(self, overrides: list[str]):
+    def _sweep_config(self, overrides: list[str], idx: int):
+        """The config the launcher composes for the job it launches as number ``idx`` (its folder may be named by it)."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
-            del cfg["hydra"]  # the job's own config, as its task function will see it
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
         return cfg
 
-    def check(self, jobs: list[list[str]], sweep_dir: Path) -> None:
+    def batches(self, jobs: list[list[str]]) -> list[list[list[str]]]:
+        """The batches handed to the launcher, in order (a job's number is its place in them): one job at a time
+        under the basic launcher, else the stage builders first (``stage_first``)."""
+        if type(self.launcher).__name__ == "BasicLauncher":
+            return [[job] for job in jobs]
+        builders, rest = stage_first(jobs)
+        if len(builders) == 1:  # a lone stage build (π_SFT, preference set) gets every idle core (explicitly: a
+            builders = [builders[0] + [f"threads={idle_cores()}"]]  # joblib worker defaults to 1 thread)
+        return [batch for batch in (builders, rest) if batch]
+
+    def check(self, jobs: list[list[str]], sweep_dir: Path) -> list[Path]:
         """Compose, validate and preflight every job before any runs (a typo in job 17 must not cost the first 16,
         nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
         the job. The devices are checked only when the jobs run on this machine (``harness.app.jobs_run_here``),
-        and against the GPUs the launcher gives each job there."""
+        and against the GPUs the launcher gives each job there. ``jobs``: in launch order (``batches``).
+
+        Then every job's folder (the sweep folder / its subdir, as the launcher will name it): one that holds another
+        job's run stops the study, unless ``overwrite=true``, which moves that run aside (``harness.runs.folder``)
+        once every check passed, before Hydra writes a file there. Returns the job folders."""
         from harness.app.cli import check_launcher_gpus, jobs_run_here
         from harness.app.jobs import load
         from harness.preflight.checks import check_jobs, check_writable
+        from harness.runs import folder as run_folder
+        from harness.runs.identity import job_key
 
         check_writable(sweep_dir, "hydra.sweep.dir")
-        devices = set()
+        devices, composed = set(), []
 
         def load_job(overrides: list[str]):
-            job = self._job_config(overrides)
-            devices.add(job.get("device"))
-            return load(job)
+            cfg = self._sweep_config(overrides, len(composed))  # check_jobs loads the jobs in order, once each
+            folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            with open_dict(cfg):
+                del cfg["hydra"]  # the job's own config, as its task function will see it
+            devices.add(cfg.get("device"))
+            hc = load(cfg)
+            composed.append((folder, hc))
+            return hc
 
         check_jobs(jobs, load_job, jobs_run_here(self.config.hydra.launcher))
         check_launcher_gpus(self.config.hydra.launcher, devices)
+        run_folder.check_sweep([(f, job_key(hc), run_folder.label_of(hc), hc.overwrite) for f, hc in composed])
+        return [folder for folder, _ in composed]
 
     def sweep(self, arguments: list[str]) -> Any:
         jobs = self.job_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        self.check(jobs, sweep_dir)
+        batches = self.batches(jobs)
+        self.check([job for batch in batches for job in batch], sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)  # only now: a study that fails its checks leaves no folder
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         log.info("study: %d jobs -> %s", len(jobs), sweep_dir)
         returns = []
         start = time.time()
         if type(self.launcher).__name__ == "BasicLauncher":  # one at a time anyway: a progress line per job
-            for i, overrides in enumerate(jobs):
+            for i, (overrides,) in enumerate(batches):
                 elapsed = time.time() - start
                 print(
                     f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
@@ -169,13 +195,8 @@ class StudySweeper(BasicSweeper):
                 )
                 returns.append(self.launcher.launch([overrides], initial_job_idx=i))
         else:
-            builders, rest = stage_first(jobs)
-            if len(builders) == 1:  # a lone stage build (π_SFT, preference set) gets every idle core (explicitly: a
-                builders = [builders[0] + [f"threads={idle_cores()}"]]  # joblib worker defaults to 1 thread)
             done = 0
-            for name, batch in (("stage-building jobs", builders), ("all other jobs", rest)):
-                if not batch:
-                    continue
+            for name, batch in zip(("stage-building jobs", "all other jobs"), batches, strict=False):
                 print(
                     f"\n=== {len(batch)} {name} ({done} of {len(jobs)} done; {(time.time() - start) / 60:.1f} min so "
                     f"far) -> {type(self.launcher).__name__}",
