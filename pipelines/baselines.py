@@ -41,7 +41,7 @@ from harness.lm.batching import (
 )
 from harness.lm.precision import autocast, trainer_flags
 from harness.lm.sampling import sample
-from harness.runs import checkpoint
+from harness.runs import checkpoint, preempt
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
 from pipelines.losses import sequence_logps, unlikelihood_loss
@@ -239,6 +239,26 @@ def run_unlikelihood(ctx: RunContext) -> dict:
         order, start = saved["order"], saved["start"]
     else:
         evaluation(policy, step=0)
+
+    def save_checkpoint() -> None:  # the loop's whole state, as it stands after a step
+        checkpoint.save(
+            ctx.folder,
+            ctx.key,
+            {
+                "policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "shuffle": rng.bit_generator.state,
+                "rng": checkpoint.rng_state(),
+                "losses": losses,
+                "step": step,
+                "tokens_trained": tokens_trained,
+                "order": [int(i) for i in order],
+                "start": start,
+                "progress": tracker.progress(),
+                "clock": checkpoint.clock_state(evaluation.evaluator),
+            },
+        )
+
     with tqdm(total=total_steps, initial=step, desc=f"unlikelihood α={cfg.alpha}", unit="step") as bar:
         while step < total_steps:
             if order is None or start >= len(order):
@@ -277,23 +297,9 @@ def run_unlikelihood(ctx: RunContext) -> dict:
             if step % ctx.cfg.eval.every == 0:
                 evaluation(policy, step=step, tokens_trained=tokens_trained)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                checkpoint.save(
-                    ctx.folder,
-                    ctx.key,
-                    {
-                        "policy": policy.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "shuffle": rng.bit_generator.state,
-                        "rng": checkpoint.rng_state(),
-                        "losses": losses,
-                        "step": step,
-                        "tokens_trained": tokens_trained,
-                        "order": [int(i) for i in order],
-                        "start": start,
-                        "progress": tracker.progress(),
-                        "clock": checkpoint.clock_state(evaluation.evaluator),
-                    },
-                )
+                save_checkpoint()
+            if step < total_steps:  # a safe point: pre-empted, the job saves now and stops (harness.runs.preempt)
+                preempt.stop_if_requested(save_checkpoint)
     if evaluation.last_step != step:
         evaluation(policy, step=step, tokens_trained=tokens_trained)
     facts = {

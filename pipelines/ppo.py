@@ -63,7 +63,7 @@ from harness.lm.models import (
 )
 from harness.lm.precision import autocast
 from harness.lm.sampling import Samples, positions, response_logits, sample
-from harness.runs import checkpoint
+from harness.runs import checkpoint, preempt
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite, check_point
 from pipelines import losses as L
@@ -623,6 +623,8 @@ def run(ctx: RunContext) -> dict:
         # None after the last update: the finished job's done.json makes it unnecessary
         if cfg.checkpoint_every and update % cfg.checkpoint_every == 0 and update < cfg.updates:
             save_checkpoint()
+        if update < cfg.updates:  # a safe point: pre-empted, the job saves now and stops (harness.runs.preempt)
+            preempt.stop_if_requested(save_checkpoint)
     bar.close()
     train_s = time.time() - t0
 

@@ -32,7 +32,7 @@ from harness.fields import ConfigError
 from harness.lm import distributed
 from harness.lm.models import disable_dropout, freeze, load_pretrained_lm
 from harness.lm.precision import trainer_flags
-from harness.runs import checkpoint
+from harness.runs import checkpoint, preempt
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite, check_point
 from harness.runs.tracking import Tracker
@@ -229,20 +229,26 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, key: str, tracker: Tracker, evaluation: FrontierEvaluation) -> None:
         self.key, self.tracker, self.evaluation = key, tracker, evaluation
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # a safe point: pre-empted (harness.runs.preempt), the trainer saves a checkpoint now; on_save then stops
+        if preempt.requested() is not None and state.global_step < state.max_steps:
+            control.should_save = True
+
     def on_save(self, args, state, control, **kwargs):
-        if not distributed.is_main():  # every process gets the call; the main process's tracker counts the rows
-            return
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        checkpoint.mark(
-            path,
-            self.key,
-            {
-                "step": state.global_step,
-                "progress": self.tracker.progress(),
-                "clock": checkpoint.clock_state(self.evaluation.evaluator),
-            },
-        )
-        checkpoint.keep_only(path)
+        if distributed.is_main():  # every process gets the call; the main process's tracker counts the rows
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint.mark(
+                path,
+                self.key,
+                {
+                    "step": state.global_step,
+                    "progress": self.tracker.progress(),
+                    "clock": checkpoint.clock_state(self.evaluation.evaluator),
+                },
+            )
+            checkpoint.keep_only(path)
+        if state.global_step < state.max_steps:
+            preempt.stop_if_requested()  # the checkpoint is marked complete: hand the signal on and stop
 
 
 class GuardedTraining:

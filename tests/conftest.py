@@ -62,6 +62,21 @@ def _root_logging_restored():
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """SIGTERM / SIGUSR1 / SIGUSR2 as before the test: a job run in-process installs the pre-emption handler
+    (harness.runs.preempt), which must not outlive it in the test process."""
+    import signal
+
+    from harness.runs import preempt
+
+    saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+    preempt.reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """The stage cache of ``experiment=tiny_debug`` (π_SFT, preference set, reward model), built once per session

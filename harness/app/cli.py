@@ -31,6 +31,7 @@ from harness.runs import folder as run_folder
 from harness.runs.guards import EXIT_STATUS as NON_FINITE_STATUS
 from harness.runs.guards import NonFiniteError
 from harness.runs.identity import job_key
+from harness.runs.preempt import Preempted
 from pipelines.registry import METHODS
 
 log = logging.getLogger("harness")
@@ -258,6 +259,11 @@ def stop_on_user_error(fn, *args, full_traces: bool = False):
 
     try:
         return fn(*args)
+    except (
+        Preempted
+    ) as e:  # the job saved itself on SIGTERM / SIGUSR1 / SIGUSR2: 128 + the signal, as schedulers expect
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     except NonFiniteError as e:
         if full_traces:
             raise

@@ -67,13 +67,14 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
 
     from harness.lm import distributed
     from harness.lm.models import pick_device
-    from harness.runs import checkpoint
+    from harness.runs import checkpoint, preempt
     from harness.runs import folder as run_folder
     from harness.runs.context import RunContext
 
     hc = load(cfg)
     key = job_key(hc)
     label = run_folder.label_of(hc)
+    preempt.install()  # SIGTERM / SIGUSR1 / SIGUSR2 from now on: save at the next safe point, then stop
     # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
     # process's: each process's Hydra made its own, named by its own clock).
     distributed.init(cpu=pick_device(hc.device).type == "cpu")
@@ -111,6 +112,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
             checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
 
         distributed.on_main(finish)
+    preempt.stop_if_requested()  # signalled where the job had no safe point left: it is done, the study stops here
     return result
 
 
