@@ -33,7 +33,7 @@ from harness.report.analysis import summarize
 from harness.report.load import load_evidence, load_points
 from harness.report.plots import frontier_figure, plot_ablation
 from harness.report.stats import DEFAULT_KLS, N_BOOT
-from harness.report.text import format_summary, settings_table
+from harness.report.text import format_summary, settings_table, verdict
 
 
 def write_points_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -100,7 +100,8 @@ def make_report(
         commit: the git sha named in summary.md ("Made by commit ..."); default ``git_commit()``.
 
     Returns:
-        ``{"points_csv", "frontier_png", "summary_md"[, "ablations_png"]}`` -> paths.
+        ``{"points_csv", "frontier_png", "summary_md"[, "ablations_png"]}`` -> paths, and ``"verdict"`` -> the
+        summary's conclusions, one line each (``harness.report.text.verdict``).
 
     Raises:
         ValueError: when there are no rows.
@@ -123,6 +124,7 @@ def make_report(
         paths["ablations_png"] = folder / "ablations.png"
         abl.savefig(paths["ablations_png"], dpi=120)
 
+    paths["verdict"] = verdict(summary, methods)  # summary.md's conclusions, one line each (a study prints them)
     paths["summary_md"] = folder / "summary.md"
     table = settings_table(rows, methods)  # each setting's final point (an ablation's table); "" when nothing was swept
     paths["summary_md"].write_text(
