@@ -30,8 +30,7 @@ class FrontierReport(Callback):
         if paths is None:
             print(f"no result rows under {folder}; no report")
             return
-        for line in paths["verdict"]:
-            print(line)
+        print(paths["verdict_txt"].read_text(encoding="utf-8"), end="")
         print(
             f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}"
         )
