@@ -309,6 +309,9 @@ class Sections:
     # own (sampling, labels, split, reward-model training), so seed-to-seed intervals include the variance of the
     # data and reward model, RLHF's largest. π_SFT (= π_ref) and the prompts stay shared either way.
     stages_per_seed: bool = False
+    # true: a run of another job in this job's folder is moved aside to <folder>/.replaced-<time>/ instead of stopping
+    # the command (harness/runs/folder.py). How a job runs, not what it computes: no part of job keys or folder names.
+    overwrite: bool = False
 
 
 # The typed sections (task, model, ..., logger) by name, in the schema's order: each is built from its own node.

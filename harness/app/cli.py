@@ -28,8 +28,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from harness.app.jobs import checked, load, run_job, swept_pipeline_keys
 from harness.config import register_configs
 from harness.fields import ConfigError
+from harness.runs import folder as run_folder
 from harness.runs.guards import EXIT_STATUS as NON_FINITE_STATUS
 from harness.runs.guards import NonFiniteError
+from harness.runs.identity import job_key
 from pipelines.registry import METHODS
 
 log = logging.getLogger("harness")
@@ -182,8 +184,18 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
     out = _folder(cfg, "hydra.run.dir")
     if out:
         check_writable(out, "hydra.run.dir")
+    hc = load(_job_config(cfg))
+    key = job_key(hc)
+    # Before Hydra writes its .hydra/ and log into the folder: another job's finished run there stays as it is.
+    # (under torchrun / accelerate launch every process runs this command: the main one, RANK 0, looks after the folder)
+    mine = bool(out) and os.environ.get("RANK", "0") == "0"
+    if mine:
+        run_folder.check(Path(out), key, run_folder.label_of(hc), hc.overwrite)
     # one run is no sweep: Hydra runs it next, in this process, which takes this preflight's data (checked once)
-    checked(load(_job_config(cfg)), here=True, keep=True)
+    checked(hc, here=True, keep=True, key=key)
+    if mine and hc.overwrite:
+        # every check passed: move the other job's run aside now, before Hydra writes over its .hydra/ and log
+        run_folder.move_other_run(Path(out), key)
 
 
 def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
@@ -203,17 +215,25 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params) + parsed, None)
 
-    devices = set()
+    devices, folders = set(), []
 
     def load_job(overrides: list[str]):
-        job = _job_config(
-            loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False)
-        )
+        full = loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        with open_dict(full):
+            full.hydra.job.num = full.hydra.job.id = len(folders)  # the basic sweeper numbers jobs in this order
+        base, sub = _folder(full, "hydra.sweep.dir"), _folder(full, "hydra.sweep.subdir")
+        job = _job_config(full)
         devices.add(job.get("device"))
-        return load(job)
+        hc = load(job)
+        folders.append((Path(base) / sub if base and sub else None, hc))
+        return hc
 
     check_jobs([job for batch in batches for job in batch], load_job, jobs_run_here(cfg.hydra.launcher))
     check_launcher_gpus(cfg.hydra.launcher, devices)
+    # every job's folder: another job's finished run there stays (or, overwrite=true, is moved aside before Hydra
+    # writes there); a folder named by the clock (${now:...}) is the command's own
+    if os.environ.get("RANK", "0") == "0":
+        run_folder.check_sweep([(f, job_key(hc), run_folder.label_of(hc), hc.overwrite) for f, hc in folders])
 
 
 def preflight_command(argv: list[str]) -> None:

@@ -59,41 +59,58 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
 
     A finished job (its done.json has this config's key) is reused; a killed one continues from its last checkpoint
     (the pipelines find it in the job folder, ``harness.runs.checkpoint``), which is removed once done.json is
-    written."""
+    written. A folder holding another job's run stops the job (``harness.runs.folder``), and so does one another
+    process is running a job in. Every check comes first; only then is the folder made, locked and claimed."""
+    import contextlib
+
     import torch
 
     from harness.lm import distributed
     from harness.lm.models import pick_device
     from harness.runs import checkpoint
+    from harness.runs import folder as run_folder
     from harness.runs.context import RunContext
 
     hc = load(cfg)
     key = job_key(hc)
+    label = run_folder.label_of(hc)
     # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
     # process's: each process's Hydra made its own, named by its own clock).
     distributed.init(cpu=pick_device(hc.device).type == "cpu")
     folder = Path(distributed.on_main(lambda: str(folder)))
+    distributed.on_main(run_folder.check, folder, key, label, hc.overwrite)  # finished work of another job stays
     record = finished(folder, key)
     if record is not None:
         # A rerun of a finished sweep reuses this job (same resolved config) and only remakes the report.
         print(f"reusing finished job {folder}")
         return record["result"]
     task = checked(hc, key=key)  # model, data, device, folders: all before the first stage trains
-    if hc.threads > 0:
-        torch.set_num_threads(hc.threads)
-    torch.manual_seed(hc.seed)
-    ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
-    ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
-    result = hc.method.run(ctx)
+    with contextlib.ExitStack() as held:
 
-    def finish() -> None:
-        folder.mkdir(parents=True, exist_ok=True)  # not before: a job that fails its checks leaves no folder behind
-        # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
-        blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
-        checkpoint.commit(folder / DONE, lambda f: f.write(blob))
-        checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
+        def claim() -> dict | None:
+            # not before: a job that fails its checks leaves no folder behind; the lock is held for the job's life
+            held.enter_context(run_folder.locked(folder))
+            run_folder.claim(folder, key, label, hc.overwrite)
+            return finished(folder, key)  # another process may have finished this job while we checked
 
-    distributed.on_main(finish)
+        record = distributed.on_main(claim)
+        if record is not None:
+            print(f"reusing finished job {folder}")
+            return record["result"]
+        if hc.threads > 0:
+            torch.set_num_threads(hc.threads)
+        torch.manual_seed(hc.seed)
+        ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
+        ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
+        result = hc.method.run(ctx)
+
+        def finish() -> None:
+            # Renamed into place, so a kill while writing never leaves a done.json that does not parse.
+            blob = json.dumps({"key": key, "result": result}, default=str, indent=2).encode()
+            checkpoint.commit(folder / DONE, lambda f: f.write(blob))
+            checkpoint.discard(folder)  # only now: until done.json exists, a rerun resumes from it
+
+        distributed.on_main(finish)
     return result
 
 

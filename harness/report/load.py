@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.eval.row import EVIDENCE_ARRAYS, EVIDENCE_KEYS, REQUIRED_KEYS, evidence_key
+from harness.runs.folder import REPLACED
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def json_lines(folder: str | Path, name: str, required: Sequence[str]) -> Iterat
     ValueError naming the file and line, but for a file's last line when a kill cut it short (no newline and not
     JSON): that one is skipped, with a warning."""
     for path in sorted(Path(folder).rglob(name)):
+        if any(part.startswith(REPLACED) for part in path.relative_to(folder).parts):
+            continue  # a run moved aside by overwrite=true (harness.runs.folder): kept, but no longer the job's
         with open(path, encoding="utf-8") as fh:
             lines = fh.readlines()
         for lineno, line in enumerate(lines, start=1):

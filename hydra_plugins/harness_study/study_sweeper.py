@@ -126,31 +126,56 @@ class StudySweeper(BasicSweeper):
             jobs.append(overrides)
         return jobs
 
-    def _job_config(self, overrides: list[str]):
+    def _sweep_config(self, overrides: list[str], idx: int):
+        """The config the launcher composes for the job it launches as number ``idx`` (its folder may be named by it)."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
-            del cfg["hydra"]  # the job's own config, as its task function will see it
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
         return cfg
 
-    def check(self, jobs: list[list[str]], sweep_dir: Path) -> None:
+    def batches(self, jobs: list[list[str]]) -> list[list[list[str]]]:
+        """The batches handed to the launcher, in order (a job's number is its place in them): one job at a time
+        under the basic launcher, else the stage builders first (``stage_first``)."""
+        if type(self.launcher).__name__ == "BasicLauncher":
+            return [[job] for job in jobs]
+        builders, rest = stage_first(jobs)
+        if len(builders) == 1:  # a lone stage build (π_SFT, preference set) gets every idle core (explicitly: a
+            builders = [builders[0] + [f"threads={idle_cores()}"]]  # joblib worker defaults to 1 thread)
+        return [batch for batch in (builders, rest) if batch]
+
+    def check(self, jobs: list[list[str]], sweep_dir: Path) -> list[Path]:
         """Compose, validate and preflight every job before any runs (a typo in job 17 must not cost the first 16,
         nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
         the job. The devices are checked only when the jobs run on this machine (``harness.app.jobs_run_here``),
-        and against the GPUs the launcher gives each job there."""
+        and against the GPUs the launcher gives each job there. ``jobs``: in launch order (``batches``).
+
+        Then every job's folder (the sweep folder / its subdir, as the launcher will name it): one that holds another
+        job's run stops the study, unless ``overwrite=true``, which moves that run aside (``harness.runs.folder``)
+        once every check passed, before Hydra writes a file there. Returns the job folders."""
         from harness.app.cli import check_launcher_gpus, jobs_run_here
         from harness.app.jobs import load
         from harness.preflight.checks import check_jobs, check_writable
+        from harness.runs import folder as run_folder
+        from harness.runs.identity import job_key
 
         check_writable(sweep_dir, "hydra.sweep.dir")
-        devices = set()
+        devices, composed = set(), []
 
         def load_job(overrides: list[str]):
-            job = self._job_config(overrides)
-            devices.add(job.get("device"))
-            return load(job)
+            cfg = self._sweep_config(overrides, len(composed))  # check_jobs loads the jobs in order, once each
+            folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            with open_dict(cfg):
+                del cfg["hydra"]  # the job's own config, as its task function will see it
+            devices.add(cfg.get("device"))
+            hc = load(cfg)
+            composed.append((folder, hc))
+            return hc
 
         check_jobs(jobs, load_job, jobs_run_here(self.config.hydra.launcher))
         check_launcher_gpus(self.config.hydra.launcher, devices)
+        run_folder.check_sweep([(f, job_key(hc), run_folder.label_of(hc), hc.overwrite) for f, hc in composed])
+        return [folder for folder, _ in composed]
 
     def sweep(self, arguments: list[str]) -> Any:
         from hydra.core.utils import JobStatus
@@ -159,7 +184,8 @@ class StudySweeper(BasicSweeper):
 
         jobs = self.job_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        self.check(jobs, sweep_dir)
+        batches = self.batches(jobs)
+        self.check([job for batch in batches for job in batch], sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)  # only now: a study that fails its checks leaves no folder
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study_output.begin(sweep_dir, len(jobs))
@@ -175,17 +201,13 @@ class StudySweeper(BasicSweeper):
         returns = []
         start = time.time()
         if launcher == "BasicLauncher":  # one at a time anyway
-            for i, overrides in enumerate(jobs):
+            for i, (overrides,) in enumerate(batches):
                 returns.append(self.launcher.launch([overrides], initial_job_idx=i))
         else:
-            builders, rest = stage_first(jobs)
-            if len(builders) == 1:  # a lone stage build (π_SFT, preference set) gets every idle core (explicitly: a
-                builders = [builders[0] + [f"threads={idle_cores()}"]]  # joblib worker defaults to 1 thread)
             done = 0
-            for batch in (builders, rest):  # the stages everything stands on first, then all the others at once
-                if batch:
-                    returns.append(self.launcher.launch(batch, initial_job_idx=done))
-                    done += len(batch)
+            for batch in batches:  # the stages everything stands on first, then all the others at once
+                returns.append(self.launcher.launch(batch, initial_job_idx=done))
+                done += len(batch)
         for ret in (r for batch in returns for r in batch):
             if ret.status == JobStatus.FAILED:
                 num = int(OmegaConf.select(ret.hydra_cfg, "hydra.job.num", default=-1)) if ret.hydra_cfg else -1
