@@ -20,16 +20,30 @@ class FrontierReport(Callback):
         self.title = title
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from harness.app.study_output import to_file
+
+        folder = Path(config.hydra.sweep.dir)
+        # The report's own output (W&B's banners, plotting warnings) goes to report.log; the terminal gets the verdict
+        # and where the report is, the study's last lines.
+        with to_file(folder / "report.log"):
+            paths = self._report(config, folder)
+        if paths is None:
+            print(f"no result rows under {folder}; no report")
+            return
+        print(paths["verdict_txt"].read_text(encoding="utf-8"), end="")
+        print(
+            f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}"
+        )
+
+    def _report(self, config: DictConfig, folder: Path) -> dict | None:
         from harness.report.load import load_points
         from harness.report.make import make_report
         from harness.report.wandb_log import log_report_to_wandb
         from pipelines.registry import COMPARISONS, METHODS
 
-        folder = Path(config.hydra.sweep.dir)
         rows = load_points(folder)
         if not rows:
-            print(f"no result rows under {folder}; no report")
-            return
+            return None
         paths = make_report(folder, METHODS, COMPARISONS, title=self.title, rows=rows)
         mode = config.logger.wandb_mode
         if mode != "disabled":
@@ -48,6 +62,4 @@ class FrontierReport(Callback):
             )
             log_report_to_wandb(folder, rows, run, METHODS, COMPARISONS, title=self.title or "Reward vs KL frontier")
             run.finish()
-        print(
-            f"\nfrontier plot: {paths['frontier_png']}\nsummary:       {paths['summary_md']}\npoints:        {paths['points_csv']}"
-        )
+        return paths

@@ -9,7 +9,8 @@ A job that was killed continues from its last checkpoint when the same command r
 one that has finished is reused. A training quantity that turns NaN or infinite stops the job with one line on stderr
 and exit status 3 (``harness.runs.guards``), keeping its rows and its last checkpoint.
 
-Exit status: 0 done; 2 a user error, nothing trained; 3 a non-finite loss, reward, advantage, value or KL.
+Exit status: 0 done; 2 a user error, nothing trained; 3 a non-finite loss, reward, advantage, value or KL; 1 a study
+whose jobs did not all finish (each named; the others ran, and the report was made from them).
 """
 
 from __future__ import annotations
@@ -54,12 +55,25 @@ register_configs(METHODS)
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> dict | None:
+    from harness.app import study_output
+
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
-    # One line, naming the key and the fix (also in a launcher's worker process, which main's handler does not reach);
-    # nothing has been trained yet: validation and every check come first.
-    return stop_on_user_error(run_job, cfg, folder, sweep, swept_pipeline_keys(list(hydra_cfg.overrides.task)))
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
+    sweep = Path(hydra_cfg.sweep.dir).name if multirun else None
+    overrides = list(hydra_cfg.overrides.task)
+
+    def job():
+        # One line, naming the key and the fix (also in a launcher's worker process, which main's handler does not
+        # reach); nothing has been trained yet: validation and every check come first.
+        return stop_on_user_error(run_job, cfg, folder, sweep, swept_pipeline_keys(overrides))
+
+    if multirun and study_output.progress(Path(hydra_cfg.sweep.dir)) is not None:
+        # a study's job: two lines on the terminal (start, result), the rest in its job.log
+        hidden = list(OmegaConf.select(hydra_cfg, "job.config.override_dirname.exclude_keys") or [])
+        label = study_output.job_label(overrides, hidden)
+        return study_output.run_in_study(Path(hydra_cfg.sweep.dir), folder, hydra_cfg.job.num, label, job)
+    return job()
 
 
 # ------------------------------------------------------------------------------------------------ the command line
@@ -278,9 +292,13 @@ def stop_on_user_error(fn, *args, full_traces: bool = False):
 
 
 def _check_then_run(argv: list[str]) -> None:
+    from harness.app import study_output
+
     preflight_command(argv)
     sys.argv = [sys.argv[0], *argv]  # Hydra reads the command line itself
     hydra_main()
+    if study_output.FAILED:  # a study's failed jobs were named as they ended and again at its end
+        sys.exit(study_output.FAILED_STATUS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from harness.report.analysis import summarize
 from harness.report.load import load_evidence, load_points
 from harness.report.plots import frontier_figure, plot_ablation
 from harness.report.stats import DEFAULT_KLS, N_BOOT
-from harness.report.text import format_summary, settings_table
+from harness.report.text import format_summary, settings_table, verdict
 
 
 def write_points_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -84,8 +84,8 @@ def make_report(
     n_boot: int = N_BOOT,
     commit: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``points.csv``, ``frontier.png``, ``summary.md`` (and ``ablations.png`` when some method was
-    swept over a knob) into ``folder``.
+    """Write ``points.csv``, ``frontier.png``, ``summary.md``, ``verdict.txt`` (and ``ablations.png`` when some
+    method was swept over a knob) into ``folder``.
 
     Args:
         folder: the sweep folder; its ``points.jsonl`` (and ``evidence.jsonl``) files are read unless ``rows``
@@ -100,7 +100,8 @@ def make_report(
         commit: the git sha named in summary.md ("Made by commit ..."); default ``git_commit()``.
 
     Returns:
-        ``{"points_csv", "frontier_png", "summary_md"[, "ablations_png"]}`` -> paths.
+        ``{"points_csv", "frontier_png", "summary_md", "verdict_txt"[, "ablations_png"]}`` -> paths; verdict.txt
+        holds the summary's conclusions, one per line (``harness.report.text.verdict``).
 
     Raises:
         ValueError: when there are no rows.
@@ -123,6 +124,9 @@ def make_report(
         paths["ablations_png"] = folder / "ablations.png"
         abl.savefig(paths["ablations_png"], dpi=120)
 
+    # summary.md's conclusions, one per line, on their own: a study's last terminal lines, and easy to grep or diff
+    paths["verdict_txt"] = folder / "verdict.txt"
+    paths["verdict_txt"].write_text("\n".join(verdict(summary, methods)) + "\n", encoding="utf-8")
     paths["summary_md"] = folder / "summary.md"
     table = settings_table(rows, methods)  # each setting's final point (an ablation's table); "" when nothing was swept
     paths["summary_md"].write_text(

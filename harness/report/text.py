@@ -145,6 +145,24 @@ def method_paragraph(summary: dict, methods: Mapping[str, Method]) -> str:
     return text
 
 
+def verdict(summary: dict, methods: Mapping[str, Method]) -> list[str]:
+    """The report's conclusions, one line each: the ordering by area, then each headline comparison (the first always,
+    a later one unless the sweep lacks its rival). summary.md states them; a study's last terminal lines repeat them."""
+    pm = summary["per_method"]
+    if summary["ordering"]:
+        order = " > ".join(f"{method_label(m, methods)} ({fmt_ci(pm[m]['area'])})" for m in summary["ordering"])
+        lines = [
+            f"Ordering by area under the curve (estimate [95% interval]; overlapping intervals "
+            f"do not separate two methods): {order}."
+        ]
+    else:
+        lines = ["Ordering: none, no method has an area over a common KL range."]
+    for i, ((method, rival), comparison) in enumerate(summary["comparisons"].items()):
+        if i == 0 or not (isinstance(comparison, dict) and rival in comparison.get("missing", [])):
+            lines.append(comparison_sentence(comparison, method, rival, methods))
+    return lines
+
+
 def format_summary(
     summary: dict, methods: Mapping[str, Method], title: str | None = None, commit: str | None = None
 ) -> str:
@@ -192,23 +210,14 @@ def format_summary(
             cells.append(f"{summary['truncated'][m]:.1%}" if m in summary["truncated"] else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if summary["ordering"]:
-        order = " > ".join(f"{method_label(m, methods)} ({fmt_ci(pm[m]['area'])})" for m in summary["ordering"])
-        lines.append(
-            f"**Ordering** by area under the curve (estimate [95% interval]; overlapping intervals "
-            f"do not separate two methods): {order}."
-        )
-        rest = [method_label(m, methods) for m in summary["methods"] if m not in summary["ordering"]]
-        if rest:
-            lines.append(f"Without an area over the common range: {', '.join(rest)}.")
-    else:
-        lines.append("**Ordering**: none, no method has an area over a common KL range.")
+    ordering, *stated = verdict(summary, methods)
+    lines.append(ordering.replace("Ordering", "**Ordering**", 1))
+    rest = [method_label(m, methods) for m in summary["methods"] if m not in summary["ordering"]]
+    if summary["ordering"] and rest:
+        lines.append(f"Without an area over the common range: {', '.join(rest)}.")
     lines.append("")
-    for i, ((method, rival), comparison) in enumerate(summary["comparisons"].items()):
-        # the first comparison is always stated; a later one unless the sweep lacks its rival
-        if i == 0 or not (isinstance(comparison, dict) and rival in comparison.get("missing", [])):
-            lines.append(comparison_sentence(comparison, method, rival, methods))
-            lines.append("")
+    for sentence in stated:
+        lines += [sentence, ""]
     if summary.get("families"):
         lines += family_paragraph(summary["families"], methods)
     lines.append("## Method")

@@ -11,13 +11,15 @@ knobs (PPO's kl_coef, DPO's beta, Best-of-N's N), so it is a list, not a grid:
 ``python -m harness -m experiment=<study>`` runs every entry × seed (crossed with any sweep given on the command
 line) as ordinary Hydra jobs; ``study=[...]`` / ``seeds=[...]`` on the command line replace the experiment's lists.
 Every job's config is composed and validated before the first one starts, and a job whose folder already holds a
-finished result is reused.
+finished result is reused. The terminal gets one line when a job starts (jobs done, running, left; elapsed, ETA) and
+one when it ends (its first and last evaluation, or why it failed); everything else a job writes goes to the job.log
+in its folder (``harness.app.study_output``). A study whose jobs did not all finish names them and exits with status 1.
 
-The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another with a
-progress line. Any other launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job
-per seed that builds π_SFT and the preference set, then all the others at once, the job that builds the reward model
-first and the jobs that need it last (``stage_first``), so parallel workers rarely wait on one stage's lock. A lone
-stage-building job runs on every core (``threads=<cpu count>``): it has the machine to itself.
+The jobs go to whatever Hydra launcher is configured. With the basic launcher they run one after another. Any other
+launcher (``hydra/launcher=joblib``, submitit, Ray) is handed two batches: first one job per seed that builds π_SFT
+and the preference set, then all the others at once, the job that builds the reward model first and the jobs that
+need it last (``stage_first``), so parallel workers rarely wait on one stage's lock. A lone stage-building job runs on
+every core (``threads=<cpu count>``): it has the machine to itself.
 """
 
 from __future__ import annotations
@@ -176,35 +178,42 @@ class StudySweeper(BasicSweeper):
         return [folder for folder, _ in composed]
 
     def sweep(self, arguments: list[str]) -> Any:
+        from hydra.core.utils import JobStatus
+
+        from harness.app import study_output
+
         jobs = self.job_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         batches = self.batches(jobs)
         self.check([job for batch in batches for job in batch], sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)  # only now: a study that fails its checks leaves no folder
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("study: %d jobs -> %s", len(jobs), sweep_dir)
+        study_output.begin(sweep_dir, len(jobs))
+        # The launchers announce every job on the log; each job prints its own start and result lines instead.
+        for name in ("hydra", "hydra_plugins"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        launcher = type(self.launcher).__name__
+        print(
+            f"study {self.config.get('experiment_name') or sweep_dir.name}: {len(jobs)} jobs -> {sweep_dir} "
+            f"({launcher}); each job's whole output goes to job.log in its folder",
+            flush=True,
+        )
         returns = []
         start = time.time()
-        if type(self.launcher).__name__ == "BasicLauncher":  # one at a time anyway: a progress line per job
+        if launcher == "BasicLauncher":  # one at a time anyway
             for i, (overrides,) in enumerate(batches):
-                elapsed = time.time() - start
-                print(
-                    f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
-                    f"{' '.join(overrides)}",
-                    flush=True,
-                )
                 returns.append(self.launcher.launch([overrides], initial_job_idx=i))
         else:
             done = 0
-            for name, batch in zip(("stage-building jobs", "all other jobs"), batches, strict=False):
-                print(
-                    f"\n=== {len(batch)} {name} ({done} of {len(jobs)} done; {(time.time() - start) / 60:.1f} min so "
-                    f"far) -> {type(self.launcher).__name__}",
-                    flush=True,
-                )
+            for batch in batches:  # the stages everything stands on first, then all the others at once
                 returns.append(self.launcher.launch(batch, initial_job_idx=done))
                 done += len(batch)
-        print(
-            f"\n=== study finished: {len(jobs)} jobs in {(time.time() - start) / 60:.1f} min -> {sweep_dir}", flush=True
-        )
+        for ret in (r for batch in returns for r in batch):
+            if ret.status == JobStatus.FAILED:
+                num = int(OmegaConf.select(ret.hydra_cfg, "hydra.job.num", default=-1)) if ret.hydra_cfg else -1
+                study_output.FAILED.append((num, study_output.job_label(ret.overrides or []), str(ret._return_value)))
+        failed = f", {len(study_output.FAILED)} FAILED" if study_output.FAILED else ""
+        print(f"study finished: {len(jobs)} jobs in {(time.time() - start) / 60:.1f} min{failed}", flush=True)
+        for _, _, why in study_output.FAILED:
+            print(f"  failed: {why}", flush=True)
         return returns

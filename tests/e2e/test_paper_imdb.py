@@ -191,7 +191,7 @@ def paper_run(stand_ins):
 
 def test_paper_study_runs_every_method_and_writes_the_report(paper_run):
     sweep, _, run = paper_run
-    assert "=== study finished: 6 jobs" in run.stdout
+    assert "study finished: 6 jobs" in run.stdout
     for name in ("frontier.png", "points.csv", "summary.md"):
         assert (sweep / name).stat().st_size > 0, name
     rows = list(csv.DictReader((sweep / "points.csv").open()))
@@ -273,7 +273,7 @@ def _stopped(run: subprocess.CompletedProcess, key: str, tmp: Path) -> None:
     err = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(err) == 1, run.stderr[-2000:]
     assert err[0].startswith("error: ") and key in err[0], err[0]
-    assert "=== job" not in run.stdout and "trained" not in run.stdout + run.stderr
+    assert "] start " not in run.stdout and "trained" not in run.stdout + run.stderr
     assert not (tmp / "cache").exists() and not (tmp / "sweep").exists()
 
 

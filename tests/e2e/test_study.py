@@ -46,9 +46,17 @@ def smoke(tmp_path_factory):
 @pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_smoke_study_writes_the_report(smoke):
     sweep, first, _, _ = smoke
-    # a parallel launcher is handed the stage-building job first, then the other eight at once
-    assert "=== 1 stage-building jobs" in first.stdout and "=== 8 all other jobs" in first.stdout
-    assert "JoblibLauncher" in first.stdout
+    # a readable terminal: a header, one start and one result line per job, the end, the verdict and the paths; each
+    # job's own output (trainer bars, weight loading, W&B) in its job.log
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith("study smoke: 9 jobs") and "JoblibLauncher" in lines[0]
+    for k in range(1, 10):
+        assert sum(line.startswith(f"[{k}/9] start ") for line in lines) == 1, first.stdout
+        assert sum(line.startswith(f"[{k}/9] done ") for line in lines) == 1, first.stdout
+    assert len(lines) <= 30 and not first.stderr.strip(), first.stdout + first.stderr
+    assert not any(noise in first.stdout for noise in ("Loading weights", "wandb", "it/s", "Warning"))
+    for job in (p.parent for p in sweep.glob("*/done.json")):
+        assert "gold" in (job / "job.log").read_text()
     assert f"frontier plot: {sweep / 'frontier.png'}" in first.stdout
     assert (sweep / "frontier.png").stat().st_size > 10_000
     rows = list(csv.DictReader((sweep / "points.csv").open()))
@@ -91,13 +99,13 @@ def test_no_secret_reaches_a_saved_config_or_log(smoke):
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the smoke study's first run (its fixture) may take 600 s
 def test_rerun_under_another_launcher_reuses_every_finished_job(smoke):
-    """The same study again on the basic launcher: one job at a time with a progress line, and every job the first
-    (joblib) run finished is reused."""
+    """The same study again on the basic launcher: one job at a time, each with its status line, and every job the
+    first (joblib) run finished is reused."""
     sweep, first, cmd, env = smoke
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "=== job 1/9" in again.stdout and "=== job 9/9" in again.stdout  # progress: which job, how many
-    assert again.stdout.count("reusing finished job") == 9
+    assert "[1/9] start " in again.stdout and "[9/9] start " in again.stdout  # progress: which job, how many
+    assert again.stdout.count("] reused ") == 9
     assert (sweep / "summary.md").exists()
 
 

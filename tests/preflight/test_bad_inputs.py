@@ -462,4 +462,4 @@ def test_cli_study_checks_every_job_before_the_first(tmp_path):
     """A study whose gold classifier cannot load stops before π_SFT trains, naming the key and the job."""
     r = _harness("-m", "experiment=smoke", "gold=siebert", tmp=tmp_path)
     assert_stopped(r.returncode, r.stderr.splitlines(), "gold.name_or_path", tmp_path)
-    assert "[job 1:" in r.stderr and "=== job" not in r.stdout
+    assert "[job 1:" in r.stderr and "] start " not in r.stdout
