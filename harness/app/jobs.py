@@ -78,6 +78,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     # Under accelerate launch / torchrun every process runs this job: one process group, and one job folder (the main
     # process's: each process's Hydra made its own, named by its own clock).
     distributed.init(cpu=pick_device(hc.device).type == "cpu")
+    preempt.stop_if_requested()  # signalled between two jobs of a study (in this process): start nothing
     folder = Path(distributed.on_main(lambda: str(folder)))
     distributed.on_main(run_folder.check, folder, key, label, hc.overwrite)  # finished work of another job stays
     record = finished(folder, key)

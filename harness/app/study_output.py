@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.runs import preempt
 
 STUDY = "study.json"  # in the sweep folder: {"jobs": n, "started": unix time}
 STATUS = ".status"  # in the sweep folder: <job number>.json per job
@@ -142,6 +145,12 @@ def result_line(
     return f"{_tag(num, jobs)} {what} {label}: {facts}" + ("" if state == "reused" else f", {_minutes(seconds)}")
 
 
+def stopped_line(num: int, jobs: int, label: str, signum: int) -> str:
+    """The last line of a pre-empted study: the job that saved itself, and how to go on."""
+    name = signal.Signals(signum).name
+    return f"{_tag(num, jobs)} stopped {label}: stopped by {name}; rerun the same command to resume"
+
+
 def job_rows(job_dir: Path) -> list[dict]:
     """The job's result rows (its own points.jsonl; a cut last line is skipped)."""
     rows = []
@@ -198,7 +207,8 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
     """``run()``, a study's job number ``num``: its start and result lines on the terminal, its output in
     ``job_dir/job.log``, its state under ``sweep_dir/.status``. A job that ends in an error (a bug, a non-finite
     loss, a ``sys.exit``) is named in one line and raised as :class:`JobFailed`, so the study goes on with the others
-    and ends with a non-zero status."""
+    and ends with a non-zero status. A job pre-empted (``harness.runs.preempt``: it saved itself on SIGTERM / SIGUSR1
+    / SIGUSR2) is no failure: its one line says so, and its ``SystemExit(128 + n)`` stops the study."""
     from harness.preflight.errors import user_error
 
     sweep_dir, job_dir = Path(sweep_dir), Path(job_dir)
@@ -208,15 +218,20 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
     started = time.time()
     _write_json(state_file, {"state": "running", "started": started, "label": label})
     p = progress(sweep_dir) or Progress(jobs=num + 1, done=0, running=1, elapsed_s=0.0, eta_s=None)
-    state, why, result = "done", "", None
+    state, why, result, stop = "done", "", None, None
     with to_file(job_dir / JOB_LOG) as terminal:
         say(terminal, status_line(num, p, label))
         try:
             result = run()
             if before is not None and done.exists() and done.stat().st_mtime_ns == before:
                 state = "reused"
-        except SystemExit as e:  # the job's own one-line stop (exit 2 or 3): its line is in job.log
-            state, why = "failed", f"stopped with exit status {e.code}"
+        except preempt.Preempted as e:  # not wrapped into its exit status (a job run without stop_on_user_error)
+            state, stop = "stopped", SystemExit(e.exit_status)
+        except SystemExit as e:
+            if preempt.signal_of(e.code) is not None:  # pre-empted: the job saved itself, the whole study stops
+                state, stop = "stopped", e
+            else:  # the job's own one-line stop (exit 2 or 3): its line is in job.log
+                state, why = "failed", f"stopped with exit status {e.code}"
         except Exception as e:  # noqa: BLE001 - any error ends this job, not the study; its traceback is in job.log
             import traceback
 
@@ -225,10 +240,18 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
             state, why = "failed", (user_error(e) or f"{type(e).__name__}: {first}")
         ended = time.time()
         _write_json(state_file, {"state": state, "started": started, "ended": ended, "label": label})
-        line = result_line(num, p.jobs, label, state, ended - started, job_rows(job_dir), why)
+        if stop is not None:
+            line = stopped_line(num, p.jobs, label, preempt.signal_of(stop.code))
+        else:
+            line = result_line(num, p.jobs, label, state, ended - started, job_rows(job_dir), why)
         if state == "failed":
             line += f" (its output: {job_dir / JOB_LOG})"
         say(terminal, line)
+    if stop is not None:
+        # Not a failed job: the scheduler wants the machine back. The study's process ends with the job's 128 + n
+        # (with the basic launcher the jobs run in it), so the scheduler requeues it; the other jobs are not started,
+        # and the same command resumes this one from its checkpoint and reuses those that finished.
+        raise stop
     if state == "failed":
         raise JobFailed(f"job {num + 1} ({label}): {why}")
     return result

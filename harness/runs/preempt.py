@@ -35,6 +35,13 @@ class Preempted(BaseException):
         return 128 + self.signum
 
 
+def signal_of(exit_status: object) -> int | None:
+    """The pre-emption signal an exit status ``128 + n`` stands for (a job stopped by :class:`Preempted`), or None."""
+    if isinstance(exit_status, int) and exit_status - 128 in SIGNALS:
+        return exit_status - 128
+    return None
+
+
 def _record(signum: int, frame) -> None:
     if not _received:
         log.warning("%s received: the job stops at its next safe point", signal.Signals(signum).name)

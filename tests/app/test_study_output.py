@@ -119,3 +119,47 @@ def test_a_study_prints_two_lines_per_job_names_the_failed_one_and_exits_1(tmp_p
     assert "Traceback" in dpo_log.read_text() and "a library warning" in dpo_log.read_text()
     sft_log = next(sweep.glob("*sft*")) / so.JOB_LOG
     assert "training sft: lots of progress output" in sft_log.read_text()
+
+
+@pytest.mark.battery
+def test_a_preempted_job_stops_the_study_with_128_plus_the_signal(tmp_path, monkeypatch, capfd):
+    """A real SIGTERM during the second of three jobs (the basic launcher, in this process): the job saves at its safe
+    point, its one line says it stopped and how to go on, the third job never starts, the study is no failed job and
+    exits 128 + 15 (what a scheduler requeues on)."""
+    import os
+    import signal
+
+    from harness.runs import preempt
+
+    saved = []
+
+    def run_job(cfg, folder, sweep_name=None, swept=()):
+        preempt.install()
+        folder.mkdir(parents=True, exist_ok=True)
+        if cfg.pipeline.name == "dpo":
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's warning, mid-job
+            preempt.stop_if_requested(lambda: saved.append(cfg.pipeline.name))  # the job's next safe point
+        (folder / "done.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(app, "run_job", run_job)
+    monkeypatch.setattr(so, "FAILED", [])
+    argv = [
+        "experiment=smoke",
+        'study=[["pipeline=sft"],["pipeline=dpo"],["pipeline=unlikelihood"]]',
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "logger.wandb_mode=disabled",
+    ]
+    with pytest.raises(SystemExit) as stop:
+        app.main(argv)
+    assert stop.value.code == 128 + signal.SIGTERM and saved == ["dpo"] and so.FAILED == []
+    out, err = capfd.readouterr()
+    # the study's lines (under pytest, Hydra's log handler writes to pytest's capture, not to the job's job.log)
+    lines = [line for line in out.splitlines() if line.startswith("[") and line[2:4] == "/3"]
+    assert [line.split()[:2] for line in lines] == [["[1/3]", "start"], ["[1/3]", "done"], ["[2/3]", "start"]] + [
+        ["[2/3]", "stopped"]
+    ]
+    assert "study finished" not in out  # the study stopped there: no verdict, no report
+    assert lines[-1] == "[2/3] stopped dpo seed=0: stopped by SIGTERM; rerun the same command to resume"
+    assert err == "" and not list((tmp_path / "sweep").glob("*unlikelihood*"))
