@@ -35,6 +35,7 @@ from pathlib import Path
 from filelock import FileLock, SoftFileLock
 
 from harness.lm import distributed
+from harness.runs import preempt
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
@@ -70,10 +71,22 @@ class Artifact:
         return json.loads((self.path / MANIFEST).read_text())
 
 
-def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[[Path], dict | None]) -> Artifact:
+def resume_folder(root: str | Path, stage: str, key: str) -> Path:
+    """Where a stage build keeps what it resumes from (its trainer's checkpoints) until its artifact is committed."""
+    return Path(root) / stage / f".resume-{key}"
+
+
+def build_or_load(
+    root: str | Path, stage: str, identity: dict, build: Callable[..., dict | None], resumable: bool = False
+) -> Artifact:
     """Return the artifact for ``identity``, calling ``build(tmp_dir)`` only if no complete one exists.
 
     ``build`` writes into the folder it is given and may return a dict of facts (metrics) kept in the manifest.
+    ``resumable``: ``build(tmp_dir, resume_dir)`` instead, where ``resume_dir`` (``resume_folder``) outlives a killed
+    or pre-empted build (a rerun's build continues from what it holds) and is removed once the artifact is committed.
+
+    A pre-emption signal (``harness.runs.preempt``) received during a build that had no safe point left stops the job
+    right after the artifact is committed: the work is kept, and the next stage does not start.
     """
     key = key_of(identity)
     base = Path(root) / stage
@@ -97,8 +110,9 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
             return Artifact(stage, key, final, reused=True)
         tmp = base / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}"  # host too: machines share the cache
         tmp.mkdir(parents=True)
+        resume = resume_folder(root, stage, key)
         try:
-            facts = build(tmp) or {}
+            facts = (build(tmp, resume) if resumable else build(tmp)) or {}
 
             def commit() -> None:
                 (tmp / MANIFEST).write_text(
@@ -109,8 +123,10 @@ def build_or_load(root: str | Path, stage: str, identity: dict, build: Callable[
                 if final.exists():  # an incomplete leftover without a manifest
                     shutil.rmtree(final)
                 os.rename(tmp, final)
+                shutil.rmtree(resume, ignore_errors=True)  # only now: until the artifact exists, a rerun needs it
 
             distributed.on_main(commit)  # the others wait here until the artifact is in place
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    preempt.stop_if_requested()  # the artifact is in place: a job signalled while building it stops here
     return Artifact(stage, key, final, reused=False)

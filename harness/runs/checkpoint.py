@@ -162,8 +162,14 @@ def mark(checkpoint_dir: str | Path, key: str, meta: dict) -> None:
 
 def last_trainer_checkpoint(job: str | Path, key: str) -> tuple[Path, dict] | None:
     """The newest complete trainer checkpoint of this configuration and its ``mark`` record, or None."""
+    return newest_marked(trainer_dir(job), key, job)
+
+
+def newest_marked(checkpoints: Path, key: str, job: str | Path) -> tuple[Path, dict] | None:
+    """The newest complete (marked) ``checkpoint-<step>`` in ``checkpoints`` of configuration ``key`` whose row files
+    in ``job`` are intact, and its ``mark`` record; None when there is none (a stage build: ``job`` holds no rows)."""
     found = []
-    for path in trainer_dir(job).glob("checkpoint-*"):
+    for path in Path(checkpoints).glob("checkpoint-*"):
         if (path / MARK).exists() and path.name.split("-")[-1].isdigit():
             found.append((int(path.name.split("-")[-1]), path))
     for _, path in sorted(found, reverse=True):

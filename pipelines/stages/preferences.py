@@ -33,6 +33,7 @@ from harness.config import (
     stage_fingerprint,
 )
 from harness.lm.sampling import response_texts, sample
+from harness.runs import preempt
 from harness.runs.cache import Artifact, build_or_load, key_of
 from harness.runs.context import RunContext
 from pipelines.stages.sft import load_sft, sft_key
@@ -103,6 +104,9 @@ def sample_sft(ctx: RunContext, prompts: list[str]) -> tuple[list[str], list[boo
         s = sample(policy, tok, prompts[i : i + per_batch], k, cfg.max_new_tokens, cfg.temperature, generator=gen)
         completions += response_texts(tok, s)
         truncated += (~s.ended).tolist()
+        # A safe point: pre-empted (harness.runs.preempt), the build stops here, keeping nothing; its rerun samples
+        # again from the start (seeded: the same samples). Sampling, unlike π_SFT's training, is not resumed.
+        preempt.stop_if_requested()
     return completions, truncated
 
 

@@ -70,10 +70,14 @@ def reward_model_key(hc: HarnessConfig) -> str:
     return key_of(reward_model_identity(hc))
 
 
-def _build(ctx: RunContext, out: Path) -> dict:
+def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
+    """r_φ into ``out``; its trainer's checkpoints in ``resume`` (a pre-empted build continues from them:
+    ``pipelines.stages.resume``)."""
     from datasets import load_from_disk
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
+
+    from pipelines.stages.resume import StageCheckpoints
 
     cfg = ctx.cfg.reward_model
     sft = ensure_sft(ctx)
@@ -82,9 +86,10 @@ def _build(ctx: RunContext, out: Path) -> dict:
     model = load_scalar_model(sft.path, tok, ctx.cfg.model.trust_remote_code)
     pairs = load_pairs(prefs)
     cols = ["prompt", "chosen", "rejected"]
+    stage = StageCheckpoints(reward_model_key(ctx.cfg), resume)  # a stopped build's checkpoint, if any
     per_device, accumulate = trainer_batches(cfg.batch_size, cfg.micro_batch_size, "reward_model")
     args = RewardConfig(
-        output_dir=str(out / "_trainer"),
+        output_dir=str(resume),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulate,
@@ -104,9 +109,13 @@ def _build(ctx: RunContext, out: Path) -> dict:
         dataloader_num_workers=0,
     )
     trainer = with_length_sorted_micro_batches(RewardTrainer)(
-        model=model, args=args, train_dataset=pairs["train"].select_columns(cols), processing_class=tok
+        model=model,
+        args=args,
+        train_dataset=pairs["train"].select_columns(cols),
+        processing_class=tok,
+        callbacks=[stage],
     )
-    result = trainer.train()
+    train_loss = stage.train(trainer)
     model = trainer.model.eval()
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -124,7 +133,7 @@ def _build(ctx: RunContext, out: Path) -> dict:
     )
     sft_scores = scorer(load_from_disk(str(prefs.path / "sft_samples"))["text"])
     return {
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "heldout_accuracy": acc,
         "heldout_pairs": len(test),
         "sft_score_mean": float(sft_scores.mean()),
@@ -133,7 +142,8 @@ def _build(ctx: RunContext, out: Path) -> dict:
 
 
 def ensure_reward_model(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "reward_model", reward_model_identity(ctx.cfg), lambda out: _build(ctx, out))
+    identity = reward_model_identity(ctx.cfg)
+    art = build_or_load(ctx.cache_root, "reward_model", identity, lambda out, r: _build(ctx, out, r), resumable=True)
     log.info("reward model %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art
 

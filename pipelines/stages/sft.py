@@ -59,9 +59,13 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 128, max_length: 
     return math.exp(nll / max(count, 1))
 
 
-def _build(ctx: RunContext, out: Path) -> dict:
+def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
+    """π_SFT into ``out``; its trainer's checkpoints in ``resume`` (a pre-empted build continues from them:
+    ``pipelines.stages.resume``)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from pipelines.stages.resume import StageCheckpoints
 
     cfg, task = ctx.cfg, ctx.task
     tok = load_tokenizer(cfg.model, task.train_texts)
@@ -72,9 +76,10 @@ def _build(ctx: RunContext, out: Path) -> dict:
         count_parameters(model) / 1e6,
         len(task.train_texts),
     )
+    stage = StageCheckpoints(sft_key(cfg), resume)  # a stopped build's checkpoint, if any
     per_device, accumulate = trainer_batches(cfg.sft.batch_size, cfg.sft.micro_batch_size, "sft")
     args = SFTConfig(
-        output_dir=str(out / "_trainer"),
+        output_dir=str(resume),
         num_train_epochs=cfg.sft.epochs,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulate,
@@ -96,15 +101,19 @@ def _build(ctx: RunContext, out: Path) -> dict:
         weight_decay=0.0,
     )
     trainer = with_length_sorted_micro_batches(SFTTrainer)(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": task.train_texts}), processing_class=tok
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"text": task.train_texts}),
+        processing_class=tok,
+        callbacks=[stage],
     )
-    result = trainer.train()
+    train_loss = stage.train(trainer)
     model = trainer.model
     model.save_pretrained(out)
     tok.save_pretrained(out)
     ppl = perplexity(model, tok, task.heldout_texts)
     return {
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "heldout_perplexity": ppl,
         "parameters": count_parameters(model),
         "train_reviews": len(task.train_texts),
@@ -112,7 +121,9 @@ def _build(ctx: RunContext, out: Path) -> dict:
 
 
 def ensure_sft(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "sft", sft_identity(ctx.cfg), lambda out: _build(ctx, out))
+    art = build_or_load(
+        ctx.cache_root, "sft", sft_identity(ctx.cfg), lambda out, r: _build(ctx, out, r), resumable=True
+    )
     log.info("π_SFT %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art
 

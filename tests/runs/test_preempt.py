@@ -17,9 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.runs import checkpoint, preempt
-from tests.runs.test_resume import DPO, PPO, assert_same_run, lines, overrides, run_in_process
+from tests.runs.test_resume import (
+    DPO,
+    PPO,
+    TIMING,
+    assert_same_run,
+    lines,
+    overrides,
+    run_in_process,
+    without,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,9 +54,30 @@ main(argv)
 """
 
 
-def signalled(argv: list[str], folder: Path, name: str, at: int) -> subprocess.CompletedProcess:
+# `python -m harness <argv>` that sends itself SIGTERM at the end of a stage trainer's optimizer step AT
+SIGNAL_AT_STAGE_STEP = """
+import os, signal, sys
+from pipelines.stages.resume import StageCheckpoints
+from harness.app.cli import main
+
+at, argv = int(sys.argv[2]), sys.argv[3:]
+on_step_end = StageCheckpoints.on_step_end
+
+def signalling_step_end(self, args, state, control, **kwargs):
+    if state.global_step == at:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return on_step_end(self, args, state, control, **kwargs)
+
+StageCheckpoints.on_step_end = signalling_step_end
+main(argv)
+"""
+
+
+def signalled(
+    argv: list[str], folder: Path, name: str, at: int, script: str = SIGNAL_AT
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", SIGNAL_AT, name, str(at), *argv, f"hydra.run.dir={folder}"],
+        [sys.executable, "-c", script, name, str(at), *argv, f"hydra.run.dir={folder}"],
         cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
@@ -79,8 +110,6 @@ def test_sigterm_mid_ppo_saves_then_the_rerun_gives_the_uninterrupted_run(tiny_c
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "stopped: stopped by SIGTERM" in r.stderr
     state = checkpoint.folder(tmp_path / "job") / checkpoint.STATE
-    import torch
-
     assert torch.load(state, weights_only=True)["ppo"]["updates_done"] == 2  # saved at the safe point it reached
     assert not (tmp_path / "job" / "done.json").exists()
     run_in_process(argv, tmp_path / "clean")
@@ -107,3 +136,38 @@ def test_sigterm_mid_dpo_saves_a_trainer_checkpoint_then_the_rerun_gives_the_uni
     assert facts["steps"] == 4 and [row["step"] for row in lines(tmp_path / "job" / "points.jsonl")] == [0, 2, 4]
     assert_same_run(tmp_path / "job", tmp_path / "clean")
     assert json.loads((tmp_path / "job" / "done.json").read_text())["result"]["steps"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+@pytest.mark.timeout(600)
+def test_sigterm_mid_sft_build_keeps_its_trainer_checkpoint_in_the_cache_and_the_rerun_resumes_it(tmp_path, caplog):
+    """π_SFT's build (13 steps on tiny_debug) signalled at step 2: its trainer checkpoint is kept in the stage cache,
+    no artifact is committed, and the same command resumes from that checkpoint (not from zero) to the π_SFT and the
+    rows of an uninterrupted build."""
+    from safetensors.torch import load_file
+
+    argv = overrides(["pipeline=sft", "threads=1"], tmp_path / "cache")
+    r = signalled(argv, tmp_path / "job", "", 2, SIGNAL_AT_STAGE_STEP)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "stopped: stopped by SIGTERM" in r.stderr
+    stage = tmp_path / "cache" / "sft"
+    (resume,) = stage.glob(".resume-*")
+    assert [p.name for p in resume.glob("checkpoint-*") if (p / checkpoint.MARK).exists()] == ["checkpoint-2"]
+    assert not list(stage.glob("*/artifact.json")) and not list(stage.glob(".tmp-*"))  # nothing half-built kept
+
+    caplog.set_level("INFO", logger="harness.runs.checkpoint")
+    run_in_process(argv, tmp_path / "job")  # the same command again
+    assert f"from {resume / 'checkpoint-2'}" in caplog.text  # resumed, not rebuilt from zero
+    run_in_process(overrides(["pipeline=sft", "threads=1"], tmp_path / "clean_cache"), tmp_path / "clean")
+    (built,) = stage.glob("*/artifact.json")
+    (clean,) = (tmp_path / "clean_cache" / "sft").glob("*/artifact.json")
+    assert built.parent.name == clean.parent.name and not resume.exists()  # committed: the checkpoint is gone
+    a, b = load_file(str(built.parent / "model.safetensors")), load_file(str(clean.parent / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ignore = TIMING | {"run_id"}
+    rows = without(lines(tmp_path / "job" / "points.jsonl"), ignore)
+    assert rows and rows == without(lines(tmp_path / "clean" / "points.jsonl"), ignore)
+    facts = [json.loads(p.read_text())["facts"] for p in (built, clean)]
+    assert facts[0]["heldout_perplexity"] == facts[1]["heldout_perplexity"]
+    assert facts[0]["train_loss"] == pytest.approx(facts[1]["train_loss"], rel=1e-5)  # the whole build's mean
