@@ -203,12 +203,60 @@ class JobFailed(RuntimeError):
     """A study's job that ended in an error: Hydra keeps it as the job's result and runs the other jobs."""
 
 
+class JobStopped(Exception):
+    """A study's job pre-empted (it saved itself on SIGTERM / SIGUSR1 / SIGUSR2): Hydra keeps it as the job's result
+    and the sweeper stops the study with exit status 128 + the signal (``stop_if_stopped``). An Exception, not the
+    job's SystemExit: raised in a joblib worker, a SystemExit makes joblib end the other workers, whose jobs may be
+    saving their own checkpoints right then."""
+
+    def __init__(self, signum: int, job: str = "") -> None:
+        super().__init__(signum, job)  # the arguments pickle it back from a worker
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def signals_for(launcher: str) -> Iterator[None]:
+    """The study's own process while its jobs run under ``launcher`` (a Hydra launcher's class name).
+
+    The basic launcher runs the jobs in this process: the pre-emption handler records a signal from the start, so a
+    signal between two jobs stops the next one before it trains. Joblib runs them in worker processes that Slurm
+    signals too (the whole process group): this process ignores the signals while they run, so it lives on to collect
+    the jobs' ends and exits with 128 + n; its workers, started by loky now, inherit the ignoring (a handler would not
+    survive their exec), so a worker between jobs is not killed with the job it would run next, and a job's own
+    ``run_job`` installs the recording handler for itself."""
+    if launcher == "JoblibLauncher":
+        saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
+        for s in preempt.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+        return
+    if launcher == "BasicLauncher":
+        preempt.install()
+    yield
+
+
+def stop_if_stopped(returns: Sequence) -> None:
+    """After a launch: a job of it pre-empted (:class:`JobStopped` as its result) ends the study, no other job
+    started, with the job's 128 + n (what a scheduler requeues)."""
+    for ret in returns:
+        if isinstance(getattr(ret, "_return_value", None), JobStopped):
+            raise SystemExit(ret._return_value.exit_status)
+
+
 def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> object:
     """``run()``, a study's job number ``num``: its start and result lines on the terminal, its output in
     ``job_dir/job.log``, its state under ``sweep_dir/.status``. A job that ends in an error (a bug, a non-finite
     loss, a ``sys.exit``) is named in one line and raised as :class:`JobFailed`, so the study goes on with the others
     and ends with a non-zero status. A job pre-empted (``harness.runs.preempt``: it saved itself on SIGTERM / SIGUSR1
-    / SIGUSR2) is no failure: its one line says so, and its ``SystemExit(128 + n)`` stops the study."""
+    / SIGUSR2) is no failure: its one line says so, and :class:`JobStopped` stops the study."""
     from harness.preflight.errors import user_error
 
     sweep_dir, job_dir = Path(sweep_dir), Path(job_dir)
@@ -226,10 +274,10 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
             if before is not None and done.exists() and done.stat().st_mtime_ns == before:
                 state = "reused"
         except preempt.Preempted as e:  # not wrapped into its exit status (a job run without stop_on_user_error)
-            state, stop = "stopped", SystemExit(e.exit_status)
+            state, stop = "stopped", JobStopped(e.signum, label)
         except SystemExit as e:
             if preempt.signal_of(e.code) is not None:  # pre-empted: the job saved itself, the whole study stops
-                state, stop = "stopped", e
+                state, stop = "stopped", JobStopped(preempt.signal_of(e.code), label)
             else:  # the job's own one-line stop (exit 2 or 3): its line is in job.log
                 state, why = "failed", f"stopped with exit status {e.code}"
         except Exception as e:  # noqa: BLE001 - any error ends this job, not the study; its traceback is in job.log
@@ -241,7 +289,7 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
         ended = time.time()
         _write_json(state_file, {"state": state, "started": started, "ended": ended, "label": label})
         if stop is not None:
-            line = stopped_line(num, p.jobs, label, preempt.signal_of(stop.code))
+            line = stopped_line(num, p.jobs, label, stop.signum)
         else:
             line = result_line(num, p.jobs, label, state, ended - started, job_rows(job_dir), why)
         if state == "failed":
@@ -249,8 +297,8 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
         say(terminal, line)
     if stop is not None:
         # Not a failed job: the scheduler wants the machine back. The study's process ends with the job's 128 + n
-        # (with the basic launcher the jobs run in it), so the scheduler requeues it; the other jobs are not started,
-        # and the same command resumes this one from its checkpoint and reuses those that finished.
+        # (stop_if_stopped), so the scheduler requeues it; no other job is started, and the same command resumes
+        # this one from its checkpoint and reuses those that finished.
         raise stop
     if state == "failed":
         raise JobFailed(f"job {num + 1} ({label}): {why}")

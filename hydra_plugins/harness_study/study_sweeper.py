@@ -200,14 +200,18 @@ class StudySweeper(BasicSweeper):
         )
         returns = []
         start = time.time()
-        if launcher == "BasicLauncher":  # one at a time anyway
-            for i, (overrides,) in enumerate(batches):
-                returns.append(self.launcher.launch([overrides], initial_job_idx=i))
-        else:
-            done = 0
-            for batch in batches:  # the stages everything stands on first, then all the others at once
-                returns.append(self.launcher.launch(batch, initial_job_idx=done))
-                done += len(batch)
+        # pre-empted (SIGTERM / SIGUSR1 / SIGUSR2), a running job saves itself and the study stops after its launch
+        with study_output.signals_for(launcher):
+            if launcher == "BasicLauncher":  # one at a time anyway
+                for i, (overrides,) in enumerate(batches):
+                    returns.append(self.launcher.launch([overrides], initial_job_idx=i))
+                    study_output.stop_if_stopped(returns[-1])
+            else:
+                done = 0
+                for batch in batches:  # the stages everything stands on first, then all the others at once
+                    returns.append(self.launcher.launch(batch, initial_job_idx=done))
+                    study_output.stop_if_stopped(returns[-1])
+                    done += len(batch)
         for ret in (r for batch in returns for r in batch):
             if ret.status == JobStatus.FAILED:
                 num = int(OmegaConf.select(ret.hydra_cfg, "hydra.job.num", default=-1)) if ret.hydra_cfg else -1

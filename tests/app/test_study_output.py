@@ -163,3 +163,51 @@ def test_a_preempted_job_stops_the_study_with_128_plus_the_signal(tmp_path, monk
     assert "study finished" not in out  # the study stopped there: no verdict, no report
     assert lines[-1] == "[2/3] stopped dpo seed=0: stopped by SIGTERM; rerun the same command to resume"
     assert err == "" and not list((tmp_path / "sweep").glob("*unlikelihood*"))
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+@pytest.mark.timeout(600)
+def test_a_joblib_study_signalled_like_slurm_saves_its_running_job_and_the_rerun_resumes_it(tiny_cache_copy, tmp_path):
+    """SIGTERM to the study's whole process group (what Slurm sends) while a PPO job runs in a joblib worker, next to
+    an idle one: the job saves at its next safe point, the idle worker lives, and the study exits 128 + 15; the same
+    command resumes the job from that checkpoint (each update logged once) and finishes."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from harness.runs import checkpoint
+
+    sweep = tmp_path / "sweep"
+    ppo = '["pipeline=ppo","pipeline.updates=8","pipeline.batch_size=8","pipeline.checkpoint_every=0","threads=1"]'
+    cmd = [sys.executable, "-m", "harness", "experiment=smoke", f"study=[{ppo}]", f"cache_dir={tiny_cache_copy}"]
+    cmd += [f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=app.CONF_DIR + "/..", env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.time() + 400
+        while not any(p.read_text().strip() for p in sweep.glob("*/updates.jsonl")):  # the job is past update 1
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert "Traceback" not in err and out.splitlines()[-1] == (
+        "[1/1] stopped ppo updates=8 batch_size=8 checkpoint_every=0 seed=0: "
+        "stopped by SIGTERM; rerun the same command to resume"
+    )
+    (job,) = (p.parent for p in sweep.glob("*/updates.jsonl"))
+    saved = torch.load(checkpoint.folder(job) / checkpoint.STATE, weights_only=True)["ppo"]["updates_done"]
+    assert 1 <= saved < 8 and not (job / "done.json").exists()
+
+    again = subprocess.run(cmd, cwd=app.CONF_DIR + "/..", env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming" in (job / so.JOB_LOG).read_text()
+    updates = [json.loads(line)["update"] for line in (job / "updates.jsonl").read_text().splitlines()]
+    assert updates == list(range(1, 9)) and (job / "done.json").exists()
