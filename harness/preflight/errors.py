@@ -14,6 +14,19 @@ WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 
 
 # --------------------------------------------------------------------------------------------- one-line errors
+def quote_hint(override: str) -> str:
+    """A hint for an override whose value holds '=' or ',' (a path such as a study's own job folders,
+    ``.../0_pipeline=dpo,seed=1/policy``): Hydra reads ',' as a sweep and '=' as a second key unless quoted."""
+    key, _, value = override.partition("=")
+    if key.lstrip("+~") == "study":
+        from harness.config import STUDY_EXAMPLE
+
+        return f"; a study is a list of jobs, each a list of quoted overrides: {STUDY_EXAMPLE}"
+    if not any(c in value for c in "=,") or value[:1] in "'\"":
+        return ""
+    return f"; if it is one value with '=' or ',' (e.g. a path), quote it: \"{key}='{value}'\" in the shell"
+
+
 def _first_line(text: str) -> str:
     return next((s.strip() for s in str(text).splitlines() if s.strip()), "")
 
@@ -62,9 +75,15 @@ def _hydra_line(e: Exception) -> str | None:
 
     if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
         group, _, option = str(e.missing_cfg_file).rpartition("/")
-        return f"{group}: no option '{option}'; choose one of {', '.join(e.options)}"
+        # `<name>_schema` entries are the typed schemas each conf/pipeline/<name>.yaml lists (harness.config
+        # register_configs): Hydra's internals, not options a user may choose
+        options = [o for o in e.options if not str(o).endswith("_schema")]
+        return f"{group}: no option '{option}'; choose one of {', '.join(options)}"
     if isinstance(e, OverrideParseException):
-        return f"command line: cannot parse '{e.override}' ({_first_line(e.message)}); write overrides as key=value"
+        return (
+            f"command line: cannot parse '{e.override}' ({_first_line(e.message)}); write overrides as key=value"
+            + quote_hint(str(e.override))
+        )
     if isinstance(e.__cause__, OmegaConfBaseException):
         line = _omegaconf_line(e.__cause__)
         if line:

@@ -33,10 +33,18 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from harness.config import study_plan
 from harness.methods import SFT
+from harness.runs.secrets import redact_overrides
 from pipelines.registry import METHODS
 
 log = logging.getLogger("harness.study")
+
+
+def _plain(cfg, key: str) -> Any:
+    """``cfg[key]`` as plain data (lists resolved), None when absent."""
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _value(overrides: list[str], key: str) -> str | None:
@@ -110,9 +118,9 @@ class StudySweeper(BasicSweeper):
 
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Entries × seeds × the command line's own sweep (basic-sweeper semantics for that part)."""
-        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`.
-        study = OmegaConf.to_container(self.config.study, resolve=True) if self.config.get("study") else [[]]
-        seeds = OmegaConf.to_container(self.config.seeds, resolve=True) if self.config.get("seeds") else [None]
+        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`. A
+        # study or seeds of another shape (`study=[]`, a flat list, `seeds=3`) is one line saying the shape expected.
+        study, seeds = study_plan(_plain(self.config, "study"), _plain(self.config, "seeds"))
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         cli = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
         jobs = []
@@ -135,10 +143,11 @@ class StudySweeper(BasicSweeper):
         nor a gold classifier that cannot load cost π_SFT's training): one ConfigError line naming the key and
         the job. The devices are checked only when the jobs run on this machine (``harness.app.jobs_run_here``),
         and against the GPUs the launcher gives each job there."""
-        from harness.app.cli import check_launcher_gpus, jobs_run_here
+        from harness.app.cli import check_launcher, check_launcher_gpus, jobs_run_here
         from harness.app.jobs import load
         from harness.preflight.checks import check_jobs, check_writable
 
+        check_launcher(self.config.hydra.launcher)  # before the sweep folder: a launcher fails only once it launches
         check_writable(sweep_dir, "hydra.sweep.dir")
         devices = set()
 
@@ -164,7 +173,7 @@ class StudySweeper(BasicSweeper):
                 elapsed = time.time() - start
                 print(
                     f"\n=== job {i + 1}/{len(jobs)} ({len(jobs) - i - 1} after it; {elapsed / 60:.1f} min so far): "
-                    f"{' '.join(overrides)}",
+                    f"{' '.join(redact_overrides(overrides))}",
                     flush=True,
                 )
                 returns.append(self.launcher.launch([overrides], initial_job_idx=i))
