@@ -50,6 +50,20 @@ CONF_DIR = conf_dir()
 register_configs(METHODS)
 
 
+def _register_resolvers() -> None:
+    """``${harness_fit:...}``: a study job's folder name that fits the filesystem (conf/shared/study.yaml); registered
+    on import, so a launcher's worker process that imports the task function has it too."""
+    from omegaconf import OmegaConf
+
+    from harness.runs.identity import fitting_name
+
+    if not OmegaConf.has_resolver("harness_fit"):
+        OmegaConf.register_new_resolver("harness_fit", lambda name: fitting_name(str(name)))
+
+
+_register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()

@@ -26,6 +26,7 @@ from harness.fields import ConfigError
 from harness.methods import REWARD_MODEL
 from harness.preflight.errors import user_error
 from harness.runs.secrets import check_no_secrets, redact_overrides
+from harness.runs.weights import check_weights
 
 FREE_MARGIN = 64 * 2**20  # bytes a job writes besides model weights (tokenizer, preference set, logs)
 
@@ -66,6 +67,7 @@ def check_writable(path: str | Path, key: str) -> Path:
     """``path`` is (or can become) a folder this process can write. Creates nothing that stays: the probe is a
     temporary file in the deepest folder that exists. Returns that folder."""
     target = Path(path).expanduser().absolute()
+    check_real_path(target, key)
     folder = _existing_ancestor(target)
     if not folder.is_dir():
         raise ConfigError(
@@ -80,6 +82,37 @@ def check_writable(path: str | Path, key: str) -> Path:
             f"{key}: cannot write in '{folder}' ({e.strerror}); set {key} to a folder you can write"
         ) from None
     return folder
+
+
+def check_real_path(target: Path, key: str) -> None:
+    """Every part of ``target`` that is a symbolic link leads somewhere (a dangling link or a loop reads as "does not
+    exist" to ``Path.exists``, so the folder would be made beside it, or fail later on the link), and every name fits
+    the filesystem's limit (ENAMETOOLONG at the first write, otherwise)."""
+    import errno
+
+    # first: a name over the limit makes every later look at the path (exists, is_symlink) fail with ENAMETOOLONG
+    try:
+        longest = os.pathconf(target.anchor or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in target.parts:
+        if len(os.fsencode(part)) > longest:
+            raise ConfigError(
+                f"{key}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes, more than the {longest} "
+                f"this filesystem allows; set {key} to a shorter path"
+            )
+    for part in [*reversed(target.parents), target]:
+        if not part.is_symlink():
+            continue
+        try:
+            part.stat()
+        except OSError as e:
+            what = (
+                "is a symbolic link that loops back on itself"
+                if e.errno == errno.ELOOP
+                else f"is a symbolic link to '{os.readlink(part)}', which does not exist"
+            )
+            raise ConfigError(f"{key}: '{part}' {what}; point {key} at a real folder, or fix the link") from None
 
 
 def check_free_space(path: str | Path, need: int, key: str) -> None:
@@ -121,7 +154,15 @@ def check_model(hc: HarnessConfig) -> int | None:
     n_pos = positions(pre.config) if pre is not None else None
     if n_pos is not None:
         check_lengths(hc, n_pos, f"config.json of {hc.model.name}")
+    _local_weights(hc.model.name, "model.name")
     return pre.weight_bytes if pre is not None else None
+
+
+def _local_weights(name: str, key: str) -> None:
+    """A local model folder's weights, checked from their headers (``harness.runs.weights``); a hub name's are the
+    hub's to serve."""
+    if Path(name).is_dir():
+        check_weights(name, key)
 
 
 def check_gold(hc: HarnessConfig) -> None:
@@ -143,6 +184,7 @@ def check_gold(hc: HarnessConfig) -> None:
             f"gold.label: '{g.label}' is not a label of {g.name_or_path} ({', '.join(labels)}); set "
             "gold.label to one of them"
         )
+    _local_weights(g.name_or_path, "gold.name_or_path")
 
 
 def check_policy(hc: HarnessConfig) -> int | None:
@@ -168,6 +210,7 @@ def check_policy(hc: HarnessConfig) -> int | None:
         problem = not_a_causal_lm(pre.config) or vocabulary_cannot_match(pre.config, hc)
         if problem:
             raise ConfigError(f"policy: '{name}' {problem}")
+    _local_weights(name, "policy")
     return pre.weight_bytes if pre is not None else None
 
 

@@ -11,6 +11,15 @@ from typing import Any
 from harness.fields import ConfigError
 
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+# Conditions of the filesystem, not of the code: each is one line naming the path and what to do.
+PATH_ERRNOS = {
+    errno.ELOOP: "a symbolic link in it points back into itself; point the link at a real folder, or give that folder",
+    errno.ENAMETOOLONG: "its name is longer than the filesystem allows; choose a shorter folder",
+    errno.EISDIR: "it is a folder where a file belongs; move it aside",
+    errno.EEXIST: "something else already holds that name (a file, or a link to nowhere); move it aside",
+    errno.EIO: "the disk reported an I/O error; check the disk, or use another folder",
+    errno.ENOENT: "it (or a folder above it) is gone; another process may have removed it: run the command again",
+}
 
 
 # --------------------------------------------------------------------------------------------- one-line errors
@@ -107,6 +116,8 @@ def user_error(e: BaseException) -> str | None:
             f"output: cannot write '{e.filename}' ({e.strerror}); set hydra.run.dir (hydra.sweep.dir with -m) and "
             "cache_dir to folders you can write, with free space"
         )
+    if isinstance(e, OSError) and e.errno in PATH_ERRNOS and e.filename:
+        return f"path: '{e.filename}' ({e.strerror}): {PATH_ERRNOS[e.errno]}"
     if isinstance(e, Exception):
         return _hydra_line(e)
     return None
