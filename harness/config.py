@@ -21,7 +21,9 @@ from harness.fields import (
     MICRO_BATCH_SIZE,
     NOT_IDENTITY,
     ConfigError,
+    at_least_zero,
     micro_batches,
+    plain_value,
     positive,
     require,
 )
@@ -47,9 +49,16 @@ class TaskConfig:
     def __post_init__(self) -> None:
         require(self.name in TASKS, "task.name", f"unknown task '{self.name}'", f"choose one of {', '.join(TASKS)}")
         positive(self, "task", "n_train", "n_heldout", "n_train_prompts", "n_eval_prompts")
+        at_least_zero(self, "task", "seed")
         require(
-            1 <= self.prompt_min_tokens <= self.prompt_max_tokens,
+            1 <= self.prompt_min_tokens,
             "task.prompt_min_tokens",
+            f"must be >= 1 (got {self.prompt_min_tokens})",
+            "set 1 <= task.prompt_min_tokens <= task.prompt_max_tokens",
+        )
+        require(  # named by the key that is out of place: the larger bound below the smaller
+            self.prompt_min_tokens <= self.prompt_max_tokens,
+            "task.prompt_max_tokens" if self.prompt_max_tokens < 1 else "task.prompt_min_tokens",
             f"invalid prompt-length range [{self.prompt_min_tokens}, {self.prompt_max_tokens}]",
             "set 1 <= task.prompt_min_tokens <= task.prompt_max_tokens",
         )
@@ -144,6 +153,12 @@ class SFTStageConfig:
     def __post_init__(self) -> None:
         positive(self, "sft", "epochs", "learning_rate", "batch_size", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "sft.micro_batch_size")
+        require(
+            0 <= self.warmup_ratio < 1,
+            "sft.warmup_ratio",
+            f"must lie in [0, 1) (got {self.warmup_ratio})",
+            "set sft.warmup_ratio=0.05 (a fraction of all steps)",
+        )
 
 
 PREFERENCE_LABELS = ("deterministic", "bradley_terry")
@@ -245,6 +260,7 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         positive(self, "reward_model", "epochs", "learning_rate", "batch_size", "max_length")
         micro_batches(self.batch_size, self.micro_batch_size, "reward_model.micro_batch_size")
+        at_least_zero(self, "reward_model", "center_rewards_coefficient")  # a weight on a squared term: null = off
 
 
 # ----------------------------------------------------------------------------------------------------------- eval
@@ -260,6 +276,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         positive(self, "eval", "every", "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
+        at_least_zero(self, "eval", "seed")
 
 
 # --------------------------------------------------------------------------------------------------------- logger
@@ -341,6 +358,8 @@ class HarnessConfig(Sections):
             "use precision=fp32 or precision=bf16",
         )
         require(self.threads >= 0, "threads", f"must be >= 0 (got {self.threads})", "set threads=0 for torch's default")
+        # numpy's and the data generators' seeds take no negative number: refused here, not when a stage seeds them
+        at_least_zero(self, "", "seed")
 
     @property
     def stage_seed(self) -> int:
@@ -349,7 +368,8 @@ class HarnessConfig(Sections):
 
 
 def _build(cls: type, node: Any, prefix: str) -> Any:
-    """Instantiate ``cls`` from a mapping; unknown keys are a ConfigError naming them."""
+    """Instantiate ``cls`` from a mapping; unknown keys are a ConfigError naming them, and so is a value no key may
+    hold (``harness.fields.plain_value``: nan, inf, an empty string or list), before the schema's own range checks."""
     data = dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -359,6 +379,8 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
         "unknown key",
         f"valid keys: {', '.join(sorted(names))}",
     )
+    for name, value in data.items():
+        plain_value(f"{prefix}.{name}", value)
     return cls(**data)
 
 
@@ -406,6 +428,8 @@ def validate(cfg: DictConfig | dict, methods: Mapping[str, Method]) -> HarnessCo
         for f in dataclasses.fields(Sections)
         if f.name not in SECTION_TYPES and f.name != "pipeline" and f.name in raw
     }
+    for name, value in top.items():
+        plain_value(name, value)
     return HarnessConfig(pipeline=_build(method.schema, pipe, "pipeline"), raw=raw, method=method, **built, **top)
 
 
@@ -444,3 +468,62 @@ def register_configs(methods: Mapping[str, Method]) -> None:
     cs.store(name="harness_schema", node=_Schema)
     for name, m in methods.items():
         cs.store(group="pipeline", name=f"{name}_schema", node=m.schema(name=name))
+
+
+# ------------------------------------------------------------------------------------------------------ studies
+# On the command line each override is quoted (it holds '='), and the whole argument quoted for the shell.
+STUDY_EXAMPLE = "\"study=[['pipeline=dpo','pipeline.beta=0.1'],['pipeline=ppo']]\" seeds=[0,1]"
+
+
+def study_plan(study: Any, seeds: Any) -> tuple[list[list[str]], list[int | None]]:
+    """(entries, seeds) of a study (``hydra_plugins/harness_study``), checked for shape: ``study`` a non-empty list of
+    jobs, each a non-empty list of ``key=value`` overrides; ``seeds`` a non-empty list of distinct integers >= 0. Left
+    out (None), ``study`` is one job made of the command line alone and ``seeds`` each entry's own seed. Any other
+    shape is one ConfigError line that says the expected one (a flat list, ``seeds=3``: Hydra's own parser would be
+    handed a string and spell it letter by letter)."""
+    if study is None:
+        entries = [[]]
+    else:
+        require(
+            isinstance(study, (list, tuple)),
+            "study",
+            f"must be a list of jobs (got {type(study).__name__} {study!r})",
+            f"write it as {STUDY_EXAMPLE}",
+        )
+        require(bool(study), "study", "is an empty list: it names no job", f"list the jobs, e.g. {STUDY_EXAMPLE}")
+        entries = []
+        for i, entry in enumerate(study):
+            require(
+                isinstance(entry, (list, tuple)),
+                f"study[{i}]",
+                f"is {entry!r}, not a list of overrides (a study is a list of jobs, each a list)",
+                f"wrap each job in brackets: {STUDY_EXAMPLE}",
+            )
+            require(bool(entry), f"study[{i}]", "is an empty job", "give it overrides, e.g. [pipeline=dpo], or drop it")
+            for override in entry:
+                require(
+                    isinstance(override, str) and "=" in override.lstrip("+~"),
+                    f"study[{i}]",
+                    f"holds {override!r}, not an override key=value",
+                    f"write each job as a list of key=value, e.g. {STUDY_EXAMPLE}",
+                )
+            entries.append([str(o) for o in entry])
+    if seeds is None:
+        return entries, [None]
+    require(
+        isinstance(seeds, (list, tuple)),
+        "seeds",
+        f"must be a list of seeds (got {type(seeds).__name__} {seeds!r})",
+        f"write it as seeds=[{seeds}]" if isinstance(seeds, int) else "write it as seeds=[0,1,2]",
+    )
+    require(bool(seeds), "seeds", "is an empty list: no job would run", "give at least one seed, e.g. seeds=[0]")
+    for s in seeds:
+        require(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0,
+            "seeds",
+            f"holds {s!r}, not an integer >= 0",
+            "write it as seeds=[0,1,2]",
+        )
+    dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    require(dup is None, "seeds", f"lists seed {dup} twice (its jobs would run twice)", "list each seed once")
+    return entries, list(seeds)

@@ -3,6 +3,7 @@ every stage and method agrees on (``MAX_NEW_TOKENS``, ``MICRO_BATCH_SIZE``). Imp
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -16,11 +17,43 @@ def require(ok: bool, key: str, problem: str, fix: str) -> None:
 
 
 def positive(obj: Any, prefix: str, *names: str) -> None:
+    """Each of ``names`` a finite number > 0 (``inf > 0`` holds, but no count, rate or length is infinite)."""
     for n in names:
         v = getattr(obj, n)
         require(
-            v is not None and v > 0, f"{prefix}.{n}", f"must be > 0 (got {v})", f"set {prefix}.{n}=<positive number>"
+            v is not None and v > 0 and math.isfinite(v),
+            f"{prefix}.{n}",
+            f"must be > 0 and finite (got {v})",
+            f"set {prefix}.{n}=<positive number>",
         )
+
+
+def at_least_zero(obj: Any, prefix: str, *names: str) -> None:
+    """Each of ``names`` a finite number >= 0 (None passes: an optional knob left unset)."""
+    for n in names:
+        v = getattr(obj, n)
+        require(
+            v is None or (v >= 0 and math.isfinite(v)),
+            f"{prefix}.{n}" if prefix else n,
+            f"must be >= 0 and finite (got {v})",
+            f"set {prefix + '.' if prefix else ''}{n} to 0 or more",
+        )
+
+
+def plain_value(key: str, value: Any) -> None:
+    """What no config value may be, whatever its key: a non-finite number (``nan`` passes every range check written
+    as ``not v < 0``, ``inf`` every ``v > 0``; no knob of the harness means "infinitely many"), an empty or blank
+    string (a name, path or label that was meant to be given: an empty ``cache_dir`` would build stages into the
+    current folder), or an empty list (a list of settings with no setting). Lists are checked item by item."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number (got {value}); give it a finite value")
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{key}: is empty; give it a value, or drop it to take its default")
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(f"{key}: is an empty list; give it at least one value, or drop it to take its default")
+        for i, item in enumerate(value):
+            plain_value(f"{key}[{i}]", item)
 
 
 def micro_batches(batch_size: int, micro_batch_size: int, key: str) -> int:

@@ -16,6 +16,7 @@ from harness.fields import (
     MAX_NEW_TOKENS,
     MICRO_BATCH_SIZE,
     NOT_IDENTITY,
+    at_least_zero,
     in_unit,
     micro_batches,
     positive,
@@ -50,6 +51,9 @@ class SFTPipeline(PipelineBase):
 
     name: str = "sft"
     show_samples: int = 5
+
+    def __post_init__(self) -> None:
+        at_least_zero(self, "pipeline", "show_samples")
 
 
 @dataclass
@@ -186,12 +190,9 @@ class PPOPipeline(PipelineBase):
         )
         if self.target_kl is not None:
             positive(self, p, "target_kl")
-        require(
-            self.vf_coef >= 0 and self.ent_coef >= 0,
-            "pipeline.vf_coef",
-            "vf_coef and ent_coef must be >= 0",
-            "set them >= 0",
-        )
+        # a penalty: a negative one would pay the policy for never ending its responses
+        at_least_zero(self, p, "missing_eos_penalty")
+        at_least_zero(self, p, "vf_coef", "ent_coef")
         require(
             self.ref_update in REF_UPDATES,
             "pipeline.ref_update",
@@ -522,12 +523,7 @@ class KTOPipeline(PipelineBase):
 
     def __post_init__(self) -> None:
         positive(self, "pipeline", "beta", "learning_rate", "batch_size", "epochs", "max_length")
-        require(
-            self.desirable_weight > 0 and self.undesirable_weight > 0,
-            "pipeline.desirable_weight",
-            f"both weights must be > 0 (got {self.desirable_weight}, {self.undesirable_weight})",
-            "set pipeline.desirable_weight and pipeline.undesirable_weight > 0 (1 and 1 for the paired data)",
-        )
+        positive(self, "pipeline", "desirable_weight", "undesirable_weight")  # 1 and 1 for the paired data
         k = micro_batches(self.batch_size, self.micro_batch_size, "pipeline.micro_batch_size")
         require(
             self.batch_size // k > 1,

@@ -15,6 +15,7 @@ whose jobs did not all finish (each named; the others ran, and the report was ma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -53,6 +54,20 @@ CONF_DIR = conf_dir()
 register_configs(METHODS)
 
 
+def _register_resolvers() -> None:
+    """``${harness_fit:...}``: a study job's folder name that fits the filesystem (conf/shared/study.yaml); registered
+    on import, so a launcher's worker process that imports the task function has it too."""
+    from omegaconf import OmegaConf
+
+    from harness.runs.identity import fitting_name
+
+    if not OmegaConf.has_resolver("harness_fit"):
+        OmegaConf.register_new_resolver("harness_fit", lambda name: fitting_name(str(name)))
+
+
+_register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> dict | None:
     from harness.app import study_output
@@ -79,6 +94,8 @@ def hydra_main(cfg: DictConfig) -> dict | None:
 # ------------------------------------------------------------------------------------------------ the command line
 # Flags under which Hydra does something other than run jobs (help, print the config, ...), or reads a config that is
 # not ours (another config path or name): these go to Hydra unchecked; their errors still end in one line.
+# --config-dir (a folder searched before conf/) and --config-name (another primary config) are composed as Hydra will
+# compose them and checked like any run; --config-path replaces the primary folder, relative to a caller's file.
 _NOT_A_RUN = (
     "help",
     "hydra_help",
@@ -86,8 +103,6 @@ _NOT_A_RUN = (
     "info",
     "shell_completion",
     "config_path",
-    "config_name",
-    "config_dir",
     "experimental_rerun",
 )
 
@@ -154,6 +169,50 @@ def check_launcher_gpus(launcher: DictConfig | None, devices) -> None:
             )
 
 
+def check_launcher(launcher: DictConfig | None) -> None:
+    """Launcher settings that would fail inside the launcher, after the sweep folder was written: Slurm's submitit
+    launcher where ``sbatch`` is not on PATH (no Slurm here), joblib with ``n_jobs`` that names no worker (joblib:
+    n_jobs >= 1 workers, -1 every core, -k all but k - 1; 0 is none)."""
+    import shutil
+
+    target = str(OmegaConf.select(launcher, "_target_") or "") if launcher is not None else ""
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "hydra/launcher: submitit_slurm submits each job with Slurm's sbatch, which is not on this machine's PATH; "
+            "run the command on a Slurm login node, or use hydra/launcher=submitit_local or hydra/launcher=joblib here"
+        )
+    if target.endswith("JoblibLauncher"):
+        n = OmegaConf.select(launcher, "n_jobs")
+        cores = os.cpu_count() or 1
+        if n is not None and (n == 0 or n < -cores):
+            raise ConfigError(
+                f"hydra.launcher.n_jobs: {n} names no worker (this machine has {cores} cores); set "
+                "hydra.launcher.n_jobs to a number of workers >= 1, or -1 for one per core"
+            )
+
+
+def check_study_keys(cfg: DictConfig, multirun: bool) -> None:
+    """``study`` and ``seeds`` are read by the study sweeper alone: outside a study they would be ignored without a
+    word, so they stop here; inside one their shape is checked now (``harness.config.study_plan``), before any
+    folder."""
+    from harness.config import study_plan
+
+    study_sweeper = str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("StudySweeper")
+    given = [k for k in ("study", "seeds") if OmegaConf.select(cfg, k, default=None) is not None]
+    if given and not (multirun and study_sweeper):
+        raise ConfigError(
+            f"{given[0]}: is read by the study sweeper only, which this command does not run; add -m and "
+            "experiment=<a study> (or hydra/sweeper=study), or drop study= / seeds="
+        )
+    if study_sweeper and multirun:
+
+        def plain(key):
+            node = OmegaConf.select(cfg, key, default=None)
+            return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+        study_plan(plain("study"), plain("seeds"))
+
+
 def _folder(cfg: DictConfig, key: str) -> str | None:
     """``hydra.run.dir`` / ``hydra.sweep.dir`` as Hydra will make it, or None when it depends on the job (Hydra
     makes it then; a failure there is still one line)."""
@@ -178,9 +237,13 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
 
     sweep = next((o for o in parsed if o.is_sweep_override()), None)
     if sweep is not None:
+        from harness.preflight.errors import quote_hint
+
+        hint = quote_hint(sweep.input_line or "")
         raise ConfigError(
             f"{sweep.get_key_element()}: '{sweep.input_line}' lists several values, but this is one run; "
-            "add -m to sweep over them, or write a list as key=[a,b]"
+            + "add -m to sweep over them, or write a list as key=[a,b]"
+            + hint
         )
     out = _folder(cfg, "hydra.run.dir")
     if out:
@@ -199,7 +262,7 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
         run_folder.move_other_run(Path(out), key)
 
 
-def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
+def _check_sweep(loader, cfg: DictConfig, parsed: list, config_name: str = "config") -> None:
     """A sweep: a writable sweep folder and, under Hydra's basic sweeper, every job as that sweeper will make it
     (the study sweeper checks its own jobs; another sweeper, e.g. an optimiser, picks its jobs as it goes)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -208,6 +271,7 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
 
     from harness.preflight.checks import check_jobs, check_writable
 
+    check_launcher(cfg.hydra.launcher)
     out = _folder(cfg, "hydra.sweep.dir")
     if out:
         check_writable(out, "hydra.sweep.dir")
@@ -219,7 +283,7 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
     devices, folders = set(), []
 
     def load_job(overrides: list[str]):
-        full = loader.compose_config("config", overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        full = loader.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
         with open_dict(full):
             full.hydra.job.num = full.hydra.job.id = len(folders)  # the basic sweeper numbers jobs in this order
         base, sub = _folder(full, "hydra.sweep.dir"), _folder(full, "hydra.sweep.subdir")
@@ -240,29 +304,53 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list) -> None:
 def preflight_command(argv: list[str]) -> None:
     """Compose and check what ``argv`` will run, before Hydra makes a folder: one job, or every job of a plain
     ``-m`` sweep. Raises ConfigError (or Hydra's composition error)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     args = _parse_args(argv)
     if any(getattr(args, name, None) for name in _NOT_A_RUN):
         return
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        loader = GlobalHydra.instance().hydra
+    config_name = args.config_name or "config"
+    with _hydra(args.config_dir) as loader:
         # Composed as Hydra does to learn the mode (sweep values left out); it raises Hydra's composition errors.
         cfg = loader.compose_config(
-            "config",
+            config_name,
             args.overrides,
             run_mode=RunMode.MULTIRUN,
             with_log_configuration=False,
             validate_sweep_overrides=False,
         )
         parsed = OverridesParser.create().parse_overrides(args.overrides)
-        if args.multirun or cfg.hydra.mode == RunMode.MULTIRUN:
-            _check_sweep(loader, cfg, parsed)
+        multirun = bool(args.multirun or cfg.hydra.mode == RunMode.MULTIRUN)
+        check_study_keys(cfg, multirun)
+        if multirun:
+            _check_sweep(loader, cfg, parsed, config_name)
         else:
             _check_run(cfg, parsed)
+
+
+@contextlib.contextmanager
+def _hydra(config_dir: str | None):
+    """A Hydra instance over the search path ``hydra_main`` will use: conf/, and ``--config-dir`` before it (as
+    Hydra adds it: ahead of the schemas)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    search = create_config_search_path(CONF_DIR)
+    if config_dir is not None:
+        folder = os.path.abspath(config_dir)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--config-dir: '{config_dir}' is not a folder; give the folder of your extra configs")
+        search.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    backup = get_gh_backup()  # as hydra.initialize_config_dir: whatever Hydra state was there comes back after
+    GlobalHydra.instance().clear()
+    try:
+        yield Hydra.create_main_hydra2(task_name="harness", config_search_path=search)
+    finally:
+        restore_gh_from_backup(backup)
 
 
 def stop_on_user_error(fn, *args, full_traces: bool = False):
@@ -270,6 +358,7 @@ def stop_on_user_error(fn, *args, full_traces: bool = False):
     a non-finite training quantity (``harness.runs.guards``) one line and exit status 3. Anything else, a bug, propagates
     with its traceback; so does everything when ``full_traces``."""
     from harness.preflight.errors import user_error
+    from harness.runs.secrets import redact_text
 
     try:
         return fn(*args)
@@ -281,13 +370,13 @@ def stop_on_user_error(fn, *args, full_traces: bool = False):
     except NonFiniteError as e:
         if full_traces:
             raise
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {redact_text(str(e).splitlines()[0])}", file=sys.stderr)
         sys.exit(NON_FINITE_STATUS)
     except Exception as e:
         line = None if full_traces else user_error(e)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {redact_text(line)}", file=sys.stderr)  # the same redaction on every path
         sys.exit(2)
 
 

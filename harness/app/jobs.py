@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from harness.config import HarnessConfig, validate
+from harness.fields import ConfigError
 from harness.runs.identity import DONE, finished, job_key, resolved
 from pipelines.registry import METHODS
 
@@ -61,15 +62,10 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     (the pipelines find it in the job folder, ``harness.runs.checkpoint``), which is removed once done.json is
     written. A folder holding another job's run stops the job (``harness.runs.folder``), and so does one another
     process is running a job in. Every check comes first; only then is the folder made, locked and claimed."""
-    import contextlib
-
-    import torch
-
     from harness.lm import distributed
     from harness.lm.models import pick_device
-    from harness.runs import checkpoint, preempt
     from harness.runs import folder as run_folder
-    from harness.runs.context import RunContext
+    from harness.runs import preempt
 
     hc = load(cfg)
     key = job_key(hc)
@@ -87,6 +83,21 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
         print(f"reusing finished job {folder}")
         return record["result"]
     task = checked(hc, key=key)  # model, data, device, folders: all before the first stage trains
+    return _claim_and_run(hc, folder, key, label, task, sweep_name, swept)
+
+
+def _claim_and_run(hc, folder: Path, key: str, label: str, task, sweep_name, swept) -> dict:
+    """Lock and claim the job's folder, run the method, commit done.json (``run_job``, once every check passed)."""
+    import contextlib
+
+    import torch
+
+    from harness.lm import distributed
+    from harness.runs import checkpoint, preempt
+    from harness.runs import folder as run_folder
+    from harness.runs.context import RunContext
+
+    made = not folder.exists()
     with contextlib.ExitStack() as held:
 
         def claim() -> dict | None:
@@ -104,7 +115,11 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
         torch.manual_seed(hc.seed)
         ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
         ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
-        result = hc.method.run(ctx)
+        try:
+            result = hc.method.run(ctx)
+        except ConfigError:  # the method's own check of its data stopped it: nothing trained, nothing written
+            distributed.on_main(run_folder.unclaim, folder, made)
+            raise
 
         def finish() -> None:
             # Renamed into place, so a kill while writing never leaves a done.json that does not parse.

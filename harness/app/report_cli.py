@@ -1,23 +1,25 @@
 """``python -m harness.report <sweep folder>``: remake a sweep's frontier report on demand, with the method registry's
-records (labels, styles, families, Gao laws) and its headline comparisons."""
+records (labels, styles, families, Gao laws) and its headline comparisons.
+
+A user error (a folder that does not exist, one without result rows, a damaged row or evidence file, a bad argument)
+is one line on stderr and exit status 2, through the command line's own handler (``harness.app.cli``), with the same
+redaction of secrets."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.fields import ConfigError
+from harness.report.load import load_evidence, load_points
 from harness.report.make import make_report
 from harness.report.stats import DEFAULT_KLS, N_BOOT
 from pipelines.registry import COMPARISONS, METHODS
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    """CLI: ``python -m harness.report <folder> [--title T] [--kl 2 5 10] [--n-boot 1000] [--commit SHA]``;
-    prints the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="The frontier report: expected gold reward vs KL(π‖π_ref), one curve per method, with uncertainty.",
@@ -33,12 +35,55 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     )
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap replicates (default %(default)s)")
     parser.add_argument("--commit", default=None, help="git sha to name in summary.md (default: this checkout's HEAD)")
-    args = parser.parse_args(argv)
+
+    def error(message: str):  # argparse's usage + message over two lines, exit 2 -> our one line
+        raise ConfigError(f"command line: {message}; see python -m harness.report --help")
+
+    parser.error = error
+    return parser
+
+
+def _report(argv: Sequence[str] | None) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args = _parser().parse_args(argv)
     if args.n_boot < 1:
-        parser.error("--n-boot must be >= 1")
+        raise ConfigError(f"--n-boot: must be >= 1 (got {args.n_boot}); set --n-boot 1000")
+    bad = next((k for k in args.kl if not (math.isfinite(k) and k >= 0)), None)
+    if bad is not None:
+        raise ConfigError(f"--kl: {bad} is not a KL (a finite number of nats >= 0); e.g. --kl 2 5 10")
+    folder: Path = args.folder
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ConfigError(f"folder: '{folder}' {what}; give the sweep folder (multirun/<experiment>)")
+    try:  # a damaged row or evidence file is the user's data: one line naming the file and line
+        rows, evidence = load_points(folder), load_evidence(folder)
+    except ValueError as e:
+        raise ConfigError(f"folder: {str(e).splitlines()[0]}; fix or remove that line") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"folder: a result file below '{folder}' is not UTF-8 text ({e.reason})") from None
+    if not rows:
+        raise ConfigError(f"folder: '{folder}' holds no result rows (no points.jsonl with data below it)")
     paths = make_report(
-        args.folder, METHODS, COMPARISONS, kls=args.kl, title=args.title, n_boot=args.n_boot, commit=args.commit
+        folder,
+        METHODS,
+        COMPARISONS,
+        kls=args.kl,
+        title=args.title,
+        rows=rows,
+        evidence=evidence,
+        n_boot=args.n_boot,
+        commit=args.commit,
     )
     print(paths["frontier_png"])
     print(paths["summary_md"])
     return paths
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """CLI: ``python -m harness.report <folder> [--title T] [--kl 2 5 10] [--n-boot 1000] [--commit SHA]``;
+    prints the written paths."""
+    from harness.app.cli import stop_on_user_error
+
+    return stop_on_user_error(_report, argv)

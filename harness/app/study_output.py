@@ -258,6 +258,7 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
     and ends with a non-zero status. A job pre-empted (``harness.runs.preempt``: it saved itself on SIGTERM / SIGUSR1
     / SIGUSR2) is no failure: its one line says so, and :class:`JobStopped` stops the study."""
     from harness.preflight.errors import user_error
+    from harness.runs.secrets import redact_text
 
     sweep_dir, job_dir = Path(sweep_dir), Path(job_dir)
     state_file = sweep_dir / STATUS / f"{num}.json"
@@ -285,7 +286,7 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
 
             traceback.print_exc()
             first = next(iter(str(e).strip().splitlines()), "")
-            state, why = "failed", (user_error(e) or f"{type(e).__name__}: {first}")
+            state, why = "failed", redact_text(user_error(e) or f"{type(e).__name__}: {first}")
         ended = time.time()
         _write_json(state_file, {"state": state, "started": started, "ended": ended, "label": label})
         if stop is not None:
@@ -307,11 +308,12 @@ def run_in_study(sweep_dir: Path, job_dir: Path, num: int, label: str, run) -> o
 
 def job_label(overrides: Sequence[str], hidden: Sequence[str] = ()) -> str:
     """A job's name on the terminal, its overrides in short: ``dpo beta=0.1 seed=0`` for ``pipeline=dpo
-    pipeline.beta=0.1 seed=0``; the keys that say how it runs (``hidden``) left out, secrets redacted."""
-    from harness.runs.secrets import redact
+    pipeline.beta=0.1 seed=0``; the keys that say how it runs (``hidden``, ``hydra.*``, ``cache_dir``) left out,
+    secrets redacted (``harness.runs.secrets.redact_overrides``, as everywhere overrides are shown)."""
+    from harness.runs.secrets import redact_overrides
 
     method, rest = [], []
-    for o in overrides:
+    for o in redact_overrides(list(overrides)):
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
         if key in hidden:
@@ -320,4 +322,4 @@ def job_label(overrides: Sequence[str], hidden: Sequence[str] = ()) -> str:
             method = [value]
         else:
             rest.append(f"{key.removeprefix('pipeline.')}={value}")
-    return " ".join(redact(method + rest)) or "(defaults)"
+    return " ".join(method + rest) or "(defaults)"

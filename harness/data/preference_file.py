@@ -178,6 +178,33 @@ def _messages(value: object, where: str, place: str, column: str) -> list[dict]:
     return out
 
 
+def file_format(first: dict, place: str, where: str, columns: tuple[str, ...]) -> bool:
+    """Whether the file is conversational, decided from each column of its first row on its own (text, or a list of
+    messages) so that a message names the column at fault: one message dict where a list belongs, a number, or a
+    column whose format differs from ``chosen``'s (the completion decides: TRL's formats hold every column alike)."""
+    kinds = {}
+    for c in columns:
+        value = first[c]
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} column '{c}' is one message (a dict), not a list of messages; wrap it "
+                'in a list: [{"role": ..., "content": ...}], or give text'
+            )
+        if not isinstance(value, (str, list)):
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} column '{c}' is {_kind(value)}; every {c} must be text (the standard "
+                "format) or a list of messages (the conversational format)"
+            )
+        kinds[c] = "a list of messages" if isinstance(value, list) else "text"
+    for c in columns:
+        if kinds[c] != kinds["chosen"]:
+            raise ConfigError(
+                f"{KEY}: '{where}' {place} column '{c}' is {kinds[c]}, but column 'chosen' is {kinds['chosen']}; "
+                "give every column in one format (text throughout, or lists of messages throughout)"
+            )
+    return kinds["chosen"] != "text"
+
+
 # ----------------------------------------------------------------------------------- implicit prompts, rendering
 def shared_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     """(prompt, chosen, rejected) from two whole texts: the prompt is their common beginning cut back to the last
@@ -283,7 +310,7 @@ def load_preference_file(path: str, tok=None, eval_fraction: float = 0.1, seed: 
             f"file needs chosen and rejected, and prompt unless both hold the whole text"
         )
     explicit = "prompt" in first
-    conversational = isinstance(first["chosen"], list)
+    conversational = file_format(first, first_place, where, COLUMNS if explicit else COLUMNS[1:])
     layout = ("conversational" if conversational else "standard") + ("" if explicit else ", implicit prompt")
     read = _messages if conversational else _text
     columns = COLUMNS if explicit else COLUMNS[1:]

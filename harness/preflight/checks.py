@@ -25,7 +25,8 @@ from harness.data.hub import Pretrained, find_pretrained, positions
 from harness.fields import ConfigError
 from harness.methods import REWARD_MODEL
 from harness.preflight.errors import user_error
-from harness.runs.secrets import check_no_secrets
+from harness.runs.secrets import check_no_secrets, redact_overrides
+from harness.runs.weights import check_weights
 
 FREE_MARGIN = 64 * 2**20  # bytes a job writes besides model weights (tokenizer, preference set, logs)
 
@@ -66,6 +67,7 @@ def check_writable(path: str | Path, key: str) -> Path:
     """``path`` is (or can become) a folder this process can write. Creates nothing that stays: the probe is a
     temporary file in the deepest folder that exists. Returns that folder."""
     target = Path(path).expanduser().absolute()
+    check_real_path(target, key)
     folder = _existing_ancestor(target)
     if not folder.is_dir():
         raise ConfigError(
@@ -80,6 +82,37 @@ def check_writable(path: str | Path, key: str) -> Path:
             f"{key}: cannot write in '{folder}' ({e.strerror}); set {key} to a folder you can write"
         ) from None
     return folder
+
+
+def check_real_path(target: Path, key: str) -> None:
+    """Every part of ``target`` that is a symbolic link leads somewhere (a dangling link or a loop reads as "does not
+    exist" to ``Path.exists``, so the folder would be made beside it, or fail later on the link), and every name fits
+    the filesystem's limit (ENAMETOOLONG at the first write, otherwise)."""
+    import errno
+
+    # first: a name over the limit makes every later look at the path (exists, is_symlink) fail with ENAMETOOLONG
+    try:
+        longest = os.pathconf(target.anchor or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in target.parts:
+        if len(os.fsencode(part)) > longest:
+            raise ConfigError(
+                f"{key}: the name '{part[:40]}...' has {len(os.fsencode(part))} bytes, more than the {longest} "
+                f"this filesystem allows; set {key} to a shorter path"
+            )
+    for part in [*reversed(target.parents), target]:
+        if not part.is_symlink():
+            continue
+        try:
+            part.stat()
+        except OSError as e:
+            what = (
+                "is a symbolic link that loops back on itself"
+                if e.errno == errno.ELOOP
+                else f"is a symbolic link to '{os.readlink(part)}', which does not exist"
+            )
+            raise ConfigError(f"{key}: '{part}' {what}; point {key} at a real folder, or fix the link") from None
 
 
 def check_free_space(path: str | Path, need: int, key: str) -> None:
@@ -121,7 +154,15 @@ def check_model(hc: HarnessConfig) -> int | None:
     n_pos = positions(pre.config) if pre is not None else None
     if n_pos is not None:
         check_lengths(hc, n_pos, f"config.json of {hc.model.name}")
+    _local_weights(hc.model.name, "model.name")
     return pre.weight_bytes if pre is not None else None
+
+
+def _local_weights(name: str, key: str) -> None:
+    """A local model folder's weights, checked from their headers (``harness.runs.weights``); a hub name's are the
+    hub's to serve."""
+    if Path(name).is_dir():
+        check_weights(name, key)
 
 
 def check_gold(hc: HarnessConfig) -> None:
@@ -143,13 +184,15 @@ def check_gold(hc: HarnessConfig) -> None:
             f"gold.label: '{g.label}' is not a label of {g.name_or_path} ({', '.join(labels)}); set "
             "gold.label to one of them"
         )
+    _local_weights(g.name_or_path, "gold.name_or_path")
 
 
 def check_policy(hc: HarnessConfig) -> int | None:
     """``pipeline=evaluate``: the checkpoint to evaluate can be found (a folder with config.json and weights, or a
     hub name; its tokenizer is optional, π_SFT's is used without one), runs no code of its own unless allowed, and
-    has the positions for a prompt plus ``eval.max_new_tokens``. Returns its weight bytes (None when unknown). Its
-    vocabulary is checked against π_SFT's once π_SFT exists (``pipelines.evaluate.check_same_vocabulary``)."""
+    has the positions for a prompt plus ``eval.max_new_tokens``, is a causal LM (not a reward model's folder), and
+    can share π_SFT's vocabulary as far as config files tell. Returns its weight bytes (None when unknown). The exact
+    vocabulary is compared with π_SFT's once π_SFT exists (``pipelines.evaluate.check_same_vocabulary``)."""
     if not hc.method.takes_policy:
         return None
     name = hc.pipeline.policy
@@ -163,7 +206,52 @@ def check_policy(hc: HarnessConfig) -> int | None:
             f"{hc.task.prompt_max_tokens} words plus eval.max_new_tokens={hc.eval.max_new_tokens}; lower "
             "eval.max_new_tokens or task.prompt_max_tokens"
         )
+    if pre is not None:
+        problem = not_a_causal_lm(pre.config) or vocabulary_cannot_match(pre.config, hc)
+        if problem:
+            raise ConfigError(f"policy: '{name}' {problem}")
+    _local_weights(name, "policy")
     return pre.weight_bytes if pre is not None else None
+
+
+# Heads that make a causal LM: the classes transformers names <Family>ForCausalLM / <Family>LMHeadModel (and the
+# multimodal <Family>ForConditionalGeneration, which generate text too).
+CAUSAL_LM_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def not_a_causal_lm(config: dict) -> str | None:
+    """What a checkpoint's config.json says it is, when that is not a causal LM (a reward model's folder, a
+    classifier: one score per sequence, nothing to sample); None when it is one or does not say."""
+    archs = [str(a) for a in config.get("architectures") or []]
+    if archs and not any(a.endswith(CAUSAL_LM_HEADS) for a in archs):
+        return (
+            f"is a {', '.join(archs)} (config.json's architectures), not a causal LM: it scores sequences and "
+            "samples none; evaluate a policy folder (a causal LM saved with save_pretrained, e.g. <job>/policy)"
+        )
+    return None
+
+
+def vocabulary_cannot_match(config: dict, hc: HarnessConfig) -> str | None:
+    """Read from config files alone, before π_SFT exists: a checkpoint that cannot share π_SFT's vocabulary (the KL
+    sums over one vocabulary). ``tiny``'s π_SFT is a GPT-2 whose tokenizer holds at most ``model.vocab_size`` tokens;
+    a pretrained base's π_SFT is that model (its own family). The exact token map is compared once π_SFT is loaded
+    (``pipelines.evaluate.check_same_vocabulary``)."""
+    rows, kind = config.get("vocab_size"), config.get("model_type")
+    fix = "evaluate a checkpoint trained from this run's π_SFT, or set model.name to the checkpoint's own base model"
+    if hc.model.name == "tiny":
+        if kind not in (None, "gpt2"):
+            return f"is a {kind} model, π_SFT (model=tiny) a GPT-2 with its own small vocabulary; {fix}"
+        if isinstance(rows, int) and rows > hc.model.vocab_size:
+            return (
+                f"has {rows} output logits, more than π_SFT's vocabulary of at most model.vocab_size="
+                f"{hc.model.vocab_size} tokens (model=tiny); {fix}"
+            )
+        return None
+    base = find_pretrained(hc.model.name, "model.name")
+    base_kind = base.config.get("model_type") if base is not None else None
+    if kind and base_kind and kind != base_kind:
+        return f"is a {kind} model, π_SFT a {base_kind} ({hc.model.name}): their vocabularies differ; {fix}"
+    return None
 
 
 def check_lengths(hc: HarnessConfig, n_pos: int, where: str) -> None:
@@ -233,8 +321,9 @@ def check_process_split(hc: HarnessConfig) -> None:
 
 def check_jobs(jobs: Iterable[list[str]], load_job: Callable[[list[str]], HarnessConfig], here: bool) -> int:
     """Preflight every job of a sweep before the first runs; ``load_job`` composes and validates one from its
-    overrides. A failure names its job at the end of its line. Jobs with the same resolved config are checked once.
-    Returns the number of jobs."""
+    overrides. A failure names its job at the end of its line, by its index and its overrides with secrets hidden
+    (``harness.runs.secrets.redact_overrides``: the line lands in CI and Slurm logs). Jobs with the same resolved
+    config are checked once. Returns the number of jobs."""
     seen, n = set(), 0
     for n, overrides in enumerate(jobs, 1):
         try:
@@ -251,5 +340,6 @@ def check_jobs(jobs: Iterable[list[str]], load_job: Callable[[list[str]], Harnes
             line = user_error(e)
             if line is None:
                 raise
-            raise ConfigError(f"{line} [job {n}: {' '.join(overrides)}]") from None
+            shown = " ".join(redact_overrides(list(overrides))) or "the defaults"
+            raise ConfigError(f"{line} [job {n}: {shown}]") from None
     return n

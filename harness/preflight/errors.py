@@ -11,9 +11,31 @@ from typing import Any
 from harness.fields import ConfigError
 
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+# Conditions of the filesystem, not of the code: each is one line naming the path and what to do.
+PATH_ERRNOS = {
+    errno.ELOOP: "a symbolic link in it points back into itself; point the link at a real folder, or give that folder",
+    errno.ENAMETOOLONG: "its name is longer than the filesystem allows; choose a shorter folder",
+    errno.EISDIR: "it is a folder where a file belongs; move it aside",
+    errno.EEXIST: "something else already holds that name (a file, or a link to nowhere); move it aside",
+    errno.EIO: "the disk reported an I/O error; check the disk, or use another folder",
+    errno.ENOENT: "it (or a folder above it) is gone; another process may have removed it: run the command again",
+}
 
 
 # --------------------------------------------------------------------------------------------- one-line errors
+def quote_hint(override: str) -> str:
+    """A hint for an override whose value holds '=' or ',' (a path such as a study's own job folders,
+    ``.../0_pipeline=dpo,seed=1/policy``): Hydra reads ',' as a sweep and '=' as a second key unless quoted."""
+    key, _, value = override.partition("=")
+    if key.lstrip("+~") == "study":
+        from harness.config import STUDY_EXAMPLE
+
+        return f"; a study is a list of jobs, each a list of quoted overrides: {STUDY_EXAMPLE}"
+    if not any(c in value for c in "=,") or value[:1] in "'\"":
+        return ""
+    return f"; if it is one value with '=' or ',' (e.g. a path), quote it: \"{key}='{value}'\" in the shell"
+
+
 def _first_line(text: str) -> str:
     return next((s.strip() for s in str(text).splitlines() if s.strip()), "")
 
@@ -62,9 +84,15 @@ def _hydra_line(e: Exception) -> str | None:
 
     if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
         group, _, option = str(e.missing_cfg_file).rpartition("/")
-        return f"{group}: no option '{option}'; choose one of {', '.join(e.options)}"
+        # `<name>_schema` entries are the typed schemas each conf/pipeline/<name>.yaml lists (harness.config
+        # register_configs): Hydra's internals, not options a user may choose
+        options = [o for o in e.options if not str(o).endswith("_schema")]
+        return f"{group}: no option '{option}'; choose one of {', '.join(options)}"
     if isinstance(e, OverrideParseException):
-        return f"command line: cannot parse '{e.override}' ({_first_line(e.message)}); write overrides as key=value"
+        return (
+            f"command line: cannot parse '{e.override}' ({_first_line(e.message)}); write overrides as key=value"
+            + quote_hint(str(e.override))
+        )
     if isinstance(e.__cause__, OmegaConfBaseException):
         line = _omegaconf_line(e.__cause__)
         if line:
@@ -88,6 +116,8 @@ def user_error(e: BaseException) -> str | None:
             f"output: cannot write '{e.filename}' ({e.strerror}); set hydra.run.dir (hydra.sweep.dir with -m) and "
             "cache_dir to folders you can write, with free space"
         )
+    if isinstance(e, OSError) and e.errno in PATH_ERRNOS and e.filename:
+        return f"path: '{e.filename}' ({e.strerror}): {PATH_ERRNOS[e.errno]}"
     if isinstance(e, Exception):
         return _hydra_line(e)
     return None

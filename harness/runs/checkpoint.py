@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -136,11 +137,48 @@ def load(job: str | Path, key: str) -> dict | None:
     path = folder(job) / STATE
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch raises on a torn or foreign file, the file is not usable
+        set_aside(path, f"cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
+        return None
+    if not isinstance(state, dict):
+        set_aside(path, f"holds a {type(state).__name__}, not a checkpoint")
+        return None
     if not _usable(state, key, job, path):
         return None
     log.info("resuming %s from its checkpoint (%s)", job, path)
     return state
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move a damaged checkpoint out of the way (``<name>.damaged-<time>``, never deleted: it may be evidence of what
+    went wrong) with one warning; the job goes on from the previous good checkpoint, or from scratch."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    log.warning("checkpoint %s is damaged (%s); set aside as %s, resuming without it", path, why, aside.name)
+    return aside
+
+
+def trainer_checkpoint_problem(path: Path) -> str | None:
+    """What makes a marked trainer checkpoint unusable (its mark not JSON, its trainer state or weights missing or
+    cut short), read from the files' headers; None when it can be resumed from."""
+    from harness.fields import ConfigError
+    from harness.runs.weights import check_weights
+
+    try:
+        json.loads((path / MARK).read_text())
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+    if not any((path / w).is_file() for w in weights):
+        return "its model weights are missing"
+    try:
+        check_weights(path, "checkpoint")
+    except ConfigError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
 
 
 def _usable(state: dict, key: str, job, path: Path) -> bool:
@@ -170,9 +208,13 @@ def newest_marked(checkpoints: Path, key: str, job: str | Path) -> tuple[Path, d
     in ``job`` are intact, and its ``mark`` record; None when there is none (a stage build: ``job`` holds no rows)."""
     found = []
     for path in Path(checkpoints).glob("checkpoint-*"):
-        if (path / MARK).exists() and path.name.split("-")[-1].isdigit():
+        if (path / MARK).exists() and re.fullmatch(r"checkpoint-\d+", path.name):  # not one set aside
             found.append((int(path.name.split("-")[-1]), path))
     for _, path in sorted(found, reverse=True):
+        problem = trainer_checkpoint_problem(path)
+        if problem:  # the previous one, if any, is next in line
+            set_aside(path, problem)
+            continue
         meta = json.loads((path / MARK).read_text())
         if _usable(meta, key, job, path):
             log.info("resuming %s from %s", job, path)
@@ -185,7 +227,7 @@ def keep_only(checkpoint_dir: str | Path) -> None:
     is always one to resume from)."""
     keep = Path(checkpoint_dir)
     for path in keep.parent.glob("checkpoint-*"):
-        if path != keep:
+        if path != keep and re.fullmatch(r"checkpoint-\d+", path.name):  # one set aside as damaged stays
             shutil.rmtree(path, ignore_errors=True)
 
 

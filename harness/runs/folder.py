@@ -193,6 +193,19 @@ def claim(folder: Path, key: str, label: str, overwrite: bool, where: str = "hyd
     os.replace(tmp, folder / JOB)  # renamed into place: never a job.json that does not parse
 
 
+def unclaim(folder: Path, made: bool) -> None:
+    """Leave ``folder`` as it was found by a job that stopped on a user error before it wrote anything (a check inside
+    the method, e.g. of the preference data): its claim goes, and the folder too when the job made it and nothing else
+    is in it. A folder holding any work is left as it is."""
+    if holds_run(folder):
+        return
+    (folder / JOB).unlink(missing_ok=True)
+    if made:
+        (folder / LOCK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else was written there, keep it
+            folder.rmdir()
+
+
 @contextlib.contextmanager
 def locked(folder: Path, where: str = "hydra.run.dir"):
     """Hold ``folder``'s run lock (making the folder) for the ``with`` block; another process holding it is a

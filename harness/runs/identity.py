@@ -59,3 +59,24 @@ def finished(folder: Path, key: str) -> dict | None:
     except (OSError, ValueError):  # none yet, or unreadable: the job has not (provably) finished
         return None
     return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+# Bytes of a job folder's name: below the 255 most filesystems allow for one name, with room for a suffix another
+# tool may add (".replaced-<time>", a lock file's name).
+FOLDER_NAME_BYTES = 200
+
+
+def fitting_name(name: str, limit: int = FOLDER_NAME_BYTES) -> str:
+    """A study job's folder name (its overrides, ``hydra.job.override_dirname``) that the filesystem can hold: unchanged
+    when it fits (every name of today's studies), else a readable prefix cut at an override boundary plus a hash of the
+    whole, e.g. ``pipeline.beta=0.1,pipeline=dpo,...-3f2a9c1e04b7``. The full overrides stay in the job folder's
+    ``.hydra/overrides.yaml`` (Hydra writes it for every job)."""
+    import hashlib
+
+    raw = name.encode()
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[: limit - len(digest) - 5].decode(errors="ignore")
+    head = head.rsplit(",", 1)[0] if "," in head else head  # a whole override, where one fits
+    return f"{head},...-{digest}"

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from harness.config import HarnessConfig
 from harness.fields import ConfigError
 
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+# Words that make a key read like a credential (``+wandb.api_key=...``, ``+hub.token=...``): its value is hidden
+# wherever overrides are shown, whether or not the environment holds that value. Whole words of the key's last part
+# only, so that ``max_new_tokens`` stays visible.
+SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials", "auth", "key"}
+
+
+def secret_looking(key: str) -> bool:
+    """Whether the last part of a dotted ``key`` names a credential (``api_key``, ``hf_token``, ``password``)."""
+    words = [w.lower() for w in re.split(r"[_\-]", key.lstrip("+~").rsplit(".", 1)[-1]) if w]
+    return any(w in SECRET_WORDS for w in words)
 
 
 # ---------------------------------------------------------------------------------------------------- secrets
@@ -61,3 +73,25 @@ def redact(obj: Any, secrets: dict[str, str] | None = None) -> Any:
         for name, value in secrets.items():
             obj = obj.replace(value, f"<{name}>")
     return obj
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a message, a line of output) with every secret value of the environment replaced by ``<NAME>``: the
+    one redaction every path that prints applies (a single run's error line, a study's, the report's)."""
+    return redact(str(text))
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides as they may be shown (a study job named in an error, a progress line): secret values
+    replaced by ``<NAME>`` and the value of a secret-looking key by ``<redacted>``; ``hydra.*`` and ``cache_dir``
+    (where the job runs, not what it is) left out."""
+    shown = []
+    for o in overrides:
+        key, eq, value = str(o).partition("=")
+        bare = key.lstrip("+~")
+        if bare.startswith("hydra.") or bare.startswith("hydra/") or bare == "cache_dir":
+            continue
+        if eq and secret_looking(bare):
+            value = "<redacted>"
+        shown.append(redact_text(f"{key}{eq}{value}"))
+    return shown

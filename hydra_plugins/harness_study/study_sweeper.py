@@ -35,10 +35,17 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from harness.config import study_plan
 from harness.methods import SFT
 from pipelines.registry import METHODS
 
 log = logging.getLogger("harness.study")
+
+
+def _plain(cfg, key: str) -> Any:
+    """``cfg[key]`` as plain data (lists resolved), None when absent."""
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _value(overrides: list[str], key: str) -> str | None:
@@ -112,9 +119,9 @@ class StudySweeper(BasicSweeper):
 
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Entries × seeds × the command line's own sweep (basic-sweeper semantics for that part)."""
-        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`.
-        study = OmegaConf.to_container(self.config.study, resolve=True) if self.config.get("study") else [[]]
-        seeds = OmegaConf.to_container(self.config.seeds, resolve=True) if self.config.get("seeds") else [None]
+        # No `seeds` (or no `study`): each entry's own seed (default 0), e.g. `[pipeline=preferred_ft, seed=1]`. A
+        # study or seeds of another shape (`study=[]`, a flat list, `seeds=3`) is one line saying the shape expected.
+        study, seeds = study_plan(_plain(self.config, "study"), _plain(self.config, "seeds"))
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         cli = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)), None)[0]
         jobs = []
@@ -153,12 +160,13 @@ class StudySweeper(BasicSweeper):
         Then every job's folder (the sweep folder / its subdir, as the launcher will name it): one that holds another
         job's run stops the study, unless ``overwrite=true``, which moves that run aside (``harness.runs.folder``)
         once every check passed, before Hydra writes a file there. Returns the job folders."""
-        from harness.app.cli import check_launcher_gpus, jobs_run_here
+        from harness.app.cli import check_launcher, check_launcher_gpus, jobs_run_here
         from harness.app.jobs import load
         from harness.preflight.checks import check_jobs, check_writable
         from harness.runs import folder as run_folder
         from harness.runs.identity import job_key
 
+        check_launcher(self.config.hydra.launcher)  # before the sweep folder: a launcher fails only once it launches
         check_writable(sweep_dir, "hydra.sweep.dir")
         devices, composed = set(), []
 

@@ -41,10 +41,10 @@ def test_progress_counts_the_job_states_in_the_sweep_folder(tmp_path):
 
 def test_a_job_label_is_short_without_how_it_runs_and_without_secrets(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    label = so.job_label(
-        ["pipeline.beta=0.1", "pipeline=dpo", "seed=1", "threads=2", f"logger.entity={SECRET}"], hidden=["threads"]
-    )
-    assert label == "dpo beta=0.1 seed=1 logger.entity=<HF_TOKEN>"
+    overrides = ["pipeline.beta=0.1", "pipeline=dpo", "seed=1", "threads=2", f"logger.entity={SECRET}"]
+    overrides += ["+hub.api_key=abc", "cache_dir=/tmp/c", "hydra.run.dir=/tmp/r"]
+    label = so.job_label(overrides, hidden=["threads"])
+    assert label == "dpo beta=0.1 seed=1 logger.entity=<HF_TOKEN> hub.api_key=<redacted>"
 
 
 def test_result_lines_give_the_first_and_last_evaluation_or_the_failure():

@@ -409,6 +409,12 @@ def _bad(d: Path) -> dict[str, Path]:
         "not_a_dataset": d / "not_a_dataset",
         "absent": d / "absent.jsonl",
         "one_prompt": _jsonl(d / "one_prompt.jsonl", ok[:2]),
+        # the format decided per column: a message dict where a list belongs, a column in the other format
+        "chosen_dict": _jsonl(d / "chosen_dict.jsonl", [{**conv[0], "chosen": conv[0]["chosen"][0]}, *conv[1:]]),
+        "rejected_dict": _jsonl(d / "rejected_dict.jsonl", [{**conv[0], "rejected": conv[0]["rejected"][0]}]),
+        "prompt_text": _jsonl(d / "prompt_text.jsonl", [{**conv[0], "prompt": "How was it?"}, *conv[1:]]),
+        "rejected_messages": _jsonl(d / "rejected_msgs.jsonl", [{**ok[0], "rejected": conv[0]["rejected"]}]),
+        "prompt_number": _jsonl(d / "prompt_number.jsonl", [{**ok[0], "prompt": 7}, *ok[1:]]),
     }
 
 
@@ -468,6 +474,27 @@ def test_bad_preference_file_stops_in_one_line(cli, bad, tmp_path, name, expecte
     code, err = cli(["pipeline=dpo", "preferences.source=file", f"preferences.path={bad[name]}"])
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: preferences.path: '{bad[name]}") and expected in err[0], err[0]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+# Issue 25: the format is decided column by column, and the line names the column at fault (before, a conversational
+# file whose `chosen` was one message dict was blamed on its `prompt` column: the format was guessed from `chosen`).
+PER_COLUMN = {
+    "chosen one message dict": ("chosen_dict", "line 1 column 'chosen' is one message (a dict), not a list"),
+    "rejected one message dict": ("rejected_dict", "line 1 column 'rejected' is one message (a dict)"),
+    "prompt text, chosen messages": ("prompt_text", "line 1 column 'prompt' is text, but column 'chosen' is a list"),
+    "rejected messages, chosen text": ("rejected_messages", "line 1 column 'rejected' is a list of messages, but"),
+    "prompt a number": ("prompt_number", "line 1 column 'prompt' is a number (7); every prompt must be text"),
+}
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("name, expected", PER_COLUMN.values(), ids=PER_COLUMN.keys())
+def test_the_format_is_decided_per_column_and_the_column_at_fault_named(cli, bad, tmp_path, name, expected):
+    code, err = cli(["pipeline=dpo", "preferences.source=file", f"preferences.path={bad[name]}"])
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: preferences.path: '{bad[name]}") and expected in err[0], err[0]
+    assert "Traceback" not in err[0]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 

@@ -50,8 +50,8 @@ def _model_folder(path: Path, config: dict | str | None, tokenizer: bool = True,
         (path / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
     if tokenizer:
         (path / "tokenizer.json").write_text("{}")
-    if weights:
-        (path / "model.safetensors").write_bytes(b"\0" * 16)
+    if weights:  # a whole safetensors file holding no tensor: 8 bytes of header length, then the header "{}"
+        (path / "model.safetensors").write_bytes((8).to_bytes(8, "little") + b"{}      ")
     return path
 
 

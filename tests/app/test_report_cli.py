@@ -1,0 +1,52 @@
+"""``python -m harness.report`` (harness/app/report_cli.py): a user error is one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.app.report_cli import main
+
+pytestmark = pytest.mark.battery
+
+
+def _stopped(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0] and "usage:" not in err[0]
+    return err[0]
+
+
+def test_a_folder_that_does_not_exist(tmp_path, capsys):
+    assert f"'{tmp_path / 'nope'}' does not exist" in _stopped(capsys, [str(tmp_path / "nope")])
+
+
+def test_a_file_for_a_folder(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert "is a file" in _stopped(capsys, [str(tmp_path / "f")])
+
+
+def test_a_folder_without_rows(tmp_path, capsys):
+    assert "holds no result rows" in _stopped(capsys, [str(tmp_path)])
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_a_damaged_row_names_its_file_and_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "points.jsonl").write_text(json.dumps({"method": "dpo"}) + "\n")
+    line = _stopped(capsys, [str(tmp_path)])
+    assert "points.jsonl:1: missing key(s)" in line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [(["--kl", "x"], "argument --kl: invalid float"), (["--kl", "nan"], "--kl: nan"), (["--n-boot", "0"], "--n-boot")]
+    + [(["--no-such-flag"], "unrecognized arguments"), ([], "the following arguments are required")],
+    ids=["kl not a number", "kl nan", "no bootstrap", "unknown flag", "no folder"],
+)
+def test_a_bad_argument(tmp_path, capsys, args, expected):
+    assert expected in _stopped(capsys, [str(tmp_path), *args] if args else [])
