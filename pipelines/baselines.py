@@ -365,6 +365,10 @@ def run_best_of_n(ctx: RunContext) -> dict:
         texts += texts_of(tok, chunk, s)
         lengths.append(s.lengths().cpu())
         cut.append((~s.ended).cpu())
+        # A safe point: pre-empted (harness.runs.preempt), the job stops here, keeping nothing. Every N shares this one
+        # draw (nested prefixes), so there is no finished N to keep before it ends; the rerun draws it again from the
+        # start (seeded: the same samples and rows).
+        preempt.stop_if_requested()
     lengths = torch.cat(lengths).numpy().reshape(shape)
     cut = torch.cat(cut).numpy().astype(np.float64).reshape(shape)
     prompt_index = np.repeat(np.arange(len(prompts)), groups)  # the (P, groups) kept samples, flattened

@@ -52,6 +52,40 @@ def test_best_of_n_writes_one_row_per_n(run_pipeline, tiny_cache):
     assert gold[1] >= gold[0]  # the oracle picks by gold itself
 
 
+@pytest.mark.battery
+def test_best_of_n_preempted_mid_sampling_stops_and_its_rerun_gives_the_uninterrupted_rows(
+    run_pipeline, tiny_cache, monkeypatch, tmp_path
+):
+    """SIGTERM during the second of four sampling batches: the job stops after that batch with no row (every N shares
+    the one draw), and the same command draws again to the rows of an uninterrupted run."""
+    import os
+    import signal
+
+    import pipelines.baselines as baselines
+    from harness.runs import preempt
+
+    args = ("best_of_n", "pipeline.ns=[1,2,4,8]", "eval.batch_size=32", "threads=1")
+    real, calls = baselines.sample, []
+
+    def signalled_sample(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(baselines, "sample", signalled_sample)
+    with pytest.raises(preempt.Preempted):
+        run_pipeline(*args, cache=tiny_cache, folder="bon")
+    assert len(calls) == 2 and not any((tmp_path / "bon" / name).exists() for name in ("points.jsonl", "done.json"))
+    monkeypatch.setattr(baselines, "sample", real)
+    preempt.reset()
+    run_pipeline(*args, cache=tiny_cache, folder="bon")
+    run_pipeline(*args, cache=tiny_cache, folder="clean")
+    drop = {"wall_s", "compute_wall_s", "eval_s", "run_id"}
+    rows = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "bon")]
+    assert len(rows) == 4 and rows == [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "clean")]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # data checks
 # ----------------------------------------------------------------------------------------------------------------
