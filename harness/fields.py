@@ -40,13 +40,22 @@ def at_least_zero(obj: Any, prefix: str, *names: str) -> None:
         )
 
 
+HUGE = 2**63  # the first magnitude a 64-bit integer (torch, numpy, every step counter) cannot hold
+
+
 def plain_value(key: str, value: Any) -> None:
     """What no config value may be, whatever its key: a non-finite number (``nan`` passes every range check written
     as ``not v < 0``, ``inf`` every ``v > 0``; no knob of the harness means "infinitely many"), an empty or blank
     string (a name, path or label that was meant to be given: an empty ``cache_dir`` would build stages into the
-    current folder), or an empty list (a list of settings with no setting). Lists are checked item by item."""
+    current folder), an empty list (a list of settings with no setting), or a number a 64-bit integer cannot hold
+    (a job that would never end, a counter that overflows). Lists are checked item by item."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number (got {value}); give it a finite value")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= HUGE:
+        raise ConfigError(
+            f"{key}: {value} is beyond what a 64-bit integer holds; no setting of the harness is that large (a job "
+            "would never end, or overflow where it counts); give a smaller value"
+        )
     if isinstance(value, str) and not value.strip():
         raise ConfigError(f"{key}: is empty; give it a value, or drop it to take its default")
     if isinstance(value, (list, tuple)):

@@ -8,6 +8,8 @@ redaction of secrets."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,14 +59,16 @@ def _report(argv: Sequence[str] | None) -> dict[str, Path]:
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise ConfigError(f"folder: '{folder}' {what}; give the sweep folder (multirun/<experiment>)")
-    try:  # a damaged row or evidence file is the user's data: one line naming the file and line
-        rows, evidence = load_points(folder), load_evidence(folder)
-    except ValueError as e:
-        raise ConfigError(f"folder: {str(e).splitlines()[0]}; fix or remove that line") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"folder: a result file below '{folder}' is not UTF-8 text ({e.reason})") from None
+    with _held(logging.getLogger(load_points.__module__)) as notes:
+        try:  # a damaged row or evidence file is the user's data: one line naming the file and line
+            rows, evidence = load_points(folder), load_evidence(folder)
+        except ValueError as e:
+            raise ConfigError(f"folder: {str(e).splitlines()[0]}; fix or remove that line") from None
     if not rows:
-        raise ConfigError(f"folder: '{folder}' holds no result rows (no points.jsonl with data below it)")
+        cut = f"; {len(notes)} cut last line(s) skipped, the first at {notes[0].args[0]}" if notes else ""
+        raise ConfigError(f"folder: '{folder}' holds no result rows (no points.jsonl with data below it){cut}")
+    for note in notes:  # the report goes on: now they may be said
+        logging.getLogger(note.name).handle(note)
     paths = make_report(
         folder,
         METHODS,
@@ -79,6 +83,22 @@ def _report(argv: Sequence[str] | None) -> dict[str, Path]:
     print(paths["frontier_png"])
     print(paths["summary_md"])
     return paths
+
+
+@contextlib.contextmanager
+def _held(logger: logging.Logger):
+    """The warnings ``logger`` logs in the block, held back (a list of records) instead of printed: a refusal that
+    follows is the one line on stderr, and says what they said."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:

@@ -26,7 +26,7 @@ from harness.fields import ConfigError
 from harness.methods import REWARD_MODEL
 from harness.preflight.errors import user_error
 from harness.runs.secrets import check_no_secrets, redact_overrides
-from harness.runs.weights import check_weights
+from harness.runs.weights import check_weights, unreadable_json
 
 FREE_MARGIN = 64 * 2**20  # bytes a job writes besides model weights (tokenizer, preference set, logs)
 
@@ -159,10 +159,28 @@ def check_model(hc: HarnessConfig) -> int | None:
 
 
 def _local_weights(name: str, key: str) -> None:
-    """A local model folder's weights, checked from their headers (``harness.runs.weights``); a hub name's are the
-    hub's to serve."""
-    if Path(name).is_dir():
-        check_weights(name, key)
+    """A local model folder's files, as its loaders will read them: every JSON file parses, ``tokenizer.json`` is a
+    tokenizer (the ``tokenizers`` library reads it: no model config, no code) and the weights are whole (from their
+    headers, ``harness.runs.weights``). A hub name's are the hub's to serve. Without this a cut tokenizer or
+    generation config stops the job with a traceback when it loads the model, after π_SFT has trained."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return
+    bad = unreadable_json(folder)
+    if bad:
+        raise ConfigError(f"{key}: '{bad[0]}' cannot be read ({bad[1]}); copy or save the model again")
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the Rust library's errors share no Python class
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise ConfigError(
+                f"{key}: '{folder / 'tokenizer.json'}' is not a tokenizer ({why}); save it again with "
+                "tokenizer.save_pretrained(folder)"
+            ) from None
+    check_weights(folder, key)
 
 
 def check_gold(hc: HarnessConfig) -> None:

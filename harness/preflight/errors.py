@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
+import re
+import string
 from typing import Any
 
 from harness.fields import ConfigError
@@ -23,17 +25,25 @@ PATH_ERRNOS = {
 
 
 # --------------------------------------------------------------------------------------------- one-line errors
+# What Hydra's override grammar reads in an unquoted value (letters and digits of ASCII only); any other character
+# ('=', ',', a letter with an accent, a CJK name, a quote) needs the value quoted.
+UNQUOTED = frozenset(string.ascii_letters + string.digits + "_-+./\\$%*@?|:~ \t")
+
+
 def quote_hint(override: str) -> str:
-    """A hint for an override whose value holds '=' or ',' (a path such as a study's own job folders,
-    ``.../0_pipeline=dpo,seed=1/policy``): Hydra reads ',' as a sweep and '=' as a second key unless quoted."""
+    """A hint for an override whose value holds a character Hydra does not read unquoted: '=' or ',' (a path such as
+    a study's own job folders, ``.../0_pipeline=dpo,seed=1/policy``: Hydra reads ',' as a sweep and '=' as a second
+    key), or a letter beyond ASCII (a folder named in another language)."""
     key, _, value = override.partition("=")
     if key.lstrip("+~") == "study":
         from harness.config import STUDY_EXAMPLE
 
         return f"; a study is a list of jobs, each a list of quoted overrides: {STUDY_EXAMPLE}"
-    if not any(c in value for c in "=,") or value[:1] in "'\"":
+    odd = sorted({c for c in value if c not in UNQUOTED}, key=value.index)
+    if not odd or value[:1] in "'\"[{" or value.endswith(")"):  # quoted, a list or mapping, a sweep function
         return ""
-    return f"; if it is one value with '=' or ',' (e.g. a path), quote it: \"{key}='{value}'\" in the shell"
+    chars = " ".join(repr(c) for c in odd[:4])
+    return f"; if it is one value with {chars} (e.g. a path), quote it: \"{key}='{value}'\" in the shell"
 
 
 def _first_line(text: str) -> str:
@@ -65,6 +75,18 @@ def _omegaconf_line(e: Exception) -> str | None:
         hint = f" (did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?)" if close else ""
         where = f"under {key.rsplit('.', 1)[0]}" if "." in key else "at the top level"
         return f"{key}: unknown key{hint}; valid keys {where}: {', '.join(allowed)}"
+    merge = re.search(r"Cannot merge (DictConfig|ListConfig) with (DictConfig|ListConfig)", str(e))
+    if merge:  # a mapping given where a list belongs, or the other way round
+        from harness.config import STUDY_EXAMPLE
+
+        given, wanted = ("a mapping", "a list") if merge.group(1) == "DictConfig" else ("a list", "a mapping")
+        return f"{key}: is {given}, but {key} takes {wanted}" + (
+            f"; write it as {STUDY_EXAMPLE}"
+            if key == "study"
+            else f"; write it as {key}=[...]"
+            if wanted == "a list"
+            else ""
+        )
     if isinstance(e, MissingMandatoryValue):
         return f"{key}: required value is missing (???); set it, e.g. {key}=<value>"
     if isinstance(e, ValidationError):

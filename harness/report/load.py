@@ -52,8 +52,12 @@ def json_lines(folder: str | Path, name: str, required: Sequence[str]) -> Iterat
     for path in sorted(Path(folder).rglob(name)):
         if any(part.startswith(REPLACED) for part in path.relative_to(folder).parts):
             continue  # a run moved aside by overwrite=true (harness.runs.folder): kept, but no longer the job's
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.readlines()
+        except UnicodeDecodeError as e:  # a ValueError too: name the file, as for a bad line
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start : e.start + 1]!r})") from None
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

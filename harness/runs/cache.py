@@ -17,6 +17,12 @@ atomic exclusive create (NFSv3 and later) shares. Its cost: a holder that crashe
 Under multi-process training (``harness.lm.distributed``) the processes of one job build a missing stage together (its
 trainer is data-parallel across them, so they must all run it): the main process holds the lock and decides, every
 process builds into its own temporary folder, and the main process's becomes the artifact.
+
+An artifact is checked when read back (its manifest, and what its stage's ``check`` looks at: weights from their
+headers, JSON that parses, datasets that load): one damaged since it was built (a copy that stopped, a full disk, a
+file removed by hand) is set aside as ``<key>.damaged-<time>`` (renamed, never deleted: it may show what went wrong)
+with one warning, and built again. It is our cache: rebuilding costs time, using a damaged one costs a traceback or
+wrong results.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +46,7 @@ from harness.runs import preempt
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
+DAMAGED = ".damaged-"  # what a damaged artifact or checkpoint set aside is renamed to: <name>.damaged-<time>
 LOCKS = {"flock": FileLock, "soft": SoftFileLock}  # HARNESS_CACHE_LOCK (see above); flock unless set
 
 
@@ -76,12 +84,50 @@ def resume_folder(root: str | Path, stage: str, key: str) -> Path:
     return Path(root) / stage / f".resume-{key}"
 
 
+def damage(path: Path, check: Callable[[Path], str | None] | None = None) -> str | None:
+    """What makes the finished artifact at ``path`` unusable: a manifest that does not parse, or what the stage's
+    ``check`` finds (None from it: whole); None when the artifact is whole."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
+        return f"{MANIFEST} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("facts"), dict):
+        return f"{MANIFEST} is not a manifest (a JSON object with facts)"
+    return check(path) if check is not None else None
+
+
+def aside_path(path: Path) -> Path:
+    """Where a damaged ``path`` goes: ``<name>.damaged-<time>`` beside it, a name not taken yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}{DAMAGED}{stamp}"), 1
+    while aside.exists():  # set aside twice in one second
+        n += 1
+        aside = path.with_name(f"{path.name}{DAMAGED}{stamp}-{n}")
+    return aside
+
+
+def set_aside(path: Path, stage: str, why: str) -> Path:
+    """Move the damaged artifact ``path`` to ``<key>.damaged-<time>`` beside it (a rename: nothing is deleted), with
+    one warning; the caller builds it again."""
+    aside = aside_path(path)
+    os.rename(path, aside)
+    log.warning("cached %s %s is damaged (%s); set aside as %s, building it again", stage, path, why, aside.name)
+    return aside
+
+
 def build_or_load(
-    root: str | Path, stage: str, identity: dict, build: Callable[..., dict | None], resumable: bool = False
+    root: str | Path,
+    stage: str,
+    identity: dict,
+    build: Callable[..., dict | None],
+    check: Callable[[Path], str | None] | None = None,
+    resumable: bool = False,
 ) -> Artifact:
     """Return the artifact for ``identity``, calling ``build(tmp_dir)`` only if no complete one exists.
 
     ``build`` writes into the folder it is given and may return a dict of facts (metrics) kept in the manifest.
+    ``check(path)`` says what is wrong with a finished artifact read back (None: whole); a damaged one is set aside
+    and built again.
     ``resumable``: ``build(tmp_dir, resume_dir)`` instead, where ``resume_dir`` (``resume_folder``) outlives a killed
     or pre-empted build (a rerun's build continues from what it holds) and is removed once the artifact is committed.
 
@@ -91,7 +137,7 @@ def build_or_load(
     key = key_of(identity)
     base = Path(root) / stage
     final = base / key
-    if distributed.agree((final / MANIFEST).exists()):
+    if distributed.agree((final / MANIFEST).exists()) and distributed.on_main(damage, final, check) is None:
         return Artifact(stage, key, final, reused=True)
     base.mkdir(parents=True, exist_ok=True)
     # One lock per job: its main process's (the job's other processes follow the main process's decisions).
@@ -101,7 +147,10 @@ def build_or_load(
             """True when another job built it while we waited; else clear a killed builder's half (we hold the
             lock: nobody else is building), before this job's processes make their own folders."""
             if (final / MANIFEST).exists():
-                return True
+                why = damage(final, check)  # again under the lock: another job may have rebuilt it meanwhile
+                if why is None:
+                    return True
+                set_aside(final, stage, why)
             for stale in base.glob(f".tmp-{key}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             return False

@@ -13,11 +13,12 @@ Everything lives in the job's folder, under ``checkpoint/``:
 Each checkpoint records the job's key (``harness.app.job_key``): a rerun with another configuration starts afresh
 instead of continuing the wrong run. It also records how many lines each row file had (``Tracker.progress``): the
 resumed run cuts the files back to those counts, so no line is ever written twice. When the job has finished and its
-``done.json`` is written, ``discard`` removes the folder.
+``done.json`` is written, ``discard`` removes the folder (but for checkpoints set aside as damaged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.runs.cache import key_of
+from harness.runs.cache import DAMAGED, aside_path, key_of
 from harness.runs.tracking import progress_on_disk
 
 log = logging.getLogger("harness.runs.checkpoint")
@@ -154,8 +155,8 @@ def load(job: str | Path, key: str) -> dict | None:
 def set_aside(path: Path, why: str) -> Path:
     """Move a damaged checkpoint out of the way (``<name>.damaged-<time>``, never deleted: it may be evidence of what
     went wrong) with one warning; the job goes on from the previous good checkpoint, or from scratch."""
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
+    aside = aside_path(path)
+    os.rename(path, aside)
     log.warning("checkpoint %s is damaged (%s); set aside as %s, resuming without it", path, why, aside.name)
     return aside
 
@@ -232,5 +233,18 @@ def keep_only(checkpoint_dir: str | Path) -> None:
 
 
 def discard(job: str | Path) -> None:
-    """A finished job needs no checkpoint: its done.json and policy/ are what a rerun reuses."""
-    shutil.rmtree(folder(job), ignore_errors=True)
+    """A finished job needs no checkpoint: its done.json and policy/ are what a rerun reuses. Checkpoints set aside as
+    damaged stay (``set_aside``: never deleted); the folder goes once nothing else is in it."""
+    root = folder(job)
+    for d in (trainer_dir(job), root):
+        if not d.is_dir() or d.is_symlink():
+            continue
+        for path in list(d.iterdir()):
+            if DAMAGED in path.name or path == trainer_dir(job):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: a damaged checkpoint is kept in it
+            d.rmdir()

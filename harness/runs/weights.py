@@ -79,3 +79,38 @@ def check_weights(folder: str | Path, key: str) -> None:
         )
         if problem:
             raise ConfigError(f"{key}: '{f}' is damaged ({problem}); {fix}")
+
+
+def unreadable_json(folder: Path) -> tuple[Path, str] | None:
+    """The first JSON file of a saved model ``folder`` (config, tokenizer, generation config, index) that does not
+    parse, and why; None when all do. Loaders read every one of them, and fail with a traceback on a cut one."""
+    for f in sorted(Path(folder).glob("*.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
+            return f, f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    return None
+
+
+WEIGHT_FILES = ("model.safetensors", INDEX, "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def saved_model_problem(folder: str | Path) -> str | None:
+    """What makes a folder written by ``save_pretrained`` (a cached π_SFT or reward model) unusable, read from its
+    files' headers: a JSON file (config, tokenizer, index) that does not parse, no weights, weights cut short or a
+    shard missing; None when it can be loaded."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return "config.json is missing"
+    bad = unreadable_json(folder)
+    if bad:
+        return f"{bad[0].name} cannot be read: {bad[1]}"
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        return "its model weights are missing"
+    try:
+        check_weights(folder, "weights")
+    except ConfigError as e:
+        return str(e).split(": ", 1)[-1]
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -200,8 +200,31 @@ def _build(ctx: RunContext, out: Path) -> dict:
     }
 
 
+PARTS = ("pairs", "sft_samples")  # the set's two datasets (save_to_disk folders)
+
+
+def stored_set_problem(path: Path) -> str | None:
+    """What makes a cached preference set unusable: one of its datasets that does not load (a cut Arrow file, a
+    missing split, a dataset_dict.json that does not parse); None when both load. Loading reads every record batch
+    (Arrow checks their lengths), a fraction of a second for the sets here."""
+    from datasets import load_from_disk
+
+    for part in PARTS:
+        try:
+            load_from_disk(str(path / part))
+        except Exception as e:  # noqa: BLE001 - whatever datasets or Arrow raise, the set cannot be used
+            return f"{part} does not load: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    return None
+
+
 def ensure_preferences(ctx: RunContext) -> Artifact:
-    art = build_or_load(ctx.cache_root, "preferences", preferences_identity(ctx.cfg), lambda out: _build(ctx, out))
+    art = build_or_load(
+        ctx.cache_root,
+        "preferences",
+        preferences_identity(ctx.cfg),
+        lambda out: _build(ctx, out),
+        check=stored_set_problem,
+    )
     log.info("preference set %s: %s", "reused from cache" if art.reused else "built", art.path)
     return art
 

@@ -19,6 +19,7 @@ from harness.lm.models import freeze, load_scalar_model
 from harness.lm.sampling import Samples, positions
 from harness.runs.cache import Artifact, build_or_load, key_of
 from harness.runs.context import RunContext
+from harness.runs.weights import saved_model_problem
 from pipelines.stages.preferences import ensure_preferences, load_pairs, preferences_key
 from pipelines.stages.sft import ensure_sft
 
@@ -83,6 +84,9 @@ def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
     sft = ensure_sft(ctx)
     prefs = ensure_preferences(ctx)
     tok = AutoTokenizer.from_pretrained(str(sft.path), trust_remote_code=ctx.cfg.model.trust_remote_code)
+    # The fresh scalar head is drawn from torch's global generator: seeded here, so the model is the same whatever
+    # else this process did before (π_SFT built or reused), and a damaged artifact is rebuilt to the same weights.
+    torch.manual_seed(ctx.cfg.stage_seed)
     model = load_scalar_model(sft.path, tok, ctx.cfg.model.trust_remote_code)
     pairs = load_pairs(prefs)
     cols = ["prompt", "chosen", "rejected"]
@@ -142,8 +146,14 @@ def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
 
 
 def ensure_reward_model(ctx: RunContext) -> Artifact:
-    identity = reward_model_identity(ctx.cfg)
-    art = build_or_load(ctx.cache_root, "reward_model", identity, lambda out, r: _build(ctx, out, r), resumable=True)
+    art = build_or_load(
+        ctx.cache_root,
+        "reward_model",
+        reward_model_identity(ctx.cfg),
+        lambda out, r: _build(ctx, out, r),
+        check=saved_model_problem,
+        resumable=True,
+    )
     log.info("reward model %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art
 

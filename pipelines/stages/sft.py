@@ -21,6 +21,7 @@ from harness.lm.models import (
 )
 from harness.runs.cache import Artifact, build_or_load, key_of
 from harness.runs.context import RunContext
+from harness.runs.weights import saved_model_problem
 
 log = logging.getLogger("harness.sft")
 
@@ -122,7 +123,12 @@ def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
 
 def ensure_sft(ctx: RunContext) -> Artifact:
     art = build_or_load(
-        ctx.cache_root, "sft", sft_identity(ctx.cfg), lambda out, r: _build(ctx, out, r), resumable=True
+        ctx.cache_root,
+        "sft",
+        sft_identity(ctx.cfg),
+        lambda out, r: _build(ctx, out, r),
+        check=saved_model_problem,
+        resumable=True,
     )
     log.info("π_SFT %s: %s", "reused from cache" if art.reused else "trained", art.path)
     return art

@@ -50,3 +50,18 @@ def test_a_damaged_row_names_its_file_and_line(tmp_path, capsys):
 )
 def test_a_bad_argument(tmp_path, capsys, args, expected):
     assert expected in _stopped(capsys, [str(tmp_path), *args] if args else [])
+
+
+def test_a_folder_whose_only_row_is_cut_is_one_line_that_says_so(tmp_path, capsys):
+    # the note on the skipped cut line is part of the refusal, not a line of its own before it
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "points.jsonl").write_text('{"method": "dpo", "kl": 0.1')
+    line = _stopped(capsys, [str(tmp_path)])
+    assert "holds no result rows" in line and "1 cut last line(s) skipped" in line and "points.jsonl:1" in line
+
+
+def test_a_row_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "points.jsonl").write_bytes(b'{"method": "dpo"}\n\xa0\xff garbage\n')
+    line = _stopped(capsys, [str(tmp_path)])
+    assert f"{tmp_path / 'run' / 'points.jsonl'}:2: not UTF-8 text" in line

@@ -43,13 +43,23 @@ def _reviews(n: int) -> list[dict]:
     return [{"text": f"review {i}: the plot was fine and the cast did a solid job"} for i in range(n)]
 
 
+def _tokenizer_json() -> str:
+    """The smallest tokenizer.json the ``tokenizers`` library reads (the preflight loads a local folder's)."""
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")).to_str()
+
+
+TOKENIZER = _tokenizer_json()
+
+
 def _model_folder(path: Path, config: dict | str | None, tokenizer: bool = True, weights: bool = True) -> Path:
     """A folder shaped like a saved model; its files are only looked at, never loaded."""
     path.mkdir(parents=True)
     if config is not None:
         (path / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
     if tokenizer:
-        (path / "tokenizer.json").write_text("{}")
+        (path / "tokenizer.json").write_text(TOKENIZER)
     if weights:  # a whole safetensors file holding no tensor: 8 bytes of header length, then the header "{}"
         (path / "model.safetensors").write_bytes((8).to_bytes(8, "little") + b"{}      ")
     return path

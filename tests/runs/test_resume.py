@@ -8,6 +8,11 @@ way (stopped in-process), and a resumed epoch draws the data order of an uninter
 DPO's machinery, trainer checkpoints and the same callbacks; it is left out here for time.) A NaN reward stops
 PPO with one line and exit status 3, its rows and its last checkpoint kept.
 
+Damaged after the kill (issue 25 step 2), each on a copy of the killed job's folder: PPO's state.pt cut short, DPO's
+newest trainer checkpoint without its weights, the last line of points.jsonl and evidence.jsonl cut mid-write. Each
+rerun logs at most one warning, resumes from the previous good checkpoint or from scratch, and ends with the
+uninterrupted run's rows, each once.
+
 Time: the jobs to kill start with the module, so their imports overlap the in-process tests; all runs are tiny.
 """
 
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,7 +130,9 @@ def assert_same_run(resumed: Path, clean: Path) -> None:
     assert without(lines(resumed / "updates.jsonl"), ignore) == without(lines(clean / "updates.jsonl"), ignore)
     a, b = weights(resumed), weights(clean)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not checkpoint.folder(resumed).exists()  # a finished job keeps no checkpoint
+    # a finished job keeps no checkpoint, but for those set aside as damaged (never deleted)
+    kept = [p for p in checkpoint.folder(resumed).rglob("*") if ".damaged-" not in str(p.relative_to(resumed))]
+    assert all(p.is_dir() for p in kept), kept
 
 
 @dataclass
@@ -203,6 +212,43 @@ def kill_at_second_checkpoint(job: Doomed, timeout: float = 300.0) -> dict[str, 
         assert time.time() < deadline, f"{job.method} (pid {pid}) survived SIGKILL"
         time.sleep(0.02)
     return {name: len(lines(job.folder / name)) for name in ("points.jsonl", "evidence.jsonl", "updates.jsonl")}
+
+
+@dataclass
+class AfterKill:
+    """A doomed job after its kill: its uninterrupted twin's folder, the lines its row files held when it died, and a
+    copy of its folder as the kill left it (the cases that damage it take copies of their own)."""
+
+    clean: Path
+    died_with: dict[str, int]
+    snapshot: Path
+
+
+@pytest.fixture(scope="module")
+def after_kill(doomed, tiny_cache, tmp_path_factory) -> dict[str, AfterKill]:
+    """Each doomed job killed at its second checkpoint, once for the module; the uninterrupted runs go first, while
+    the doomed jobs get there."""
+    tmp = tmp_path_factory.mktemp("after_kill")
+    out = {}
+    for method, base in (("ppo", PPO), ("dpo", DPO)):
+        run_in_process(overrides(base, tiny_cache), tmp / f"{method}-clean")
+        died_with = kill_at_second_checkpoint(doomed[method])
+        shutil.copytree(doomed[method].folder, tmp / f"{method}-killed", symlinks=True)
+        out[method] = AfterKill(tmp / f"{method}-clean", died_with, tmp / f"{method}-killed")
+    return out
+
+
+def rerun_damaged(doomed: Doomed, killed: AfterKill, folder: Path, damage, caplog) -> list[str]:
+    """Copy the killed job's folder to ``folder``, ``damage`` it, run the same command there; the warnings logged."""
+    shutil.copytree(killed.snapshot, folder, symlinks=True)
+    damage(folder)
+    with caplog.at_level(logging.WARNING):
+        run_in_process(doomed.argv, folder)
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("harness")]
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 # ------------------------------------------------------------------------------------------ our own loop
@@ -287,10 +333,9 @@ def test_a_nan_reward_stops_ppo_with_one_line_keeping_rows_and_checkpoint(tiny_c
 # ------------------------------------------------------------------------------------- killed with SIGKILL
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, tmp_path):
+def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, after_kill):
     job, folder = doomed["ppo"], doomed["ppo"].folder
-    run_in_process(overrides(PPO, tiny_cache), tmp_path / "clean")  # while the job to kill gets there
-    died_with = kill_at_second_checkpoint(job)
+    died_with = after_kill["ppo"].died_with
     state = torch.load(checkpoint.folder(folder) / checkpoint.STATE, weights_only=True)
     assert state["ppo"]["updates_done"] == 1 and state["progress"]["lines"]["updates.jsonl"] == 1
     # it died after writing update 2's log line and its step-2 row: lines past its checkpoint, to be written again
@@ -300,7 +345,7 @@ def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, 
     assert [u["update"] for u in lines(folder / "updates.jsonl")] == [1, 2, 3, 4]  # one line per update
     assert [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]
     assert len({r["run_id"] for r in lines(folder / "points.jsonl")}) == 1
-    assert_same_run(folder, tmp_path / "clean")
+    assert_same_run(folder, after_kill["ppo"].clean)
     # W&B (offline) keeps a folder per attempt (one, should both start in the same second), all with the job's one
     # run id, the one its rows name: synced, they are one run
     runs = sorted(p.name for p in (folder / "wandb").glob("offline-run-*"))
@@ -311,17 +356,78 @@ def test_killed_ppo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_killed_dpo_job_resumes_to_the_uninterrupted_result(doomed, tiny_cache, tmp_path):
+def test_killed_dpo_job_resumes_to_the_uninterrupted_result(doomed, after_kill):
     job, folder = doomed["dpo"], doomed["dpo"].folder
-    run_in_process(overrides(DPO, tiny_cache), tmp_path / "clean")
-    died_with = kill_at_second_checkpoint(job)
+    died_with = after_kill["dpo"].died_with
     marked = [p.name for p in checkpoint.trainer_dir(folder).glob("checkpoint-*") if (p / checkpoint.MARK).exists()]
     assert marked == ["checkpoint-1"]  # the second was being written when the job died: not marked, not used
     assert died_with["points.jsonl"] == 2  # steps 0 and 2, one more than its checkpoint counted
 
     facts = run_in_process(job.argv, folder)  # the same command again
     assert facts["steps"] == 4 and [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]
-    assert_same_run(folder, tmp_path / "clean")
+    assert_same_run(folder, after_kill["dpo"].clean)
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+@pytest.mark.timeout(600)
+def test_a_killed_ppo_job_whose_state_was_cut_starts_afresh_to_the_uninterrupted_result(
+    doomed, after_kill, tmp_path, caplog
+):
+    folder = tmp_path / "job"
+    warnings = rerun_damaged(
+        doomed["ppo"], after_kill["ppo"], folder, lambda f: cut_in_half(checkpoint.folder(f) / checkpoint.STATE), caplog
+    )
+    assert len(warnings) == 1 and "state.pt" in warnings[0] and "is damaged" in warnings[0], warnings
+    assert [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]  # from scratch: each row once
+    assert_same_run(folder, after_kill["ppo"].clean)
+    assert len(list(checkpoint.folder(folder).glob("state.pt.damaged-*"))) == 1  # kept, not deleted
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+@pytest.mark.timeout(600)
+def test_a_killed_dpo_job_whose_newest_checkpoint_lost_its_weights_starts_afresh_to_the_uninterrupted_result(
+    doomed, after_kill, tmp_path, caplog
+):
+    def lose_weights(f: Path) -> None:
+        marked = [p for p in checkpoint.trainer_dir(f).glob("checkpoint-*") if (p / checkpoint.MARK).exists()]
+        assert [p.name for p in marked] == ["checkpoint-1"]  # the only complete one: no earlier one to fall back on
+        (marked[0] / "model.safetensors").unlink()
+
+    folder = tmp_path / "job"
+    warnings = rerun_damaged(doomed["dpo"], after_kill["dpo"], folder, lose_weights, caplog)
+    assert len(warnings) == 1 and "checkpoint-1" in warnings[0] and "weights are missing" in warnings[0], warnings
+    assert [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]
+    assert_same_run(folder, after_kill["dpo"].clean)
+    assert len(list(checkpoint.trainer_dir(folder).glob("checkpoint-1.damaged-*"))) == 1
+
+
+def cut_last_line(path: Path, keep: float) -> None:
+    """A kill while ``path``'s last line was being written: that line keeps only its first ``keep`` of bytes."""
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[: start + int((len(data) - start) * keep)])
+
+
+@pytest.mark.slow
+@pytest.mark.battery
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("method", ["ppo", "dpo"])
+def test_row_files_ending_in_a_cut_line_resume_with_each_row_once(doomed, after_kill, tmp_path, caplog, method):
+    """The kill came while the step-2 row (past the checkpoint, which counted one row) was being written: points.jsonl
+    and evidence.jsonl end in half a line. The rerun resumes from the checkpoint and writes each row once."""
+
+    def cut(f: Path) -> None:
+        for name in ("points.jsonl", "evidence.jsonl"):
+            assert len(lines(f / name)) == 2
+            cut_last_line(f / name, 0.5)
+
+    folder = tmp_path / "job"
+    warnings = rerun_damaged(doomed[method], after_kill[method], folder, cut, caplog)
+    assert warnings == []  # resumed from its checkpoint: nothing was damaged that it needed
+    assert [r["step"] for r in lines(folder / "points.jsonl")] == [0, 2, 4]
+    assert_same_run(folder, after_kill[method].clean)
 
 
 def test_a_run_is_named_by_its_job_not_by_a_row_file(tmp_path):

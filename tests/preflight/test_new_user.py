@@ -1,0 +1,76 @@
+"""Cases found by trying main as a new user would (issue 25): each stops before work with exit status 2 and one
+line, nothing trained, no folder made.
+
+- a local model folder (``model.name``, ``policy``) whose tokenizer or generation config is damaged: before, its
+  loader raised (a traceback, or a line after π_SFT had trained); now the preflight reads every JSON file of the
+  folder and ``tokenizer.json`` with the ``tokenizers`` library;
+- a number no 64-bit integer holds, in any section (it hung generating data, or trained for ever);
+- a mapping where a list belongs (``study``, ``seeds``): OmegaConf's "Cannot merge DictConfig with ListConfig";
+- an unquoted value with a letter beyond ASCII: the hint to quote it, as for '=' and ','."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.preflight.test_bad_inputs import GPT2, _model_folder, assert_stopped
+
+pytestmark = pytest.mark.battery
+CAUSAL = {**GPT2, "architectures": ["GPT2LMHeadModel"], "vocab_size": 400}
+DAMAGE = {
+    "tokenizer.json cut": ("tokenizer.json", '{"version": "1.0", "mod', "tokenizer.json' cannot be read"),
+    "tokenizer.json not a tokenizer": ("tokenizer.json", "{}", "tokenizer.json' is not a tokenizer"),
+    "tokenizer_config.json cut": ("tokenizer_config.json", '{"model_max', "tokenizer_config.json' cannot be read"),
+    "generation_config.json cut": ("generation_config.json", "{", "generation_config.json' cannot be read"),
+    "special_tokens_map.json not UTF-8": ("special_tokens_map.json", b"\xff\xfe", "special_tokens_map.json' cannot"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+@pytest.mark.parametrize("role", ["model.name", "policy"])
+def test_a_damaged_file_of_a_local_model_folder_stops_in_the_preflight(checked, tmp_path, role, damage):
+    name, content, expected = damage
+    folder = _model_folder(tmp_path / "given model", CAUSAL)
+    path = folder / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    changes = {"model.name": str(folder)} if role == "model.name" else {"pipeline": {"name": "evaluate"}}
+    if role == "policy":
+        changes["pipeline"]["policy"] = str(folder)
+    code, err = checked(changes)
+    assert_stopped(code, err, f"{role}: '{folder / name}", tmp_path)
+    assert expected in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["task.n_train=99999999999999999999"], "task.n_train"),
+        (["sft.epochs=1e30"], "sft.epochs"),
+        (["seed=-99999999999999999999"], "seed"),
+        (["pipeline=ppo", "pipeline.learning_rate=1e300"], "pipeline.learning_rate"),
+        (["pipeline=dpo", "pipeline.max_steps=9223372036854775808"], "pipeline.max_steps"),
+    ],
+    ids=["a count", "epochs", "a negative seed", "a rate", "2**63 steps"],
+)
+def test_a_number_no_64_bit_integer_holds_is_refused(cli, tmp_path, argv, key):
+    code, err = cli(argv)
+    assert_stopped(code, err, f"{key}: ", tmp_path)
+    assert "beyond what a 64-bit integer holds" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["-m", "experiment=frontier", "study={pipeline: dpo}"], "study: is a mapping, but study takes a list"),
+        (["-m", "experiment=frontier", "seeds={a: 1}"], "seeds: is a mapping, but seeds takes a list"),
+    ],
+    ids=["study", "seeds"],
+)
+def test_a_mapping_where_a_list_belongs_says_so(cli, tmp_path, argv, expected):
+    code, err = cli(argv)
+    assert_stopped(code, err, expected, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["/runs/modèle/policy", "/runs/模型/policy"], ids=["accent", "CJK"])
+def test_an_unquoted_path_beyond_ascii_gets_the_hint_to_quote_it(cli, tmp_path, value):
+    code, err = cli(["pipeline=evaluate", f"policy={value}"])
+    assert_stopped(code, err, f"quote it: \"policy='{value}'\"", tmp_path)
