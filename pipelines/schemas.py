@@ -628,9 +628,13 @@ class EvaluatePipeline(PipelineBase):
 
 def folder_stamp(path: str) -> str | None:
     """A short hash of the names, sizes and modification times of a model folder's config and weight files; None
-    when ``path`` is not a folder (a hub name: its revision is the hub's business)."""
+    when ``path`` is not a folder (a hub name: its revision is the hub's business), or not one that can be looked at
+    (a name too long for the filesystem: the preflight's ``check_input_paths`` says so, naming ``policy``)."""
     folder = Path(str(path))
-    if not folder.is_dir():
+    try:
+        if not folder.is_dir():
+            return None
+    except OSError:
         return None
     files = sorted(
         f for f in folder.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin"))

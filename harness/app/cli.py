@@ -233,7 +233,7 @@ def _job_config(cfg: DictConfig) -> DictConfig:
 
 def _check_run(cfg: DictConfig, parsed: list) -> None:
     """One job: no sweep syntax, a writable run folder, and the job's own checks."""
-    from harness.preflight.checks import check_writable
+    from harness.preflight.checks import check_input_paths, check_writable
 
     sweep = next((o for o in parsed if o.is_sweep_override()), None)
     if sweep is not None:
@@ -249,6 +249,7 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
     if out:
         check_writable(out, "hydra.run.dir")
     hc = load(_job_config(cfg))
+    check_input_paths(hc)  # before the job key, which hashes a preference file: a link to nowhere is said as one
     key = job_key(hc)
     # Before Hydra writes its .hydra/ and log into the folder: another job's finished run there stays as it is.
     # (under torchrun / accelerate launch every process runs this command: the main one, RANK 0, looks after the folder)

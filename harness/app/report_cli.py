@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.fields import ConfigError
+from harness.preflight.checks import check_real_path
 from harness.report.load import load_evidence, load_points
 from harness.report.make import make_report
 from harness.report.stats import DEFAULT_KLS, N_BOOT
@@ -56,6 +57,8 @@ def _report(argv: Sequence[str] | None) -> dict[str, Path]:
     if bad is not None:
         raise ConfigError(f"--kl: {bad} is not a KL (a finite number of nats >= 0); e.g. --kl 2 5 10")
     folder: Path = args.folder
+    # a link that loops or leads nowhere, or a name too long, is said as that (is_dir reads it as "does not exist")
+    check_real_path(folder.expanduser().absolute(), "folder", "the sweep folder (multirun/<experiment>)")
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
         raise ConfigError(f"folder: '{folder}' {what}; give the sweep folder (multirun/<experiment>)")

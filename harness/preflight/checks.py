@@ -84,10 +84,11 @@ def check_writable(path: str | Path, key: str) -> Path:
     return folder
 
 
-def check_real_path(target: Path, key: str) -> None:
+def check_real_path(target: Path, key: str, what: str = "a real folder") -> None:
     """Every part of ``target`` that is a symbolic link leads somewhere (a dangling link or a loop reads as "does not
     exist" to ``Path.exists``, so the folder would be made beside it, or fail later on the link), and every name fits
-    the filesystem's limit (ENAMETOOLONG at the first write, otherwise)."""
+    the filesystem's limit (ENAMETOOLONG at the first write, otherwise). ``what``: what ``key`` should name, for the
+    fix."""
     import errno
 
     # first: a name over the limit makes every later look at the path (exists, is_symlink) fail with ENAMETOOLONG
@@ -107,12 +108,34 @@ def check_real_path(target: Path, key: str) -> None:
         try:
             part.stat()
         except OSError as e:
-            what = (
+            problem = (
                 "is a symbolic link that loops back on itself"
                 if e.errno == errno.ELOOP
                 else f"is a symbolic link to '{os.readlink(part)}', which does not exist"
             )
-            raise ConfigError(f"{key}: '{part}' {what}; point {key} at a real folder, or fix the link") from None
+            raise ConfigError(f"{key}: '{part}' {problem}; point {key} at {what}, or fix the link") from None
+
+
+def input_paths(hc: HarnessConfig) -> list[tuple[str, str, str]]:
+    """(key, value, what it should name) of every path the job reads that may be a local file or folder: the data,
+    the models and the preference file. A hub name passes ``check_real_path`` untouched (no link, short names)."""
+    paths = [("task.path", hc.task.path, "a data file or a save_to_disk folder")]
+    if hc.model.name != "tiny":
+        paths.append(("model.name", hc.model.name, "a model folder or a hub name"))
+    if hc.method.takes_policy:
+        paths.append(("policy", hc.pipeline.policy, "a model folder or a hub name"))
+    if hc.preferences.source == "file":
+        paths.append(("preferences.path", hc.preferences.path, "a .jsonl or .parquet file or a save_to_disk folder"))
+    if hc.gold.kind in ("hf_classifier", "hf_reward_model"):
+        paths.append(("gold.name_or_path", hc.gold.name_or_path, "a model folder or a hub name"))
+    return [(key, str(value), what) for key, value, what in paths if value]
+
+
+def check_input_paths(hc: HarnessConfig) -> None:
+    """Every path the job reads is a real one: a link that loops or points at nothing is said as that (not as "does
+    not exist"), and a name too long for the filesystem names its key (not the OSError of the first look at it)."""
+    for key, value, what in input_paths(hc):
+        check_real_path(Path(value).expanduser().absolute(), key, what)
 
 
 def check_free_space(path: str | Path, need: int, key: str) -> None:
@@ -316,6 +339,7 @@ def preflight(hc: HarnessConfig, here: bool = True):
 
         check_precision(hc.precision, pick_device(hc.device))
     check_process_split(hc)
+    check_input_paths(hc)
     check_writable(hc.cache_dir, "cache_dir")
     weights = check_model(hc)
     check_policy(hc)

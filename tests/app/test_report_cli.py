@@ -65,3 +65,23 @@ def test_a_row_file_that_is_not_utf8_is_named(tmp_path, capsys):
     (tmp_path / "run" / "points.jsonl").write_bytes(b'{"method": "dpo"}\n\xa0\xff garbage\n')
     line = _stopped(capsys, [str(tmp_path)])
     assert f"{tmp_path / 'run' / 'points.jsonl'}:2: not UTF-8 text" in line
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: (d / "link").symlink_to(d / "gone"), "is a symbolic link to '"),
+        (lambda d: (d / "link").symlink_to(d / "link"), "is a symbolic link that loops back on itself"),
+    ],
+    ids=["dangling", "loop"],
+)
+def test_a_folder_given_as_a_link_that_leads_nowhere_says_so(tmp_path, capsys, make, expected):
+    make(tmp_path)
+    line = _stopped(capsys, [str(tmp_path / "link")])
+    assert line.startswith(f"error: folder: '{tmp_path / 'link'}' ") and expected in line, line
+    assert "does not exist; give" not in line
+
+
+def test_a_folder_name_too_long_names_the_argument(tmp_path, capsys):
+    line = _stopped(capsys, [str(tmp_path / ("n" * 300))])
+    assert line.startswith("error: folder: the name 'nnnn") and "more than the" in line, line

@@ -6,7 +6,10 @@ line, nothing trained, no folder made.
   folder and ``tokenizer.json`` with the ``tokenizers`` library;
 - a number no 64-bit integer holds, in any section (it hung generating data, or trained for ever);
 - a mapping where a list belongs (``study``, ``seeds``): OmegaConf's "Cannot merge DictConfig with ListConfig";
-- an unquoted value with a letter beyond ASCII: the hint to quote it, as for '=' and ','."""
+- an unquoted value with a letter beyond ASCII: the hint to quote it, as for '=' and ',';
+- an input path (data, model, policy, preference file, gold classifier) that is a link looping or leading nowhere,
+  or whose name is too long for the filesystem: said as that, with its key (it was "does not exist", or a line
+  naming no key)."""
 
 from __future__ import annotations
 
@@ -74,3 +77,44 @@ def test_a_mapping_where_a_list_belongs_says_so(cli, tmp_path, argv, expected):
 def test_an_unquoted_path_beyond_ascii_gets_the_hint_to_quote_it(cli, tmp_path, value):
     code, err = cli(["pipeline=evaluate", f"policy={value}"])
     assert_stopped(code, err, f"quote it: \"policy='{value}'\"", tmp_path)
+
+
+# key -> (the changes that make the key read a path, given that path)
+INPUT_PATHS = {
+    "task.path": lambda p: {"task.name": "local", "task.path": p},
+    "task.path (imdb)": lambda p: {"task.name": "imdb", "task.path": p},
+    "model.name": lambda p: {"model.name": p},
+    "policy": lambda p: {"pipeline": {"name": "evaluate", "policy": p}},
+    "preferences.path": lambda p: {"preferences.source": "file", "preferences.path": p},
+    "gold.name_or_path": lambda p: {"gold.kind": "hf_classifier", "gold.name_or_path": p},
+}
+
+
+@pytest.fixture
+def links(tmp_path):
+    d = tmp_path / "links"
+    d.mkdir()
+    (d / "dangling").symlink_to(d / "nowhere")
+    (d / "loop").symlink_to(d / "loop")
+    return d
+
+
+@pytest.mark.parametrize("link, expected", [("dangling", "/nowhere', which does not exist"), ("loop", "loops back")])
+@pytest.mark.parametrize("role", INPUT_PATHS)
+def test_an_input_path_through_a_link_that_leads_nowhere_says_so(checked, tmp_path, links, role, link, expected):
+    code, err = checked(INPUT_PATHS[role](str(links / link)))
+    key = role.split(" ")[0]
+    assert_stopped(code, err, f"{key}: '{links / link}' is a symbolic link", tmp_path)
+    assert expected in err[0]
+
+
+@pytest.mark.parametrize("role", INPUT_PATHS)
+def test_an_input_path_with_a_name_too_long_names_its_key(checked, tmp_path, role):
+    code, err = checked(INPUT_PATHS[role](str(tmp_path / ("n" * 300) / "data.jsonl")))
+    assert_stopped(code, err, f"{role.split(' ')[0]}: the name 'nnnn", tmp_path)
+
+
+def test_a_preference_file_through_a_dangling_link_from_the_command_line(cli, tmp_path, links):
+    """The command line hashes a preference file for the job key before the preflight: the link is said first."""
+    code, err = cli(["preferences.source=file", f"preferences.path={links / 'dangling'}"])
+    assert_stopped(code, err, f"preferences.path: '{links / 'dangling'}' is a symbolic link", tmp_path)
