@@ -114,10 +114,72 @@ def _parse_args(argv: list[str]):
     parser = get_args_parser()
 
     def error(message: str):
+        flag = misplaced_flag(argv, parser._option_string_actions) if "unrecognized arguments" in message else None
+        if flag is not None:  # argparse reads flags only before the overrides: after one, a flag is "unrecognized"
+            action = parser._option_string_actions[flag]
+            names = flag + "".join(f" (or {f})" for f in action.option_strings if f != flag)
+            example = f": python -m harness {flag} key=value ..." if action.nargs == 0 else ""
+            raise ConfigError(
+                f"command line: {flag} comes after an override, where it is not read; put {names} before the "
+                f"overrides{example}"
+            )
         raise ConfigError(f"command line: {message}; see python -m harness --help")
 
     parser.error = error
     return parser.parse_args(argv)
+
+
+def misplaced_flag(argv: list[str], flags) -> str | None:
+    """The first of Hydra's ``flags`` (``-m``, ``--cfg``, ...) that ``argv`` gives after an override (key=value), as
+    it was written; None when every flag comes before them."""
+    seen_override = False
+    for arg in argv:
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if arg.startswith("-") and name in flags:
+            if seen_override:
+                return name
+        elif "=" in arg:
+            seen_override = True
+    return None
+
+
+# Values a boolean key takes from the command line: OmegaConf would also turn 2 or "yes" into true, silently.
+BOOL_WORDS = ("true", "false")
+
+
+def check_bool_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """Every override of a boolean key (a ``bool`` field of any schema: a switch such as ``stages_per_seed``) gives
+    true or false (or 0 / 1); ``cfg``: the config composed from them, whose nodes carry the schema's types. A sweep
+    override is checked per job (each job's overrides hold one value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.nodes import BooleanNode
+
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_delete() or o.is_sweep_override():
+            continue
+        node = cfg
+        for part in o.key_or_group.split("."):
+            try:
+                node = node._get_node(part) if isinstance(node, DictConfig) else None
+            except Exception:  # noqa: BLE001 - an unknown key: composition said so already, or the key is not typed
+                node = None
+            if node is None:
+                break
+        if not isinstance(node, BooleanNode):
+            continue
+        value = o.value()
+        ok = (
+            value is None
+            or isinstance(value, bool)
+            or (isinstance(value, int) and value in (0, 1))
+            or (isinstance(value, str) and value.lower() in BOOL_WORDS)
+        )
+        if not ok:
+            key = o.key_or_group
+            raise ConfigError(
+                f"{key}: '{o.get_value_element_as_str()}' is not true or false ({key} is a switch); set {key}=true "
+                f"or {key}=false"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------- launchers
@@ -245,6 +307,7 @@ def _check_run(cfg: DictConfig, parsed: list) -> None:
             + "add -m to sweep over them, or write a list as key=[a,b]"
             + hint
         )
+    check_bool_overrides(cfg, [o.input_line for o in parsed])
     out = _folder(cfg, "hydra.run.dir")
     if out:
         check_writable(out, "hydra.run.dir")
@@ -287,6 +350,7 @@ def _check_sweep(loader, cfg: DictConfig, parsed: list, config_name: str = "conf
         full = loader.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
         with open_dict(full):
             full.hydra.job.num = full.hydra.job.id = len(folders)  # the basic sweeper numbers jobs in this order
+        check_bool_overrides(full, overrides)
         base, sub = _folder(full, "hydra.sweep.dir"), _folder(full, "hydra.sweep.subdir")
         job = _job_config(full)
         devices.add(job.get("device"))

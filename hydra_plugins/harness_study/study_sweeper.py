@@ -160,7 +160,7 @@ class StudySweeper(BasicSweeper):
         Then every job's folder (the sweep folder / its subdir, as the launcher will name it): one that holds another
         job's run stops the study, unless ``overwrite=true``, which moves that run aside (``harness.runs.folder``)
         once every check passed, before Hydra writes a file there. Returns the job folders."""
-        from harness.app.cli import check_launcher, check_launcher_gpus, jobs_run_here
+        from harness.app.cli import check_bool_overrides, check_launcher, check_launcher_gpus, jobs_run_here
         from harness.app.jobs import load
         from harness.preflight.checks import check_jobs, check_writable
         from harness.runs import folder as run_folder
@@ -172,6 +172,7 @@ class StudySweeper(BasicSweeper):
 
         def load_job(overrides: list[str]):
             cfg = self._sweep_config(overrides, len(composed))  # check_jobs loads the jobs in order, once each
+            check_bool_overrides(cfg, overrides)
             folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             with open_dict(cfg):
                 del cfg["hydra"]  # the job's own config, as its task function will see it

@@ -9,9 +9,14 @@ line, nothing trained, no folder made.
 - an unquoted value with a letter beyond ASCII: the hint to quote it, as for '=' and ',';
 - an input path (data, model, policy, preference file, gold classifier) that is a link looping or leading nowhere,
   or whose name is too long for the filesystem: said as that, with its key (it was "does not exist", or a line
-  naming no key)."""
+  naming no key);
+- a flag (``-m``, ``--cfg``) after the overrides: argparse's "unrecognized arguments" said as where to put it;
+- a switch (a ``bool`` field of any schema) given 2, 'yes' or 1.5: OmegaConf read it as true (or false) without a
+  word."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -118,3 +123,86 @@ def test_a_preference_file_through_a_dangling_link_from_the_command_line(cli, tm
     """The command line hashes a preference file for the job key before the preflight: the link is said first."""
     code, err = cli(["preferences.source=file", f"preferences.path={links / 'dangling'}"])
     assert_stopped(code, err, f"preferences.path: '{links / 'dangling'}' is a symbolic link", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["pipeline=dpo", "-m", "pipeline.beta=0.1,1"], "-m comes after an override, where it is not read; put -m (or"),
+        (
+            ["pipeline=dpo", "--multirun", "pipeline.beta=0.1,1"],
+            "--multirun comes after an override, where it is not read; put --multirun (or -m) before",
+        ),
+        (["seed=1", "--cfg", "job"], "--cfg comes after an override"),
+    ],
+    ids=["-m", "--multirun", "--cfg"],
+)
+def test_a_flag_after_the_overrides_says_to_put_it_first(cli, tmp_path, argv, expected):
+    code, err = cli(argv)
+    assert_stopped(code, err, f"command line: {expected}", tmp_path)
+
+
+def _switches(cls: type, prefix: str) -> list[str]:
+    """The dotted keys of every ``bool`` field of the schema ``cls`` and of the sections it holds."""
+    found = []
+    for f in dataclasses.fields(cls):
+        if f.type in ("bool", bool):
+            found.append(prefix + f.name)
+        elif dataclasses.is_dataclass(f.default_factory):
+            found += _switches(f.default_factory, f"{prefix}{f.name}.")
+    return found
+
+
+def _every_switch() -> dict[str, list[str]]:
+    """id -> the overrides that select the schema and set the switch to 2; each schema class's switches once."""
+    from harness.config import Sections
+    from pipelines.registry import METHODS
+
+    cases = {key: [f"{key}=2"] for key in _switches(Sections, "")}
+    seen = set()
+    for name, method in METHODS.items():
+        for key in _switches(method.schema, "pipeline."):
+            if (method.schema, key) not in seen:
+                seen.add((method.schema, key))
+                cases[f"{name}: {key}"] = [f"pipeline={name}", f"{key}=2"]
+    return cases
+
+
+SWITCHES = _every_switch()
+
+
+def test_the_walk_finds_the_switches():
+    assert {"stages_per_seed", "overwrite", "model.trust_remote_code", "gold.trust_remote_code"} <= set(SWITCHES)
+    assert "ppo: pipeline.whiten_rewards" in SWITCHES and "evaluate: pipeline.trust_remote_code" in SWITCHES
+
+
+@pytest.mark.parametrize("argv", SWITCHES.values(), ids=SWITCHES.keys())
+def test_a_switch_given_a_number_is_refused(cli, tmp_path, argv):
+    key = argv[-1].split("=")[0]
+    code, err = cli(argv)
+    assert_stopped(code, err, f"{key}: '2' is not true or false", tmp_path)
+    assert f"set {key}=true or {key}=false" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, shown",
+    [
+        (["stages_per_seed=yes"], "'yes'"),
+        (["overwrite=1.5"], "overwrite: "),
+        (["-m", "stages_per_seed=false,2"], "'2' is not true or false"),
+        (["-m", "experiment=frontier", "study=[['pipeline=dpo','stages_per_seed=3']]", "seeds=[0]"], "'3' is not"),
+    ],
+    ids=["a word", "a fraction", "a sweep", "a study entry"],
+)
+def test_a_switch_given_anything_but_true_or_false_is_refused(cli, tmp_path, argv, shown):
+    code, err = cli(argv)
+    assert_stopped(code, err, shown, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["true", "false", "True", "FALSE", "0", "1", "'true'"])
+def test_a_switch_takes_true_false_0_and_1(value):
+    from harness.app.cli import check_bool_overrides
+    from tests.conftest import compose
+
+    overrides = [f"stages_per_seed={value}"]
+    check_bool_overrides(compose(overrides), overrides)  # raises ConfigError on a refused value
