@@ -108,6 +108,15 @@ def read_rows(path: str) -> tuple[str, list[tuple[str, dict]]]:
 def _dataset_rows(p: Path, path: str) -> tuple[str, list[tuple[str, dict]]]:
     import datasets
 
+    from harness.data.tasks import saved_dataset_problem
+
+    problem = saved_dataset_problem(p)
+    if problem:  # named by its file: datasets' own error names none
+        raise ConfigError(
+            f"{KEY}: '{path}' cannot be loaded as a save_to_disk dataset: {problem}; save it again with "
+            "save_to_disk, or give a .jsonl / .parquet file"
+        )
+
     try:
         ds = datasets.load_from_disk(str(p))
     except Exception as e:  # noqa: BLE001 - as above

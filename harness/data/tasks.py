@@ -291,13 +291,70 @@ def _read_local(path: str, column: str) -> list[str]:
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"task.path: file '{path}' does not exist; point task.path at a .jsonl or .csv file")
+    if p.is_dir():  # before the suffix: a folder's name has none, and "unsupported file type ''" says nothing
+        raise ConfigError(f"task.path: '{path}' is a folder; task=local reads one .jsonl or .csv file{_as_dataset(p)}")
     if p.suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"task.path: unsupported file type '{p.suffix}' ('{path}'); use .jsonl or .csv")
-    if p.is_dir():
-        raise ConfigError(f"task.path: '{path}' is a folder; point task.path at a .jsonl or .csv file")
     text = _decode(p)
     rows = _jsonl_rows(p, text) if p.suffix == ".jsonl" else _csv_rows(p, text)
     return _texts_from_rows(rows, column, str(p))
+
+
+def _as_dataset(folder: Path) -> str:
+    """What a folder given to ``task=local`` is as a ``save_to_disk`` dataset (which ``task=imdb`` reads)."""
+    problem = saved_dataset_problem(folder)
+    if problem is None:
+        return "; this one holds a save_to_disk dataset: set task=imdb to read it"
+    if problem.startswith("it holds neither"):
+        return ": point task.path at one"
+    return (
+        f", and as a save_to_disk dataset (task=imdb) it does not load either: {problem}; save it again with "
+        "save_to_disk, or point task.path at a file"
+    )
+
+
+def saved_dataset_problem(folder: Path) -> str | None:
+    """What keeps ``folder`` from loading as a ``save_to_disk`` dataset, read from its small files (``datasets``
+    raises a bare JSON or "neither a Dataset nor a DatasetDict directory" error, naming no file): no
+    dataset_dict.json or state.json (not such a folder), a JSON file that does not parse, a split or an Arrow file
+    it lists that is missing. None when it looks whole (loading it may still find a damaged Arrow file)."""
+    import json
+
+    def read(f: Path):
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
+            raise _Unreadable(f"'{f}' cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+
+    try:
+        if (folder / "dataset_dict.json").is_file():
+            splits = read(folder / "dataset_dict.json")
+            names = splits.get("splits") if isinstance(splits, dict) else None
+            if not isinstance(names, list):
+                return f"'{folder / 'dataset_dict.json'}' lists no splits"
+            parts = [folder / str(s) for s in names]
+        elif (folder / "state.json").is_file():
+            parts = [folder]
+        else:
+            return "it holds neither dataset_dict.json nor state.json (no folder written by save_to_disk)"
+        for part in parts:
+            if not (part / "state.json").is_file():
+                return f"'{part / 'state.json'}' is missing"
+            state = read(part / "state.json")
+            if (part / "dataset_info.json").is_file():
+                read(part / "dataset_info.json")
+            files = state.get("_data_files") if isinstance(state, dict) else None
+            for entry in files if isinstance(files, list) else []:
+                name = entry.get("filename") if isinstance(entry, dict) else None
+                if name and not (part / name).is_file():
+                    return f"'{part / name}' is missing"
+    except _Unreadable as e:
+        return str(e)
+    return None
+
+
+class _Unreadable(Exception):
+    """A JSON file of a saved dataset that does not parse (its message names the file)."""
 
 
 def _kind(value: object) -> str:
@@ -344,6 +401,12 @@ def _load_imdb(path: str | None, column: str) -> tuple[list[str], list[str] | No
 
     name = path or "stanfordnlp/imdb"
     local = Path(name).expanduser()
+    problem = saved_dataset_problem(local) if local.is_dir() else None
+    if problem:  # named by its file: datasets' own error names none
+        raise ConfigError(
+            f"task.path: '{name}' cannot be loaded as a save_to_disk dataset: {problem}; save it again with "
+            "save_to_disk, or give a hub dataset name"
+        )
     try:
         ds = datasets.load_from_disk(str(local)) if local.exists() else datasets.load_dataset(name)
     except Exception as e:  # noqa: BLE001 - any failure to open the data is the user's input, said in one line

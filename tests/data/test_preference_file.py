@@ -432,7 +432,7 @@ BAD = {  # name: (file, what the one line must say)
     "no shared prompt": ("no_prompt", "line 1 column 'chosen' and column 'rejected' share no beginning"),
     "unknown format": ("txt", "unsupported file type '.txt'; use .jsonl, .parquet"),
     "unreadable parquet": ("not_parquet", "as Parquet"),
-    "folder not a dataset": ("not_a_dataset", "cannot be opened as a dataset folder"),
+    "folder not a dataset": ("not_a_dataset", "cannot be loaded as a save_to_disk dataset: it holds neither"),
     "file missing": ("absent", "does not exist"),
     "a single prompt": ("one_prompt", "distinct prompt(s); give at least 2"),
 }

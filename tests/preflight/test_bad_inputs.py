@@ -305,7 +305,7 @@ DATA_CASES = {
     "csv empty text": ("local", "csv_empty_text", "empty 'text' at line 6"),
     "csv malformed": ("local", "csv_huge_field", "malformed CSV"),
     "csv too small": ("local", "csv_too_small", "the minimum is 50"),
-    "dataset folder unreadable": ("imdb", "ds_not_a_dataset", "cannot open"),
+    "dataset folder unreadable": ("imdb", "ds_not_a_dataset", "holds neither dataset_dict.json nor state.json"),
     "dataset without train split": ("imdb", "ds_no_train", "no 'train' split (it has: validation)"),
     "dataset missing column": ("imdb", "ds_missing_column", "column 'text' missing"),
     "dataset null text": ("imdb", "ds_null", "[train]' row 3 column 'text' is null"),

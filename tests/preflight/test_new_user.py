@@ -12,7 +12,10 @@ line, nothing trained, no folder made.
   naming no key);
 - a flag (``-m``, ``--cfg``) after the overrides: argparse's "unrecognized arguments" said as where to put it;
 - a switch (a ``bool`` field of any schema) given 2, 'yes' or 1.5: OmegaConf read it as true (or false) without a
-  word."""
+  word;
+- a save_to_disk folder that cannot load (a cut dataset_dict.json or state.json, a split or Arrow file gone), given
+  to ``task.path`` (task=local: "unsupported file type ''"; task=imdb: the bare JSON error) or ``preferences.path``:
+  the file that is wrong is named."""
 
 from __future__ import annotations
 
@@ -206,3 +209,55 @@ def test_a_switch_takes_true_false_0_and_1(value):
 
     overrides = [f"stages_per_seed={value}"]
     check_bool_overrides(compose(overrides), overrides)  # raises ConfigError on a refused value
+
+
+def _saved(folder, damage: str):
+    """A save_to_disk folder of 60 reviews (a DatasetDict with a train split, or one Dataset), damaged one way."""
+    from datasets import Dataset, DatasetDict
+
+    rows = {"text": [f"review {i}: the plot was fine" for i in range(60)]}
+    rows |= {"prompt": ["Q"] * 60, "chosen": ["Q good"] * 60, "rejected": ["Q bad"] * 60}
+    single = damage.startswith("single")
+    (Dataset.from_dict(rows) if single else DatasetDict({"train": Dataset.from_dict(rows)})).save_to_disk(str(folder))
+    state = folder / "state.json" if single else folder / "train" / "state.json"
+    if damage == "dataset_dict.json cut":
+        (folder / "dataset_dict.json").write_text('{"spl')
+    elif damage == "single: state.json cut":
+        state.write_text(state.read_text()[:5])
+    elif damage == "split folder gone":
+        import shutil
+
+        shutil.rmtree(folder / "train")
+    elif damage == "arrow file gone":
+        next(state.parent.glob("*.arrow")).unlink()
+    return folder
+
+
+SAVED_DAMAGE = {
+    "dataset_dict.json cut": "dataset_dict.json' cannot be read (JSONDecodeError",
+    "single: state.json cut": "state.json' cannot be read (JSONDecodeError",
+    "split folder gone": "train/state.json' is missing",
+    "arrow file gone": ".arrow' is missing",
+}
+
+
+@pytest.mark.parametrize("damage", SAVED_DAMAGE)
+@pytest.mark.parametrize("role", ["task=local", "task=imdb", "preferences.path"])
+def test_a_save_to_disk_folder_that_cannot_load_names_what_is_wrong(checked, tmp_path, role, damage):
+    folder = _saved(tmp_path / "saved", damage)
+    changes = {
+        "task=local": {"task.name": "local", "task.path": str(folder)},
+        "task=imdb": {"task.name": "imdb", "task.path": str(folder)},
+        "preferences.path": {"preferences.source": "file", "preferences.path": str(folder)},
+    }[role]
+    code, err = checked(changes)
+    key = role if role == "preferences.path" else "task.path"
+    assert_stopped(code, err, f"{key}: '{folder}' ", tmp_path)
+    assert SAVED_DAMAGE[damage] in err[0] and "unsupported file type" not in err[0]
+
+
+def test_a_whole_save_to_disk_folder_given_to_task_local_says_to_use_task_imdb(checked, tmp_path):
+    folder = _saved(tmp_path / "saved", "none")
+    code, err = checked({"task.name": "local", "task.path": str(folder)})
+    assert_stopped(code, err, "task.path: ", tmp_path)
+    assert "holds a save_to_disk dataset: set task=imdb to read it" in err[0]
