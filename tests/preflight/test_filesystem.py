@@ -15,15 +15,6 @@ from tests.preflight.test_bad_inputs import assert_stopped
 pytestmark = pytest.mark.battery
 
 
-@pytest.fixture
-def links(tmp_path):
-    d = tmp_path / "links"
-    d.mkdir()
-    (d / "dangling").symlink_to(d / "nowhere")
-    (d / "loop").symlink_to(d / "loop")
-    return d
-
-
 @pytest.mark.parametrize(
     "key, name, expected",
     [

@@ -98,15 +98,6 @@ INPUT_PATHS = {
 }
 
 
-@pytest.fixture
-def links(tmp_path):
-    d = tmp_path / "links"
-    d.mkdir()
-    (d / "dangling").symlink_to(d / "nowhere")
-    (d / "loop").symlink_to(d / "loop")
-    return d
-
-
 @pytest.mark.parametrize("link, expected", [("dangling", "/nowhere', which does not exist"), ("loop", "loops back")])
 @pytest.mark.parametrize("role", INPUT_PATHS)
 def test_an_input_path_through_a_link_that_leads_nowhere_says_so(checked, tmp_path, links, role, link, expected):
