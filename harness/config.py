@@ -17,12 +17,14 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.fields import (
+    IDENTITY_WHEN_SET,
     MAX_NEW_TOKENS,
     MICRO_BATCH_SIZE,
     NOT_IDENTITY,
     ConfigError,
     at_least_zero,
     micro_batches,
+    out_of_identity,
     plain_value,
     positive,
     require,
@@ -85,9 +87,26 @@ class ModelConfig:
     dtype: str = "float32"  # training dtype; fp32 on CPU
     # Run Python code shipped with a hub model (config.json's auto_map)? Off: loading a model must not run its code.
     trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
+    # A model shipped as a GGUF file: <package>/<file>.gguf inside an installed pip package (found through the
+    # package), or the path of a .gguf file; converted once into a transformers folder (harness/lm/gguf.py). `name`
+    # is then the model's label. e.g. model=smollm2_135m.
+    gguf: str | None = field(default=None, metadata=IDENTITY_WHEN_SET)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "model.name", "is empty", "set model.name=tiny or a hub name / local path")
+        if self.gguf is not None:
+            require(
+                str(self.gguf).endswith(".gguf"),
+                "model.gguf",
+                f"'{self.gguf}' is not a .gguf file",
+                "give <package>/<file>.gguf or the path of a .gguf file, e.g. model=smollm2_135m",
+            )
+            require(
+                self.name != "tiny",
+                "model.name",
+                "'tiny' is built from config and reads no model.gguf",
+                "set model.name to the GGUF model's label, or drop model.gguf",
+            )
         positive(self, "model", "n_layer", "n_embd", "n_head", "n_positions", "vocab_size")
         require(
             self.n_embd % self.n_head == 0, "model.n_head", f"must divide model.n_embd={self.n_embd}", "pick a divisor"
@@ -438,7 +457,7 @@ def identity_of(obj: Any) -> Any:
     values unchanged."""
     if not dataclasses.is_dataclass(obj):
         return obj
-    skip = {f.name for f in dataclasses.fields(obj) if f.metadata.get("identity") is False}
+    skip = {f.name for f in dataclasses.fields(obj) if out_of_identity(f, getattr(obj, f.name))}
     return {k: v for k, v in dataclasses.asdict(obj).items() if k not in skip}
 
 

@@ -90,6 +90,15 @@ def in_unit(obj: Any, prefix: str, *names: str) -> None:
 # A field that says how a job may run, not what it computes: left out of stage and job identities, so turning it on
 # does not rebuild a cached stage or re-run a finished job.
 NOT_IDENTITY = {"identity": False}
+# A field added after jobs and stages had keys: part of the identity only when set (not None), so every key made
+# before it existed still holds (a finished run is still found, a cached stage still reused).
+IDENTITY_WHEN_SET = {"identity": "when set"}
+
+
+def out_of_identity(f, value) -> bool:
+    """Whether the dataclass field ``f`` holding ``value`` is left out of a stage's or a job's identity."""
+    mark = f.metadata.get("identity")
+    return mark is False or (mark == "when set" and value is None)
 
 
 # Tokens sampled per response, the same for the preference set, PPO's rollouts and the evaluator: every method is

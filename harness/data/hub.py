@@ -180,6 +180,17 @@ def find_pretrained(name: str, key: str, tokenizer: bool = True) -> Pretrained |
     return None
 
 
+def find_base(model) -> Pretrained | None:
+    """``find_pretrained`` for the base model (a ``ModelConfig``), a GGUF one (``model.gguf``) included: what its
+    file's header says, the weight bytes those of the fp32 folder it converts into."""
+    if not model.gguf:
+        return find_pretrained(model.name, "model.name")
+    from harness.lm import gguf
+
+    config = gguf.describe(gguf.locate(model.gguf))
+    return Pretrained(config, 4 * config["parameters"])
+
+
 def positions(config: dict) -> int | None:
     """The longest sequence a model config allows, under any of the names model families use."""
     found = [config[k] for k in POSITION_KEYS if isinstance(config.get(k), int)]

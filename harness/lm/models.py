@@ -53,19 +53,32 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
-def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None) -> PreTrainedTokenizerFast:
-    """``tiny``: train on ``train_texts``. Otherwise the checkpoint's tokenizer, with a pad token added when it
-    has none (GPT-2 has none; padding with EOS would hide the real EOS from the loss and from generation)."""
+def load_tokenizer(
+    cfg: ModelConfig, train_texts: list[str] | None = None, source: str | None = None
+) -> PreTrainedTokenizerFast:
+    """``tiny``: train on ``train_texts``. Otherwise the checkpoint's tokenizer (from ``source``, the base model's
+    folder, default ``model.name``; a GGUF model's from its file), with a pad token added when it has none (GPT-2 has
+    none; padding with EOS would hide the real EOS from the loss and from generation)."""
     if cfg.name == "tiny":
         if not train_texts:
             raise ConfigError(
                 "model.name: 'tiny' trains its tokenizer on the task corpus, which is empty; check task.n_train"
             )
         return train_tokenizer(train_texts, cfg.vocab_size)
-    tok = _from_pretrained(AutoTokenizer, cfg.name, trust_remote_code=cfg.trust_remote_code)
+    if source is None and cfg.gguf:
+        from harness.lm.gguf import locate
+
+        path = locate(cfg.gguf)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        tok = _from_pretrained(AutoTokenizer, source or cfg.name, trust_remote_code=cfg.trust_remote_code)
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+    # A pad of its own only where the tokenizer names none (GPT-2). One that pads with its EOS (SmolLM2) keeps it: a
+    # new token would change a pretrained model's vocabulary and so its distribution (one more logit to sample), and
+    # nothing here finds padding by its id: sampler, scorers and trainers use attention masks, and the scalar models
+    # read their score at the last attended token (``read_score_at_last_token``), which is the EOS.
+    if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD})
     tok.padding_side = "right"
     return tok
@@ -102,8 +115,9 @@ def _sync_special_tokens(model: PreTrainedModel, tok) -> None:
             cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.eos_token_id
 
 
-def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0) -> PreTrainedModel:
-    """The base policy before SFT: ``tiny`` from config (random init, seeded), otherwise pretrained weights."""
+def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0, source: str | None = None) -> PreTrainedModel:
+    """The base policy before SFT: ``tiny`` from config (random init, seeded), otherwise pretrained weights (from
+    ``source``, the base model's folder: ``harness.runs.base_model``; default ``model.name``)."""
     if cfg.name == "tiny":
         torch.manual_seed(seed)
         conf = GPT2Config(
@@ -119,7 +133,10 @@ def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0) -> PreTrainedModel:
         model = GPT2LMHeadModel(conf)
     else:
         model = _from_pretrained(
-            AutoModelForCausalLM, cfg.name, dtype=getattr(torch, cfg.dtype), trust_remote_code=cfg.trust_remote_code
+            AutoModelForCausalLM,
+            source or cfg.name,
+            dtype=getattr(torch, cfg.dtype),
+            trust_remote_code=cfg.trust_remote_code,
         )
         if model.get_input_embeddings().num_embeddings < len(tok):  # a pad token was added
             model.resize_token_embeddings(len(tok))
@@ -146,7 +163,38 @@ def load_scalar_model(path: str | Path, tok, trust_remote_code: bool = False) ->
         str(path), num_labels=1, trust_remote_code=trust_remote_code
     )
     _sync_special_tokens(model, tok)
-    return use_fused_gelu(model)
+    return use_fused_gelu(read_score_at_last_token(model))
+
+
+def read_score_at_last_token(model: PreTrainedModel) -> PreTrainedModel:
+    """The scalar model's score read at the last token its attention mask covers, not at the last token whose id is
+    not the pad id (transformers' ``*ForSequenceClassification``): where the pad is the EOS (SmolLM2) that would
+    skip the EOS a response ends with and read the token before it, unlike the reward model's training. The same
+    position wherever the pad is a token of its own; right or left padding alike. Only the in-memory model changes
+    (its ``forward``), so TRL's RewardTrainer and our scorers read the same place; the saved checkpoint is plain.
+    A model without a ``score`` head (one this does not know) keeps transformers' reading."""
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+        return model
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        for unused in ("labels", "return_dict", "output_attentions", "output_hidden_states", "logits_to_keep"):
+            kwargs.pop(unused, None)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # looked up at each call, not kept: PPO rescales the critic's head by putting a new module in its place
+        backbone, head = getattr(model, model.base_model_prefix), model.score
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        ).last_hidden_state
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (columns * attention_mask.bool()).argmax(-1)  # the rightmost attended column of each row
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return SequenceClassifierOutputWithPast(logits=head(hidden[rows, last]))
+
+    model.forward = forward
+    return model
 
 
 def freeze(model):

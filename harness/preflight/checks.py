@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.config import HarnessConfig, identity_of
 from harness.data.caches import task_data, with_file_prompts
-from harness.data.hub import Pretrained, find_pretrained, positions
+from harness.data.hub import Pretrained, find_base, find_pretrained, positions
 from harness.fields import ConfigError
 from harness.methods import REWARD_MODEL
 from harness.preflight.errors import user_error
@@ -120,7 +120,9 @@ def input_paths(hc: HarnessConfig) -> list[tuple[str, str, str]]:
     """(key, value, what it should name) of every path the job reads that may be a local file or folder: the data,
     the models and the preference file. A hub name passes ``check_real_path`` untouched (no link, short names)."""
     paths = [("task.path", hc.task.path, "a data file or a save_to_disk folder")]
-    if hc.model.name != "tiny":
+    if hc.model.gguf:
+        paths.append(("model.gguf", hc.model.gguf, "a .gguf file or <package>/<file>.gguf"))
+    elif hc.model.name != "tiny":
         paths.append(("model.name", hc.model.name, "a model folder or a hub name"))
     if hc.method.takes_policy:
         paths.append(("policy", hc.pipeline.policy, "a model folder or a hub name"))
@@ -172,7 +174,7 @@ def check_model(hc: HarnessConfig) -> int | None:
     if hc.model.name == "tiny":
         check_lengths(hc, hc.model.n_positions, "model.n_positions")
         return _tiny_weight_bytes(hc)
-    pre = find_pretrained(hc.model.name, "model.name")
+    pre = find_base(hc.model)
     _no_remote_code(pre, hc.model.name, "model.name", hc.model.trust_remote_code)
     n_pos = positions(pre.config) if pre is not None else None
     if n_pos is not None:
@@ -288,7 +290,7 @@ def vocabulary_cannot_match(config: dict, hc: HarnessConfig) -> str | None:
                 f"{hc.model.vocab_size} tokens (model=tiny); {fix}"
             )
         return None
-    base = find_pretrained(hc.model.name, "model.name")
+    base = find_base(hc.model)
     base_kind = base.config.get("model_type") if base is not None else None
     if kind and base_kind and kind != base_kind:
         return f"is a {kind} model, π_SFT a {base_kind} ({hc.model.name}): their vocabularies differ; {fix}"

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from harness.config import SECTION_TYPES, HarnessConfig
+from harness.fields import out_of_identity
 from harness.runs.cache import key_of
 
 DONE = "done.json"  # written when a job finished; holds its config key and result
@@ -43,7 +44,8 @@ def job_key(hc: HarnessConfig) -> str:
     ``trust_remote_code`` (how it may run), so a rerun under another launcher still reuses the finished job."""
     ident = {k: v for k, v in hc.raw.items() if k != "threads"}
     for name in SECTIONS:
-        skip = {f.name for f in dataclasses.fields(getattr(hc, name)) if f.metadata.get("identity") is False}
+        section = getattr(hc, name)
+        skip = {f.name for f in dataclasses.fields(section) if out_of_identity(f, getattr(section, f.name))}
         ident[name] = {k: v for k, v in ident[name].items() if k not in skip}
     if hc.preferences.source == "file":  # the file's content, not its name: an edited file makes a new job
         from harness.data.preference_file import content_hash

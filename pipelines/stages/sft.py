@@ -19,6 +19,7 @@ from harness.lm.models import (
     load_pretrained_lm,
     load_tokenizer,
 )
+from harness.runs.base_model import base_folder
 from harness.runs.cache import Artifact, build_or_load, key_of
 from harness.runs.context import RunContext
 from harness.runs.weights import saved_model_problem
@@ -69,8 +70,9 @@ def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
     from pipelines.stages.resume import StageCheckpoints
 
     cfg, task = ctx.cfg, ctx.task
-    tok = load_tokenizer(cfg.model, task.train_texts)
-    model = load_causal_lm(cfg.model, tok, seed=cfg.task.seed)
+    source = base_folder(cfg)  # a GGUF model is converted here, once, under the cache's lock
+    tok = load_tokenizer(cfg.model, task.train_texts, source)
+    model = load_causal_lm(cfg.model, tok, seed=cfg.task.seed, source=source)
     log.info(
         "SFT: %s with %.2fM parameters on %d reviews",
         cfg.model.name,
