@@ -92,7 +92,7 @@ def _claim_and_run(hc, folder: Path, key: str, label: str, task, sweep_name, swe
 
     import torch
 
-    from harness.lm import distributed
+    from harness.lm import distributed, memory
     from harness.runs import checkpoint, preempt
     from harness.runs import folder as run_folder
     from harness.runs.context import RunContext
@@ -114,6 +114,7 @@ def _claim_and_run(hc, folder: Path, key: str, label: str, task, sweep_name, swe
             torch.set_num_threads(hc.threads)
         torch.manual_seed(hc.seed)
         ctx = RunContext(cfg=hc, folder=folder, sweep_name=sweep_name, swept=swept, key=key)
+        memory.reset_peak(ctx.device)  # the rows' peak memory is this job's, not an earlier job's of this process
         ctx.task = task  # fills the cached property: the data the checks read is the data the job trains on
         try:
             result = hc.method.run(ctx)

@@ -26,6 +26,7 @@ import torch
 from harness.config import EvalConfig
 from harness.eval.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
 from harness.eval.row import EvalPoint
+from harness.lm.memory import models_held, parameters_of, peak_memory
 from harness.lm.precision import autocast
 from harness.lm.sampling import Samples, response_logits, response_texts, sample
 
@@ -201,5 +202,10 @@ class Evaluator:
             eval_s=round(time.time() - t0, 3),
             evidence=prompt_evidence(self.prompts, idx, gold=gold, kl=exact, truncated=truncated),
         )
+        held = models_held()
+        point.models_held, point.model_parameters = len(held), parameters_of(held)
+        peak, point.peak_memory_kind = peak_memory(device)
+        point.peak_memory_mb = round(peak, 1) if peak is not None else None
+        point.step_s = round(train_s / step, 4) if step > 0 else None
         self.eval_seconds += time.time() - t0
         return point

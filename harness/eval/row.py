@@ -43,6 +43,15 @@ class EvalPoint:
     compute_tokens_trained: int = field(default=0, metadata=_OPTIONAL)
     compute_wall_s: float = field(default=0.0, metadata=_OPTIONAL)
     eval_s: float | None = field(default=None, metadata=_OPTIONAL)  # seconds this evaluation itself took
+    # The job's cost so far (harness/lm/memory.py): training seconds per optimizer step (compute_wall_s / step; None at
+    # step 0), its peak memory in MiB and what that peak is (resident: the process's resident memory on the CPU since
+    # the job started; device: GPU memory allocated; process: the process's lifetime peak), and the transformers
+    # models it holds at this evaluation with their parameters (policy, reference, critic, reward model, ...).
+    step_s: float | None = field(default=None, metadata=_OPTIONAL)
+    peak_memory_mb: float | None = field(default=None, metadata=_OPTIONAL)
+    peak_memory_kind: str | None = field(default=None, metadata=_OPTIONAL)
+    models_held: int | None = field(default=None, metadata=_OPTIONAL)
+    model_parameters: int | None = field(default=None, metadata=_OPTIONAL)
     # per-prompt means (``harness.eval.evaluator.prompt_evidence``): the evidence.jsonl line, not the row
     evidence: dict | None = field(default=None, repr=False, metadata=_NOT_IN_ROW)
 

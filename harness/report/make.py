@@ -33,7 +33,7 @@ from harness.report.analysis import summarize
 from harness.report.load import load_evidence, load_points
 from harness.report.plots import frontier_figure, plot_ablation
 from harness.report.stats import DEFAULT_KLS, N_BOOT
-from harness.report.text import format_summary, settings_table, verdict
+from harness.report.text import cost_table, format_summary, settings_table, verdict
 
 
 def write_points_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -129,7 +129,9 @@ def make_report(
     paths["verdict_txt"].write_text("\n".join(verdict(summary, methods)) + "\n", encoding="utf-8")
     paths["summary_md"] = folder / "summary.md"
     table = settings_table(rows, methods)  # each setting's final point (an ablation's table); "" when nothing was swept
+    cost = cost_table(rows, methods)  # models held, s / step, peak memory per method; "" for rows without the fields
     paths["summary_md"].write_text(
-        format_summary(summary, methods, title, commit=commit) + ("\n" + table if table else ""), encoding="utf-8"
+        format_summary(summary, methods, title, commit=commit) + "".join("\n" + t for t in (table, cost) if t),
+        encoding="utf-8",
     )
     return paths

@@ -282,3 +282,46 @@ def settings_table(rows: Sequence[dict], methods: Mapping[str, Method]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+MEMORY_KINDS = {
+    "resident": "peak resident memory of the job's process",
+    "device": "peak GPU memory allocated",
+    "process": "peak resident memory of the process over its life (the job's own could not be isolated)",
+}
+
+
+def cost_table(rows: Sequence[dict], methods: Mapping[str, Method]) -> str:
+    """A markdown section: what each method's jobs cost, from the rows' cost fields (``harness.eval.row``): the
+    models a job holds (most at any evaluation) and their parameters, training seconds per step (median over the
+    method's runs, at each run's last evaluation), and the peak memory of its jobs (the largest). Empty when no row
+    carries the fields (rows written before they existed)."""
+    finals = [r for r in final_points(rows) if r.get("models_held") is not None]
+    if not finals:
+        return ""
+    by_method = defaultdict(list)
+    for r in finals:
+        by_method[r["method"]].append(r)
+    kinds = sorted({r.get("peak_memory_kind") for r in finals if r.get("peak_memory_kind")})
+    lines = [
+        "## Cost per method",
+        "",
+        "Per method: the models its jobs hold (policy, reference, critic, reward model: the transformers models alive "
+        "at an evaluation) and their parameters; training seconds per step at each run's last evaluation (median "
+        "over runs; a step is the row's: an optimizer step, for PPO and online DPO an update); the largest peak "
+        f"memory of its jobs ({'; '.join(MEMORY_KINDS.get(k, k) for k in kinds)}). On the machine that ran them.",
+        "",
+        "| method | runs | models held | parameters held | s / step | peak memory [MiB] |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in ordered_methods(by_method, methods):
+        group = by_method[m]
+        steps = [r["step_s"] for r in group if r.get("step_s") is not None and math.isfinite(r["step_s"])]
+        peaks = [r["peak_memory_mb"] for r in group if r.get("peak_memory_mb") is not None]
+        held = max(r["models_held"] for r in group)
+        params = max(r.get("model_parameters") or 0 for r in group)
+        lines.append(
+            f"| {method_label(m, methods)} | {len(group)} | {held} | {params / 1e6:.1f}M | "
+            f"{fmt_num(float(np.median(steps))) if steps else '—'} | {f'{max(peaks):.0f}' if peaks else '—'} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -767,3 +767,30 @@ def test_report_and_eval_keep_to_their_layers():
                 continue
             bad += [f"{package}/{path.name}: {m}" for m in imports(path) if m.startswith(banned)]
     assert not bad, bad
+
+
+def test_the_cost_table_shows_each_methods_models_seconds_per_step_and_peak_memory():
+    def costed(method, run_id, step, step_s, peak, held):
+        return {
+            **_row(method, "", 0, step, 1.0, 0.5, run_id),
+            "step_s": step_s,
+            "peak_memory_mb": peak,
+            "peak_memory_kind": "resident",
+            "models_held": held,
+            "model_parameters": held * 134_515_008,
+        }
+
+    rows = [
+        costed("ppo", "p0", 0, None, 900.0, 4),
+        costed("ppo", "p0", 2, 3.0, 2100.0, 4),
+        costed("ppo", "p1", 2, 5.0, 2300.0, 4),
+        costed("dpo", "d0", 4, 1.5, 1200.0, 2),
+    ]
+    table = text.cost_table(rows, METHODS)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    ppo, dpo = lines[METHODS["ppo"].display], lines[METHODS["dpo"].display]
+    assert ppo.split(" | ")[1:] == ["2", "4", "538.1M", "4.000", "2300 |"]  # median of 3 and 5 s; the largest peak
+    assert dpo.split(" | ")[1:] == ["1", "2", "269.0M", "1.500", "1200 |"]
+    assert "resident memory" in table
+    older = [{k: v for k, v in r.items() if k not in ("models_held", "step_s")} for r in rows]
+    assert text.cost_table(older, METHODS) == ""  # rows made before the cost fields: no table, no error
