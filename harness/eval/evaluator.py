@@ -129,6 +129,11 @@ class Evaluator:
         self.last_texts: list[str] = []
         self.started = time.time()
         self.eval_seconds = 0.0
+        self._held, self._held_at = (0, 0), -math.inf  # the models held, as last counted, and when
+
+    # The models a job holds are counted (a scan of the process's objects, ~0.3 s) at most this often; evaluations in
+    # between report the last count. A job loads its models before its first evaluation and keeps them.
+    HELD_EVERY_S = 30.0
 
     # Up to this many floats the sampler's per-step log-distributions are kept for the exact KL (saving a policy
     # forward); beyond it (large vocabularies and batches) the policy is run again, in chunks.
@@ -202,8 +207,10 @@ class Evaluator:
             eval_s=round(time.time() - t0, 3),
             evidence=prompt_evidence(self.prompts, idx, gold=gold, kl=exact, truncated=truncated),
         )
-        held = models_held()
-        point.models_held, point.model_parameters = len(held), parameters_of(held)
+        if time.time() - self._held_at > self.HELD_EVERY_S:
+            held = models_held()
+            self._held, self._held_at = (len(held), parameters_of(held)), time.time()
+        point.models_held, point.model_parameters = self._held
         peak, point.peak_memory_kind = peak_memory(device)
         point.peak_memory_mb = round(peak, 1) if peak is not None else None
         point.step_s = round(train_s / step, 4) if step > 0 else None

@@ -177,6 +177,9 @@ def read_score_at_last_token(model: PreTrainedModel) -> PreTrainedModel:
 
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         return model
+    import weakref
+
+    held = weakref.ref(model)  # not the model itself: a model whose forward refers to it is a cycle only gc frees
 
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         for unused in ("labels", "return_dict", "output_attentions", "output_hidden_states", "logits_to_keep"):
@@ -184,6 +187,7 @@ def read_score_at_last_token(model: PreTrainedModel) -> PreTrainedModel:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # looked up at each call, not kept: PPO rescales the critic's head by putting a new module in its place
+        model = held()
         backbone, head = getattr(model, model.base_model_prefix), model.score
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
