@@ -63,6 +63,10 @@ class EvalPoint:
         return out
 
 
+# The row keys that measure the machine and the moment (seconds, memory), not the result: two runs of one job (one
+# resumed, one not) agree on every other key.
+MEASURED_KEYS = frozenset({"wall_s", "compute_wall_s", "eval_s", "step_s", "peak_memory_mb"})
+
 NOT_ROW_FIELDS = tuple(f.name for f in fields(EvalPoint) if not f.metadata.get("row", True))
 ROW_KEYS = tuple(f.name for f in fields(EvalPoint) if f.name not in NOT_ROW_FIELDS)  # every key of a new row
 REQUIRED_KEYS = tuple(f.name for f in fields(EvalPoint) if f.name in ROW_KEYS and not f.metadata.get("optional"))

@@ -112,7 +112,10 @@ def use_fused_gelu(model):
 def _sync_special_tokens(model: PreTrainedModel, tok) -> None:
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None:
-            cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.eos_token_id
+            # the tokenizer's own BOS where it has one (SmolLM2: <|im_start|>; transformers otherwise "aligns" the
+            # config to it with a warning), else the EOS (GPT-2's and tiny's, which are the same token)
+            bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, bos
 
 
 def load_causal_lm(cfg: ModelConfig, tok, seed: int = 0, source: str | None = None) -> PreTrainedModel:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.eval.row import MEASURED_KEYS
 from harness.fields import ConfigError
 
 TRAINING = ["pipeline.max_steps=4", "eval.every=2", "threads=1"]
@@ -81,7 +82,7 @@ def test_best_of_n_preempted_mid_sampling_stops_and_its_rerun_gives_the_uninterr
     preempt.reset()
     run_pipeline(*args, cache=tiny_cache, folder="bon")
     run_pipeline(*args, cache=tiny_cache, folder="clean")
-    drop = {"wall_s", "compute_wall_s", "eval_s", "run_id"}
+    drop = MEASURED_KEYS | {"run_id"}
     rows = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "bon")]
     assert len(rows) == 4 and rows == [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "clean")]
 

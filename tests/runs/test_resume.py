@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from harness.app.jobs import run_job, swept_pipeline_keys
+from harness.eval.row import MEASURED_KEYS
 from harness.runs import checkpoint
 from tests.conftest import compose
 
@@ -49,7 +50,7 @@ PPO = [
     "threads=1",
 ]
 DPO = ["pipeline=dpo", "pipeline.max_steps=4", "pipeline.checkpoint_every=1", "eval.every=2", "threads=1"]
-TIMING = {"wall_s", "compute_wall_s", "eval_s", "compute/episodes_per_s"}  # seconds: the only values that may differ
+TIMING = MEASURED_KEYS | {"compute/episodes_per_s"}  # seconds and memory: the only values that may differ
 
 # `python -m harness <argv>` for several jobs at once: one process imports what each job needs (most of a tiny job's
 # time), then forks a child for it, which runs the command line's `main(argv)` and is the process the test kills. Each
