@@ -39,6 +39,7 @@ from harness.lm.batching import (
     trainer_batches,
     with_length_sorted_micro_batches,
 )
+from harness.lm.memory import cost_now
 from harness.lm.precision import autocast, trainer_flags
 from harness.lm.sampling import sample
 from harness.runs import checkpoint, preempt
@@ -386,6 +387,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
         gold = gold.reshape(shape)
 
     rows = []
+    cost = cost_now(ctx.device)  # the models and memory the N samples and their scoring took
     for n in ns:
         pick = pick_best(scores, n)[..., None]  # (P, groups, 1)
         gold_kept = np.take_along_axis(gold, pick, -1).ravel()
@@ -405,6 +407,7 @@ def run_best_of_n(ctx: RunContext) -> dict:
             run_id=tracker.run_id,
             truncated_frac=float(cut_kept.mean()),
             compute_tokens_generated=int(lengths[..., :n].sum()),  # the N drawn
+            **cost,
             evidence=prompt_evidence(
                 prompts, prompt_index, gold=gold_kept, kl=np.full(gold_kept.shape, best_of_n_kl(n)), truncated=cut_kept
             ),

@@ -72,3 +72,17 @@ def parameters_of(models: list[torch.nn.Module]) -> int:
                 seen.add(p.data_ptr())
                 total += p.numel()
     return total
+
+
+def cost_now(device: torch.device) -> dict:
+    """The cost fields of a result row (``harness.eval.row``) measured now: models held, their parameters, the job's
+    peak memory and its kind. (The evaluator counts the models at most every 30 s; a one-off row, such as each of
+    Best-of-N's, takes them all from here.)"""
+    held = models_held()
+    peak, kind = peak_memory(device)
+    return {
+        "models_held": len(held),
+        "model_parameters": parameters_of(held),
+        "peak_memory_mb": round(peak, 1) if peak is not None else None,
+        "peak_memory_kind": kind,
+    }

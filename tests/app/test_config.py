@@ -111,3 +111,16 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: task.n_train")
+
+
+@pytest.mark.parametrize("experiment", ["real_model", "real_model_smoke"])
+def test_the_real_model_studies_give_each_method_its_pretrained_model_knobs(experiment):
+    """Both studies run SmolLM2 with the rates of a pretrained model, from one preset per method (the smoke study's
+    presets name the full study's), not the tiny model's 1e-3-scale defaults."""
+    ppo = validate(compose([f"experiment={experiment}", "pipeline=ppo"]))
+    dpo = validate(compose([f"experiment={experiment}", "pipeline=dpo"]))
+    sft = validate(compose([f"experiment={experiment}", "pipeline=sft"]))
+    assert ppo.model.gguf and ppo.model.name == "SmolLM2-135M-Instruct"
+    assert (ppo.pipeline.learning_rate, ppo.pipeline.critic_learning_rate, ppo.pipeline.ppo_epochs) == (4e-5, 5e-5, 1)
+    assert (dpo.pipeline.learning_rate, dpo.pipeline.max_steps) == (5e-5, 24)
+    assert sft.sft.learning_rate == 1e-4 and sft.reward_model.learning_rate == 3e-5

@@ -62,3 +62,13 @@ def test_every_row_records_its_jobs_cost(method, overrides, held, run_pipeline, 
     assert rows[0]["step_s"] is None  # no step taken yet
     assert all(r["step_s"] > 0 for r in rows[1:])
     assert rows[2]["step_s"] == pytest.approx(rows[2]["compute_wall_s"] / 2, rel=1e-3, abs=1e-3)
+
+
+def test_best_of_n_rows_record_their_cost_too(run_pipeline, tiny_cache):
+    """Best-of-N writes its rows without the evaluator (one per N, from one set of samples): they carry the cost."""
+    _, folder = run_pipeline("best_of_n", "pipeline.ns=[1,2]", cache=tiny_cache)
+    rows = [json.loads(line) for line in (folder / "points.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["models_held"] >= 2 and r["model_parameters"] > 0  # π_SFT and the reward model at least
+        assert r["peak_memory_kind"] == "resident" and r["peak_memory_mb"] > 50
