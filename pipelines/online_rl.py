@@ -33,7 +33,6 @@ from collections.abc import Callable
 
 import torch
 
-from harness.eval.evaluator import Evaluator
 from harness.fields import ConfigError
 from harness.lm.models import disable_dropout
 from harness.lm.precision import trainer_flags
@@ -291,7 +290,7 @@ def run(ctx: RunContext) -> dict:
     reward_fn, proxy = reward_function(ctx, tok)
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
     evaluation = FrontierEvaluation(
-        Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision),
+        ctx.evaluator(reference, tok, proxy=proxy),
         tracker,
         method=ctx.method,
         setting=ctx.setting,

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.eval.evaluator import Evaluator
 from harness.lm import distributed
 from harness.lm.models import (
     disable_dropout,
@@ -557,9 +556,7 @@ def run(ctx: RunContext) -> dict:
     if not distributed.agree(saved is not None):  # every process resumes, or none
         saved = None
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(
-        reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=roles.proxy, precision=ctx.precision
-    )
+    evaluator = ctx.evaluator(reference, tok, proxy=roles.proxy)
     point_args = dict(method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed, run_id=tracker.run_id)
     compute = {"tokens_generated": 0, "tokens_trained": 0}  # training compute so far, for the report's compute axis
 

@@ -351,9 +351,7 @@ def start_tracking(ctx: RunContext, reference, tok, saved: dict | None = None, p
     the learned reward on texts, for the rows' proxy_reward). ``saved``: the checkpoint record of a run being
     resumed, as in :func:`prepare`."""
     tracker = ctx.tracker(resume=saved["progress"] if saved else None)
-    evaluator = Evaluator(
-        reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, proxy=proxy, precision=ctx.precision
-    )
+    evaluator = ctx.evaluator(reference, tok, proxy=proxy)
     evaluation = FrontierEvaluation(evaluator, tracker, method=ctx.method, setting=ctx.setting, seed=ctx.cfg.seed)
     if saved:
         evaluation.resume(saved)

@@ -17,8 +17,11 @@ paired bootstrap resamples prompts from it (``harness/report/stats.py``). The ro
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,6 +32,8 @@ from harness.eval.row import EvalPoint
 from harness.lm.memory import models_held, parameters_of, peak_memory
 from harness.lm.precision import autocast
 from harness.lm.sampling import Samples, response_logits, response_texts, sample
+
+log = logging.getLogger("harness.eval")
 
 
 def sem(x: np.ndarray) -> float:
@@ -103,18 +108,76 @@ def kl_stats(policy, reference, s: Samples, batch_size: int, temperature: float 
     return torch.cat(exact).cpu().numpy(), torch.cat(sampled).cpu().numpy()
 
 
+def fingerprint(model) -> str:
+    """sha256 of what a model computes with: its class, its config (the public fields, and the attention kernel) and
+    every parameter and buffer, bytes and all. Two models with one fingerprint give the same numbers."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        # dropout probabilities left out: evaluation runs in eval mode (and a trained policy has them at 0, from
+        # ``disable_dropout``, while the π_SFT it starts as does not)
+        public = {
+            k: v
+            for k, v in config.to_dict().items()
+            if not k.startswith("_") and k != "transformers_version" and not k.endswith(("dropout", "pdrop"))
+        }
+        h.update(json.dumps(public, sort_keys=True, default=str).encode())
+        h.update(str(getattr(config, "_attn_implementation", "")).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """sha256 of a tokenizer's vocabulary, merges and special tokens (what turns samples into texts)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    return hashlib.sha256(f"{body}|{tok.eos_token_id}|{tok.pad_token_id}".encode()).hexdigest()
+
+
+class SharedMeasurements(Protocol):
+    """Where evaluations are shared between jobs (``harness.runs.cache.SharedResults``): ``lock(key)`` is held while
+    one job measures, so a second job asking for the same key waits and then loads."""
+
+    def lock(self, key: str): ...
+    def load(self, key: str) -> dict | None: ...
+    def save(self, key: str, payload: dict) -> None: ...
+
+
 class Evaluator:
     """Holds what stays fixed across a run's evaluations: prompts, reference, gold reward, config.
 
     It also keeps the run's clock: ``compute_wall_s`` of a point is the time since the evaluator was made, less the
     time spent in evaluations (so it counts training only, whatever ``eval.every`` is).
+
+    ``share`` (``harness.runs.cache.SharedResults``; None: measure every time): the step-0 evaluation is the same
+    measurement in every job that starts from the same π_SFT with the same run seed (the policy is π_SFT itself, the
+    sampling seed is the run seed's), so one job measures it and the others load it. What makes it the same is
+    checked, not assumed: the key holds the policy's and the reference's fingerprints (every weight), the tokenizer's,
+    the prompts, the evaluation config, the gold reward's, the run seed, the precision, the device and the torch thread
+    count (float reduction order). Only what the evaluation measured is shared (samples, texts, per-sample KL and
+    gold); each job scores its own proxy reward on the texts and makes its own row, so rows are identical whether the
+    measurement was loaded or made (timings aside).
     """
 
     def __init__(
-        self, reference, tok, prompts: list[str], gold, cfg: EvalConfig, proxy=None, precision: str = "fp32"
+        self,
+        reference,
+        tok,
+        prompts: list[str],
+        gold,
+        cfg: EvalConfig,
+        proxy=None,
+        precision: str = "fp32",
+        *,
+        share: SharedMeasurements | None = None,
+        gold_identity: dict | None = None,
     ) -> None:
         """``precision``: the job's (``harness.lm.precision``): with bf16 the sampling and KL forward passes of policy and
-        reference run under bf16 autocast, as the method's own forward passes do."""
+        reference run under bf16 autocast, as the method's own forward passes do. ``gold_identity``: what the gold
+        reward is (its config), part of a shared measurement's key; sharing needs it."""
         self.reference, self.tok, self.prompts, self.gold, self.cfg, self.proxy = (
             reference,
             tok,
@@ -124,6 +187,8 @@ class Evaluator:
             proxy,
         )
         self.precision = precision
+        self.share = share if gold_identity is not None else None
+        self.gold_identity = gold_identity
         self.reference.eval()
         self.last_samples: Samples | None = None
         self.last_texts: list[str] = []
@@ -146,6 +211,60 @@ class Evaluator:
     def training_seconds(self) -> float:
         return max(0.0, time.time() - self.started - self.eval_seconds)
 
+    def shared_key(self, policy, seed: int, device: torch.device) -> str:
+        """The key of this evaluation of ``policy`` at run seed ``seed``: everything its result depends on."""
+        from dataclasses import asdict
+
+        identity = {
+            "policy": fingerprint(policy),
+            "reference": fingerprint(self.reference),
+            "tokenizer": tokenizer_fingerprint(self.tok),
+            "prompts": prompts_key(self.prompts),
+            "n_prompts": len(self.prompts),
+            "eval": asdict(self.cfg),
+            "gold": self.gold_identity,
+            "seed": int(seed),
+            "precision": self.precision,
+            "device": device.type,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def measure(self, policy, seed: int, device: torch.device) -> dict:
+        """Sample from ``policy`` and measure KL and gold: everything of an evaluation that does not depend on which
+        job asks (the proxy reward does: it is each method's own)."""
+        gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
+        T = self.cfg.temperature
+        with autocast(device, self.precision):
+            s = sample(
+                policy,
+                self.tok,
+                self.prompts,
+                self.cfg.samples_per_prompt,
+                self.cfg.max_new_tokens,
+                T,
+                generator=gen,
+                keep_logprobs=self._keep_logprobs(policy),
+            )
+            exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
+            texts = texts_of(self.tok, self.prompts, s)
+        gold = np.asarray(self.gold(texts), dtype=np.float64)  # the measurement itself, as it comes
+        return {"samples": s, "texts": texts, "exact": exact, "sampled": sampled, "gold": gold}
+
+    def _measure_or_load(self, policy, seed: int, step: int, device: torch.device) -> dict:
+        if step != 0 or self.share is None:
+            return self.measure(policy, seed, device)
+        key = self.shared_key(policy, seed, device)
+        with self.share.lock(key):
+            found = self.share.load(key)
+            if found is not None:
+                log.info("step-0 evaluation: the same measurement was made by an earlier job (key %s); reused", key)
+                return unpack_measurement(found, device)
+            measured = self.measure(policy, seed, device)
+            self.share.save(key, pack_measurement(measured))
+            return measured
+
     @torch.no_grad()
     def __call__(
         self,
@@ -165,23 +284,10 @@ class Evaluator:
         was_training = policy.training
         policy.eval()
         device = next(policy.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(sampling_seed(self.cfg.seed, seed))
-        T = self.cfg.temperature
+        m = self._measure_or_load(policy, seed, step, device)
+        s, texts, exact, sampled, gold = m["samples"], m["texts"], m["exact"], m["sampled"], m["gold"]
         with autocast(device, self.precision):
-            s = sample(
-                policy,
-                self.tok,
-                self.prompts,
-                self.cfg.samples_per_prompt,
-                self.cfg.max_new_tokens,
-                T,
-                generator=gen,
-                keep_logprobs=self._keep_logprobs(policy),
-            )
-            exact, sampled = kl_stats(policy, self.reference, s, self.cfg.batch_size, T)
-            texts = texts_of(self.tok, self.prompts, s)
             proxy = float(np.mean(self.proxy(texts))) if self.proxy is not None else None
-        gold = np.asarray(self.gold(texts), dtype=np.float64)  # the measurement itself, as it comes
         if was_training:
             policy.train()
         self.last_samples, self.last_texts = s, texts
@@ -216,3 +322,22 @@ class Evaluator:
         point.step_s = round(train_s / step, 4) if step > 0 else None
         self.eval_seconds += time.time() - t0
         return point
+
+
+SAMPLE_FIELDS = ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")
+
+
+def pack_measurement(m: dict) -> dict:
+    """A measurement as tensors and strings only (what ``torch.load(weights_only=True)`` reads back); the sampler's
+    per-step log-distributions are left out (B·T·V floats, used only by the KL already measured)."""
+    s = m["samples"]
+    return {
+        **{f: getattr(s, f).cpu() for f in SAMPLE_FIELDS},
+        "texts": list(m["texts"]),
+        **{k: torch.from_numpy(np.ascontiguousarray(m[k])) for k in ("exact", "sampled", "gold")},  # dtypes kept
+    }
+
+
+def unpack_measurement(p: dict, device: torch.device) -> dict:
+    s = Samples(*(p[f].to(device) for f in SAMPLE_FIELDS))
+    return {"samples": s, "texts": list(p["texts"]), **{k: p[k].numpy() for k in ("exact", "sampled", "gold")}}

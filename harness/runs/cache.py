@@ -179,3 +179,45 @@ def build_or_load(
             shutil.rmtree(tmp, ignore_errors=True)
     preempt.stop_if_requested()  # the artifact is in place: a job signalled while building it stops here
     return Artifact(stage, key, final, reused=False)
+
+
+class SharedResults:
+    """Results that jobs share through the cache (``harness.eval.evaluator.SharedMeasurements``): ``<cache>/<kind>/<key>.pt``,
+    written whole (a temporary file, renamed), with the stages' per-key lock held while one job makes it.
+
+    Unlike a stage, a result is a convenience: one that cannot be read is set aside with one warning and made again,
+    and a cache that cannot be written only means the next job makes it again too (one warning)."""
+
+    def __init__(self, root: str | Path, kind: str = "evaluations") -> None:
+        self.base = Path(root) / kind
+
+    def lock(self, key: str):
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            return stage_lock(self.base / f"{key}.lock")
+        except OSError as e:
+            log.warning("%s: cannot share results there (%s); this job measures on its own", self.base, e)
+            return contextlib.nullcontext()
+
+    def load(self, key: str) -> dict | None:
+        import torch
+
+        path = self.base / f"{key}.pt"
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as e:  # a cut or foreign file: any unpickling error
+            set_aside(path, self.base.name, f"does not load ({type(e).__name__})")
+            return None
+
+    def save(self, key: str, payload: dict) -> None:
+        import torch
+
+        tmp = self.base / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}.pt"
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, self.base / f"{key}.pt")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: cannot share results there (%s); the next job measures again", self.base, e)

@@ -76,6 +76,27 @@ class RunContext:
     def cache_root(self) -> Path:
         return Path(self.cfg.cache_dir)
 
+    def evaluator(self, reference, tok, proxy=None):
+        """The job's evaluator against ``reference`` on the task's held-out prompts (``proxy``: the learned reward on
+        texts, for the rows' proxy_reward), sharing its step-0 measurement with the other jobs of this cache that
+        start from the same policy (``harness.eval.evaluator.Evaluator``, ``share``)."""
+        from dataclasses import asdict
+
+        from harness.eval.evaluator import Evaluator
+        from harness.runs.cache import SharedResults
+
+        return Evaluator(
+            reference,
+            tok,
+            self.task.eval_prompts,
+            self.gold,
+            self.cfg.eval,
+            proxy=proxy,
+            precision=self.precision,
+            share=SharedResults(self.cache_root),
+            gold_identity=asdict(self.cfg.gold),
+        )
+
     @property
     def method(self) -> str:
         return self.cfg.pipeline.name

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from harness.config import HarnessConfig, stage_fingerprint
-from harness.eval.evaluator import Evaluator
 from harness.lm.batching import trainer_batches, with_length_sorted_micro_batches
 from harness.lm.models import (
     count_parameters,
@@ -151,7 +150,7 @@ def run(ctx: RunContext) -> dict:
     policy, tok, art = load_sft(ctx)
     reference = load_pretrained_lm(art.path, tok, ctx.cfg.model.trust_remote_code).to(ctx.device)
     tracker = ctx.tracker()
-    evaluator = Evaluator(reference, tok, ctx.task.eval_prompts, ctx.gold, ctx.cfg.eval, precision=ctx.precision)
+    evaluator = ctx.evaluator(reference, tok)
     point = evaluator(policy, method="sft", setting="", seed=ctx.cfg.seed, step=0, run_id=tracker.run_id)
     tracker.log_eval(point)
     gold = np.asarray(ctx.gold(evaluator.last_texts))

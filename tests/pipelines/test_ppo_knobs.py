@@ -186,18 +186,20 @@ def captured(monkeypatch):
     import pipelines.ppo as ppo_mod
 
     seen = {}
-    make_ppo, make_evaluator = ppo_mod.Roles.ppo, ppo_mod.Evaluator
+    from harness.runs.context import RunContext
+
+    make_ppo, make_evaluator = ppo_mod.Roles.ppo, RunContext.evaluator
 
     def ppo(self, cfg, seed=0, **kwargs):
         seen["ppo"], seen["sft"] = make_ppo(self, cfg, seed, **kwargs), params(self.reference)
         return seen["ppo"]
 
-    def evaluator(reference, *args, **kwargs):
+    def evaluator(self, reference, *args, **kwargs):
         seen["evaluator_reference"] = reference
-        return make_evaluator(reference, *args, **kwargs)
+        return make_evaluator(self, reference, *args, **kwargs)
 
     monkeypatch.setattr(ppo_mod.Roles, "ppo", ppo)
-    monkeypatch.setattr(ppo_mod, "Evaluator", evaluator)
+    monkeypatch.setattr(RunContext, "evaluator", evaluator)
     return seen
 
 
