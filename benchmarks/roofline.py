@@ -1124,6 +1124,118 @@ def run_stage(name: str, st: Setting, reps: int, count: bool, quick: bool = Fals
 
 
 # ================================================================================================================
+# The main job: the work it requires, and the fraction of the machine's peak its wall time reaches
+# ================================================================================================================
+
+
+def study_entries(experiment: str) -> list[list[str]]:
+    """The jobs of ``conf/experiment/<experiment>.yaml``'s study, each its list of overrides."""
+    import yaml
+
+    try:
+        from harness.app.cli import CONF_DIR
+    except ImportError:
+        CONF_DIR = str(Path(os.getcwd()) / "conf")
+    return [
+        list(e) for e in yaml.safe_load((Path(CONF_DIR) / "experiment" / f"{experiment}.yaml").read_text())["study"]
+    ]
+
+
+def evaluations_of(steps: int, every: int) -> int:
+    """Evaluations a trained job makes: step 0, every ``every`` steps, and the last step if it is not one of those."""
+    return 1 + steps // every + (1 if steps % every else 0)
+
+
+def main_job_calls(experiment: str, n_train_texts: int, n_pairs: int) -> dict[str, float]:
+    """How many calls of each roofline stage the study makes (required work: the π_SFT step-0 evaluation once per
+    run seed, since every job's is the same measurement). Stages the roofline does not time are charged in units of
+    the ones it does: an Unlikelihood step as a DPO step's policy forward+backward (pairs × its batch / DPO's), a
+    Preferred-FT step as half of that (chosen only), Best-of-N as evaluations (its samples ÷ an evaluation's, each
+    sampled and scored by one forward)."""
+    calls: dict[str, float] = {}
+
+    def add(stage: str, n: float) -> None:
+        calls[stage] = calls.get(stage, 0.0) + n
+
+    seeds: set[int] = set()
+    for entry in study_entries(experiment):
+        pipeline = next(o.split("=", 1)[1] for o in entry if o.startswith("pipeline="))
+        hc = compose(pipeline, (f"experiment={experiment}", *[o for o in entry if not o.startswith("pipeline=")]))
+        p, every = hc.pipeline, hc.eval.every
+        if pipeline == "sft":  # π_SFT itself (built once), the preference set and the reward model with it
+            add("sft step", math.ceil(n_train_texts / hc.sft.batch_size) * hc.sft.epochs)
+            per_batch = max(1, hc.preferences.batch_size // hc.preferences.samples_per_prompt)
+            add("pref sampling", math.ceil(hc.task.n_train_prompts / per_batch))
+            add("rm step", math.ceil(n_pairs / hc.reward_model.batch_size) * hc.reward_model.epochs)
+            seeds.add(hc.seed)
+            continue
+        if pipeline == "best_of_n":
+            add("evaluation", max(p.ns))  # eval.samples_per_prompt groups of max(N) per prompt: max(N) evaluations
+            continue
+        steps = p.updates if pipeline in ("ppo", "ppo_gt") else p.max_steps
+        if pipeline in ("ppo", "ppo_gt"):
+            add("ppo step", steps)
+        elif pipeline in ("dpo", "ipo", "cdpo"):
+            add("dpo step", steps)
+        elif pipeline == "unlikelihood":
+            add("dpo step: policy", steps * p.batch_size / compose("dpo").pipeline.batch_size)
+        elif pipeline == "preferred_ft":
+            add("dpo step: policy", 0.5 * steps * p.batch_size / compose("dpo").pipeline.batch_size)
+        else:
+            raise ValueError(f"main_job_calls: no roofline stage for {pipeline}")
+        add("evaluation", evaluations_of(steps, every) - 1)  # its step 0 is π_SFT's (counted once per seed)
+        seeds.add(hc.seed)
+    add("evaluation", len(seeds))
+    return calls
+
+
+def main_job_table(rows: list[dict], calls: dict[str, float], seconds: float, cores: int, peak: float) -> dict:
+    """Required TFLOP per stage of the main job (calls × the stage's required GFLOP per call measured here), the
+    executed TFLOP where the stage was counted, and the job's fraction of ``cores`` × ``peak`` GFLOP/s over
+    ``seconds`` of wall time."""
+    by = {r["stage"]: r for r in rows}
+    if "dpo step" in by:  # the policy's share of a DPO step: forward+backward of 3 forward-units out of 4
+        d = by["dpo step"]
+        by["dpo step: policy"] = {
+            **d,
+            "gflop": 0.75 * d["gflop"],
+            "executed_gflop": None if d["executed_gflop"] is None else 0.75 * d["executed_gflop"],
+        }
+    out, total, executed = [], 0.0, 0.0
+    for stage, n in calls.items():
+        r = by.get(stage)
+        if r is None:
+            out.append({"stage": stage, "calls": n, "tflop": None, "executed_tflop": None})
+            continue
+        req = n * r["gflop"] / 1e3
+        ex = None if r["executed_gflop"] is None else n * r["executed_gflop"] / 1e3
+        total += req
+        executed += ex if ex is not None else req
+        out.append({"stage": stage, "calls": n, "gflop_per_call": r["gflop"], "tflop": req, "executed_tflop": ex})
+    return {
+        "stages": out,
+        "required_tflop": total,
+        "executed_tflop": executed,
+        "seconds": seconds,
+        "cores": cores,
+        "frac_peak": total * 1e12 / (seconds * cores * peak * 1e9) if seconds else None,
+    }
+
+
+def print_main_job(mj: dict, out=sys.stdout) -> None:
+    print(f"\nmain job: {mj['required_tflop']:.2f} TFLOP required, {mj['executed_tflop']:.2f} executed", file=out)
+    for s in mj["stages"]:
+        tf = "-" if s["tflop"] is None else f"{s['tflop']:.2f}"
+        ex = "-" if s.get("executed_tflop") is None else f"{s['executed_tflop']:.2f}"
+        print(f"  {s['stage']:<18} {s['calls']:>8.1f} calls  {tf:>7} TFLOP required  {ex:>7} executed", file=out)
+    if mj["seconds"]:
+        print(
+            f"  in {mj['seconds']:.0f} s on {mj['cores']} cores: {100 * mj['frac_peak']:.1f}% of their fp32 peak",
+            file=out,
+        )
+
+
+# ================================================================================================================
 # Output
 # ================================================================================================================
 
@@ -1184,6 +1296,19 @@ def parse_args(argv=None):
         "--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout, table to stderr)"
     )
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument(
+        "--main-job",
+        default="frontier",
+        metavar="EXPERIMENT",
+        help="the study whose required work is totalled from the stage rows (default frontier, the main job)",
+    )
+    p.add_argument(
+        "--main-job-seconds",
+        type=float,
+        default=None,
+        help="the main job's wall time after set-up on this machine (scripts/main.sh): its fraction of the peak",
+    )
+    p.add_argument("--cores", type=int, default=None, help="cores the main job ran on (default: this machine's)")
     a = p.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
     a.executed = (not a.quick) if a.executed is None else a.executed
@@ -1242,6 +1367,7 @@ def main(argv=None) -> dict:
             print(f"  [{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
         meta["failed"] = failed
         rows = [r.row(peaks) for r in results]  # shape peaks are measured here, after the stages
+        calls = main_job_calls(args.main_job, len(st.task.train_texts), len(st.pairs))
     meta["loadavg_1m_end"] = os.getloadavg()[0]
     print(
         "shape peaks (GFLOP/s at the model's own products): "
@@ -1256,6 +1382,9 @@ def main(argv=None) -> dict:
     )
     for f in meta["failed"]:
         print(f"FAILED {f}", file=out)
+    cores = args.cores or os.cpu_count() or 1
+    main_job = main_job_table(rows, calls, args.main_job_seconds or 0.0, cores, peaks.square)
+    print_main_job(main_job, out)
     if args.markdown:
         print("\n" + markdown_table(rows), file=out)
     result = {
@@ -1264,6 +1393,7 @@ def main(argv=None) -> dict:
         "square": args.square,
         "shape_peaks": peaks.table(),
         "stages": rows,
+        "main_job": main_job,
     }
     if args.json == "-":
         print(json.dumps(result, default=str))
