@@ -3,13 +3,31 @@
 Our own loop rather than ``generate``: per step it is one cached forward and one multinomial draw, which matters for
 small models on CPU where ``generate``'s per-step bookkeeping costs as much as the model; and it returns exactly the
 record every consumer needs (left-padded queries, right-padded responses, masks that stop after EOS).
+
+For GPT-2 and llama the decode steps after transformers' prefill are our own forward over a preallocated cache
+(``harness.lm.decode``), on the rows still decoding only; other families keep transformers' cached forward
+(``_sample_hf_cache``). Both consume the generator identically (one uniform per batch row per step), so a seed gives
+the same samples either way, but for a draw within fp32 rounding of a CDF boundary (the two forwards' kernels round
+differently): one row of 512 parted at one of its 32 draws in benchmarks/decode_speed.py.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
+
+from harness.lm.decode import DecodeCache, Step, step_for
+
+log = logging.getLogger("harness.sampling")
+_FALLBACK_LOGGED: set[str] = set()  # model types whose fallback this process has reported
+# Rows that ended leave the cache once fewer than this fraction of its rows are still decoding; until then they ride
+# along (their logits unread). A compaction copies the whole cache, which costs more than a few rows of a step: on the
+# tiny model, 512 rows ending gradually (mean length 24 of 32), compacting at every shrink took 1.09 s of CPU, at 0.9
+# 0.92 s, at 0.5 1.05 s (benchmarks/decode_speed.py's model, one thread of an AMD EPYC).
+COMPACT_BELOW = 0.9
 
 
 @dataclass
@@ -65,13 +83,27 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def uniforms(
+    rows: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """One step's uniforms (rows, 1), one per row of the whole batch: both loops draw these for every row, live or
+    not, so the generator's stream (and a seed's samples) does not depend on which loop ran."""
+    return torch.rand(rows, 1, generator=generator, device=device, dtype=dtype)
+
+
+def invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds ``u`` (rows, 1) in [0, 1), per row of the categorical ``probs`` (rows, V).
+    The uniform is scaled by the row's total, so rounding in the cumulative sum can never select past the last token."""
+    cdf = probs.cumsum(-1)
+    return (
+        torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    )
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from the categorical ``probs`` (B, V) by inverting its CDF at a uniform draw: exact, and on CPU
-    a fifth of ``torch.multinomial``'s cost (which draws exponentials over the whole vocabulary). The uniform is scaled
-    by the row's total, so rounding in the cumulative sum can never select past the last token."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    a fifth of ``torch.multinomial``'s cost (which draws exponentials over the whole vocabulary)."""
+    return invert_cdf(probs, uniforms(probs.shape[0], generator, probs.device, probs.dtype))
 
 
 @torch.no_grad()
@@ -87,7 +119,8 @@ def sample(
 ) -> Samples:
     """Draw ``samples_per_prompt`` responses per prompt from ``model`` at ``temperature`` (pure sampling: no
     top-k/top-p, as the paper's evaluation), stopping each row at EOS, all rows at ``max_new_tokens``.
-    ``keep_logprobs``: also return every step's full log-distribution (``Samples.logprobs``, B·T·V floats)."""
+    ``keep_logprobs``: also return every step's full log-distribution (``Samples.logprobs``, B·T·V floats; a row's
+    steps after its EOS hold zeros, outside its response mask)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -95,15 +128,82 @@ def sample(
     query = query.repeat_interleave(samples_per_prompt, 0)
     qmask = qmask.repeat_interleave(samples_per_prompt, 0)
     prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
-    B = query.shape[0]
-    eos, pad = tok.eos_token_id, tok.pad_token_id
+    step = _decode_step(model)
+    loop = _sample_hf_cache if step is None else functools.partial(_sample_live_rows, step=step)
+    response, rmask, logprobs = loop(
+        model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, tok.eos_token_id, tok.pad_token_id
+    )
+    ended = ((response == tok.eos_token_id) & (rmask > 0)).any(-1)
+    if was_training:
+        model.train()
+    return Samples(query, qmask, response, rmask, ended, prompt_index, logprobs=logprobs)
 
-    # transformers 5 names the KV cache `cache` (argument and output); logits_to_keep=1 skips the prompt's logits.
+
+def _decode_step(model) -> Step | None:
+    """Our decode step for ``model``'s family, or None (and one log line per model type per process) for the fallback."""
+    step, why = step_for(model)
+    kind = getattr(model.config, "model_type", None)
+    if step is None and kind not in _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED.add(kind)
+        log.info("sampling %s with transformers' cached forward, not the live-row decode loop: %s", kind, why)
+    return step
+
+
+def _prefill(model, query: torch.Tensor, qmask: torch.Tensor):
+    """transformers' forward over the left-padded prompts: its KV cache and the first response token's logits (B, V).
+    transformers 5 names the KV cache `cache` (argument and output); logits_to_keep=1 skips the prompt's logits."""
     out = model(input_ids=query, attention_mask=qmask, position_ids=positions(qmask), use_cache=True, logits_to_keep=1)
-    past, logits = out.cache, out.logits[:, -1]
+    return out.cache, out.logits[:, -1]
+
+
+def _sample_live_rows(
+    model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, eos, pad, step: Step
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The decode loop over the rows still decoding: rows that emitted EOS leave the batch and the cache (together,
+    once a tenth of the rows have ended: ``COMPACT_BELOW``). Returns response (B, T), response mask (B, T) and, on
+    request, log-distributions (B, T, V), T = steps taken."""
+    prefill, logits = _prefill(model, query, qmask)
+    cache = DecodeCache.from_prefill(prefill, qmask, max_new_tokens)
+    del prefill
+    B, device = query.shape[0], query.device
+    rows = torch.arange(B, device=device)  # the batch row of each cache row
+    going = torch.ones(B, dtype=torch.bool, device=device)  # (cache rows,) not ended yet
+    pos = qmask.sum(-1)  # (cache rows,) position id of the token each row emits next
+    tokens, masks, logprobs = [], [], []
+    for t in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (cache rows, V)
+        u = uniforms(B, generator, device)[rows]  # every row's uniform is drawn, as _sample_hf_cache does
+        nxt = invert_cdf(logp.exp(), u)
+        live = rows[going]
+        tokens.append(torch.full((B,), pad, dtype=torch.long, device=device).index_put_((live,), nxt[going]))
+        masks.append(torch.zeros(B, device=device).index_fill_(0, live, 1.0))
+        if keep_logprobs:
+            logprobs.append(logp.new_zeros(B, logp.shape[-1]).index_copy_(0, live, logp[going]))
+        going = going & (nxt != eos)
+        n_going = int(going.sum())
+        if t == max_new_tokens - 1 or n_going == 0:
+            break
+        if n_going < COMPACT_BELOW * len(rows):
+            keep = going.nonzero().squeeze(-1)
+            rows, going, nxt, pos = rows[keep], going[keep], nxt[keep], pos[keep]
+            cache.keep(keep)
+        logits = step(model, cache, nxt, pos)
+        cache.advance()
+        pos = pos + 1
+    return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1) if keep_logprobs else None
+
+
+def _sample_hf_cache(
+    model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, eos, pad
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The decode loop on transformers' own cached forward, for every family: all B rows every step (a finished row
+    feeds pad, masked out) until every row has ended. The fallback of ``sample``, and the reference its tests hold
+    ``_sample_live_rows`` to. Returns what ``_sample_live_rows`` returns."""
+    past, logits = _prefill(model, query, qmask)
+    B = query.shape[0]
     attn = qmask
     next_pos = qmask.sum(-1, keepdim=True)  # (B, 1) position of the first response token
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=query.device)
     tokens, masks, logprobs = [], [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -122,14 +222,7 @@ def sample(
         )
         past, logits = out.cache, out.logits[:, -1]
         next_pos = next_pos + 1
-    response = torch.stack(tokens, 1)
-    rmask = torch.stack(masks, 1)
-    ended = ((response == eos) & (rmask > 0)).any(-1)
-    if was_training:
-        model.train()
-    return Samples(
-        query, qmask, response, rmask, ended, prompt_index, logprobs=torch.stack(logprobs, 1) if keep_logprobs else None
-    )
+    return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1) if keep_logprobs else None
 
 
 def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
