@@ -15,7 +15,8 @@ Policy and critic train with dropout off, as every other method's policy (``harn
 
 One update (``PPO.step``):
 
-1. rollout, each model run once over the batch: sample one response per prompt from π_θ (temperature,
+1. rollout, each model run once over the batch (packed: each episode's real tokens end to end, no padding,
+   ``harness.lm.packing``; so are the update's forwards): sample one response per prompt from π_θ (temperature,
    ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each response position;
    the score ((r_φ − mean) / std of r_φ on π_SFT samples, r_φ read at EOS, appended to a truncated response as
    in r_φ's training; minus ``missing_eos_penalty``, 0 by default, if no EOS); per-token rewards r_t = −β·KL_t
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.lm import distributed
+from harness.lm import distributed, packing
 from harness.lm.models import (
     disable_dropout,
     freeze,
@@ -61,7 +62,7 @@ from harness.lm.models import (
     use_fused_gelu,
 )
 from harness.lm.precision import autocast
-from harness.lm.sampling import Samples, positions, response_logits, sample
+from harness.lm.sampling import Samples, sample
 from harness.runs import checkpoint, preempt
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite, check_point
@@ -85,8 +86,8 @@ class FirstPass:
     keeping the graph lets the update start from it instead of running both models over it a second time.
     """
 
-    logits: torch.Tensor  # (b, T, V) policy logits / temperature, carries the graph
-    logprobs: torch.Tensor  # (b, T) log π_θ of the sampled tokens, carries the graph
+    logits: torch.Tensor  # (n, V) policy logits / temperature at the n real response tokens, carries the graph
+    logprobs: torch.Tensor  # (b, T) log π_θ of the sampled tokens, 0 on padding, carries the graph
     values: torch.Tensor  # (b, T) critic values, carries the graph
 
 
@@ -132,17 +133,23 @@ class Rollout:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def critic_values(critic, s: Samples) -> torch.Tensor:
-    """V(s_t) at every response position: the scalar head applied to each hidden state, not only the last: (B, T).
+def policy_pass(policy, s: Samples, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """π_θ's logits / temperature at the real response tokens (n, V), and the log-probs of the sampled tokens in the
+    (B, T) layout, 0 on padding. One packed forward (``harness.lm.packing``); autograd flows through both."""
+    logits, mask = packing.response_token_logits(policy, s, temperature)
+    every = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # the n rows are all real tokens
+    return logits, packing.to_grid(L.sequence_logps(logits, s.response[mask], every), mask)
 
-    A ``*ForSequenceClassification`` model pools its head at the last non-pad token; the critic needs the head's
-    value at the position that predicts each response token, so we run its backbone and head ourselves.
+
+def critic_values(critic, s: Samples) -> torch.Tensor:
+    """V(s_t) at every response position: the scalar head applied to each hidden state, not only the last: (B, T),
+    0 on padding.
+
+    A ``*ForSequenceClassification`` model pools its head at the last token; the critic needs the head's value at
+    the position that predicts each response token, so we run its backbone (packed) and head ourselves.
     """
-    attn = s.attention_mask
-    P, T = s.query.shape[1], s.response.shape[1]
-    backbone = getattr(critic, critic.base_model_prefix)  # GPT-2: .transformer, Pythia: .gpt_neox, Llama: .model
-    hidden = backbone(input_ids=s.sequences, attention_mask=attn, position_ids=positions(attn)).last_hidden_state
-    return critic.score(hidden[:, P - 1 : P - 1 + T]).squeeze(-1).float()
+    states, mask = packing.response_states(critic, s)  # (n, hidden)
+    return packing.to_grid(critic.score(states).squeeze(-1).float(), mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,17 +310,17 @@ class PPO:
                 continue
             part = s.subset(idx)
             with torch.set_grad_enabled(grad), self.forward():
-                logits = response_logits(self.policy, part, cfg.temperature)  # (b, T, V)
-                part_logprobs = L.sequence_logps(logits, part.response, part.response_mask)
+                logits, part_logprobs = policy_pass(self.policy, part, cfg.temperature)  # (n, V), (b, T)
                 part_values = critic_values(self.critic, part)
             if grad:
                 first_pass = FirstPass(logits, part_logprobs, part_values)
             logprobs[idx] = part_logprobs.detach()
-            values[idx] = part_values.detach() * part.response_mask
-            entropy[idx] = L.masked_sum(L.entropy_from_logits(logits.detach()), part.response_mask, dim=-1)  # exact
+            values[idx] = part_values.detach()
+            token_entropy = L.entropy_from_logits(logits.detach())  # (n,) exact, over the vocabulary
+            entropy[idx] = packing.to_grid(token_entropy, part.response_mask.bool()).sum(-1)
             del logits
         with self.forward():
-            ref_logprobs = L.sequence_logps(response_logits(self.reference, s, cfg.temperature), s.response, mask)
+            ref_logprobs = policy_pass(self.reference, s, cfg.temperature)[1]
             raw = self.reward(s, prompts).float()  # (B,)
         self._check("reward", raw)
         self._check("value", values)
@@ -400,15 +407,14 @@ class PPO:
                     logits, new_logprobs = first_pass.logits, first_pass.logprobs
                 else:
                     with self.forward():
-                        logits = response_logits(self.policy, mb.samples, cfg.temperature)
-                    new_logprobs = L.sequence_logps(logits, mb.samples.response, mb.masks)
+                        logits, new_logprobs = policy_pass(self.policy, mb.samples, cfg.temperature)
                 pg_loss, clipfrac, approxkl = L.clipped_policy_loss(
                     new_logprobs, mb.logprobs, mb.advantages, mb.masks, cfg.cliprange
                 )
                 self._check("policy loss", pg_loss)  # before the step: the weights never take a non-finite update
                 loss = pg_loss
                 if cfg.ent_coef > 0:
-                    entropy = L.masked_mean(L.entropy_from_logits(logits), mb.masks)
+                    entropy = L.entropy_from_logits(logits).mean()  # logits: one row per real response token
                     loss = loss - cfg.ent_coef * entropy
                     acc["policy/entropy"].append(entropy.item())
                 self.policy_opt.zero_grad(set_to_none=True)

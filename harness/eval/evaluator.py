@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from harness.config import EvalConfig
-from harness.eval.kl import sequence_kl_exact, sequence_kl_sample, token_logprobs
+from harness.eval.kl import token_kl_exact, token_logprobs
 from harness.eval.row import EvalPoint
+from harness.lm import packing
 from harness.lm.memory import models_held, parameters_of, peak_memory
 from harness.lm.precision import autocast
-from harness.lm.sampling import Samples, response_logits, response_texts, sample
+from harness.lm.sampling import Samples, response_texts, sample
 
 log = logging.getLogger("harness.eval")
 
@@ -89,22 +90,26 @@ def texts_of(tok, prompts: list[str], s: Samples) -> list[str]:
 
 @torch.no_grad()
 def kl_stats(policy, reference, s: Samples, batch_size: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample exact and sampled sequence KL, in chunks so (B, T, V) logits stay small.
+    """Per-sample exact and sampled sequence KL, in chunks of ``batch_size`` samples so the logits stay small.
 
     Both models' logits are divided by ``temperature``: the samples come from π_θ at that temperature, and the KL is
     between the distributions that were sampled from and the reference at the same temperature (as PPO's penalty).
     Where the samples carry the policy's log-distributions from the sampling passes (``Samples.logprobs``), those are
-    used and the policy is not run again (log-probabilities are logits whose softmax is themselves).
+    used and the policy is not run again (log-probabilities are logits whose softmax is themselves). The forward
+    passes run packed (``harness.lm.packing``): logits at the real response tokens only, (n, V) per chunk.
     """
     exact, sampled = [], []
     for i in range(0, s.query.shape[0], batch_size):
         part = s.subset(torch.arange(i, min(i + batch_size, s.query.shape[0]), device=s.query.device))
-        lp = part.logprobs if part.logprobs is not None else response_logits(policy, part, temperature)
-        lr = response_logits(reference, part, temperature)
-        exact.append(sequence_kl_exact(lp, lr, part.response_mask))
-        sampled.append(
-            sequence_kl_sample(token_logprobs(lp, part.response), token_logprobs(lr, part.response), part.response_mask)
-        )
+        lr, mask = packing.response_token_logits(reference, part, temperature)  # (n, V), (b, T) bool
+        if part.logprobs is not None:
+            lp = part.logprobs[mask]
+        else:
+            lp = packing.response_token_logits(policy, part, temperature)[0]
+        tokens = part.response[mask]
+        exact.append(packing.to_grid(token_kl_exact(lp, lr), mask).sum(-1))
+        log_ratio = token_logprobs(lp, tokens) - token_logprobs(lr, tokens)
+        sampled.append(packing.to_grid(log_ratio, mask).sum(-1))
     return torch.cat(exact).cpu().numpy(), torch.cat(sampled).cpu().numpy()
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness.config import HarnessConfig, stage_fingerprint
+from harness.lm import packing
 from harness.lm.batching import trainer_batches, with_length_sorted_micro_batches
 from harness.lm.models import freeze, load_scalar_model
 from harness.lm.sampling import Samples, positions
@@ -28,15 +29,20 @@ log = logging.getLogger("harness.reward_model")
 
 @torch.no_grad()
 def score_samples(model, s: Samples, batch_size: int = 256) -> torch.Tensor:
-    """r_φ(prompt + response) for sampled token tensors, read at the last non-pad token (the EOS of a finished
-    response, as in training, where TRL appends EOS). -> (B,) float"""
+    """r_φ(prompt + response) for sampled token tensors, read at the last attended token (the EOS of a finished
+    response, as in training, where TRL appends EOS; ``harness.lm.models.read_score_at_last_token``), ``batch_size``
+    episodes at a time. The backbone runs packed (``harness.lm.packing``) and the head at those tokens only; a model
+    without a linear ``score`` head is called as it is, on the padded batch. -> (B,) float"""
     out = []
-    seq, attn = s.sequences, s.attention_mask
-    for i in range(0, seq.shape[0], batch_size):
-        a = attn[i : i + batch_size]
-        out.append(
-            model(input_ids=seq[i : i + batch_size], attention_mask=a, position_ids=positions(a)).logits[:, 0].float()
-        )
+    for i in range(0, s.query.shape[0], batch_size):
+        part = s.subset(torch.arange(i, min(i + batch_size, s.query.shape[0]), device=s.query.device))
+        if isinstance(getattr(model, "score", None), torch.nn.Linear):
+            out.append(model.score(packing.last_states(model, part))[:, 0].float())
+        else:
+            a = part.attention_mask
+            out.append(
+                model(input_ids=part.sequences, attention_mask=a, position_ids=positions(a)).logits[:, 0].float()
+            )
     return torch.cat(out)
 
 

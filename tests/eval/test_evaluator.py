@@ -137,3 +137,22 @@ def test_exact_kl_at_the_sampling_temperature_matches_brute_force(tiny):
     assert abs(float((prob.double() * torch.from_numpy(exact).double()).sum()) - brute) < 1e-5
     exact_t1, _ = kl_stats(policy, ref, s, batch_size=7)
     assert abs(float((prob.double() * torch.from_numpy(exact_t1).double()).sum()) - brute) > 1e-2  # T matters here
+
+
+def test_kl_stats_packed_equals_padded_with_and_without_kept_logprobs(tiny, monkeypatch):
+    """kl_stats runs its passes packed (``harness.lm.packing``): the same KLs as on the padded batch, whether the
+    policy's log-distributions come from the sampler (kept) or from a forward pass."""
+    from harness.lm import packing
+    from harness.lm.sampling import response_logits
+
+    tok, policy, ref = tiny
+    s = enumerated_samples(tok, "a b")
+    with torch.no_grad():
+        kept = copy.copy(s)
+        kept.logprobs = torch.log_softmax(response_logits(policy, s, 0.7), -1)
+    packed = [kl_stats(policy, ref, x, batch_size=7, temperature=0.7) for x in (s, kept)]
+    monkeypatch.setattr(packing, "packable", lambda model: False)
+    padded = kl_stats(policy, ref, s, batch_size=7, temperature=0.7)
+    for exact, sampled in packed:
+        np.testing.assert_allclose(exact, padded[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sampled, padded[1], rtol=1e-5, atol=1e-6)

@@ -142,6 +142,35 @@ def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_pat
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+def test_packed_and_padded_passes_give_the_same_rollout_and_update(cache, tmp_path, monkeypatch):
+    """PPO's scoring and update run packed (``harness.lm.packing``); with packing switched off (every pass on the
+    padded batch) the same samples give the same log-probs, values, scores and update, up to float rounding."""
+    from harness.lm import packing
+    from pipelines.ppo import build_roles
+
+    ctx = context("ppo", cache, tmp_path, "pipeline.num_minibatches=2")
+    prompts = ctx.task.train_prompts[:16]
+    runs = []
+    for packed in (True, False):
+        monkeypatch.setattr(packing, "packable", lambda model, packed=packed: packed)
+        roles = build_roles(ctx)
+        ppo = roles.ppo(ctx.cfg.pipeline, seed=3)
+        ro, stats = ppo.rollout(prompts)
+        stats.update(ppo.update(ro))
+        runs.append((ro, stats, roles.policy.state_dict(), roles.critic.state_dict()))
+    (ro_a, stats_a, pol_a, crit_a), (ro_b, stats_b, pol_b, crit_b) = runs
+    assert torch.equal(ro_a.samples.response, ro_b.samples.response)
+    lengths = ro_a.masks.sum(-1)
+    assert lengths.min() < lengths.max(), "the batch must mix response lengths for packing to matter"
+    for f in ("logprobs", "ref_logprobs", "values", "scores", "advantages", "returns"):
+        torch.testing.assert_close(getattr(ro_a, f), getattr(ro_b, f), rtol=1e-5, atol=1e-5, msg=f)
+    for k in ("objective/policy_loss", "critic/value_loss", "policy/approxkl", "policy/sequence_entropy"):
+        assert stats_a[k] == pytest.approx(stats_b[k], rel=1e-4, abs=1e-6), k
+    for a, b in ((pol_a, pol_b), (crit_a, crit_b)):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
 def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
     """The critic's per-position values equal its own sequence-classification output read at each prefix's end."""
     from harness.lm.sampling import Samples
