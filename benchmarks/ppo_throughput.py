@@ -61,6 +61,15 @@ def parse_args(argv=None):
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu | cuda (our side; the peer takes the same flag)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument(
+        "--workload",
+        choices=("random", "trained"),
+        default="random",
+        help="random: the models above from config (responses almost never end: always 24 tokens); trained: the "
+        "embedded task's π_SFT and reward model from the stage cache and its training prompts, both sides (responses "
+        "end at EOS, as in the pipeline)",
+    )
+    p.add_argument("--cache-dir", default=".cache/harness", help="the stage cache of --workload trained")
     a = p.parse_args(argv)
     if a.updates < 2:
         p.error("--updates must be >= 2 (the first update is warm-up)")
@@ -106,6 +115,40 @@ def build_ours(args):
     return tok, prompts, [m.to(torch.float32) for m in (policy, reference, critic, reward_model)]
 
 
+def trained_workload(args) -> dict:
+    """The default config's π_SFT and reward model from the stage cache (the main job's), and the task's first
+    training prompts, as many as the updates take: what ``--workload trained`` hands both sides."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from roofline import compose
+
+    from harness.data.tasks import load_task
+    from pipelines.stages.reward_model import reward_model_key
+    from pipelines.stages.sft import sft_key
+
+    hc = compose("sft")
+    cache = Path(args.cache_dir)
+    sft, rm = cache / "sft" / sft_key(hc), cache / "reward_model" / reward_model_key(hc)
+    for path in (sft, rm):
+        if not (path / "artifact.json").exists():
+            sys.exit(f"error: {path} is not built; run the main job (bash scripts/main.sh) first, or pass --cache-dir")
+    prompts = load_task(hc.task).train_prompts[: PROMPTS_PER_UPDATE * args.updates]
+    return {"sft": sft, "reward_model": rm, "prompts": prompts}
+
+
+def build_trained_ours(args):
+    """The trained workload on our side: the harness's own loaders, as the ``ppo`` pipeline loads its roles (the
+    critic starts as the reward model, as in the pipeline and the peer)."""
+    from transformers import AutoTokenizer
+
+    from harness.lm.models import load_pretrained_lm, load_scalar_model
+
+    w = trained_workload(args)
+    tok = AutoTokenizer.from_pretrained(str(w["sft"]))
+    policy, reference = (load_pretrained_lm(w["sft"], tok) for _ in range(2))
+    critic, reward_model = (load_scalar_model(w["reward_model"], tok) for _ in range(2))
+    return tok, w["prompts"], [policy, reference, critic, reward_model]
+
+
 def run_ours(args) -> dict:
     import torch
 
@@ -114,7 +157,10 @@ def run_ours(args) -> dict:
     from pipelines.scoring import RewardModelScore
 
     torch.set_num_threads(args.threads)
-    tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)
+    if args.workload == "trained":
+        tok, prompts, (policy, reference, critic, reward_model) = build_trained_ours(args)
+    else:
+        tok, prompts, (policy, reference, critic, reward_model) = build_ours(args)
     # TRL 1.12 PPOConfig defaults where the issue's configuration does not fix a value.
     cfg = PPOPipeline(
         name="ppo",
@@ -167,6 +213,9 @@ def run_ours(args) -> dict:
         "wall_s": wall,
         "kl": [lg["objective/kl"] for lg in logs],
         "scores": [lg["rewards/scores"] for lg in logs],
+        "eos_rows": [round((1 - lg["rewards/missing_eos_frac"]) * PROMPTS_PER_UPDATE) for lg in logs],
+        "response_tokens": [lg["rewards/response_tokens"] for lg in logs],
+        "workload": args.workload,
         "torch_threads": torch.get_num_threads(),
         "warmup_s": ends[0] - t_start,
         "total_wall_s": ends[-1] - t_start,
@@ -201,12 +250,27 @@ def run_both(args) -> dict:
     ]
     if not PEER_PYTHON.exists():
         sys.exit(f"error: {PEER_PYTHON} is missing; run `bash benchmarks/trl112/setup.sh` first")
+    ours_only, peer_only = ["--workload", args.workload, "--cache-dir", args.cache_dir], []
+    if args.workload == "trained":
+        import tempfile
+
+        w = trained_workload(args)
+        prompts_file = Path(tempfile.mkdtemp(prefix="ppo-throughput-")) / "prompts.json"
+        prompts_file.write_text(json.dumps(w["prompts"]))
+        peer_only = [
+            "--sft",
+            str(w["sft"]),
+            "--reward-model",
+            str(w["reward_model"]),
+            "--prompts-file",
+            str(prompts_file),
+        ]
     ours, peer = [], []
     for r in range(args.rounds):
         print(f"[round {r + 1}/{args.rounds}] ours ...", file=sys.stderr, flush=True)
-        ours.append(_side([sys.executable, __file__, "--side", "ours", *common]))
+        ours.append(_side([sys.executable, __file__, "--side", "ours", *common, *ours_only]))
         print(f"[round {r + 1}/{args.rounds}] TRL 1.12 peer ...", file=sys.stderr, flush=True)
-        peer.append(_side([str(PEER_PYTHON), str(PEER), *common]))
+        peer.append(_side([str(PEER_PYTHON), str(PEER), *common, *peer_only]))
     best_o = max(ours, key=lambda d: d["episodes_per_s"])
     best_p = max(peer, key=lambda d: d["episodes_per_s"])
     ratio = best_o["episodes_per_s"] / best_p["episodes_per_s"]
@@ -214,9 +278,14 @@ def run_both(args) -> dict:
     def fmt(xs):
         return " ".join(f"{x:+.3f}" for x in xs)
 
+    what = (
+        f"GPT-2 4x128x4 (vocab {args.vocab_size}), random weights"
+        if args.workload == "random"
+        else "the embedded task's π_SFT and reward model, its training prompts"
+    )
     print(
-        f"PPO throughput, GPT-2 4x128x4 (vocab {args.vocab_size}), 64 episodes/update, 24 new tokens, 4 epochs x 1 "
-        f"minibatch, {args.threads} threads, {args.updates} updates (first = warm-up), best of {args.rounds}"
+        f"PPO throughput, {what}, 64 episodes/update, up to 24 new tokens, 4 epochs x 1 minibatch, {args.threads} "
+        f"threads, {args.updates} updates (first = warm-up), best of {args.rounds}"
     )
     print(f"{'side':<16}{'episodes/s':>12}{'s/update':>10}{'load before/after':>20}")
     for name, d in (("harness PPO", best_o), ("TRL 1.12 PPO", best_p)):
@@ -227,6 +296,9 @@ def run_both(args) -> dict:
     print(f"ratio ours/TRL: {ratio:.2f}x  (target >= 2.5x)")
     print(f"KL     ours: {fmt(best_o['kl'])}\n       TRL : {fmt(best_p['kl'])}")
     print(f"score  ours: {fmt(best_o['scores'])}\n       TRL : {fmt(best_p['scores'])}")
+    print(
+        f"rows ended at EOS (of 64) ours: {best_o.get('eos_rows')}\n                          TRL : {best_p.get('eos_rows')}"
+    )
     if args.rounds > 1:
         print(
             "all rounds episodes/s: ours "

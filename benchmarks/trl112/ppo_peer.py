@@ -77,6 +77,11 @@ def parse_args(argv=None):
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--bf16", action="store_true")
+    # The trained workload (ppo_throughput.py --workload trained): π_SFT and the reward model of the embedded task from
+    # the harness's stage cache, and the task's training prompts, so responses end at EOS as a trained policy's do.
+    p.add_argument("--sft", default=None, help="a π_SFT folder: policy and reference (and the tokenizer)")
+    p.add_argument("--reward-model", default=None, help="a reward-model folder: reward and value model")
+    p.add_argument("--prompts-file", default=None, help="a JSON list of prompt strings (with --sft)")
     a = p.parse_args(argv)
     if a.updates < 2:
         p.error("--updates must be >= 2 (the first update is warm-up)")
@@ -84,7 +89,30 @@ def parse_args(argv=None):
         p.error("--vocab-size too small")
     if a.max_prompt_len + 24 > a.n_positions:
         p.error("--n-positions must hold max prompt length + 24 response tokens")
+    if (a.sft is None) != (a.reward_model is None) or (a.sft is None) != (a.prompts_file is None):
+        p.error("--sft, --reward-model and --prompts-file go together (the trained workload)")
     return a
+
+
+def build_trained(args):
+    """The trained workload: tokenizer, prompts, policy, reference, reward and value model from saved folders."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.sft, padding_side="left")  # left: generate's prompts
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id, "TRL 1.12 finds padding by the pad id"
+    with open(args.prompts_file) as f:
+        texts = json.load(f)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    policy = AutoModelForCausalLM.from_pretrained(args.sft, dtype=torch.float32)
+    ref_policy = AutoModelForCausalLM.from_pretrained(args.sft, dtype=torch.float32)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
+    value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
+    for m in (policy, ref_policy, reward_model, value_model):
+        m.config.pad_token_id = tokenizer.pad_token_id
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    policy.generation_config.eos_token_id = tokenizer.eos_token_id
+    return tokenizer, Dataset.from_dict({"input_ids": ids}), (policy, ref_policy, reward_model, value_model)
 
 
 def build_tokenizer(vocab_size: int):
@@ -192,12 +220,15 @@ def run(args) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     set_seed(args.seed)
-    tokenizer = build_tokenizer(args.vocab_size)
-    n_prompts = args.num_prompts or max(512, PROMPTS_PER_UPDATE * args.updates)
-    train_dataset = build_prompts(tokenizer, n_prompts, args.min_prompt_len, args.max_prompt_len, args.seed)
-    policy, ref_policy, reward_model, value_model = build_models(
-        tokenizer, args.vocab_size, args.n_positions, args.n_layer, args.n_embd, args.n_head, args.device
-    )
+    if args.sft is not None:
+        tokenizer, train_dataset, (policy, ref_policy, reward_model, value_model) = build_trained(args)
+    else:
+        tokenizer = build_tokenizer(args.vocab_size)
+        n_prompts = args.num_prompts or max(512, PROMPTS_PER_UPDATE * args.updates)
+        train_dataset = build_prompts(tokenizer, n_prompts, args.min_prompt_len, args.max_prompt_len, args.seed)
+        policy, ref_policy, reward_model, value_model = build_models(
+            tokenizer, args.vocab_size, args.n_positions, args.n_layer, args.n_embd, args.n_head, args.device
+        )
 
     class Timer(TrainerCallback):
         """Wall-clock stamp at the end of every PPO update + the per-update metrics TRL logs."""
@@ -284,6 +315,8 @@ def run(args) -> dict:
         "device": args.device,
         "precision": "bf16" if args.bf16 else "fp32",
         "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+        "workload": "trained" if args.sft else "random",
+        "eos_rows": [lg.get("val/num_eos_tokens") for lg in timer.logs],  # rows that ended at EOS, per update
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
