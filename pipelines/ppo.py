@@ -17,12 +17,14 @@ One update (``PPO.step``):
 
 1. rollout, each model run once over the batch (packed: each episode's real tokens end to end, no padding,
    ``harness.lm.packing``; so are the update's forwards): sample one response per prompt from π_θ (temperature,
-   ``max_new_tokens``, stop at EOS); log π_θ and log π_ref of the response tokens; V_ψ at each response position;
+   ``max_new_tokens``, stop at EOS), keeping log π_θ of each sampled token (π_old) and each step's entropy from the
+   sampling passes, so the policy has no scoring forward; log π_ref of the response tokens; V_ψ at each response
+   position;
    the score ((r_φ − mean) / std of r_φ on π_SFT samples, r_φ read at EOS, appended to a truncated response as
    in r_φ's training; minus ``missing_eos_penalty``, 0 by default, if no EOS); per-token rewards r_t = −β·KL_t
    (k1, the only estimator unbiased in a reward), plus the score at the last response token; GAE; advantages
-   whitened over the rollout (``whiten_advantages``). Only the first minibatch of epoch 0 keeps its autograd graph
-   (``FirstPass``): the update starts from it;
+   whitened over the rollout (``whiten_advantages``). The first minibatch of epoch 0 runs policy and critic forward
+   here with autograd (``FirstPass``): the update starts from it;
 2. ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches: clipped surrogate for π_θ, clipped value
    loss × ``vf_coef`` for V_ψ (two AdamW optimisers), optional entropy bonus, gradient-norm clipping;
 3. the KL controller sees the batch's mean sequence KL (fixed β, or adaptive towards ``target_kl``);
@@ -171,7 +173,8 @@ class PPO:
             None: estimated from the first rollout, i.e. π_SFT's own samples (for scorers with no stored statistics).
         seed: seeds token sampling and minibatch shuffling.
         reuse_first_pass: run the first minibatch's training forward during the rollout (see ``FirstPass``); the
-            result is the same either way, this only skips a duplicate forward of policy and critic per update.
+            result is the same either way, this only skips the critic's duplicate forward over that minibatch (the
+            policy runs it once either way: its rollout log-probs come from the sampler).
         precision: ``fp32`` or ``bf16`` (``harness.lm.precision``): every forward pass of every role under bf16 autocast;
             weights, gradients, optimiser states and the PPO math stay fp32.
     """
@@ -290,35 +293,46 @@ class PPO:
     # ------------------------------------------------------------------------------------------------- rollout
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict]:
-        """Sample one response per prompt and compute everything the update needs (each role runs once)."""
+        """Sample one response per prompt and compute everything the update needs (each role runs once).
+
+        log π_old of the sampled tokens and the per-token entropy come from the sampler's own passes
+        (``sample(keep_token_stats=True)``), as TRL's PPOTrainer takes them from generation's logits: the policy
+        runs forward here only for ``FirstPass``. The sampler's cached decode steps sum in another order than a full
+        forward, so π_old differs from the update's log π_θ at the same parameters by rounding: up to ~1e-6 in fp32,
+        ~1e-3 on average (up to ~6e-3) under bf16 autocast (benchmarks/ppo_throughput.py's GPT-2 on CPU). The
+        first minibatch's ratio starts at 1 to that, not exactly."""
         cfg = self.cfg
         with self.forward():
             s = sample(
-                self.policy, self.tok, prompts, 1, cfg.max_new_tokens, cfg.temperature, generator=self.sample_gen
+                self.policy,
+                self.tok,
+                prompts,
+                1,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                generator=self.sample_gen,
+                keep_token_stats=True,
             )
         mask = s.response_mask
         B, T = mask.shape
+        logprobs = s.token_logprobs  # (B, T) log π_old, 0 on padding
+        entropy = s.token_entropy.sum(-1)  # (B,) exact per-token entropies summed over the response
         # Epoch 0's minibatch order is drawn now, so that its first minibatch can be run with autograd right here.
         order = torch.randperm(B, generator=self.shuffle_gen).to(self.device)
-        first, rest = order[: B // cfg.num_minibatches], order[B // cfg.num_minibatches :]
-        logprobs = torch.zeros(B, T, device=self.device)
+        n_first = B // cfg.num_minibatches if self.reuse_first_pass else 0
+        first, rest = order[:n_first], order[n_first:]
         values = torch.zeros(B, T, device=self.device)
-        entropy = torch.zeros(B, device=self.device)
         first_pass = None
-        for idx, grad in ((first, self.reuse_first_pass), (rest, False)):
-            if len(idx) == 0:
-                continue
-            part = s.subset(idx)
-            with torch.set_grad_enabled(grad), self.forward():
+        if len(first):
+            part = s.subset(first)
+            with torch.enable_grad(), self.forward():
                 logits, part_logprobs = policy_pass(self.policy, part, cfg.temperature)  # (n, V), (b, T)
                 part_values = critic_values(self.critic, part)
-            if grad:
-                first_pass = FirstPass(logits, part_logprobs, part_values)
-            logprobs[idx] = part_logprobs.detach()
-            values[idx] = part_values.detach()
-            token_entropy = L.entropy_from_logits(logits.detach())  # (n,) exact, over the vocabulary
-            entropy[idx] = packing.to_grid(token_entropy, part.response_mask.bool()).sum(-1)
-            del logits
+            first_pass = FirstPass(logits, part_logprobs, part_values)
+            values[first] = part_values.detach()
+        if len(rest):
+            with self.forward():
+                values[rest] = critic_values(self.critic, s.subset(rest))
         with self.forward():
             ref_logprobs = policy_pass(self.reference, s, cfg.temperature)[1]
             raw = self.reward(s, prompts).float()  # (B,)

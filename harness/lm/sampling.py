@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -43,6 +44,11 @@ class Samples:
     # (B, T, V) log π(·|s_t) at the sampling temperature, from the sampling passes themselves; kept on request only
     # (``sample(keep_logprobs=True)``), so a consumer that needs the full distribution skips a second forward
     logprobs: torch.Tensor | None = None
+    # (B, T) float, 0 on padding: log π(y_t|s_t) of each sampled token and the exact entropy of π(·|s_t), both at the
+    # sampling temperature and from the sampling passes; on request (``sample(keep_token_stats=True)``), for a
+    # consumer that needs no more of the distribution than these (PPO's π_old)
+    token_logprobs: torch.Tensor | None = None
+    token_entropy: torch.Tensor | None = None
 
     @property
     def sequences(self) -> torch.Tensor:  # (B, P + T)
@@ -61,7 +67,10 @@ class Samples:
                 getattr(self, f)[idx]
                 for f in ("query", "query_mask", "response", "response_mask", "ended", "prompt_index")
             ),
-            logprobs=None if self.logprobs is None else self.logprobs[idx],
+            **{
+                f: None if getattr(self, f) is None else getattr(self, f)[idx]
+                for f in ("logprobs", "token_logprobs", "token_entropy")
+            },
         )
 
 
@@ -100,10 +109,42 @@ def invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     )
 
 
+def token_stats(logp: torch.Tensor, probs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of one step's log-distribution ``logp`` (rows, V), ``probs`` its exp: the log-probability of the drawn
+    ``tokens`` (rows,) and the exact entropy −Σ_v p_v log p_v, (rows,) each. A token of log-probability −inf (p = 0)
+    makes p·log p NaN: ``nansum`` counts it as the 0 it is in the limit."""
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(probs * logp).nansum(-1)
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row from the categorical ``probs`` (B, V) by inverting its CDF at a uniform draw: exact, and on CPU
     a fifth of ``torch.multinomial``'s cost (which draws exponentials over the whole vocabulary)."""
     return invert_cdf(probs, uniforms(probs.shape[0], generator, probs.device, probs.dtype))
+
+
+class Keep(NamedTuple):
+    """What a decode loop keeps besides the tokens (see ``sample``)."""
+
+    logprobs: bool = False
+    token_stats: bool = False
+
+
+class Decoded(NamedTuple):
+    """What a decode loop returns, T = steps taken: response (B, T) and its mask (B, T); what ``Keep`` asked for
+    (None otherwise): log-distributions (B, T, V), sampled tokens' log-probabilities and entropies (B, T)."""
+
+    response: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor | None
+    token_logprobs: torch.Tensor | None
+    token_entropy: torch.Tensor | None
+
+    @classmethod
+    def stack(cls, tokens: list, masks: list, logprobs: list, token_logprobs: list, token_entropy: list) -> Decoded:
+        """From per-step lists, each (B, ...); an empty list (not kept) gives None."""
+        return cls(
+            *(torch.stack(x, 1) if x else None for x in (tokens, masks, logprobs, token_logprobs, token_entropy))
+        )
 
 
 @torch.no_grad()
@@ -116,11 +157,14 @@ def sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     keep_logprobs: bool = False,
+    keep_token_stats: bool = False,
 ) -> Samples:
     """Draw ``samples_per_prompt`` responses per prompt from ``model`` at ``temperature`` (pure sampling: no
     top-k/top-p, as the paper's evaluation), stopping each row at EOS, all rows at ``max_new_tokens``.
     ``keep_logprobs``: also return every step's full log-distribution (``Samples.logprobs``, B·T·V floats; a row's
-    steps after its EOS hold zeros, outside its response mask)."""
+    steps after its EOS hold zeros, outside its response mask). ``keep_token_stats``: also return each sampled
+    token's log-probability and each step's entropy (``Samples.token_logprobs``, ``Samples.token_entropy``, B·T
+    floats each, 0 outside the response mask). Neither changes the draws."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -130,13 +174,22 @@ def sample(
     prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
     step = _decode_step(model)
     loop = _sample_hf_cache if step is None else functools.partial(_sample_live_rows, step=step)
-    response, rmask, logprobs = loop(
-        model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, tok.eos_token_id, tok.pad_token_id
-    )
-    ended = ((response == tok.eos_token_id) & (rmask > 0)).any(-1)
+    extras = Keep(keep_logprobs, keep_token_stats)
+    out = loop(model, query, qmask, max_new_tokens, temperature, generator, extras, tok.eos_token_id, tok.pad_token_id)
+    ended = ((out.response == tok.eos_token_id) & (out.response_mask > 0)).any(-1)
     if was_training:
         model.train()
-    return Samples(query, qmask, response, rmask, ended, prompt_index, logprobs=logprobs)
+    return Samples(
+        query,
+        qmask,
+        out.response,
+        out.response_mask,
+        ended,
+        prompt_index,
+        logprobs=out.logprobs,
+        token_logprobs=out.token_logprobs,
+        token_entropy=out.token_entropy,
+    )
 
 
 def _decode_step(model) -> Step | None:
@@ -157,11 +210,10 @@ def _prefill(model, query: torch.Tensor, qmask: torch.Tensor):
 
 
 def _sample_live_rows(
-    model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, eos, pad, step: Step
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    model, query, qmask, max_new_tokens, temperature, generator, extras: Keep, eos, pad, step: Step
+) -> Decoded:
     """The decode loop over the rows still decoding: rows that emitted EOS leave the batch and the cache (together,
-    once a tenth of the rows have ended: ``COMPACT_BELOW``). Returns response (B, T), response mask (B, T) and, on
-    request, log-distributions (B, T, V), T = steps taken."""
+    once a tenth of the rows have ended: ``COMPACT_BELOW``)."""
     prefill, logits = _prefill(model, query, qmask)
     cache = DecodeCache.from_prefill(prefill, qmask, max_new_tokens)
     del prefill
@@ -169,16 +221,20 @@ def _sample_live_rows(
     rows = torch.arange(B, device=device)  # the batch row of each cache row
     going = torch.ones(B, dtype=torch.bool, device=device)  # (cache rows,) not ended yet
     pos = qmask.sum(-1)  # (cache rows,) position id of the token each row emits next
-    tokens, masks, logprobs = [], [], []
+    tokens, masks, logprobs, token_logprobs, token_entropy = [], [], [], [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (cache rows, V)
         u = uniforms(B, generator, device)[rows]  # every row's uniform is drawn, as _sample_hf_cache does
-        nxt = invert_cdf(logp.exp(), u)
+        probs = logp.exp()
+        nxt = invert_cdf(probs, u)
         live = rows[going]
         tokens.append(torch.full((B,), pad, dtype=torch.long, device=device).index_put_((live,), nxt[going]))
         masks.append(torch.zeros(B, device=device).index_fill_(0, live, 1.0))
-        if keep_logprobs:
+        if extras.logprobs:
             logprobs.append(logp.new_zeros(B, logp.shape[-1]).index_copy_(0, live, logp[going]))
+        if extras.token_stats:  # over the cache rows (ended ones included, cheaper than selecting first), then placed
+            for kept, x in zip((token_logprobs, token_entropy), token_stats(logp, probs, nxt)):
+                kept.append(x.new_zeros(B).index_copy_(0, live, x[going]))
         going = going & (nxt != eos)
         n_going = int(going.sum())
         if t == max_new_tokens - 1 or n_going == 0:
@@ -190,12 +246,10 @@ def _sample_live_rows(
         logits = step(model, cache, nxt, pos)
         cache.advance()
         pos = pos + 1
-    return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1) if keep_logprobs else None
+    return Decoded.stack(tokens, masks, logprobs, token_logprobs, token_entropy)
 
 
-def _sample_hf_cache(
-    model, query, qmask, max_new_tokens, temperature, generator, keep_logprobs, eos, pad
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _sample_hf_cache(model, query, qmask, max_new_tokens, temperature, generator, extras: Keep, eos, pad) -> Decoded:
     """The decode loop on transformers' own cached forward, for every family: all B rows every step (a finished row
     feeds pad, masked out) until every row has ended. The fallback of ``sample``, and the reference its tests hold
     ``_sample_live_rows`` to. Returns what ``_sample_live_rows`` returns."""
@@ -204,15 +258,19 @@ def _sample_hf_cache(
     attn = qmask
     next_pos = qmask.sum(-1, keepdim=True)  # (B, 1) position of the first response token
     done = torch.zeros(B, dtype=torch.bool, device=query.device)
-    tokens, masks, logprobs = [], [], []
+    tokens, masks, logprobs, token_logprobs, token_entropy = [], [], [], [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        if keep_logprobs:
+        if extras.logprobs:
             logprobs.append(logp)
-        nxt = draw(logp.exp(), generator)
+        probs = logp.exp()
+        nxt = draw(probs, generator)
         alive = ~done
         tokens.append(torch.where(alive, nxt, torch.full_like(nxt, pad)))
         masks.append(alive.float())
+        if extras.token_stats:
+            for kept, x in zip((token_logprobs, token_entropy), token_stats(logp, probs, nxt)):
+                kept.append(torch.where(alive, x, torch.zeros_like(x)))
         done = done | (nxt == eos)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
@@ -222,7 +280,7 @@ def _sample_hf_cache(
         )
         past, logits = out.cache, out.logits[:, -1]
         next_pos = next_pos + 1
-    return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1) if keep_logprobs else None
+    return Decoded.stack(tokens, masks, logprobs, token_logprobs, token_entropy)
 
 
 def response_logits(model, s: Samples, temperature: float = 1.0) -> torch.Tensor:

@@ -4,6 +4,7 @@ leaves it, stops decoding rows that ended, and hands every other family to the r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -265,3 +266,55 @@ def test_smollm2_draws_the_reference_loops_samples(smollm2_cache, smollm2_folder
     ours, ref, gens = _both(model, tok, prompts, 2, 8, 1.0, 0, True)
     _assert_same(ours, ref, True)
     assert torch.equal(gens[0].get_state(), gens[1].get_state())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("fallback", [False, True], ids=["live_rows", "hf_cache"])
+def test_token_stats_are_those_of_the_sampling_distributions(tok, family, fallback):
+    """``keep_token_stats``: each sampled token's log-probability and each step's exact entropy, read off the very
+    log-distributions ``keep_logprobs`` keeps, 0 on padding; asking for them changes neither the draws nor the
+    generator; ``subset`` carries them; and a full forward over prompt + response gives them again, to fp32 rounding
+    (the decode steps and the full forward sum in other orders)."""
+    from harness.lm import packing
+
+    model = _gpt2(tok, n_layer=2, eos_bias=5.0) if family == "gpt2" else _llama(tok)
+    assert sampling._decode_step(model) is not None  # so the fallback is the forced one
+    runs = {}
+    for keep in ((False, False), (True, True), (False, True)):
+        gen = torch.Generator().manual_seed(4)
+        with _forced_fallback() if fallback else contextlib.nullcontext():
+            s = sampling.sample(model, tok, PROMPTS, 3, 12, 0.7, gen, keep_logprobs=keep[0], keep_token_stats=keep[1])
+        runs[keep] = s, gen.get_state()
+    (plain, plain_gen), (full, _), (stats, stats_gen) = runs.values()
+    for s, gen in runs.values():
+        assert all(torch.equal(getattr(s, f), getattr(plain, f)) for f in FIELDS)
+        assert torch.equal(gen, plain_gen)
+    assert plain.token_logprobs is None and plain.token_entropy is None and stats.logprobs is None
+    assert torch.equal(stats.token_logprobs, full.token_logprobs) and torch.equal(
+        stats.token_entropy, full.token_entropy
+    )
+
+    live = full.response_mask.bool()
+    assert full.token_logprobs.shape == full.token_entropy.shape == live.shape and (~live).any()
+    assert (full.token_logprobs[~live] == 0).all() and (full.token_entropy[~live] == 0).all()
+    kept = full.logprobs[live]  # (n, V) the sampling distributions of the real response tokens
+    tokens = full.response[live]
+    assert torch.equal(full.token_logprobs[live], kept.gather(-1, tokens[:, None]).squeeze(-1))
+    exact = torch.distributions.Categorical(logits=kept).entropy()
+    torch.testing.assert_close(full.token_entropy[live], exact, rtol=1e-6, atol=1e-6)
+
+    with torch.no_grad():
+        logits, mask = packing.response_token_logits(model, full, 0.7)  # (n, V) one forward, no cache
+    assert torch.equal(mask, live)
+    forward_logp = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(
+        full.token_logprobs[live], forward_logp.gather(-1, tokens[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        full.token_entropy[live], torch.distributions.Categorical(logits=logits).entropy(), rtol=1e-5, atol=1e-5
+    )
+
+    idx = torch.tensor([5, 0, 2])
+    part = full.subset(idx)
+    for f in ("logprobs", "token_logprobs", "token_entropy"):
+        assert torch.equal(getattr(part, f), getattr(full, f)[idx]), f

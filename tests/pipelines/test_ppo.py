@@ -144,7 +144,9 @@ def test_reusing_the_rollout_forward_changes_nothing(minibatches, cache, tmp_pat
 
 def test_packed_and_padded_passes_give_the_same_rollout_and_update(cache, tmp_path, monkeypatch):
     """PPO's scoring and update run packed (``harness.lm.packing``); with packing switched off (every pass on the
-    padded batch) the same samples give the same log-probs, values, scores and update, up to float rounding."""
+    padded batch) the same samples give the same log-probs, values, scores and update, up to float rounding. The
+    rollout's log π_old and entropy come from the sampler either way: the policy's packed pass is held to the padded
+    one in its first-minibatch forward (``FirstPass``) and in the update."""
     from harness.lm import packing
     from pipelines.ppo import build_roles
 
@@ -156,9 +158,11 @@ def test_packed_and_padded_passes_give_the_same_rollout_and_update(cache, tmp_pa
         roles = build_roles(ctx)
         ppo = roles.ppo(ctx.cfg.pipeline, seed=3)
         ro, stats = ppo.rollout(prompts)
+        first = ro.first_pass.logprobs.detach()  # the update consumes the first pass
         stats.update(ppo.update(ro))
-        runs.append((ro, stats, roles.policy.state_dict(), roles.critic.state_dict()))
-    (ro_a, stats_a, pol_a, crit_a), (ro_b, stats_b, pol_b, crit_b) = runs
+        runs.append((ro, first, stats, roles.policy.state_dict(), roles.critic.state_dict()))
+    (ro_a, first_a, stats_a, pol_a, crit_a), (ro_b, first_b, stats_b, pol_b, crit_b) = runs
+    torch.testing.assert_close(first_a, first_b, rtol=1e-5, atol=1e-5)
     assert torch.equal(ro_a.samples.response, ro_b.samples.response)
     lengths = ro_a.masks.sum(-1)
     assert lengths.min() < lengths.max(), "the batch must mix response lengths for packing to matter"
@@ -169,6 +173,61 @@ def test_packed_and_padded_passes_give_the_same_rollout_and_update(cache, tmp_pa
     for a, b in ((pol_a, pol_b), (crit_a, crit_b)):
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["first_pass", "no_first_pass"])
+def test_rollout_takes_pi_old_from_the_sampler_and_runs_the_policy_on_the_first_minibatch_only(
+    reuse, cache, tmp_path, monkeypatch
+):
+    """log π_old and the entropy come from the sampling passes: a packed policy forward gives them again (to fp32
+    rounding, the sampler's cached steps sum in another order), and the rollout runs the policy forward only for
+    ``FirstPass`` (its first minibatch, with autograd), none at all without it."""
+    from pipelines import losses as L
+    from pipelines import ppo as ppo_mod
+
+    ctx = context("ppo", cache, tmp_path, "pipeline.num_minibatches=4", "pipeline.temperature=0.7")
+    roles = ppo_mod.build_roles(ctx)
+    ppo = roles.ppo(ctx.cfg.pipeline, seed=3)
+    ppo.reuse_first_pass = reuse
+    calls = []  # autograd on or off, per policy forward outside the sampler
+    in_sampler = [False]
+    real_sample = ppo_mod.sample
+
+    def sample(*args, **kwargs):
+        in_sampler[0] = True
+        try:
+            return real_sample(*args, **kwargs)
+        finally:
+            in_sampler[0] = False
+
+    def count(module, args, kwargs):
+        if not in_sampler[0]:
+            calls.append(torch.is_grad_enabled())
+
+    monkeypatch.setattr(ppo_mod, "sample", sample)
+    backbone = getattr(roles.policy, roles.policy.base_model_prefix)  # every forward of the policy runs it
+    handle = backbone.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        ro, stats = ppo.rollout(ctx.task.train_prompts[:16])
+    finally:
+        handle.remove()
+
+    assert calls == ([True] if reuse else [])
+    assert (ro.first_pass is not None) == reuse
+    mask = ro.masks.bool()
+    assert mask.sum(-1).min() < mask.shape[1], "some responses must be padded"
+    with torch.no_grad():
+        logits, forward_logprobs = ppo_mod.policy_pass(roles.policy, ro.samples, 0.7)
+    torch.testing.assert_close(ro.logprobs, forward_logprobs, rtol=1e-5, atol=1e-5)
+    assert (ro.logprobs[~mask] == 0).all()
+    entropy = (L.entropy_from_logits(logits).sum() / mask.shape[0]).item()  # mean over episodes of Σ_t H_t
+    assert stats["policy/sequence_entropy"] == pytest.approx(entropy, rel=1e-5)
+    if reuse:  # the update's first minibatch starts at ratio 1, to the same rounding
+        first = ro.epoch0_order[: 16 // 4]
+        assert ro.first_pass.logprobs.requires_grad and ro.first_pass.logprobs.shape == (4, mask.shape[1])
+        torch.testing.assert_close(ro.first_pass.logprobs.detach(), ro.logprobs[first], rtol=1e-5, atol=1e-5)
+    stats = ppo.update(ro)
+    assert all(math.isfinite(v) for v in stats.values())
 
 
 def test_critic_head_gives_a_value_at_every_position(cache, tmp_path):
