@@ -89,10 +89,10 @@ def preferences_key(hc: HarnessConfig) -> str:
     return key_of(preferences_identity(hc))
 
 
-@torch.no_grad()
 def sample_sft(ctx: RunContext, prompts: list[str]) -> tuple[list[str], list[bool]]:
     """``preferences.samples_per_prompt`` completions of π_SFT per prompt (consecutive), and which were cut off at
-    ``max_new_tokens``."""
+    ``max_new_tokens``. Not under ``torch.no_grad`` as a whole: ``load_sft`` may train π_SFT first (the preference
+    set asked for on an empty cache), and ``sample`` is no-grad itself."""
     cfg = ctx.cfg.preferences
     policy, tok, _ = load_sft(ctx)
     k = cfg.samples_per_prompt
@@ -151,7 +151,6 @@ def _build_from_file(ctx: RunContext, out: Path) -> dict:
     }
 
 
-@torch.no_grad()
 def _build(ctx: RunContext, out: Path) -> dict:
     from datasets import Dataset, DatasetDict
 

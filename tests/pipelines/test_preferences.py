@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from harness.config import PreferencesConfig
 from pipelines.stages.preferences import make_pairs
@@ -28,3 +29,12 @@ def test_bradley_terry_labels_follow_the_logistic():
     pairs = make_pairs(scores, PreferencesConfig(labels="bradley_terry", bt_temperature=0.1), np.random.default_rng(1))
     wins = np.mean([c == 0 for _, c, _ in pairs])
     assert abs(wins - 1 / (1 + np.exp(-1))) < 0.03
+
+
+@pytest.mark.slow
+def test_the_preference_set_asked_for_first_trains_pi_sft_on_the_way(run_pipeline, tmp_path):
+    """``pipeline=preferences`` on an empty cache builds π_SFT first: its training must not run under the sampling's
+    no-grad ("element 0 of tensors does not require grad" it was)."""
+    result, _ = run_pipeline("preferences", "threads=1")
+    assert (tmp_path / "cache" / "sft").is_dir() and any((tmp_path / "cache" / "preferences").glob("*/artifact.json"))
+    assert result["pairs_train"] > 0
