@@ -330,6 +330,7 @@ class GRPOPipeline(OnlineRLPipeline):
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
 # Each DPO-family method's own loss and β; `loss_type: null` / `beta: null` in a config mean "the method's own".
 DPO_METHOD_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "cdpo": "sigmoid"}
+REFERENCE_LOGPS = ("shared", "per_batch")  # DPOPipeline.reference_logps
 # IPO's τ sets a per-token margin of 1/(2τ) nats (TRL length-normalises IPO), so τ = 0.1 asks for 5 nats per token:
 # on the embedded default it reaches KL ≈ 43 in 20 steps, against ≈ 3.7 at τ = 0.5 (with about the same reward).
 DPO_METHOD_BETA = {"dpo": 0.1, "ipo": 0.5, "cdpo": 0.1}
@@ -357,7 +358,13 @@ class DPOPipeline(PipelineBase):
     epochs: float = 1.0  # passes over the training pairs, used when max_steps <= 0
     max_steps: int = 20  # > 0 overrides epochs; 20 x 128 pairs (0.4 epoch): a job takes ~40 s on 1 CPU thread
     max_length: int = 64  # tokens of prompt + completion (+ EOS); longer pairs are truncated at the end
-    precompute_ref_log_probs: bool = False  # one reference pass over the data before training instead of per step
+    # π_ref's log-probs of the pairs: shared = computed once and read by every DPO-family job on the same π_SFT and
+    # preference set (pipelines/stages/reference_logps.py); per_batch = π_ref's forward on every training batch.
+    # How, not what (they differ at float rounding): not part of the job's identity.
+    reference_logps: str = field(default="shared", metadata=NOT_IDENTITY)
+    # Retired (reference_logps=shared does TRL's one pass before training, once for every job); kept, false, so that
+    # the keys of jobs made before stay what they were.
+    precompute_ref_log_probs: bool = False
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then a constant rate
     checkpoint_every: int = field(default=10, metadata=NOT_IDENTITY)  # steps; a killed job resumes from the last
 
@@ -395,6 +402,18 @@ class DPOPipeline(PipelineBase):
             "set 0.1",
         )
         _check_checkpoint_every(self)
+        require(
+            self.reference_logps in REFERENCE_LOGPS,
+            "pipeline.reference_logps",
+            f"unknown '{self.reference_logps}'",
+            f"choose one of {', '.join(REFERENCE_LOGPS)}",
+        )
+        require(
+            not self.precompute_ref_log_probs,
+            "pipeline.precompute_ref_log_probs",
+            "is retired: the reference log-probs are precomputed once and shared by default",
+            "drop it (pipeline.reference_logps=per_batch runs π_ref on every batch instead)",
+        )
         # The method name labels the frontier points, so the loss must be the one the name says.
         if self.name == "ipo":
             require(

@@ -1,6 +1,7 @@
 """The three cached stages every method stands on: π_SFT (``sft``), the preference set (``preferences``) and the
 Bradley–Terry reward model (``reward_model``), each built once per identity into the stage cache
-(``harness/runs/cache.py``)."""
+(``harness/runs/cache.py``). The DPO family adds a fourth, π_ref's log-probs of the pairs (``reference_logps``), whose
+key the trainer completes (it holds the tokenised pairs' hash): it is not among :func:`stage_keys`."""
 
 from __future__ import annotations
 

@@ -186,7 +186,7 @@ def _rows(folder):
     [
         ("dpo", [], "beta=0.1"),
         ("ipo", [], "beta=0.5"),
-        ("cdpo", ["pipeline.precompute_ref_log_probs=true"], "beta=0.1"),
+        ("cdpo", ["pipeline.reference_logps=per_batch"], "beta=0.1"),
     ],
 )
 def test_dpo_variants_train_and_write_rows(method, extra, setting, run_pipeline, tiny_cache):
