@@ -744,8 +744,8 @@ def sft_trainer(st: Setting, out: Path, n_texts: int):
     ctx.__dict__["task"] = dataclasses.replace(
         st.task, train_texts=st.task.train_texts[:n_texts]
     )  # the cached property
-    with patched(sft_mod, load_tokenizer=lambda cfg, texts: st.tok):
-        return capture_trainer(lambda: sft_mod._build(ctx, out))
+    with patched(sft_mod, load_tokenizer=lambda cfg, *args, **kwargs: st.tok):
+        return capture_trainer(lambda: sft_mod._build(ctx, out, out / ".resume"))  # a resume folder of its own
 
 
 def rm_trainer(st: Setting, out: Path, n_pairs: int):
@@ -765,7 +765,7 @@ def rm_trainer(st: Setting, out: Path, n_pairs: int):
     with patched(
         rm_mod, ensure_sft=lambda ctx: sft, ensure_preferences=lambda ctx: prefs, load_pairs=lambda art: pairs
     ):
-        return capture_trainer(lambda: rm_mod._build(stage_context(st), out))
+        return capture_trainer(lambda: rm_mod._build(stage_context(st), out, out / ".resume"))
 
 
 def train_captured(trainer, reps: int, count: bool, name: str) -> tuple[StageResult, list[list[int]], ModelShape]:
