@@ -5,6 +5,7 @@ on, a damaged artifact is rebuilt, and end to end a job that loads them writes w
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,8 @@ def test_a_job_that_loads_them_writes_what_the_job_that_computed_them_wrote(run_
         return reference
 
     monkeypatch.setattr(pipelines.trainer_run, "load_frozen_reference", counted)
+    # the session's cache may hold them already (another test's DPO job on the same π_SFT and pairs): start without
+    shutil.rmtree(tiny_cache_copy / "reference_logps", ignore_errors=True)
     preferences = sorted((tiny_cache_copy / "preferences").rglob("*"))
     computed, first = run_pipeline("dpo", *SWEEP, cache=tiny_cache_copy, folder="first")
     assert calls  # the first job computed them
