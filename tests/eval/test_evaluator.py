@@ -16,8 +16,8 @@ from harness.lm.sampling import Samples, encode_prompts
 T = 3  # max_new_tokens
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def four_token_lm(n_positions: int = 16):
+    """A word-level tokenizer over {EOS, pad, a, b} and a random one-layer GPT-2 on it (seed 0): (tok, model)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -26,8 +26,15 @@ def tiny():
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<|pad|>")
     torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=4, n_embd=16, n_layer=1, n_head=2, n_positions=16, eos_token_id=0, pad_token_id=1)
-    ref = GPT2LMHeadModel(conf).eval()
+    conf = GPT2Config(
+        vocab_size=4, n_embd=16, n_layer=1, n_head=2, n_positions=n_positions, eos_token_id=0, pad_token_id=1
+    )
+    return tok, GPT2LMHeadModel(conf).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok, ref = four_token_lm()
     with torch.no_grad():  # make the reference peaked enough that the perturbation matters
         ref.lm_head.weight.mul_(8)
     policy = copy.deepcopy(ref)

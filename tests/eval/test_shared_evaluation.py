@@ -15,22 +15,14 @@ from harness.config import EvalConfig
 from harness.eval.evaluator import Evaluator, fingerprint
 from harness.eval.row import MEASURED_KEYS
 from harness.runs.cache import SharedResults
+from tests.eval.test_evaluator import four_token_lm
 
 PROMPTS = ["a b", "b", "a a b", "b b"]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {"<|endoftext|>": 0, "<|pad|>": 1, "a": 2, "b": 3}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<|pad|>")
-    torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=4, n_embd=16, n_layer=1, n_head=2, n_positions=32, eos_token_id=0, pad_token_id=1)
-    return tok, GPT2LMHeadModel(conf).eval()
+    return four_token_lm(n_positions=32)
 
 
 def gold(texts):
