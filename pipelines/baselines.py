@@ -39,6 +39,7 @@ from harness.lm.batching import (
     trainer_batches,
     with_length_sorted_micro_batches,
 )
+from harness.lm.lm_head import DenseLMHead
 from harness.lm.memory import cost_now
 from harness.lm.precision import autocast, trainer_flags
 from harness.lm.sampling import sample
@@ -101,7 +102,9 @@ def run_preferred_ft(ctx: RunContext) -> dict:
         include_num_input_tokens_seen="non_padding",  # the compute axis: tokens through forward+backward
     )
     logs, callbacks = trainer_callbacks(ctx, tracker, evaluation)
-    trainer_cls = type("HarnessSFTTrainer", (GuardedTraining, with_length_sorted_micro_batches(SFTTrainer)), {})
+    trainer_cls = type(
+        "HarnessSFTTrainer", (GuardedTraining, DenseLMHead, with_length_sorted_micro_batches(SFTTrainer)), {}
+    )
     trainer = trainer_cls(model=policy, args=args, train_dataset=data, processing_class=tok, callbacks=callbacks)
     log.info("Preferred-FT on the chosen completions of %d pairs", len(train))
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)

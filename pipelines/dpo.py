@@ -30,6 +30,7 @@ import math
 import torch
 
 from harness.lm.batching import LengthSortedMicroBatches, LengthSortedSampler, example_width, trainer_batches
+from harness.lm.lm_head import DenseLMHead
 from harness.runs import checkpoint
 from harness.runs.context import RunContext
 from pipelines.losses import dpo_family_loss
@@ -131,7 +132,7 @@ class SharedReferenceLogps:
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
-    class HarnessDPOTrainer(GuardedTraining, LengthSortedMicroBatches, SharedReferenceLogps, DPOTrainer):
+    class HarnessDPOTrainer(GuardedTraining, DenseLMHead, LengthSortedMicroBatches, SharedReferenceLogps, DPOTrainer):
         """TRL's ``DPOTrainer`` with conservative DPO taken from ``losses.dpo_family_loss``.
 
         TRL 1.16's ``_compute_loss`` is the one place its loss is computed (the loss types are an inline ``elif``
@@ -144,6 +145,10 @@ def _dpo_trainer_class():
         (:class:`GuardedTraining`), and a resumed run sees the data in the order of an uninterrupted one
         (``LengthSortedSampler.set_epoch``).
         """
+
+        @property
+        def lm_head_fields(self):  # what TRL 1.16's DPO metrics read (log Σp² for its WPO weights)
+            return ("entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if self.use_weighting else ())
 
         def _compute_loss(self, model, inputs, return_outputs):
             if not (self.loss_types == ["sigmoid"] and self.label_smoothing > 0):

@@ -12,6 +12,7 @@ import torch
 
 from harness.config import HarnessConfig, stage_fingerprint
 from harness.lm.batching import trainer_batches, with_length_sorted_micro_batches
+from harness.lm.lm_head import DenseLMHead
 from harness.lm.models import (
     count_parameters,
     load_causal_lm,
@@ -102,7 +103,7 @@ def _build(ctx: RunContext, out: Path, resume: Path) -> dict:
         dataloader_num_workers=0,
         weight_decay=0.0,
     )
-    trainer = with_length_sorted_micro_batches(SFTTrainer)(
+    trainer = type("HarnessSFTTrainer", (DenseLMHead, with_length_sorted_micro_batches(SFTTrainer)), {})(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict({"text": task.train_texts}),

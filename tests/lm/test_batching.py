@@ -250,3 +250,21 @@ def test_unlikelihood_gradient_is_the_batch_gradient():
         losses.append(float(loss))
     assert grads[0].abs().max() > 1e-3
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5) and abs(losses[0] - losses[1]) < 1e-6
+
+
+def test_dataset_widths_are_the_example_widths_in_the_datasets_order():
+    from datasets import Dataset
+
+    from harness.lm.batching import dataset_widths
+
+    rows = [
+        {"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5, 6], "text": "a"},
+        {"prompt_ids": [1], "chosen_ids": [3, 4, 5, 6], "rejected_ids": None, "text": "b"},
+        {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [7], "text": "c"},
+    ]
+    data = Dataset.from_list(rows)
+    assert dataset_widths(data) == [example_width(r) for r in rows] == [5, 5, 1]
+    reordered = data.select([2, 0])  # an indices mapping over the same table
+    assert dataset_widths(reordered) == [1, 5]
+    sft = Dataset.from_dict({"input_ids": [[1, 2, 3], [4]], "attention_mask": [[1, 1, 1], [1]]})
+    assert dataset_widths(sft) == [3, 1]
