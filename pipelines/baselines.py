@@ -39,14 +39,14 @@ from harness.lm.batching import (
     trainer_batches,
     with_length_sorted_micro_batches,
 )
-from harness.lm.lm_head import DenseLMHead
+from harness.lm.lm_head import DenseLMHead, token_logprobs
 from harness.lm.memory import cost_now
 from harness.lm.precision import autocast, trainer_flags
 from harness.lm.sampling import sample
 from harness.runs import checkpoint, preempt
 from harness.runs.context import RunContext
 from harness.runs.guards import check_finite
-from pipelines.losses import sequence_logps, unlikelihood_loss
+from pipelines.losses import unlikelihood_loss
 from pipelines.stages.sft import load_sft
 from pipelines.trainer_run import (
     GuardedTraining,
@@ -163,8 +163,8 @@ def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str], 
 
 def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Unlikelihood loss of one pair batch (see ``losses.unlikelihood_loss``): (loss, nll_chosen, ul_rejected)."""
-    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (2B, L-1, V)
-    logps = sequence_logps(logits, batch["labels"], batch["completion_mask"])  # (2B, L-1), 0 off the completion
+    completion = batch["completion_mask"] != 0  # (2B, L-1): the LM head runs at these positions only
+    logps = token_logprobs(policy, batch["input_ids"], batch["attention_mask"], completion)  # 0 off the completion
     chosen_logps, rejected_logps = logps.chunk(2, dim=0)
     chosen_mask, rejected_mask = batch["completion_mask"].chunk(2, dim=0)
     return unlikelihood_loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, alpha)

@@ -10,7 +10,8 @@ AMD EPYC, 1 thread).
 :func:`use_dense_lm_head` keeps TRL's contract (the same :class:`~trl.trainer.utils.FusedCausalLMOutput`: log-probs,
 entropy, mean logits, top-1 flags and ``log(Σ p²)``, zero where the label is -100, and the same loss) but projects
 only the positions that carry a label, in one product, and lets autograd differentiate ``log_softmax``: the same
-numbers to float rounding. The metric fields (entropy, mean logits, top-1, ``log Σ p²``) carry no gradient, as
+numbers to float rounding. The backbone runs packed (``harness.lm.packing.pack_rows``: right-padded rows laid end to
+end, positions restarting per row, a block-causal mask) for the families that pack, so padding costs nothing either. The metric fields (entropy, mean logits, top-1, ``log Σ p²``) carry no gradient, as
 TRL's trainers read them only detached. A call whose logits would exceed :data:`DENSE_LIMIT` elements (a large
 vocabulary, a long batch), or a model whose head scales or caps its logits, goes to TRL's kernel as before.
 """
@@ -68,6 +69,35 @@ def dense_token_stats(
     return out
 
 
+def labelled_states(model, args: tuple, kwargs: dict, mask: torch.Tensor) -> torch.Tensor:
+    """The backbone's states at the positions whose next token carries a label (``mask``: (B, L − 1), row-major),
+    (n, hidden). Right-padded rows of a packed family run packed (``harness.lm.packing``: the real tokens only);
+    anything else (other arguments, left padding, labels past a row's end) runs as the batch is."""
+    from harness.lm import packing
+
+    ids, attention = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    extra = {k for k, v in kwargs.items() if v is not None} - {"input_ids", "attention_mask", "use_cache"}
+    if not args and not extra and ids is not None and attention is not None and packing.packable(model):
+        layout = packing.pack_rows(ids, attention)
+        if layout is not None and not bool((mask & ~layout.response_mask).any()):
+            return packing.hidden_states(model, layout)[layout.predictors[mask[layout.response_mask]]]
+    states = model.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
+    return states[:, :-1][mask]
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log π(input_ids[b, t + 1] | input_ids[b, ≤ t]) where ``mask`` (B, L − 1) is set, 0 elsewhere: the rows run
+    packed where they can (:func:`labelled_states`) and the LM head at the masked positions only. Differentiable."""
+    labels = input_ids[:, 1:][mask]
+    logp = dense_token_stats(
+        labelled_states(model, (), {"input_ids": input_ids, "attention_mask": attention_mask}, mask),
+        model.get_output_embeddings(),
+        labels,
+        (),
+    )["log_probs"]
+    return torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+
+
 def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
     """Route ``model``'s ``fused_lm_head=True`` calls (TRL's patched forward, already installed) through
     :func:`dense_token_stats` when the head is plain; calls over :data:`DENSE_LIMIT` logits keep TRL's kernel.
@@ -82,11 +112,14 @@ def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
 
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         head = self.get_output_embeddings()
-        n_logits = (
-            None if labels is None and shift_labels is None else (shift_labels if shift_labels is not None else labels)
+        dense = (
+            fused_lm_head
+            and labels is not None
+            and shift_labels is None  # pre-shifted labels (context parallelism) stay with TRL's kernel
+            and not kwargs.get("output_router_logits")  # so do MoE models' auxiliary losses
+            and int((labels[:, 1:] != -100).sum()) * head.weight.shape[0] <= DENSE_LIMIT
         )
-        too_big = n_logits is None or int((n_logits != -100).sum()) * head.weight.shape[0] > DENSE_LIMIT
-        if not fused_lm_head or too_big or kwargs.get("output_router_logits"):
+        if not dense:
             return trl_forward(
                 *args,
                 fused_lm_head=fused_lm_head,
@@ -95,12 +128,9 @@ def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
                 num_items_in_batch=num_items_in_batch,
                 **kwargs,
             )
-        kwargs["use_cache"] = False
-        states = self.base_model(*args, **kwargs).last_hidden_state
-        if shift_labels is None:  # the state at t predicts the token at t+1
-            states, shift_labels = states[:, :-1], labels[:, 1:]
+        shift_labels = labels[:, 1:]  # the state at t predicts the token at t+1
         mask = shift_labels != -100
-        stats = dense_token_stats(states[mask], head, shift_labels[mask], fields)
+        stats = dense_token_stats(labelled_states(self, args, kwargs, mask), head, shift_labels[mask], fields)
         # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero loss that still backpropagates)
         per_token = {
             k: torch.zeros(mask.shape, dtype=v.dtype, device=v.device).masked_scatter(mask, v) for k, v in stats.items()

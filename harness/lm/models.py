@@ -187,11 +187,17 @@ def read_score_at_last_token(model: PreTrainedModel) -> PreTrainedModel:
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         for unused in ("labels", "return_dict", "output_attentions", "output_hidden_states", "logits_to_keep"):
             kwargs.pop(unused, None)
+        from harness.lm import packing
+
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # looked up at each call, not kept: PPO rescales the critic's head by putting a new module in its place
         model = held()
         backbone, head = getattr(model, model.base_model_prefix), model.score
+        plain = position_ids is None and not {k for k, v in kwargs.items() if v is not None} - {"use_cache"}
+        layout = packing.pack_rows(input_ids, attention_mask) if plain and packing.packable(model) else None
+        if layout is not None:  # the real tokens only (the reward model's training, the text scorers)
+            return SequenceClassifierOutputWithPast(logits=head(packing.hidden_states(model, layout)[layout.last]))
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         ).last_hidden_state

@@ -128,6 +128,24 @@ def pad(s: Samples) -> Layout:
     return Layout(s.sequences, attn, positions(attn), base[b] + P - 1 + t, base + last, rmask)
 
 
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Layout | None:
+    """Right-padded rows (B, L), the batches TRL's collators and our tokenizers make, packed as :func:`pack` packs
+    episodes: row b's first token stands as the "prompt", its others as the "response", so ``predictors`` are the
+    positions that predict tokens 1..len−1 of each row (row-major; ``response_mask`` (B, L − 1) places them) and
+    ``last`` each row's last token. None when a row is empty or its mask is not a prefix (left padding, holes): the
+    caller then runs the batch as it is."""
+    mask = attention_mask.bool()
+    lengths = mask.sum(-1)
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    if bool((lengths == 0).any()) or not torch.equal(mask, columns < lengths.unsqueeze(-1)):
+        return None
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    ones = torch.ones_like(attention_mask[:, :1])
+    return pack(
+        Samples(input_ids[:, :1], ones, input_ids[:, 1:], attention_mask[:, 1:].float(), ones[:, 0].bool(), rows)
+    )
+
+
 def packable(model) -> bool:
     config = model.config
     return config.model_type in PACKED_MODEL_TYPES and config._attn_implementation in PACKED_ATTENTION

@@ -150,3 +150,44 @@ def test_the_harness_trl_trainers_run_the_dense_head(tmp_path):
     assert dpo_cls.lm_head_fields.fget(stub) == ("entropy", "mean_logits", "is_top1")
     stub.use_weighting = True
     assert "log_sum_sq_probs" in dpo_cls.lm_head_fields.fget(stub)
+
+
+def test_right_padded_rows_run_packed_and_left_padded_ones_as_they_are(monkeypatch):
+    from harness.lm import packing
+
+    inputs, labels = _batch()
+    trl_model, dense = _pair(_gpt2)
+    packed_calls = []
+    real = packing.hidden_states
+    monkeypatch.setattr(packing, "hidden_states", lambda *a: packed_calls.append(1) or real(*a))
+    dense(**inputs, labels=labels, fused_lm_head=True)
+    assert packed_calls == [1]
+    # the same rows left-padded (as a generation batch is): not a prefix mask, so the batch runs as it is
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    left = {"input_ids": ids.flip(1), "attention_mask": attention.flip(1)}
+    left_labels = torch.full_like(labels, -100)
+    left_labels[0, 5:] = ids.flip(1)[0, 5:]
+    a = trl_model(**left, labels=left_labels, fused_lm_head=True)
+    b = dense(**left, labels=left_labels, fused_lm_head=True)
+    assert packed_calls == [1]
+    torch.testing.assert_close(b.log_probs, a.log_probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_token_logprobs_equal_the_padded_forwards_with_gradients(build):
+    from harness.lm.lm_head import token_logprobs
+    from pipelines.losses import sequence_logps
+
+    inputs, labels = _batch()
+    mask = labels[:, 1:] != -100
+    packed_model, padded_model = build(), build()
+    a = token_logprobs(packed_model, inputs["input_ids"], inputs["attention_mask"], mask)
+    logits = padded_model(**inputs).logits[:, :-1]
+    b = sequence_logps(logits, inputs["input_ids"][:, 1:], mask)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert float(a.detach()[~mask].abs().sum()) == 0
+    a.sum().backward()
+    b.sum().backward()
+    ga, gb = _grads(packed_model), _grads(padded_model)
+    for k in gb:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6, msg=k)

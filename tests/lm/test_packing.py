@@ -263,3 +263,45 @@ def test_smollm2_packed_equals_padded(smollm2_folder):
     assert g.keys() == g_pad.keys()
     for name in g_pad:
         assert (g[name] - g_pad[name]).norm() <= 2e-5 * g_pad[name].norm(), name
+
+
+def test_pack_rows_packs_right_padded_rows_and_refuses_other_masks():
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [4, 3, 2, 1]])
+    attention = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    layout = packing.pack_rows(ids, attention)
+    flat = layout.input_ids.flatten()
+    assert layout.packed and sorted(flat[layout.last].tolist()) == [1, 7, 9]
+    # the predictors of tokens 1.. of each row, row-major: each predicts the next token of its own row
+    assert torch.equal(layout.response_mask, attention[:, 1:].bool())
+    assert flat[layout.predictors + 1].tolist() == ids[:, 1:][attention[:, 1:].bool()].tolist()
+    assert packing.pack_rows(ids, attention.flip(1)) is None  # left padding
+    assert packing.pack_rows(ids, torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])) is None  # a hole
+    assert packing.pack_rows(ids, torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])) is None  # an empty row
+
+
+def test_the_scalar_models_forward_runs_packed_and_equals_the_padded_one(gpt2):
+    from harness.lm.models import read_score_at_last_token
+
+    _, scalar = gpt2
+    model = read_score_at_last_token(scalar)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, V, (5, 12), generator=g)
+    attention = (torch.arange(12) < torch.tensor([12, 3, 7, 1, 9]).unsqueeze(-1)).long()
+    calls = []
+    real = packing.hidden_states
+    packing.hidden_states = lambda *a: calls.append(1) or real(*a)
+    try:
+        packed = model(input_ids=ids, attention_mask=attention).logits
+    finally:
+        packing.hidden_states = real
+    assert calls == [1]
+    padded = model(input_ids=ids, attention_mask=attention, position_ids=positions(attention)).logits  # as it is
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    grads = []
+    for kw in ({}, {"position_ids": positions(attention)}):
+        scalar.zero_grad()
+        model(input_ids=ids, attention_mask=attention, **kw).logits.square().sum().backward()
+        grads.append({k: p.grad.clone() for k, p in scalar.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6, msg=k)
