@@ -173,7 +173,11 @@ def sample(
     qmask = qmask.repeat_interleave(samples_per_prompt, 0)
     prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(samples_per_prompt)
     step = _decode_step(model)
-    loop = _sample_hf_cache if step is None else functools.partial(_sample_live_rows, step=step)
+    loop = (
+        _sample_hf_cache
+        if step is None
+        else functools.partial(_sample_live_rows, step=step, repeats=samples_per_prompt)
+    )
     extras = Keep(keep_logprobs, keep_token_stats)
     out = loop(model, query, qmask, max_new_tokens, temperature, generator, extras, tok.eos_token_id, tok.pad_token_id)
     ended = ((out.response == tok.eos_token_id) & (out.response_mask > 0)).any(-1)
@@ -210,14 +214,20 @@ def _prefill(model, query: torch.Tensor, qmask: torch.Tensor):
 
 
 def _sample_live_rows(
-    model, query, qmask, max_new_tokens, temperature, generator, extras: Keep, eos, pad, step: Step
+    model, query, qmask, max_new_tokens, temperature, generator, extras: Keep, eos, pad, step: Step, repeats: int = 1
 ) -> Decoded:
     """The decode loop over the rows still decoding: rows that emitted EOS leave the batch and the cache (together,
-    once a tenth of the rows have ended: ``COMPACT_BELOW``)."""
-    prefill, logits = _prefill(model, query, qmask)
-    cache = DecodeCache.from_prefill(prefill, qmask, max_new_tokens)
-    del prefill
+    once a tenth of the rows have ended: ``COMPACT_BELOW``). ``repeats``: the rows are blocks of that many copies of
+    one prompt (``sample``'s layout); each block's prompt is prefilled once and its cache copied to the copies."""
     B, device = query.shape[0], query.device
+    first = torch.arange(0, B, repeats, device=device)
+    prefill, logits = _prefill(model, query[first], qmask[first])
+    cache = DecodeCache.from_prefill(prefill, qmask[first], max_new_tokens)
+    del prefill
+    if repeats > 1:
+        copies = torch.arange(len(first), device=device).repeat_interleave(repeats)
+        cache.keep(copies)
+        logits = logits[copies]
     rows = torch.arange(B, device=device)  # the batch row of each cache row
     going = torch.ones(B, dtype=torch.bool, device=device)  # (cache rows,) not ended yet
     pos = qmask.sum(-1)  # (cache rows,) position id of the token each row emits next

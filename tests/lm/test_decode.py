@@ -125,9 +125,11 @@ def test_gpt2_inverse_layer_scaling_and_unscaled_attention_are_the_models(tok):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_under_bf16_autocast_the_cache_takes_the_projections_dtypes_and_the_samples_agree(tok, family):
     """Under autocast the projections give bf16 (and llama's K comes out of its fp32 rotary embedding in fp32): the
-    cache is allocated in those dtypes and each step writes the dtype the cache holds. The two loops' attention
-    kernels round differently in bf16 (log-probabilities differ by ~2e-3), so a draw within that of a CDF boundary
-    may part the two loops' rows from there on; where the rows agree so far, the distributions agree to bf16."""
+    cache is allocated in those dtypes and each step writes the dtype the cache holds. The two loops round
+    differently in bf16 (their attention kernels, and the prefill over one row per prompt against one per sample:
+    log-probabilities differ by ~2e-3, at most 1.3e-2 seen, about two bf16 steps at their size), so a draw within
+    that of a CDF boundary may part the two loops' rows from there on; where the rows agree so far, the distributions
+    agree to bf16."""
     from harness.lm import decode
     from harness.lm.precision import autocast
 
@@ -153,7 +155,7 @@ def test_under_bf16_autocast_the_cache_takes_the_projections_dtypes_and_the_samp
     agree = torch.cumprod((ours.response[:, :T] == ref.response[:, :T]).long(), -1).bool()  # tokens 0..t agree
     assert agree[:, -1].float().mean() >= 0.9  # nearly every row is the same row
     seen = torch.cat([torch.ones_like(agree[:, :1]), agree[:, :-1]], 1) & ref.response_mask[:, :T].bool()
-    torch.testing.assert_close(ours.logprobs[:, :T][seen], ref.logprobs[:, :T][seen], rtol=0, atol=1e-2)
+    torch.testing.assert_close(ours.logprobs[:, :T][seen], ref.logprobs[:, :T][seen], rtol=0, atol=2e-2)
 
 
 @pytest.mark.parametrize("compact_below", [1.0, sampling.COMPACT_BELOW], ids=["every_shrink", "default"])
@@ -318,3 +320,13 @@ def test_token_stats_are_those_of_the_sampling_distributions(tok, family, fallba
     part = full.subset(idx)
     for f in ("logprobs", "token_logprobs", "token_entropy"):
         assert torch.equal(getattr(part, f), getattr(full, f)[idx]), f
+
+
+def test_each_prompt_is_prefilled_once_for_all_its_samples(tok, monkeypatch):
+    model = _gpt2(tok, n_layer=2).double()
+    rows = []
+    real = sampling._prefill
+    monkeypatch.setattr(sampling, "_prefill", lambda m, q, qm: rows.append(q.shape[0]) or real(m, q, qm))
+    ours, ref, _ = _both(model, tok, PROMPTS, 4, 8, 1.0, 0, False)
+    assert rows == [len(PROMPTS), 4 * len(PROMPTS)]  # ours once per prompt; the reference loop per sample
+    _assert_same(ours, ref, False)
