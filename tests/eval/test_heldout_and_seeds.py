@@ -112,7 +112,14 @@ def test_best_of_n_varies_with_the_seed(run_pipeline, tiny_cache):
         for e, r in zip(evidence, rows[-1]):
             assert np.mean(e["gold"]) == pytest.approx(r["gold_reward"], abs=1e-5)
             assert e["kl"] == pytest.approx([r["kl"]] * len(e["kl"]), abs=1e-6)
-    assert [r["gold_reward"] for r in rows[0]] != [r["gold_reward"] for r in rows[1]]
+
+    # The draws differ with the seed. Not the gold alone: the tiny π_SFT's samples are nearly random tokens, which
+    # VADER mostly scores neutral, so both seeds' per-prompt gold can coincide (seen once the packed SFT rounded
+    # π_SFT differently) while the samples do not.
+    def drawn(r):
+        return (r["gold_reward"], r["response_tokens"], r["truncated_frac"])
+
+    assert [drawn(r) for r in rows[0]] != [drawn(r) for r in rows[1]]
 
 
 def test_stages_per_seed_rebuilds_preferences_and_reward_model(run_pipeline, tiny_cache_copy):
