@@ -86,7 +86,6 @@ def main() -> None:
     from harness.config import TaskConfig
     from harness.data.tasks import load_task
     from harness.eval.evaluator import kl_stats
-    from harness.fields import MICRO_BATCH_SIZE
     from harness.lm.models import use_fused_gelu
     from harness.lm.sampling import draw, sample
 
@@ -101,7 +100,7 @@ def main() -> None:
     # 1. padding
     batch = np.concatenate([pair_lengths(128, rng)] * 2)  # rows [chosen; rejected], same prompts
     fused = use_fused_gelu(copy.deepcopy(model))
-    chunks = np.array_split(np.sort(batch), len(batch) // (2 * MICRO_BATCH_SIZE))
+    chunks = np.array_split(np.sort(batch), len(batch) // (2 * 16))  # micro-batches of 16 pairs, as measured then
     ab(
         "DPO batch fwd+bwd: padded whole -> length-sorted micro-batches",
         lambda: fwd_bwd(fused, batch),

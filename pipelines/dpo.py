@@ -85,7 +85,7 @@ class SharedReferenceLogps:
         """The rows of the tokenised training set that training will read: the first ``max_steps`` optimiser batches
         of the length-sorted sampler's first pass (seeded: the same rows for every β, and for a resumed run). Every
         row when the job reads a pass or more, or when the order is drawn only once training starts (transformers'
-        own sampler: no micro-batches, or several processes)."""
+        own sampler: several processes)."""
         a = self.args
         every_row = list(range(len(dataset)))
         pairs = a.max_steps * a.per_device_train_batch_size * a.gradient_accumulation_steps  # max_steps < 0: epochs

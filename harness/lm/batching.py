@@ -88,8 +88,10 @@ class LengthSortedMicroBatches:
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        if self.args.gradient_accumulation_steps == 1 or self.args.world_size > 1:
+        if self.args.world_size > 1:
             return super()._get_train_sampler(train_dataset)
+        # also without micro-batches (the sort inside a batch then changes nothing): the order is ours, seeded, so
+        # the rows a run will read are known before it starts (pipelines.dpo's shared reference log-probs)
         return LengthSortedSampler(dataset_widths(dataset), batch, self.args.seed)
 
 
