@@ -9,10 +9,16 @@ lengths as the PPO benchmark's episodes (prompt + 24 tokens). The reference is a
 ``on_step_end``.
 
     python benchmarks/dpo_throughput.py                                  # 4 x 128 x 4 on CPU
+    python benchmarks/dpo_throughput.py --peer --threads 1               # and TRL's own DPOTrainer, same run
     python benchmarks/dpo_throughput.py --device cuda --precision bf16 --n-layer 36 --n-embd 1280 --n-head 20 \\
         --vocab-size 50257 --n-positions 1024                            # gpt2-large's shape (gpu_check.sh)
 
-stdout: one JSON line. A benchmark, not a test.
+``--peer`` also steps TRL's own ``DPOTrainer`` with its defaults (``DPOConfig``: no micro-batches, TRL's sampler, its
+chunked fused LM head, activation checkpointing on as TRL ships it) on the same pairs from the same weights, after
+ours in the same process, and adds the ratio; ``--peer-no-checkpointing`` turns TRL's activation checkpointing off
+(the one default the harness changes on purpose: recomputing activations is pure cost in memory this small).
+
+stdout: one JSON line per trainer (and the ratio with ``--peer``). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -37,7 +43,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step")
-    p.add_argument("--micro-batch-size", type=int, default=16, help="pairs per forward/backward (0 = the whole batch)")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=None,
+        help="pairs per forward/backward (0 = the whole batch; default: the harness's)",
+    )
+    p.add_argument("--peer", action="store_true", help="also TRL's own DPOTrainer with its defaults, same run")
+    p.add_argument(
+        "--peer-no-checkpointing", action="store_true", help="TRL's DPOTrainer without activation checkpointing"
+    )
     p.add_argument("--completion-words", type=int, default=24)
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--n-positions", type=int, default=128)
@@ -49,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.micro_batch_size is None:
+        from harness.fields import MICRO_BATCH_SIZE
+
+        a.micro_batch_size = MICRO_BATCH_SIZE
     if a.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     return a
@@ -70,7 +89,7 @@ def synthetic_pairs(n: int, vocab_size: int, completion_words: int, seed: int) -
     }
 
 
-def run(args) -> dict:
+def run(args) -> list[dict]:
     import torch
     import transformers
     from datasets import Dataset
@@ -124,46 +143,91 @@ def run(args) -> dict:
                 torch.cuda.synchronize()
             self.step_end.append(time.perf_counter())
 
-    timer = Timer()
-    with tempfile.TemporaryDirectory(prefix="dpo-throughput-") as out:
-        trainer = build_trainer(
-            policy,
-            reference,
-            tok,
-            data,
-            pipe,
-            out,
-            seed=args.seed,
-            use_cpu=args.device == "cpu",
-            callbacks=[timer],
-            logging_steps=1,
-            precision=args.precision,
+    def timed(name: str, make) -> dict:
+        timer = Timer()
+        with tempfile.TemporaryDirectory(prefix="dpo-throughput-") as out:
+            trainer = make(out, timer)
+            t0 = time.perf_counter()
+            result = trainer.train()
+        wall = timer.step_end[-1] - timer.step_end[0]
+        return {
+            "impl": name,
+            "pairs_per_s": (len(timer.step_end) - 1) * args.batch_size / wall,
+            "steps": len(timer.step_end),
+            "wall_s": wall,
+            "warmup_s": timer.step_end[0] - t0,
+            "train_loss": result.training_loss,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+            "precision": args.precision,
+            "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
+            "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+        }
+
+    start = copy.deepcopy(policy.state_dict())  # the peer starts from the same weights
+    records = [
+        timed(
+            "harness-dpo (TRL DPOTrainer)",
+            lambda out, timer: build_trainer(
+                policy,
+                reference,
+                tok,
+                data,
+                pipe,
+                out,
+                seed=args.seed,
+                use_cpu=args.device == "cpu",
+                callbacks=[timer],
+                logging_steps=1,
+                precision=args.precision,
+            ),
         )
-        t0 = time.perf_counter()
-        result = trainer.train()
-    wall = timer.step_end[-1] - timer.step_end[0]
-    return {
-        "impl": "harness-dpo (TRL DPOTrainer)",
-        "pairs_per_s": (len(timer.step_end) - 1) * args.batch_size / wall,
-        "steps": len(timer.step_end),
-        "wall_s": wall,
-        "warmup_s": timer.step_end[0] - t0,
-        "train_loss": result.training_loss,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "precision": args.precision,
-        "shape": [args.n_layer, args.n_embd, args.n_head, args.vocab_size],
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
-    }
+    ]
+    if args.peer or args.peer_no_checkpointing:
+        from trl import DPOConfig, DPOTrainer
+
+        policy.load_state_dict(start)
+
+        def trl_trainer(out, timer):
+            config = DPOConfig(
+                output_dir=out,
+                beta=pipe.beta,
+                learning_rate=pipe.learning_rate,
+                per_device_train_batch_size=args.batch_size,
+                max_steps=args.steps,
+                max_length=pipe.max_length,
+                seed=args.seed,
+                report_to=[],
+                save_strategy="no",
+                logging_steps=1,
+                use_cpu=args.device == "cpu",
+                bf16=args.precision == "bf16",
+                **({"activation_checkpointing": False} if args.peer_no_checkpointing else {}),
+            )
+            return DPOTrainer(
+                model=policy,
+                ref_model=copy.deepcopy(reference),
+                args=config,
+                train_dataset=data,
+                processing_class=tok,
+                callbacks=[timer],
+            )
+
+        name = "TRL DPOTrainer defaults" + (" without activation checkpointing" if args.peer_no_checkpointing else "")
+        records.append(timed(name, trl_trainer))
+        records.append({"ratio_pairs_per_s": records[0]["pairs_per_s"] / records[1]["pairs_per_s"]})
+    return records
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):  # stdout: the JSON line only
-        record = run(args)
-    real_stdout.write(json.dumps(record) + "\n")
+        records = run(args)
+    for record in records:
+        real_stdout.write(json.dumps(record) + "\n")
     return 0
 
 
