@@ -1169,6 +1169,8 @@ def main_job_calls(experiment: str, n_train_texts: int, n_pairs: int) -> dict[st
             add("rm step", math.ceil(n_pairs / hc.reward_model.batch_size) * hc.reward_model.epochs)
             seeds.add(hc.seed)
             continue
+        if pipeline == "preferences":  # the stages' own job: π_SFT and the pairs, counted with pipeline=sft
+            continue
         if pipeline == "best_of_n":
             add("evaluation", max(p.ns))  # eval.samples_per_prompt groups of max(N) per prompt: max(N) evaluations
             continue
