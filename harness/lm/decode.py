@@ -88,7 +88,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     rows, heads, dim = q.shape
     groups = q.view(rows, k.shape[1], heads // k.shape[1], dim)
     # Two batched products, not SDPA: for a single query per row the CPU kernel's set-up outweighs its work (measured
-    # 2x slower on the tiny model's decode). Every row attends to one prompt token at least, so no row is all -inf.
+    # on the tiny model's shapes, 1 thread: 1.1x faster at 64 rows, 1.5-1.7x at 256-512). Every row attends to one prompt token at least, so no row is all -inf.
     # Under autocast the products stay in the cache's dtypes (autocast would cast llama's fp32 K, out of its rotary
     # embedding, to bf16) and the softmax runs in fp32.
     dtype = torch.promote_types(groups.dtype, k.dtype)

@@ -11,8 +11,9 @@ AMD EPYC, 1 thread).
 entropy, mean logits, top-1 flags and ``log(Σ p²)``, zero where the label is -100, and the same loss) but projects
 only the positions that carry a label, in one product, and lets autograd differentiate ``log_softmax``: the same
 numbers to float rounding. The backbone runs packed (``harness.lm.packing.pack_rows``: right-padded rows laid end to
-end, positions restarting per row, a block-causal mask) for the families that pack, so padding costs nothing either. The metric fields (entropy, mean logits, top-1, ``log Σ p²``) carry no gradient, as
-TRL's trainers read them only detached. A call whose logits would exceed :data:`DENSE_LIMIT` elements (a large
+end, positions restarting per row, a block-causal mask) for the families that pack, so padding costs nothing either.
+The metric fields (entropy, mean logits, top-1, ``log Σ p²``) carry no gradient, as TRL's trainers read them only
+detached. A call whose logits would exceed :data:`DENSE_LIMIT` elements (a large
 vocabulary, a long batch), or a model whose head scales or caps its logits, goes to TRL's kernel as before.
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import types
 
 import torch
+
+from harness.lm import packing
 
 # Above this many logits (fp32: 4 bytes each, and autograd keeps about three such tensors) TRL's chunked kernel runs.
 DENSE_LIMIT = 1 << 25
@@ -73,14 +76,9 @@ def labelled_states(model, args: tuple, kwargs: dict, mask: torch.Tensor) -> tor
     """The backbone's states at the positions whose next token carries a label (``mask``: (B, L − 1), row-major),
     (n, hidden). Right-padded rows of a packed family run packed (``harness.lm.packing``: the real tokens only);
     anything else (other arguments, left padding, labels past a row's end) runs as the batch is."""
-    from harness.lm import packing
-
-    ids, attention = kwargs.get("input_ids"), kwargs.get("attention_mask")
-    extra = {k for k, v in kwargs.items() if v is not None} - {"input_ids", "attention_mask", "use_cache"}
-    if not args and not extra and ids is not None and attention is not None and packing.packable(model):
-        layout = packing.pack_rows(ids, attention)
-        if layout is not None and not bool((mask & ~layout.response_mask).any()):
-            return packing.hidden_states(model, layout)[layout.predictors[mask[layout.response_mask]]]
+    layout = None if args else packing.rows_layout(model, **kwargs)
+    if layout is not None and not bool((mask & ~layout.response_mask).any()):
+        return packing.hidden_states(model, layout)[layout.predictors[mask[layout.response_mask]]]
     states = model.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
     return states[:, :-1][mask]
 
@@ -95,7 +93,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         labels,
         (),
     )["log_probs"]
-    return torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+    return packing.to_grid(logp, mask)
 
 
 def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
@@ -117,9 +115,9 @@ def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
             and labels is not None
             and shift_labels is None  # pre-shifted labels (context parallelism) stay with TRL's kernel
             and not kwargs.get("output_router_logits")  # so do MoE models' auxiliary losses
-            and int((labels[:, 1:] != -100).sum()) * head.weight.shape[0] <= DENSE_LIMIT
         )
-        if not dense:
+        mask = labels[:, 1:] != -100 if dense else None  # the state at t predicts the token at t+1
+        if not dense or int(mask.sum()) * head.weight.shape[0] > DENSE_LIMIT:
             return trl_forward(
                 *args,
                 fused_lm_head=fused_lm_head,
@@ -128,13 +126,9 @@ def use_dense_lm_head(model, fields: tuple[str, ...] = FIELDS) -> bool:
                 num_items_in_batch=num_items_in_batch,
                 **kwargs,
             )
-        shift_labels = labels[:, 1:]  # the state at t predicts the token at t+1
-        mask = shift_labels != -100
-        stats = dense_token_stats(labelled_states(self, args, kwargs, mask), head, shift_labels[mask], fields)
-        # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero loss that still backpropagates)
-        per_token = {
-            k: torch.zeros(mask.shape, dtype=v.dtype, device=v.device).masked_scatter(mask, v) for k, v in stats.items()
-        }
+        stats = dense_token_stats(labelled_states(self, args, kwargs, mask), head, labels[:, 1:][mask], fields)
+        # to_grid keeps an all-masked micro-batch connected to the graph (a zero loss that still backpropagates)
+        per_token = {k: packing.to_grid(v, mask) for k, v in stats.items()}
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-per_token["log_probs"].sum() / count, label_mask=mask, **per_token)
 

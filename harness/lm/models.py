@@ -194,8 +194,7 @@ def read_score_at_last_token(model: PreTrainedModel) -> PreTrainedModel:
         # looked up at each call, not kept: PPO rescales the critic's head by putting a new module in its place
         model = held()
         backbone, head = getattr(model, model.base_model_prefix), model.score
-        plain = position_ids is None and not {k for k, v in kwargs.items() if v is not None} - {"use_cache"}
-        layout = packing.pack_rows(input_ids, attention_mask) if plain and packing.packable(model) else None
+        layout = packing.rows_layout(model, input_ids, attention_mask, position_ids=position_ids, **kwargs)
         if layout is not None:  # the real tokens only (the reward model's training, the text scorers)
             return SequenceClassifierOutputWithPast(logits=head(packing.hidden_states(model, layout)[layout.last]))
         hidden = backbone(

@@ -146,6 +146,17 @@ def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Layout |
     )
 
 
+def rows_layout(model, input_ids, attention_mask, **others) -> Layout | None:
+    """:func:`pack_rows` for a forward call of ``model`` with ``input_ids``, ``attention_mask`` and ``others`` (the
+    call's other arguments): None unless ``model`` is a packed family, no other argument is set (``use_cache``
+    aside: a packed pass keeps none) and the rows are right-padded. The callers run the batch as it is on None."""
+    if input_ids is None or attention_mask is None or not packable(model):
+        return None
+    if {k for k, v in others.items() if v is not None} - {"use_cache"}:
+        return None
+    return pack_rows(input_ids, attention_mask)
+
+
 def packable(model) -> bool:
     config = model.config
     return config.model_type in PACKED_MODEL_TYPES and config._attn_implementation in PACKED_ATTENTION
