@@ -61,6 +61,13 @@ def _pair(build, fields=FIELDS):
     return trl_model, dense
 
 
+def _spy(monkeypatch, owner, name: str) -> list:
+    """Count the calls of ``owner.name`` (which still runs): one entry per call in the returned list."""
+    calls, real = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 def _grads(model) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
@@ -113,9 +120,7 @@ def test_only_the_asked_fields_are_filled_and_an_all_masked_batch_still_backprop
 def test_calls_over_the_limit_and_plain_calls_keep_trls_path(monkeypatch):
     inputs, labels = _batch()
     trl_model, dense = _pair(_gpt2)
-    calls = []
-    real = lm_head.dense_token_stats
-    monkeypatch.setattr(lm_head, "dense_token_stats", lambda *a: calls.append(1) or real(*a))
+    calls = _spy(monkeypatch, lm_head, "dense_token_stats")
     dense(**inputs, labels=labels, fused_lm_head=True)
     assert calls == [1]
     monkeypatch.setattr(lm_head, "DENSE_LIMIT", int((labels != -100).sum()) * V - 1)
@@ -157,9 +162,7 @@ def test_right_padded_rows_run_packed_and_left_padded_ones_as_they_are(monkeypat
 
     inputs, labels = _batch()
     trl_model, dense = _pair(_gpt2)
-    packed_calls = []
-    real = packing.hidden_states
-    monkeypatch.setattr(packing, "hidden_states", lambda *a: packed_calls.append(1) or real(*a))
+    packed_calls = _spy(monkeypatch, packing, "hidden_states")
     dense(**inputs, labels=labels, fused_lm_head=True)
     assert packed_calls == [1]
     # the same rows left-padded (as a generation batch is): not a prefix mask, so the batch runs as it is
