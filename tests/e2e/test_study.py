@@ -147,3 +147,61 @@ def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, mo
     monkeypatch.setattr(study_sweeper.time, "sleep", lambda s: None)
     monkeypatch.setattr(study_sweeper.os, "cpu_count", lambda: 2)
     assert study_sweeper.idle_cores() == expected
+
+
+def _worker_state() -> tuple[int, bool]:
+    import os
+    import sys
+
+    return os.getpid(), "pipelines.dpo" in sys.modules
+
+
+@pytest.mark.slow  # two worker processes import torch, transformers and TRL
+def test_the_launch_runs_on_the_workers_warmed_during_the_checks_and_a_failed_check_stops_them():
+    import time
+
+    from joblib import Parallel, delayed
+
+    from hydra_plugins.harness_study import study_sweeper
+
+    class JoblibLauncher:  # the type name is what the sweeper knows the launcher by; the settings are Hydra's defaults
+        joblib = {
+            "n_jobs": 2,
+            "backend": None,
+            "prefer": "processes",
+            "require": None,
+            "verbose": 0,
+            "timeout": None,
+            "pre_dispatch": "2*n_jobs",
+            "batch_size": "auto",
+            "temp_folder": None,
+            "max_nbytes": None,
+            "mmap_mode": "r",
+        }
+
+    class BasicLauncher:
+        pass
+
+    assert study_sweeper.warm_workers(BasicLauncher(), [["pipeline=dpo"]]) is None
+    thread = study_sweeper.warm_workers(JoblibLauncher(), [["pipeline=dpo", "seed=0"]])
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    # the launch (hydra_joblib_launcher: Parallel with its settings, backend loky) gets the same processes, each of
+    # which imported the study's runner before any job reached it
+    seen = Parallel(**{**JoblibLauncher.joblib, "backend": "loky"})(delayed(_worker_state)() for _ in range(4))
+    assert all(loaded for _, loaded in seen)
+    pids = {pid for pid, _ in seen}
+
+    study_sweeper.stop_workers()  # what a study whose checks failed does: the workers end now
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.time() + 30
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
