@@ -7,6 +7,7 @@ This module and ``harness/app/cli.py`` are the only parts of the library that se
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -73,10 +74,17 @@ WARM_MODULES = (
 )
 
 
-def warm_up(pipelines: tuple[str, ...] = ()) -> None:
+def warm_up(pipelines: tuple[str, ...] = (), freeze: bool = False) -> None:
     """Import ``WARM_MODULES`` and the runner modules of ``pipelines`` (method names) in this process: what a study's
     launcher has its worker processes do while the study's configs are still being checked, so that the first job
-    starts training at once (the imports cost the same CPU either way; here one core would otherwise sit idle)."""
+    starts training at once (the imports cost the same CPU either way; here one core would otherwise sit idle).
+
+    ``freeze``: then leave everything the process holds to the garbage collector's permanent generation
+    (``gc.freeze``). The imported modules are ~0.5 M objects that live as long as the process; every full collection
+    traversed them all (~0.3 s each, several per job, and the models count's own ``gc.collect``): measured on a PPO
+    job, its collections took 1.22 s, 0.22 s once frozen. Only for a process that holds nothing else yet, such as a
+    fresh worker: a frozen object is never collected as part of a reference cycle, and ``gc.get_objects`` (the models
+    count, ``harness.lm.memory.models_held``) no longer lists it."""
     runners = [METHODS[name].runner.split(":")[0] for name in pipelines if name in METHODS]
     # What the imports print (transformers announces W&B's offline mode) would have gone to the first job's job.log;
     # here it goes nowhere, at the file descriptors, so that a logging handler made now keeps the real stderr.
@@ -97,6 +105,9 @@ def warm_up(pipelines: tuple[str, ...] = ()) -> None:
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
+    if freeze:
+        gc.collect()  # what the imports left as garbage goes first
+        gc.freeze()
 
 
 def swept_pipeline_keys(overrides: list[str]) -> tuple[str, ...]:

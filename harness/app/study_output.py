@@ -226,8 +226,9 @@ def signals_for(launcher: str) -> Iterator[None]:
     signal between two jobs stops the next one before it trains. Joblib runs them in worker processes that Slurm
     signals too (the whole process group): this process ignores the signals while they run, so it lives on to collect
     the jobs' ends and exits with 128 + n; its workers, started by loky now, inherit the ignoring (a handler would not
-    survive their exec), so a worker between jobs is not killed with the job it would run next, and a job's own
-    ``run_job`` installs the recording handler for itself."""
+    survive their exec; workers started earlier, to import ahead of the launch, set it themselves:
+    ``study_sweeper.prepare_worker``), so a worker between jobs is not killed with the job it would run next, and a
+    job's own ``run_job`` installs the recording handler for itself."""
     if launcher == "JoblibLauncher":
         saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
         for s in preempt.SIGNALS:

@@ -120,12 +120,12 @@ def warm_workers(launcher, jobs: list[list[str]]) -> threading.Thread | None:
     (``harness.app.jobs.warm_up``), in a thread, while this process checks every job's config: a cold worker spends
     ~6 s on imports before its first job trains, and the first job (the stage build) is the one everything waits on.
     The workers are joblib's reusable ones, made with the launcher's own settings, so its launch gets them as they
-    are. Returns the thread (join it before the launch), or None for any other launcher."""
+    are, each prepared by ``prepare_worker`` (it also freezes what it imported: cheaper garbage collections in every
+    job). Returns the thread (join it before the launch), or None for any other launcher."""
     if type(launcher).__name__ != "JoblibLauncher":
         return None
     from joblib import Parallel, delayed
 
-    from harness.app.jobs import warm_up
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
     settings = {**launcher.joblib, "backend": "loky"}  # as its launch sets them
@@ -135,13 +135,27 @@ def warm_workers(launcher, jobs: list[list[str]]) -> threading.Thread | None:
     def warm() -> None:
         try:
             parallel = Parallel(**settings)
-            parallel(delayed(warm_up)(pipelines) for _ in range(parallel._effective_n_jobs()))
+            parallel(delayed(prepare_worker)(pipelines) for _ in range(parallel._effective_n_jobs()))
         except Exception as e:  # only a head start: the launch makes its own workers and reports its own errors
             log.debug("warming the workers failed: %s", e)
 
     thread = threading.Thread(target=warm, name="warm-workers", daemon=True)
     thread.start()
     return thread
+
+
+def prepare_worker(pipelines: tuple[str, ...]) -> None:
+    """A joblib worker's state before its first job, when ``warm_workers`` started it: the pre-emption signals ignored
+    (what a worker started during the launch inherits from the study's process, ``study_output.signals_for``: a worker
+    between jobs is not killed by the signal meant for the job), and the jobs' imports done and frozen."""
+    import signal
+
+    from harness.app.jobs import warm_up
+    from harness.runs import preempt
+
+    for signum in preempt.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    warm_up(pipelines, freeze=True)
 
 
 def stop_workers() -> None:

@@ -149,11 +149,23 @@ def test_a_lone_stage_build_takes_only_the_idle_cores(busy_jiffies, expected, mo
     assert study_sweeper.idle_cores() == expected
 
 
-def _worker_state() -> tuple[int, bool]:
+def _worker_state() -> tuple[int, bool, int, int, bool]:
+    """(pid, whether the study's runner is imported, objects frozen, models the models count finds once a job has
+    built one, whether SIGTERM is ignored between jobs)."""
+    import gc
     import os
+    import signal
     import sys
 
-    return os.getpid(), "pipelines.dpo" in sys.modules
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from harness.lm.memory import models_held
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
+    held = len(models_held())
+    del model
+    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    return os.getpid(), "pipelines.dpo" in sys.modules, gc.get_freeze_count(), held, ignored
 
 
 @pytest.mark.slow  # two worker processes import torch, transformers and TRL
@@ -187,10 +199,12 @@ def test_the_launch_runs_on_the_workers_warmed_during_the_checks_and_a_failed_ch
     thread.join(timeout=300)
     assert not thread.is_alive()
     # the launch (hydra_joblib_launcher: Parallel with its settings, backend loky) gets the same processes, each of
-    # which imported the study's runner before any job reached it
+    # which imported the study's runner before any job reached it and froze what it imported (cheaper collections),
+    # in which the models count still finds the models a job builds, and which ignores the pre-emption signals as a
+    # worker the launch starts would (study_output.signals_for)
     seen = Parallel(**{**JoblibLauncher.joblib, "backend": "loky"})(delayed(_worker_state)() for _ in range(4))
-    assert all(loaded for _, loaded in seen)
-    pids = {pid for pid, _ in seen}
+    assert all(loaded and frozen > 100_000 and held == 1 and ignored for _, loaded, frozen, held, ignored in seen), seen
+    pids = {pid for pid, *_ in seen}
 
     study_sweeper.stop_workers()  # what a study whose checks failed does: the workers end now
 
