@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -123,30 +124,75 @@ def run_preferred_ft(ctx: RunContext) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def encode_completion(tok, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + EOS (cut at ``max_length``) and where the completion starts.
+def encode_completions(tok, prompts: list[str], completions: list[str], max_length: int) -> list[tuple[list[int], int]]:
+    """Each pair's token ids of prompt + completion + EOS (cut at ``max_length``) and where the completion starts, in
+    two batched tokenizer calls.
 
     As TRL does, the completion starts where the ids of the prompt alone and of prompt + completion diverge (a
     byte-level BPE can merge across the boundary); ``check_pairs`` has made sure the prompt leaves room for it.
     """
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids = tok(prompt + completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    start = 0
-    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
-        start += 1
-    return ids[:max_length], start
+    prompt_ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+    full_ids = tok([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)["input_ids"]
+    out = []
+    for p_ids, ids in zip(prompt_ids, full_ids):
+        ids = ids + [tok.eos_token_id]
+        start = 0
+        while start < min(len(p_ids), len(ids)) and p_ids[start] == ids[start]:
+            start += 1
+        out.append((ids[:max_length], start))
+    return out
+
+
+def encode_completion(tok, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
+    """``encode_completions`` of one pair."""
+    return encode_completions(tok, [prompt], [completion], max_length)[0]
+
+
+@dataclass
+class EncodedPairs:
+    """Preference pairs tokenized once for a whole run (``encode_completions`` of chosen and of rejected), not again
+    in every batch: the rows of ``pair_batch``. ``widths``: the tokens each pair pads its batch to (prompt + the
+    longer completion + EOS, before the cut), the order of the length-sorted batches."""
+
+    chosen: list[tuple[list[int], int]]
+    rejected: list[tuple[list[int], int]]
+    widths: list[int]
+
+    @classmethod
+    def of(cls, tok, prompts: list[str], chosen: list[str], rejected: list[str], max_length: int) -> EncodedPairs:
+        # encoded uncut first: the widths are the lengths before the cut (``max_length``)
+        uncut = [encode_completions(tok, prompts, side, 2**62) for side in (chosen, rejected)]
+        widths = [max(len(c), len(r)) for (c, _), (r, _) in zip(*uncut)]
+        cut = [[(ids[:max_length], start) for ids, start in side] for side in uncut]
+        return cls(cut[0], cut[1], widths)
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def take(self, rows) -> EncodedPairs:
+        rows = [int(i) for i in rows]
+        return EncodedPairs(
+            [self.chosen[i] for i in rows], [self.rejected[i] for i in rows], [self.widths[i] for i in rows]
+        )
 
 
 def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str], max_length: int, device) -> dict:
-    """B pairs as one right-padded batch of 2B sequences, rows [chosen; rejected].
+    """B pairs as one right-padded batch of 2B sequences, rows [chosen; rejected] (``encoded_batch``)."""
+    pairs = EncodedPairs(
+        encode_completions(tok, prompts, chosen, max_length), encode_completions(tok, prompts, rejected, max_length), []
+    )
+    return encoded_batch(pairs, tok.pad_token_id, device)
+
+
+def encoded_batch(pairs: EncodedPairs, pad_token_id: int, device) -> dict:
+    """B encoded pairs as one right-padded batch of 2B sequences, rows [chosen; rejected].
 
     Returns input_ids and attention_mask (2B, L), and labels / completion_mask (2B, L-1) aligned with the logits
     that predict them (logits[:, t] predicts input_ids[:, t+1]); completion_mask is 1 on completion tokens and EOS.
     """
-    encoded = [encode_completion(tok, p, c, max_length) for p, c in zip(prompts, chosen)]
-    encoded += [encode_completion(tok, p, r, max_length) for p, r in zip(prompts, rejected)]
+    encoded = pairs.chosen + pairs.rejected
     width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     completion = torch.zeros((len(encoded), width), dtype=torch.float32)
     for row, (ids, start) in enumerate(encoded):
@@ -170,39 +216,19 @@ def unlikelihood_step(policy, batch: dict, alpha: float) -> tuple[torch.Tensor, 
     return unlikelihood_loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, alpha)
 
 
-def pair_widths(tok, prompts: list[str], chosen: list[str], rejected: list[str]) -> list[int]:
-    """Tokens each pair pads its batch to: prompt + the longer completion (+ EOS)."""
-    lengths = [
-        len(ids)
-        for ids in tok(
-            [p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)],
-            add_special_tokens=False,
-        )["input_ids"]
-    ]
-    n = len(prompts)
-    return [max(lengths[i], lengths[n + i]) + 1 for i in range(n)]
-
-
-def accumulate_unlikelihood(policy, tok, prompts, chosen, rejected, cfg, device, precision: str = "fp32"):
+def accumulate_unlikelihood(policy, tok, pairs: EncodedPairs, cfg, device, precision: str = "fp32"):
     """Gradients of one batch's Unlikelihood loss, accumulated over its equal micro-batches (in the order given, so a
     length-sorted batch pads little). The loss is a mean over pairs, so the mean of the equal micro-batches' losses
     is the batch's. Returns the batch's (loss, nll_chosen, ul_rejected), detached, and its real tokens."""
     k = (
-        micro_batches(len(prompts), cfg.micro_batch_size, "pipeline.micro_batch_size")
-        if len(prompts) == cfg.batch_size
+        micro_batches(len(pairs), cfg.micro_batch_size, "pipeline.micro_batch_size")
+        if len(pairs) == cfg.batch_size
         else 1
     )
     totals = torch.zeros(3)
     tokens = 0
-    for part in np.array_split(np.arange(len(prompts)), k):
-        batch = pair_batch(
-            tok,
-            [prompts[i] for i in part],
-            [chosen[i] for i in part],
-            [rejected[i] for i in part],
-            cfg.max_length,
-            device,
-        )
+    for part in np.array_split(np.arange(len(pairs)), k):
+        batch = encoded_batch(pairs.take(part), tok.pad_token_id, device)
         with autocast(device, precision):  # the forward pass (and its fp32 loss) only
             loss, nll_chosen, ul_rejected = unlikelihood_step(policy, batch, cfg.alpha)
         (loss / k).backward()
@@ -227,7 +253,8 @@ def run_unlikelihood(ctx: RunContext) -> dict:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * batches_per_epoch)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     rng = np.random.default_rng(ctx.cfg.seed)
-    widths = pair_widths(tok, prompts, chosen, rejected)
+    pairs = EncodedPairs.of(tok, list(prompts), list(chosen), list(rejected), cfg.max_length)
+    widths = pairs.widths
     log.info("Unlikelihood (α=%s) on %d pairs for %d steps", cfg.alpha, len(prompts), total_steps)
 
     policy.train()  # dropout stays off (prepare set every p to 0), as for the other methods
@@ -274,9 +301,7 @@ def run_unlikelihood(ctx: RunContext) -> dict:
             loss, nll_chosen, ul_rejected, tokens = accumulate_unlikelihood(
                 policy,
                 tok,
-                [prompts[i] for i in idx],
-                [chosen[i] for i in idx],
-                [rejected[i] for i in idx],
+                pairs.take(idx),
                 cfg,
                 ctx.device,
                 ctx.precision,

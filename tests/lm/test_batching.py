@@ -234,7 +234,7 @@ def test_sft_step_is_the_batch_step(tmp_path):
 
 
 def test_unlikelihood_gradient_is_the_batch_gradient():
-    from pipelines.baselines import accumulate_unlikelihood
+    from pipelines.baselines import EncodedPairs, accumulate_unlikelihood
     from pipelines.schemas import UnlikelihoodPipeline
 
     torch.set_num_threads(1)
@@ -245,7 +245,8 @@ def test_unlikelihood_gradient_is_the_batch_gradient():
     for micro in (0, 2):
         model = _lm(tok, 0)
         cfg = UnlikelihoodPipeline(batch_size=8, micro_batch_size=micro, max_length=48)
-        loss, *_ = accumulate_unlikelihood(model, tok, prompts, chosen, rejected, cfg, torch.device("cpu"))
+        pairs = EncodedPairs.of(tok, prompts, chosen, rejected, cfg.max_length)
+        loss, *_ = accumulate_unlikelihood(model, tok, pairs, cfg, torch.device("cpu"))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         losses.append(float(loss))
     assert grads[0].abs().max() > 1e-3

@@ -167,6 +167,37 @@ def test_pair_batch_aligns_labels_with_the_completion():
     assert torch.equal(b["attention_mask"][:, 1:].float() * b["completion_mask"], b["completion_mask"])
 
 
+def test_pairs_encoded_once_are_the_pairs_encoded_one_by_one():
+    """``EncodedPairs.of`` (two batched tokenizer calls a side) gives each pair the ids and completion start of
+    tokenizing it alone, cut at max_length, and widths of the uncut pairs (what orders the length-sorted batches)."""
+    from harness.lm.models import train_tokenizer
+    from pipelines.baselines import EncodedPairs
+
+    tok = train_tokenizer(["the film was great", "the film was dull", "a plot that drags on and on"] * 5, 270)
+    prompts, chosen, rejected = (
+        ["the film", "a", "the"],
+        [" was great", " plot that drags on", ""],
+        [" was dull", "", " film"],
+    )
+
+    def alone(prompt: str, completion: str) -> tuple[list[int], int]:
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(prompt + completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        start = next((i for i, (a, b) in enumerate(zip(p_ids, ids)) if a != b), min(len(p_ids), len(ids)))
+        return ids, start
+
+    for max_length in (64, 4):
+        pairs = EncodedPairs.of(tok, prompts, chosen, rejected, max_length)
+        for i, p in enumerate(prompts):
+            (c_ids, c_start), (r_ids, r_start) = alone(p, chosen[i]), alone(p, rejected[i])
+            assert pairs.chosen[i] == (c_ids[:max_length], c_start)
+            assert pairs.rejected[i] == (r_ids[:max_length], r_start)
+            assert pairs.widths[i] == max(len(c_ids), len(r_ids))  # prompt + the longer completion + EOS, uncut
+    assert max(len(ids) for ids, _ in pairs.chosen + pairs.rejected) == 4 < max(pairs.widths)  # the cut applied
+    part = pairs.take([2, 0])
+    assert part.chosen == [pairs.chosen[2], pairs.chosen[0]] and part.widths == [pairs.widths[2], pairs.widths[0]]
+
+
 def test_an_empty_completion_is_data_not_an_error():
     """π_SFT does sample the response that ends at once (EOS only); preferring it is a real label."""
     from harness.lm.models import train_tokenizer
