@@ -383,12 +383,15 @@ def run_best_of_n(ctx: RunContext) -> dict:
     prompts, groups, n_max = ctx.task.eval_prompts, ev.samples_per_prompt, ns[-1]
     shape = (len(prompts), groups, n_max)  # prompt, group, sample: each prompt's samples are consecutive rows
     rows_prompts = [p for p in prompts for _ in range(groups * n_max)]
+    # Every batch is made of whole runs of `repeat` rows of one prompt (repeat divides the batch and a prompt's rows),
+    # sampled as `repeat` samples of it: the same rows and draws, with each run's prompt prefilled once.
+    repeat = math.gcd(ev.batch_size, groups * n_max)
     gen = torch.Generator(device=ctx.device).manual_seed(sampling_seed(ev.seed, ctx.cfg.seed))  # varies with the seed
     texts, lengths, cut, rm_scores = [], [], [], []
     for i in tqdm(range(0, len(rows_prompts), ev.batch_size), desc=f"best-of-{n_max}: sampling π_SFT", unit="batch"):
-        chunk = rows_prompts[i : i + ev.batch_size]
+        chunk = rows_prompts[i : i + ev.batch_size][::repeat]
         with ctx.autocast():
-            s = sample(policy, tok, chunk, 1, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
+            s = sample(policy, tok, chunk, repeat, ev.max_new_tokens, ev.temperature, generator=gen)  # no_grad inside
             if reward_model is not None:
                 rm_scores.append(score_samples(reward_model, s).cpu())  # no_grad inside
         texts += texts_of(tok, chunk, s)
