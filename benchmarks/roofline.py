@@ -45,7 +45,8 @@ padding is not counted, so the time spent on pad tokens shows as distance from t
   tokens, EOS included); SFT the LM head at every predicting position; the RM a scalar head at one position.
   Gold scoring (VADER, text) and optimizer updates count 0 FLOPs.
 
-``executed`` is what torch's FlopCounterMode counts in one further call (not timed): the matrix products as the code
+``executed`` is what torch's FlopCounterMode counts in one further call (not timed; for PPO, whose every step draws
+new episodes, scaled by the timed steps' required work over that call's own): the matrix products as the code
 runs them, pad tokens, full-sequence LM heads and repeated passes included (attention only where it runs as plain
 matrix products, and then over the full square; a fused CPU attention kernel is not counted — attention is 1–3% of
 the work here either way). exec/req > 1 is work done twice or on padding.
@@ -393,6 +394,7 @@ class Probe:
         self.seconds: dict[str, list[float]] = {}
         self.executed: dict[str, float] = {}
         self.returned: dict[str, list] = {}
+        self.counted_returned: dict[str, list] = {}  # what the calls made while ``counting`` returned (``keep``)
         self.counting = False
         self.missing: list[str] = []
         self._restore: list[Callable[[], None]] = []
@@ -409,6 +411,8 @@ class Probe:
                 with flop_counter() as fc:
                     out = original(*args, **kwargs)
                 self.executed[label] = self.executed.get(label, 0.0) + float(fc.get_total_flops())
+                if keep:
+                    self.counted_returned.setdefault(label, []).append(out)
                 return out
             t0 = time.perf_counter()
             out = original(*args, **kwargs)
@@ -424,6 +428,7 @@ class Probe:
     def reset(self) -> None:
         self.seconds.clear()
         self.returned.clear()
+        self.counted_returned.clear()
         self.executed.clear()
 
     def restore(self) -> None:
@@ -989,7 +994,21 @@ def measure_ppo(
     finally:
         probe.restore()
     cfg = ppo.cfg
-    parts = ppo_parts(ModelShape.of(ppo.policy), ModelShape.of(ppo.critic), samples, cfg) if samples else {}
+    shapes = ModelShape.of(ppo.policy), ModelShape.of(ppo.critic)
+    parts = ppo_parts(*shapes, samples, cfg) if samples else {}
+    counted = probe.counted_returned.get("sampling", [])
+    if samples and counted and executed:
+        # The counted step draws its own episodes (PPO has moved on; their lengths differ from the timed steps'), so
+        # its FLOPs are compared with its own required work and scaled to the timed steps': exec/req is then the
+        # ratio on one and the same set of episodes.
+        own = ppo_parts(*shapes, counted, cfg)
+        part_of = {"sampling": ["sampling"], "rollout": ["sampling", "scoring"], "update": ["update"]}
+        part_of["step"] = ["sampling", "scoring", "update"]
+        for label, names in part_of.items():
+            timed = sum(p.flops.total for n in names for p in parts.get(n, []))
+            mine = sum(p.flops.total for n in names for p in own.get(n, []))
+            if label in executed and mine > 0:
+                executed[label] *= timed / mine
     out = []
     if "sampling" in seconds:
         out.append(
