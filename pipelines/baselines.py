@@ -124,9 +124,11 @@ def run_preferred_ft(ctx: RunContext) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def encode_completions(tok, prompts: list[str], completions: list[str], max_length: int) -> list[tuple[list[int], int]]:
-    """Each pair's token ids of prompt + completion + EOS (cut at ``max_length``) and where the completion starts, in
-    two batched tokenizer calls.
+def encode_completions(
+    tok, prompts: list[str], completions: list[str], max_length: int | None = None
+) -> list[tuple[list[int], int]]:
+    """Each pair's token ids of prompt + completion + EOS (cut at ``max_length``; None: uncut) and where the
+    completion starts, in two batched tokenizer calls.
 
     As TRL does, the completion starts where the ids of the prompt alone and of prompt + completion diverge (a
     byte-level BPE can merge across the boundary); ``check_pairs`` has made sure the prompt leaves room for it.
@@ -143,15 +145,10 @@ def encode_completions(tok, prompts: list[str], completions: list[str], max_leng
     return out
 
 
-def encode_completion(tok, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
-    """``encode_completions`` of one pair."""
-    return encode_completions(tok, [prompt], [completion], max_length)[0]
-
-
 @dataclass
 class EncodedPairs:
     """Preference pairs tokenized once for a whole run (``encode_completions`` of chosen and of rejected), not again
-    in every batch: the rows of ``pair_batch``. ``widths``: the tokens each pair pads its batch to (prompt + the
+    in every batch: the rows of ``encoded_batch``. ``widths``: the tokens each pair pads its batch to (prompt + the
     longer completion + EOS, before the cut), the order of the length-sorted batches."""
 
     chosen: list[tuple[list[int], int]]
@@ -161,7 +158,7 @@ class EncodedPairs:
     @classmethod
     def of(cls, tok, prompts: list[str], chosen: list[str], rejected: list[str], max_length: int) -> EncodedPairs:
         # encoded uncut first: the widths are the lengths before the cut (``max_length``)
-        uncut = [encode_completions(tok, prompts, side, 2**62) for side in (chosen, rejected)]
+        uncut = [encode_completions(tok, prompts, side) for side in (chosen, rejected)]
         widths = [max(len(c), len(r)) for (c, _), (r, _) in zip(*uncut)]
         cut = [[(ids[:max_length], start) for ids, start in side] for side in uncut]
         return cls(cut[0], cut[1], widths)
@@ -174,14 +171,6 @@ class EncodedPairs:
         return EncodedPairs(
             [self.chosen[i] for i in rows], [self.rejected[i] for i in rows], [self.widths[i] for i in rows]
         )
-
-
-def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str], max_length: int, device) -> dict:
-    """B pairs as one right-padded batch of 2B sequences, rows [chosen; rejected] (``encoded_batch``)."""
-    pairs = EncodedPairs(
-        encode_completions(tok, prompts, chosen, max_length), encode_completions(tok, prompts, rejected, max_length), []
-    )
-    return encoded_batch(pairs, tok.pad_token_id, device)
 
 
 def encoded_batch(pairs: EncodedPairs, pad_token_id: int, device) -> dict:

@@ -156,10 +156,10 @@ def test_best_of_n_kl_and_nested_picks():
 
 def test_pair_batch_aligns_labels_with_the_completion():
     from harness.lm.models import train_tokenizer
-    from pipelines.baselines import pair_batch
+    from pipelines.baselines import EncodedPairs, encoded_batch
 
     tok = train_tokenizer(["the film was great", "the film was dull", "a plot"] * 5, 270)
-    b = pair_batch(tok, ["the film"], [" was great"], [" was dull"], 64, "cpu")
+    b = encoded_batch(EncodedPairs.of(tok, ["the film"], [" was great"], [" was dull"], 64), tok.pad_token_id, "cpu")
     assert b["input_ids"].shape[0] == 2 and b["labels"].shape == b["completion_mask"].shape
     for row, completion in enumerate([" was great", " was dull"]):
         ids = b["labels"][row][b["completion_mask"][row] > 0].tolist()
