@@ -144,17 +144,29 @@ def warm_workers(launcher, jobs: list[list[str]]) -> threading.Thread | None:
     return thread
 
 
+# How far a warmed worker's resident memory may grow past its size after the imports before loky replaces it. loky
+# takes 300 MB of growth for a leak; a job's allocator keeps what it freed, and the main job's workers grew ~400 MB
+# over ten jobs, so both were replaced near the end and each replacement paid the imports again inside a job (the
+# first Unlikelihood job on one took 20 s where the others took 11 s). A study of many jobs still gets fresh workers.
+WORKER_MEMORY_SLACK = 2 << 30
+
+
 def prepare_worker(pipelines: tuple[str, ...]) -> None:
     """A joblib worker's state before its first job, when ``warm_workers`` started it: the pre-emption signals ignored
     (what a worker started during the launch inherits from the study's process, ``study_output.signals_for``: a worker
-    between jobs is not killed by the signal meant for the job), and the jobs' imports done and frozen."""
+    between jobs is not killed by the signal meant for the job), the jobs' imports done and frozen, and room to grow
+    (``WORKER_MEMORY_SLACK``) before loky replaces it."""
     import signal
+
+    from joblib.externals.loky import process_executor
 
     from harness.app.jobs import warm_up
     from harness.runs import preempt
 
     for signum in preempt.SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    # read by loky's worker loop after each task (a module global: there is no setting for it)
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, WORKER_MEMORY_SLACK)
     warm_up(pipelines, freeze=True)
 
 

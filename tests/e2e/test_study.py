@@ -168,6 +168,18 @@ def _worker_state() -> tuple[int, bool, int, int, bool]:
     return os.getpid(), "pipelines.dpo" in sys.modules, gc.get_freeze_count(), held, ignored
 
 
+_HELD: list[bytearray] = []
+
+
+def _hold_memory(mb: int) -> int:
+    """Keep ``mb`` MiB written (so resident) in this worker, as a job's allocator keeps what it freed; its pid."""
+    import time
+
+    _HELD.append(bytearray(b"\x01") * (mb << 20))
+    time.sleep(1.2)  # loky checks a worker's memory after a task at most once a second
+    return os.getpid()
+
+
 @pytest.mark.slow  # two worker processes import torch, transformers and TRL
 def test_the_launch_runs_on_the_workers_warmed_during_the_checks_and_a_failed_check_stops_them():
     import time
@@ -205,6 +217,11 @@ def test_the_launch_runs_on_the_workers_warmed_during_the_checks_and_a_failed_ch
     seen = Parallel(**{**JoblibLauncher.joblib, "backend": "loky"})(delayed(_worker_state)() for _ in range(4))
     assert all(loaded and frozen > 100_000 and held == 1 and ignored for _, loaded, frozen, held, ignored in seen), seen
     pids = {pid for pid, *_ in seen}
+    # a job that leaves 500 MB resident (loky takes 300 MB of growth for a leak and replaces the worker, whose next
+    # job would pay the imports again) does not cost the study its warmed workers
+    parallel = Parallel(**{**JoblibLauncher.joblib, "backend": "loky"})
+    assert set(parallel(delayed(_hold_memory)(500) for _ in range(2))) <= pids
+    assert set(parallel(delayed(_hold_memory)(0) for _ in range(4))) <= pids
 
     study_sweeper.stop_workers()  # what a study whose checks failed does: the workers end now
 
