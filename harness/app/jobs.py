@@ -128,7 +128,7 @@ def run_job(cfg: DictConfig, folder: Path, sweep_name: str | None = None, swept:
     written. A folder holding another job's run stops the job (``harness.runs.folder``), and so does one another
     process is running a job in. Every check comes first; only then is the folder made, locked and claimed."""
     from harness.lm import distributed
-    from harness.lm.models import pick_device
+    from harness.lm.precision import pick_device
     from harness.runs import folder as run_folder
     from harness.runs import preempt
 

@@ -17,6 +17,14 @@ import torch
 from harness.fields import ConfigError
 
 
+def pick_device(name: str) -> torch.device:
+    """``device=auto`` is CUDA when torch sees one. Here, not beside the model loaders, because a study's config checks
+    ask for it and importing transformers' models for them cost the study's process ~5 s before its first job."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def supports_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 autocast: a CUDA GPU with native bf16 (Ampere or later), or a CPU (correct
     everywhere, fast only with AVX512-BF16/AMX). Apple's MPS is left out."""

@@ -336,8 +336,7 @@ def preflight(hc: HarnessConfig, here: bool = True):
     check_no_secrets(hc)
     check_device(hc.device, here)
     if here:  # bf16 on this machine's device (a cluster's job checks its own node when it starts)
-        from harness.lm.models import pick_device
-        from harness.lm.precision import check_precision
+        from harness.lm.precision import check_precision, pick_device
 
         check_precision(hc.precision, pick_device(hc.device))
     check_process_split(hc)

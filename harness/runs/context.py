@@ -12,7 +12,7 @@ import torch
 from harness.config import HarnessConfig
 from harness.data.gold import load_gold
 from harness.data.tasks import TaskData, load_task
-from harness.lm.models import pick_device
+from harness.lm.precision import pick_device
 from harness.runs.tracking import Tracker
 
 log = logging.getLogger("harness")

@@ -89,7 +89,7 @@ def test_precision_is_validated_and_saved_with_the_run():
 
 
 def test_device_auto_picks_cuda_when_torch_sees_one(monkeypatch):
-    from harness.lm.models import pick_device
+    from harness.lm.precision import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto") == torch.device("cuda")
