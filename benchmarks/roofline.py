@@ -38,9 +38,10 @@ padding is not counted, so the time spent on pad tokens shows as distance from t
 * generation with the KV cache = one forward over prompt + response minus the last token (the prompt once, then
   one cached forward per new token against the cache), LM head at each sampled position;
 * the *minimum* a stage needs, with no pass repeated: the policy's log-probs of sampled tokens come out of the
-  sampler, so PPO's scoring counts the reference, critic and reward-model forwards and the evaluator's KL counts
-  the reference forward only; PPO's update counts epochs × (policy + critic forward+backward), less the critic
-  forward of epoch 0's first minibatch (made at the rollout's parameters, so the rollout's critic forward is it);
+  sampler, so PPO's scoring counts the reference, critic and reward-model forwards (and the policy's forward over
+  epoch 0's first minibatch, which the rollout runs with autograd for the update) and the evaluator's KL counts the
+  reference forward only; PPO's update counts epochs × (policy + critic forward+backward), less the policy and critic
+  forwards of epoch 0's first minibatch (made at the rollout's parameters, in the rollout);
   DPO counts policy forward+backward and reference forward over chosen and rejected (LM head over the completion
   tokens, EOS included); SFT the LM head at every predicting position; the RM a scalar head at one position.
   Gold scoring (VADER, text) and optimizer updates count 0 FLOPs.
@@ -921,16 +922,21 @@ def ppo_step_flops(
     shape_lm: ModelShape, shape_scalar: ModelShape, prompt_lens, response_lens, ended, cfg
 ) -> dict[str, Flops]:
     """Counted work of one PPO step on episodes of these lengths: sampling, scoring (reference, critic and reward
-    model forwards) and update (epochs × policy and critic forward+backward, less the shared critic forward)."""
+    model forwards, and the policy's forward over epoch 0's first minibatch) and update (epochs × policy and critic
+    forward+backward, less the forwards the rollout made for it).
+
+    The rollout runs epoch 0's first minibatch through the policy with autograd (``pipelines.ppo.FirstPass``: at the
+    rollout's parameters that forward is the update's), so that forward is counted where it runs, in scoring, as the
+    critic's forward over the same minibatch already was; the step's total is the same either way."""
     seqs = [a + b for a, b in zip(prompt_lens, response_lens)]
-    ref = forward_flops(shape_lm, seqs, sum(response_lens), shape_lm.vocab)
+    ref = forward_flops(shape_lm, seqs, sum(response_lens), shape_lm.vocab)  # the policy's forward is the same work
     critic = forward_flops(shape_scalar, seqs, sum(response_lens), 1)
     rm = forward_flops(shape_scalar, [n + (not e) for n, e in zip(seqs, ended)], len(seqs), 1)  # + EOS where cut
-    update = TRAIN * cfg.ppo_epochs * (ref + critic) - critic * (1.0 / cfg.num_minibatches)
+    first = (ref + critic) * (1.0 / cfg.num_minibatches)  # epoch 0's first minibatch, forward, in the rollout
     return {
         "sampling": generation_flops(shape_lm, prompt_lens, response_lens),
-        "scoring": ref + critic + rm,
-        "update": update,
+        "scoring": ref + rm + critic * (1.0 - 1.0 / cfg.num_minibatches) + first,
+        "update": TRAIN * cfg.ppo_epochs * (ref + critic) - first,
     }
 
 
